@@ -1,0 +1,24 @@
+# The two commands the README promises, plus CI's variant.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-ci lint demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+
+# Run the test suite (sets up the virtualenv first).
+test: setup
+	$(BIN)/python -m pytest
+
+# CI runs the same command inside the environment .ci/run already activated.
+test-ci:
+	python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

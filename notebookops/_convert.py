@@ -1,0 +1,98 @@
+"""Shared cattrs building blocks: one converter per vendor is built from :func:`make_converter`.
+
+Models carry no serialization rules; everything about wire formats lives in converters.
+Never use the global ``cattrs.structure`` (ruff bans it): its hooks are process-wide state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+__all__ = ["make_converter", "parse_datetime", "register_camel_case", "to_camel"]
+
+T = TypeVar("T")
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def parse_datetime(value: object) -> datetime:
+    """Parse an ISO-8601 timestamp as vendors send them (``Z``, offsets, 1-9 fraction digits).
+
+    Naive timestamps are taken as UTC: every vendor we talk to documents UTC.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        # fromisoformat in 3.11 takes up to 6 fraction digits; some servers send 9.
+        text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from exc
+    else:
+        raise TypeError(f"expected an ISO-8601 string, got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def format_datetime(value: datetime) -> str:
+    """Format a timestamp as ISO-8601 in UTC with a ``Z`` suffix."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def make_converter() -> cattrs.Converter:
+    """A fresh converter with the hooks every vendor shares (timestamps).
+
+    Extra keys in vendor JSON are ignored (``forbid_extra_keys`` stays off): vendors add fields
+    without notice and that must never break a wait.
+    """
+    converter = cattrs.Converter()
+    converter.register_structure_hook(datetime, lambda value, _: parse_datetime(value))
+    converter.register_unstructure_hook(datetime, format_datetime)
+    return converter
+
+
+def to_camel(name: str) -> str:
+    """``snapshot_delivery`` -> ``snapshotDelivery`` (a leading underscore is kept out)."""
+    head, *rest = name.lstrip("_").split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def register_camel_case(
+    converter: cattrs.Converter, *classes: type[Any], omit_none: bool = False
+) -> None:
+    """Make ``classes`` (attrs) read and write camelCase keys on ``converter``."""
+    for cls in classes:
+        overrides = {
+            field.name: override(rename=to_camel(field.name)) for field in attrs.fields(cls)
+        }
+        converter.register_structure_hook(
+            cls,
+            make_dict_structure_fn(cls, converter, **overrides),  # type: ignore[arg-type]
+        )
+        unstructure: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+            cls,
+            converter,
+            _cattrs_omit_if_default=False,
+            **overrides,  # type: ignore[arg-type]
+        )
+        if omit_none:
+            inner = unstructure
+
+            def unstructure(obj: Any, _inner: Callable[[Any], dict[str, Any]] = inner) -> Any:
+                return {k: v for k, v in _inner(obj).items() if v is not None}
+
+        converter.register_unstructure_hook(cls, unstructure)

@@ -1,0 +1,794 @@
+"""HttpTransport: the only module that imports aiohttp.
+
+It owns the session lifecycle, authentication, per-request timeouts, retries, the shared rate
+limiter, error mapping and Server-Sent-Events reading. Everything that can be a pure function
+(retry decisions, Retry-After parsing, error mapping, URL checks) is one, and is tested without
+an event loop.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json as jsonlib
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import anyio
+import attrs
+import yarl
+
+from . import __version__
+from ._redact import Secret, redact_url, trim
+from ._sse import SSEEvent, SSEParser
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BackendClosed,
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    ConnectError,
+    ConnectionLost,
+    NotebookOpsError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    RequestTimeout,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+)
+from .policies import RetryPolicy, retry_delay
+
+__all__ = [
+    "HttpResponse",
+    "HttpTransport",
+    "RateLimiter",
+    "VendorProfile",
+    "build_api_error",
+    "check_base_url",
+    "default_error_message",
+    "map_client_exception",
+    "parse_retry_after",
+    "path_segment",
+    "retry_decision",
+]
+
+logger = logging.getLogger("notebookops.http")
+
+USER_AGENT: Final = f"notebookops/{__version__} (+https://github.com/notebookops/notebookops)"
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS: Final = 5
+_REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_http: bool = False, what: str = "base URL") -> str:
+    """Validate a vendor base URL and return it without a trailing slash.
+
+    HTTPS is required, except for loopback hosts (test servers) or when ``allow_http`` is set
+    explicitly: a token sent over plain HTTP is a token given away.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"the {what} must be a non-empty URL string")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"the {what} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"the {what} must look like https://host[:port], got {redact_url(url)!r}"
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError(f"the {what} must not contain credentials")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"the {what} must not contain a query or fragment")
+    if parts.scheme == "http" and not (allow_http or is_loopback_host(parts.hostname)):
+        raise ConfigurationError(
+            f"refusing plain http:// for {parts.hostname}: tokens would travel unencrypted. "
+            "Use https://, or pass allow_http=True if you really mean it."
+        )
+    del port
+    return url.strip().rstrip("/")
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def path_segment(value: str, *, what: str = "identifier") -> str:
+    """Percent-encode one path segment, refusing values that could change the path's meaning.
+
+    ``/``, ``?``, ``#`` and ``%`` are encoded; empty values, ``.``/``..`` and control characters
+    are refused with ConfigurationError (no vendor id legitimately contains them).
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+    if value in (".", "..") or _CONTROL.search(value):
+        raise ConfigurationError(f"{what} {value!r} is not a valid identifier")
+    return quote(value, safe="")
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date. ``None`` if absent
+    or unreadable; never negative."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = now or datetime.now(UTC)
+    return max(0.0, (when - reference).total_seconds())
+
+
+def retry_decision(
+    method: str, *, idempotent: bool | None, status: int | None = None, error: object = None
+) -> bool:
+    """Whether a failed attempt may be retried.
+
+    Idempotent requests (GET/DELETE/...) are retried on any transport failure and on 429,
+    502, 503 and 504. Others (a POST that starts a run) only when the request provably never
+    reached the server, or on 429 (the server explicitly refused to process it); anything else
+    is ambiguous, and retrying could run a notebook twice.
+    """
+    safe = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
+    if error is not None:
+        if not isinstance(error, TransportError) or not error.retryable:
+            return False
+        return safe or not error.request_sent
+    if status is None:
+        return False
+    if status == 429:
+        return True
+    return safe and status in RETRYABLE_STATUSES
+
+
+def default_error_message(data: Any, text: str) -> str | None:
+    """The vendor's own words from an error body: ``message``, ``detail``, ``error`` (str or
+    ``{message}``), or a short plain-text body."""
+    if isinstance(data, dict):
+        for key in ("message", "detail", "error", "error_description", "title"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if isinstance(value, dict):
+                inner = value.get("message") or value.get("detail")
+                if isinstance(inner, str) and inner.strip():
+                    return inner.strip()
+        code = data.get("code")
+        if isinstance(code, str) and code:
+            return code
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], str):
+        return data[0]
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped[:1] == "<":
+        return "the server sent an HTML error page"
+    return trim(stripped, 200)
+
+
+_STATUS_ERRORS: Final[dict[int, type[APIError]]] = {
+    400: BadRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    429: RateLimited,
+}
+
+_STATUS_HINTS: Final[dict[int, str]] = {
+    401: "check that the API token is set and valid",
+    403: "the token is valid but lacks access to this resource",
+    404: "check the identifier, and that the token's workspace can see it",
+    429: "rate limited by the vendor",
+}
+
+
+@attrs.frozen
+class VendorProfile:
+    """What differs between vendors at the HTTP level, as data and small pure hooks."""
+
+    name: str
+    #: Extracts the vendor's message from a decoded error body (``None`` if not JSON) and text.
+    error_message: Callable[[Any, str], str | None] = default_error_message
+    #: A retry delay hidden in an error body (PostHog: "Expected available in N seconds").
+    retry_after_from_body: Callable[[Any], float | None] | None = None
+    #: Last chance to replace a mapped error with a more specific one (same status family).
+    refine_error: Callable[[APIError], APIError] | None = None
+
+
+def build_api_error(
+    profile: VendorProfile,
+    *,
+    status: int,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: datetime | None = None,
+) -> APIError:
+    """Map an error response to the error tree. Pure: the one place statuses become classes."""
+    text = body.decode("utf-8", errors="replace")
+    data: Any = None
+    if text.strip()[:1] in ("{", "["):
+        try:
+            data = jsonlib.loads(text)
+        except ValueError:
+            data = None
+    vendor_message = profile.error_message(data, text)
+    safe_url = redact_url(url)
+    request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIError)
+    summary = vendor_message or _STATUS_HINTS.get(status) or "no details given"
+    message = f"{profile.name} API {method} {safe_url} returned {status}: {summary}"
+    if request_id:
+        message += f" (request id {request_id})"
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "vendor": profile.name,
+        "method": method,
+        "url": safe_url,
+        "request_id": request_id,
+        "body": trim(text, 2000),
+        "data": data,
+    }
+    error: APIError
+    if cls is RateLimited:
+        retry_after = parse_retry_after(headers.get("retry-after"), now=now)
+        if retry_after is None and profile.retry_after_from_body is not None:
+            retry_after = profile.retry_after_from_body(data)
+        error = RateLimited(message, retry_after=retry_after, **kwargs)
+    else:
+        error = cls(message, **kwargs)
+    if profile.refine_error is not None:
+        error = profile.refine_error(error)
+    return error
+
+
+def map_client_exception(
+    exc: BaseException, *, vendor: str, method: str, url: str
+) -> NotebookOpsError:
+    """Translate an aiohttp/OS-level exception into the notebookops tree (never leak aiohttp)."""
+    safe_url = redact_url(url)
+    where = f"{vendor} {method} {safe_url}"
+    kw: dict[str, Any] = {"vendor": vendor, "method": method, "url": safe_url}
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConfigurationError(f"invalid URL for {where}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ServerFingerprintMismatch):
+        err: TransportError = ConnectError(
+            f"TLS verification failed for {where}: the server's certificate is not trusted",
+            request_sent=False,
+            **kw,
+        )
+        err.retryable = False
+        return err
+    if isinstance(exc, aiohttp.ClientSSLError):
+        err = ConnectError(f"TLS handshake failed for {where}", request_sent=False, **kw)
+        err.retryable = False
+        return err
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return RequestTimeout(f"timed out connecting for {where}", request_sent=False, **kw)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(
+            f"could not connect for {where}: {type(exc).__name__}", request_sent=False, **kw
+        )
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return RequestTimeout(f"timed out waiting for the response to {where}", **kw)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return ConnectionLost(f"the server closed the connection during {where}", **kw)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ConnectionLost(f"the response to {where} was cut short", **kw)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ConnectionLost(f"the server sent a malformed HTTP response to {where}", **kw)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ConnectionLost(f"connection error during {where}: {type(exc).__name__}", **kw)
+    return TransportError(f"unexpected transport failure during {where}: {type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@attrs.frozen
+class HttpResponse:
+    """A complete response. ``headers`` keys are lower-case."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    method: str
+    url: str
+    vendor: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ResponseDecodeError (with the body, trimmed) if it is not."""
+        try:
+            return jsonlib.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            content_type = self.headers.get("content-type", "unknown content type")
+            raise ResponseDecodeError(
+                f"{self.vendor} {self.method} {redact_url(self.url)} returned {self.status} with "
+                f"a body that is not JSON ({content_type})",
+                vendor=self.vendor,
+                url=redact_url(self.url),
+                status=self.status,
+                body=trim(self.text, 1000),
+            ) from None
+
+
+# --------------------------------------------------------------------------- rate limiting
+
+
+class RateLimiter:
+    """One per backend: shared by every request and every concurrent wait.
+
+    Two mechanisms: an optional steady rate (``max_rate`` requests per second, spaced evenly),
+    and a shared cool-down: after a 429 every caller pauses until the vendor's ``Retry-After``
+    (or a short backoff) has passed, so a fleet of waits backs off together instead of each
+    hammering the server on its own schedule.
+    """
+
+    def __init__(self, max_rate: float | None = None) -> None:
+        if max_rate is not None and (not math.isfinite(max_rate) or max_rate <= 0):
+            raise ConfigurationError(f"max_rate must be a finite number > 0, got {max_rate!r}")
+        self.max_rate = max_rate
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self.rate_limited_count = 0
+
+    async def acquire(self) -> None:
+        now = anyio.current_time()
+        wait = max(0.0, self._paused_until - now)
+        if self.max_rate is not None:
+            slot = max(now + wait, self._next_slot)
+            self._next_slot = slot + 1.0 / self.max_rate
+            wait = slot - now
+        if wait > 0:
+            await anyio.sleep(wait)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    def on_rate_limited(self, retry_after: float | None, fallback: float = 1.0) -> None:
+        self.rate_limited_count += 1
+        pause = retry_after if retry_after is not None else fallback
+        self._paused_until = max(self._paused_until, anyio.current_time() + pause)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class HttpTransport:
+    """An authenticated HTTP client for one vendor API.
+
+    One :class:`aiohttp.ClientSession` per transport, created on first use; a ``session`` passed
+    in is used as is and never closed by us. The token is only ever sent to ``base_url``'s
+    origin.
+    """
+
+    def __init__(
+        self,
+        profile: VendorProfile,
+        *,
+        base_url: str,
+        token: str | Secret | None,
+        auth_scheme: str = "Bearer",
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+        allow_http: bool = False,
+        max_connections: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
+        self.profile = profile
+        self.base_url = check_base_url(base_url, allow_http=allow_http)
+        self._origin = origin_of(self.base_url)
+        self._token = token if isinstance(token, Secret) or token is None else Secret(token)
+        self._auth_scheme = auth_scheme
+        self._session = session
+        self._owns_session = session is None
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.retry = retry or RetryPolicy()
+        self.rate_limiter = rate_limiter or RateLimiter()
+        self.allow_http = allow_http
+        self._max_connections = max_connections
+        self._rng = rng or random.Random()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"HttpTransport(vendor={self.profile.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise BackendClosed(f"the {self.profile.name} backend is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                headers={"User-Agent": USER_AGENT},
+                trust_env=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if we created it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    # -- URL and header handling
+
+    def url_for(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        if not path_or_url.startswith("/"):
+            raise ConfigurationError(f"request paths must start with '/', got {path_or_url!r}")
+        return self.base_url + path_or_url
+
+    def _headers_for(self, url: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if extra:
+            headers.update(extra)
+        if self._token is not None and origin_of(url) == self._origin:
+            headers["Authorization"] = f"{self._auth_scheme} {self._token.reveal()}"
+        return headers
+
+    def _check_target(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return
+        if parts.scheme == "http" and (self.allow_http or is_loopback_host(parts.hostname)):
+            return
+        raise ConfigurationError(
+            f"refusing to fetch {redact_url(url)}: only https:// (or loopback http) is allowed"
+        )
+
+    # -- requests
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, str | int | float | bool] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> HttpResponse:
+        """Send a request with retries; return the response (2xx, 304) or raise from the tree.
+
+        ``idempotent`` overrides the method-based default when deciding retries (a POST that
+        merely reads, or a PUT that is not safe to repeat).
+        """
+        method = method.upper()
+        url = self._with_params(self.url_for(path_or_url), params)
+        retry_number = 0
+        while True:
+            await self.rate_limiter.acquire()
+            try:
+                response = await self._send(
+                    method, url, json=json, headers=headers, timeout=timeout
+                )
+            except NotebookOpsError as error:
+                if not retry_decision(method, idempotent=idempotent, error=error):
+                    raise
+                retry_number += 1
+                delay = retry_delay(self.retry, retry_number, None, self._rng)
+                if delay is None or not self._fits_deadline(delay):
+                    raise
+                logger.warning(
+                    "%s %s failed (%s); retry %d in %.2fs",
+                    method,
+                    redact_url(url),
+                    type(error).__name__,
+                    retry_number,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                continue
+            if response.status < 400:
+                return response
+            api_error = build_api_error(
+                self.profile,
+                status=response.status,
+                method=method,
+                url=url,
+                headers=response.headers,
+                body=response.body,
+            )
+            retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
+            if response.status == 429:
+                self.rate_limiter.on_rate_limited(retry_after, self.retry.initial_backoff)
+            if not retry_decision(method, idempotent=idempotent, status=response.status):
+                raise api_error
+            retry_number += 1
+            if retry_after is None and response.status == 503:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
+            if delay is None or not self._fits_deadline(delay):
+                raise api_error
+            logger.warning(
+                "%s %s returned %d; retry %d in %.2fs",
+                method,
+                redact_url(url),
+                response.status,
+                retry_number,
+                delay,
+            )
+            await anyio.sleep(delay)
+
+    async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
+        """Like :meth:`request`, returning the decoded JSON body (``None`` for an empty one)."""
+        response = await self.request(method, path_or_url, **kwargs)
+        if not response.body.strip():
+            return None
+        return response.json()
+
+    @staticmethod
+    def _with_params(url: str, params: Mapping[str, str | int | float | bool] | None) -> str:
+        if not params:
+            return url
+        clean = {
+            key: ("true" if value is True else "false" if value is False else str(value))
+            for key, value in params.items()
+            if value is not None
+        }
+        return str(yarl.URL(url, encoded=True).update_query(clean))
+
+    @staticmethod
+    def _fits_deadline(delay: float) -> bool:
+        """False when sleeping ``delay`` would run past the caller's deadline: better to raise
+        the real error now than a timeout later."""
+        deadline = anyio.current_effective_deadline()
+        return deadline == math.inf or anyio.current_time() + delay < deadline
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> HttpResponse:
+        session = self._ensure_session()
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout or self.timeout, connect=self.connect_timeout
+        )
+        started = time.perf_counter()
+        for _hop in range(_MAX_REDIRECTS + 1):
+            self._check_target(url)
+            try:
+                async with session.request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    json=json,
+                    headers=self._headers_for(url, headers),
+                    timeout=client_timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    response_headers = {k.lower(): v for k, v in resp.headers.items()}
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise map_client_exception(
+                    exc, vendor=self.profile.name, method=method, url=url
+                ) from None
+            logger.debug(
+                "%s %s -> %d in %.3fs",
+                method,
+                redact_url(url),
+                status,
+                time.perf_counter() - started,
+            )
+            location = response_headers.get("location")
+            if status in _REDIRECTS and location:
+                url = urljoin(url, location)
+                if status == 303:
+                    method, json = "GET", None
+                continue
+            return HttpResponse(
+                status=status,
+                headers=response_headers,
+                body=body,
+                method=method,
+                url=url,
+                vendor=self.profile.name,
+            )
+        raise ConnectionLost(
+            f"too many redirects for {self.profile.name} {method} {redact_url(url)}",
+            vendor=self.profile.name,
+            method=method,
+            url=redact_url(url),
+        )
+
+    @asynccontextmanager
+    async def sse(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str | int | float | bool] | None = None,
+        headers: Mapping[str, str] | None = None,
+        last_event_id: str | None = None,
+        idle_timeout: float = 60.0,
+    ) -> AsyncIterator[AsyncIterator[SSEEvent]]:
+        """Open a Server-Sent-Events stream; yields an async iterator of events.
+
+        Error statuses before the stream starts are raised from the tree (with the usual
+        retries for a GET); a stream that stalls for ``idle_timeout`` or breaks mid-way raises
+        RequestTimeout / ConnectionLost (``ConnectionLost.partial_event`` tells whether it was
+        cut mid-frame). Reconnection policy belongs to the caller (it knows the resume id).
+        """
+        method = method.upper()
+        url = self._with_params(self.url_for(path_or_url), params)
+        self._check_target(url)
+        extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if headers:
+            extra.update(headers)
+        if last_event_id is not None:
+            extra["Last-Event-ID"] = last_event_id
+        session = self._ensure_session()
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout, sock_read=idle_timeout
+        )
+        retry_number = 0
+        while True:
+            await self.rate_limiter.acquire()
+            try:
+                resp = await session.request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    json=json,
+                    headers=self._headers_for(url, extra),
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
+                retry_number += 1
+                delay = retry_delay(self.retry, retry_number, None, self._rng)
+                if (
+                    retry_decision(method, idempotent=None, error=error)
+                    and delay is not None
+                    and self._fits_deadline(delay)
+                ):
+                    await anyio.sleep(delay)
+                    continue
+                raise error from None
+            if resp.status < 400:
+                break
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                body = b""
+            finally:
+                resp.release()
+            response_headers = {k.lower(): v for k, v in resp.headers.items()}
+            api_error = build_api_error(
+                self.profile,
+                status=resp.status,
+                method=method,
+                url=url,
+                headers=response_headers,
+                body=body,
+            )
+            retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
+            if retry_after is None:
+                retry_after = parse_retry_after(response_headers.get("retry-after"))
+            if resp.status == 429:
+                self.rate_limiter.on_rate_limited(retry_after, self.retry.initial_backoff)
+            retry_number += 1
+            delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
+            if (
+                retry_decision(method, idempotent=None, status=resp.status)
+                and delay is not None
+                and self._fits_deadline(delay)
+            ):
+                await anyio.sleep(delay)
+                continue
+            raise api_error
+        try:
+            content_type = resp.headers.get("Content-Type", "")
+            if "text/event-stream" not in content_type:
+                body = await resp.read()
+                raise ResponseDecodeError(
+                    f"{self.profile.name} {method} {redact_url(url)} was expected to stream "
+                    f"events but answered {resp.status} with {content_type or 'no content type'}",
+                    vendor=self.profile.name,
+                    url=redact_url(url),
+                    status=resp.status,
+                    body=trim(body.decode("utf-8", errors="replace"), 1000),
+                )
+            yield self._iter_events(resp, method, url)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise map_client_exception(
+                exc, vendor=self.profile.name, method=method, url=url
+            ) from None
+        finally:
+            resp.release()
+            resp.close()
+
+    async def _iter_events(
+        self, resp: aiohttp.ClientResponse, method: str, url: str
+    ) -> AsyncIterator[SSEEvent]:
+        parser = SSEParser()
+        try:
+            async for chunk in resp.content.iter_any():
+                for event in parser.feed(chunk):
+                    yield event
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
+            if isinstance(error, TransportError):
+                error.partial_event = parser.has_partial_event
+            raise error from None
+        if parser.close():
+            error = ConnectionLost(
+                f"the event stream from {self.profile.name} {method} {redact_url(url)} "
+                "ended in the middle of an event",
+                vendor=self.profile.name,
+                method=method,
+                url=redact_url(url),
+            )
+            error.partial_event = True
+            raise error

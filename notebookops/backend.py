@@ -1,0 +1,170 @@
+"""The NotebookBackend protocol, and small helpers adapters share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from types import TracebackType
+from typing import Protocol, Self, TypeVar, runtime_checkable
+
+from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
+from .models import Capability, Run, RunHandle, RunRequest, RunState
+
+__all__ = ["BaseBackend", "NotebookBackend", "StateTable", "StreamingBackend"]
+
+logger = logging.getLogger("notebookops.backend")
+
+OptionsT = TypeVar("OptionsT")
+
+
+@runtime_checkable
+class NotebookBackend(Protocol):
+    """What every backend (vendor adapter, local runner, fake) provides.
+
+    Backends take and return only :mod:`notebookops.models` types, and raise only errors from
+    :mod:`notebookops.errors`. They are async context managers; ``aclose`` is idempotent and any
+    call after it raises :class:`~notebookops.BackendClosed`.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short backend name, also stored in every handle (``"deepnote"``, ``"local"``...)."""
+        ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    async def start_run(self, request: RunRequest) -> RunHandle:
+        """Start a run and return its handle as soon as the vendor accepted it."""
+        ...
+
+    async def get_run(self, handle: RunHandle) -> Run:
+        """Read the run's current state (one status read; no waiting)."""
+        ...
+
+    async def cancel_run(self, handle: RunHandle) -> None:
+        """Ask the vendor to stop the run. UnsupportedOperation without CANCEL."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class StreamingBackend(NotebookBackend, Protocol):
+    """A backend with the STREAMING capability: it pushes updates instead of being polled."""
+
+    def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
+        """Yield a Run each time the run changes; end after a terminal state."""
+        ...
+
+
+class StateTable:
+    """An explicit vendor-status -> RunState table (a vendor adding a state is a data change).
+
+    Unknown strings map to UNKNOWN and are logged once per table and string.
+    """
+
+    def __init__(self, vendor: str, table: Mapping[str, RunState]) -> None:
+        self.vendor = vendor
+        self._table = {key.lower(): value for key, value in table.items()}
+        self._warned: set[str] = set()
+
+    def __call__(self, raw: str | None) -> RunState:
+        if raw is None:
+            return RunState.UNKNOWN
+        state = self._table.get(raw.lower())
+        if state is not None:
+            return state
+        if raw not in self._warned:
+            self._warned.add(raw)
+            logger.warning(
+                "%s reported an unknown run status %r; treating it as still in progress",
+                self.vendor,
+                raw,
+            )
+        return RunState.UNKNOWN
+
+    def known(self) -> Mapping[str, RunState]:
+        return dict(self._table)
+
+
+class BaseBackend:
+    """Optional base class for adapters: closed-state tracking, context manager, handle checks.
+
+    Subclasses set ``name`` and ``capabilities`` and implement the protocol methods, calling
+    :meth:`_ensure_open` and :meth:`_check_handle` first.
+    """
+
+    name: str = "base"
+    capabilities: frozenset[Capability] = frozenset()
+    _closed: bool = False
+
+    async def __aenter__(self) -> Self:
+        self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release resources. Idempotent; subclasses extend :meth:`_aclose`."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._aclose()
+
+    async def _aclose(self) -> None:
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BackendClosed(f"the {self.name} backend is closed; create a new one")
+
+    def _check_handle(self, handle: RunHandle) -> None:
+        self._ensure_open()
+        if not isinstance(handle, RunHandle):
+            raise ConfigurationError(f"expected a RunHandle, got {type(handle).__name__}")
+        if handle.backend != self.name:
+            raise ConfigurationError(
+                f"this handle belongs to the {handle.backend!r} backend, not {self.name!r}"
+            )
+
+    def _require(self, capability: Capability, operation: str) -> None:
+        if capability not in self.capabilities:
+            raise UnsupportedOperation(
+                f"the {self.name} backend cannot {operation} (no {capability.name} capability)",
+                capability=capability.value,
+            )
+
+    def _options(self, request: RunRequest, expected: type[OptionsT]) -> OptionsT:
+        """``request.options``, or ``expected()`` when absent; the wrong type is refused."""
+        if request.options is None:
+            return expected()
+        if not isinstance(request.options, expected):
+            raise ConfigurationError(
+                f"{self.name} expects options of type {expected.__name__}, "
+                f"got {type(request.options).__name__}"
+            )
+        return request.options
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name} ({state})>"

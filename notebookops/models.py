@@ -1,0 +1,269 @@
+"""Vendor-neutral models: what every backend takes and returns.
+
+These are plain attrs classes with validation but no wire format; JSON for handles and runs goes
+through a dedicated converter (see :meth:`RunHandle.to_json`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+import cattrs
+
+from ._convert import make_converter
+from .errors import ConfigurationError
+
+__all__ = [
+    "Artifact",
+    "Capability",
+    "CellOutput",
+    "Run",
+    "RunErrorInfo",
+    "RunHandle",
+    "RunProgress",
+    "RunRequest",
+    "RunState",
+]
+
+
+class RunState(enum.StrEnum):
+    """The normalised state of a run, whatever the vendor calls it."""
+
+    PENDING = "pending"
+    """Accepted, not running yet (queued, machine starting)."""
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUBMITTED = "submitted"
+    """Accepted, but the vendor offers no way to follow it (e.g. Deepnote v1 without v2 access,
+    Datalore's Computation API). Nothing more can be learnt, so it counts as terminal."""
+    UNKNOWN = "unknown"
+    """The vendor reported a status this version does not know. Not terminal: waits go on,
+    and the raw string is kept in ``Run.vendor_state``."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no further state change can be observed."""
+        return self in _TERMINAL
+
+    @property
+    def is_success(self) -> bool:
+        return self is RunState.SUCCEEDED
+
+
+_TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.SUBMITTED})
+
+
+class Capability(enum.StrEnum):
+    """What a backend can do; orchestration adapts to these, never to a backend's name."""
+
+    RUN_STATUS = "run_status"
+    """``get_run`` reports real progress (without it, runs are SUBMITTED)."""
+    CANCEL = "cancel"
+    """``cancel_run`` stops a remote run."""
+    OUTPUTS = "outputs"
+    """Finished runs carry cell outputs."""
+    INPUTS = "inputs"
+    """``RunRequest.inputs`` are passed to the notebook."""
+    BLOCK_SELECTION = "block_selection"
+    """``RunRequest.blocks`` runs a subset of cells/blocks."""
+    STREAMING = "streaming"
+    """``watch_run`` pushes updates, so waiting needs no polling."""
+    RESUMABLE = "resumable"
+    """A saved handle can be waited on from another process or backend instance."""
+    ARTIFACTS = "artifacts"
+    """Finished runs list downloadable artifacts."""
+    RECONCILE_START = "reconcile_start"
+    """After an ambiguous start failure the backend can find out whether a run began."""
+
+
+def _non_empty_str(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a non-empty string, got {value!r}"
+        )
+
+
+def _to_inputs(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"inputs must be a mapping of name -> value, got {value!r}")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"input names must be non-empty strings, got {key!r}")
+    return dict(value)
+
+
+def _to_blocks(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ConfigurationError("blocks must be a sequence of block ids, not a single string")
+    blocks = tuple(value)
+    for block in blocks:
+        if not isinstance(block, str) or not block:
+            raise ConfigurationError(f"block ids must be non-empty strings, got {block!r}")
+    return blocks
+
+
+@attrs.frozen
+class RunRequest:
+    """What to run: a notebook id, its inputs, optionally some blocks, and vendor options.
+
+    ``options`` is a backend-specific attrs object (e.g. ``DeepnoteRunOptions``); a backend
+    rejects options meant for another with :class:`~notebookops.ConfigurationError`.
+    """
+
+    notebook: str = attrs.field(validator=_non_empty_str)
+    inputs: dict[str, Any] = attrs.field(factory=dict, converter=_to_inputs, hash=False)
+    blocks: tuple[str, ...] | None = attrs.field(default=None, converter=_to_blocks)
+    options: object | None = attrs.field(default=None, hash=False)
+
+
+@attrs.frozen
+class RunHandle:
+    """A small, serialisable reference to a started run.
+
+    Save it (``handle.to_json()``) before waiting: another process can then resume the wait
+    with ``wait_for_run(backend, RunHandle.from_json(text))`` instead of starting a second run.
+    """
+
+    backend: str = attrs.field(validator=_non_empty_str)
+    run_id: str = attrs.field(validator=_non_empty_str)
+    notebook_id: str = attrs.field(validator=_non_empty_str)
+    created_at: datetime | None = None
+    web_url: str | None = None
+    #: Vendor details needed to resume (e.g. a project id); strings only so it stays JSON.
+    extra: dict[str, str] = attrs.field(factory=dict, hash=False)
+
+    def to_json(self) -> str:
+        """Serialise to a compact JSON string."""
+        return json.dumps(_CONVERTER.unstructure(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunHandle:
+        """Parse a handle saved by :meth:`to_json`. Bad input raises ConfigurationError."""
+        try:
+            data = json.loads(text)
+            return _CONVERTER.structure(data, cls)
+        except (ValueError, TypeError, cattrs.BaseValidationError, ConfigurationError) as exc:
+            raise ConfigurationError(f"not a valid notebookops run handle: {exc}") from None
+
+
+@attrs.frozen
+class CellOutput:
+    """One output of one cell/block, shaped like a Jupyter output.
+
+    ``output_type`` is ``"stream"`` (``name`` = stdout/stderr, ``text``), ``"execute_result"`` /
+    ``"display_data"`` (``data`` = MIME bundle) or ``"error"`` (``ename``, ``evalue``,
+    ``traceback``).
+    """
+
+    output_type: str
+    cell_id: str | None = None
+    cell_index: int | None = None
+    name: str | None = None
+    text: str | None = None
+    data: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: tuple[str, ...] = ()
+    metadata: dict[str, Any] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def plain_text(self) -> str | None:
+        """The output as plain text, whichever form it came in."""
+        if self.text is not None:
+            return self.text
+        plain = self.data.get("text/plain")
+        if isinstance(plain, list):
+            return "".join(str(part) for part in plain)
+        if plain is not None:
+            return str(plain)
+        if self.output_type == "error":
+            return f"{self.ename or 'Error'}: {self.evalue or ''}".rstrip(": ")
+        return None
+
+
+@attrs.frozen
+class Artifact:
+    """A file a run produced. ``url`` is absolute where the vendor allows building one."""
+
+    name: str
+    url: str | None = None
+    path: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+
+
+@attrs.frozen
+class RunErrorInfo:
+    """Why a run failed.
+
+    ``platform`` is True when the vendor's infrastructure failed rather than the notebook's code
+    (e.g. Deepnote ``internal_error``): such runs are often worth retrying.
+    """
+
+    message: str
+    name: str | None = None
+    traceback: tuple[str, ...] = ()
+    cell_id: str | None = None
+    cell_index: int | None = None
+    platform: bool = False
+
+
+@attrs.frozen
+class RunProgress:
+    """How far a run has got, where the backend can tell (``completed`` of ``total`` cells)."""
+
+    completed: int | None = None
+    total: int | None = None
+    current: str | None = None
+
+
+@attrs.frozen
+class Run:
+    """A snapshot of a run's state as last read from the backend."""
+
+    handle: RunHandle
+    state: RunState
+    vendor_state: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: tuple[CellOutput, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
+    error: RunErrorInfo | None = None
+    progress: RunProgress | None = None
+    web_url: str | None = None
+    #: The vendor's payload this Run was built from, for anything not normalised.
+    raw: Any = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.handle.run_id
+
+    @property
+    def url(self) -> str | None:
+        """A page a person can open for this run or its notebook, where known."""
+        return self.web_url or self.handle.web_url
+
+    def to_dict(self, *, include_raw: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO-8601 strings)."""
+        data: dict[str, Any] = _CONVERTER.unstructure(self)
+        if not include_raw:
+            data.pop("raw", None)
+        return data
+
+    def to_json(self, *, include_raw: bool = False) -> str:
+        return json.dumps(self.to_dict(include_raw=include_raw), default=str)
+
+
+_CONVERTER = make_converter()

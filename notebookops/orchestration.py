@@ -1,0 +1,497 @@
+"""Start runs and follow them to the end, on any backend.
+
+This module knows nothing about vendors: it talks to :class:`NotebookBackend` and adapts to
+``backend.capabilities`` only. The guarantees (see the README's "Guarantees"):
+
+* a run-starting request is never repeated by us; a started run's handle reaches ``on_start``
+  before the first status read, and is attached (``err.handle``) to every error raised after;
+* polling is capped, jittered and has a floor (:class:`PollPolicy`); transient status-read
+  errors are retried until the deadline, and a failed status read never cancels a run;
+* at the deadline the run is cancelled (``on_timeout="cancel"``, when the backend can) or left
+  running (``"detach"``), and :class:`RunTimeout` says which;
+* if the caller is cancelled, the remote run is cancelled best-effort in a shielded scope with
+  its own short deadline (unless ``cancel_on_interrupt=False``), then the cancellation
+  propagates. Cancellation is never swallowed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
+from typing import Any, Literal
+
+import anyio
+import attrs
+
+from .backend import NotebookBackend, StreamingBackend
+from .errors import (
+    ConfigurationError,
+    NotebookOpsError,
+    RateLimited,
+    ResponseDecodeError,
+    RunCancelled,
+    RunFailed,
+    RunTimeout,
+    ServerError,
+    StartOutcomeUnknown,
+    TransportError,
+)
+from .models import Capability, Run, RunHandle, RunRequest, RunState
+from .policies import PollPolicy
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "RunOutcome",
+    "is_transient",
+    "run_and_wait",
+    "run_many",
+    "start_run",
+    "wait_for_run",
+    "watch",
+]
+
+logger = logging.getLogger("notebookops.orchestration")
+
+#: One hour: generous, because peers that shipped 10-20 minute defaults all had to raise them.
+DEFAULT_TIMEOUT = 3600.0
+#: Bound on how long starting a run may take (the start is shielded from caller cancellation
+#: so its handle is never lost, hence it needs its own bound).
+DEFAULT_START_TIMEOUT = 300.0
+#: Bound on the best-effort remote cancel after a deadline or caller cancellation.
+DEFAULT_CANCEL_TIMEOUT = 30.0
+
+OnTimeout = Literal["cancel", "detach"]
+UpdateCallback = Callable[[Run], Awaitable[None] | None]
+StartCallback = Callable[[RunHandle], Awaitable[None] | None]
+
+_RNG = random.Random()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying a status read for: network trouble, 429, 5xx, garbled bodies."""
+    if isinstance(error, TransportError):
+        return error.retryable
+    return isinstance(error, RateLimited | ServerError | ResponseDecodeError)
+
+
+async def _invoke(callback: Callable[[Any], Awaitable[None] | None], value: Any) -> None:
+    result = callback(value)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+
+
+def _as_request(
+    notebook: str | RunRequest,
+    inputs: Mapping[str, Any] | None,
+    blocks: Sequence[str] | None,
+    options: object | None,
+) -> RunRequest:
+    if isinstance(notebook, RunRequest):
+        if inputs is not None or blocks is not None or options is not None:
+            raise ConfigurationError(
+                "pass inputs/blocks/options inside the RunRequest, not next to it"
+            )
+        return notebook
+    if not isinstance(notebook, str):
+        raise ConfigurationError(
+            f"notebook must be an id string or a RunRequest, got {type(notebook).__name__}"
+        )
+    return RunRequest(notebook=notebook, inputs=inputs or {}, blocks=blocks, options=options)
+
+
+def _change_key(run: Run) -> tuple[object, ...]:
+    return (run.state, run.vendor_state, run.progress, len(run.outputs))
+
+
+async def _observe(
+    backend: NotebookBackend,
+    handle: RunHandle,
+    poll: PollPolicy,
+    tracker: _Tracker,
+) -> AsyncGenerator[Run, None]:
+    """Every Run read for ``handle`` until a terminal one: pushed if the backend streams,
+    polled otherwise. Transient read errors are logged and retried forever; the caller's
+    deadline bounds the whole thing."""
+    streaming = Capability.STREAMING in backend.capabilities and isinstance(
+        backend, StreamingBackend
+    )
+    attempt = 0
+    while True:
+        try:
+            if streaming:
+                assert isinstance(backend, StreamingBackend)
+                async with aclosing(backend.watch_run(handle)) as stream:
+                    async for run in stream:
+                        tracker.last_error = None
+                        yield run
+                        if run.state.is_terminal:
+                            return
+            # Polling, or the stream ended without a terminal state: read once.
+            run = await backend.get_run(handle)
+            tracker.last_error = None
+            yield run
+            if run.state.is_terminal:
+                return
+            delay = poll.delay(attempt, _RNG)
+        except Exception as error:  # never BaseException: cancellation must propagate
+            if not is_transient(error):
+                raise
+            tracker.last_error = error
+            delay = poll.delay(attempt, _RNG)
+            if isinstance(error, RateLimited) and error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+            logger.warning(
+                "status read for %s run %s failed (%s); retrying in %.1fs",
+                handle.backend,
+                handle.run_id,
+                error,
+                delay,
+            )
+        attempt += 1
+        await anyio.sleep(delay)
+
+
+@attrs.define
+class _Tracker:
+    last_run: Run | None = None
+    last_error: BaseException | None = None
+
+
+async def watch(
+    backend: NotebookBackend, handle: RunHandle, *, poll: PollPolicy | None = None
+) -> AsyncGenerator[Run, None]:
+    """Yield the run each time its state (or progress, or output count) changes, ending after
+    a terminal state. Uses the backend's native stream when it has one, else polls.
+
+    There is no deadline here: wrap it in ``anyio.fail_after`` or use :func:`wait_for_run`.
+    Transient status-read errors are retried (logged); others are raised with ``err.handle``.
+    """
+    tracker = _Tracker()
+    last_key: tuple[object, ...] | None = None
+    try:
+        async with aclosing(_observe(backend, handle, poll or PollPolicy(), tracker)) as runs:
+            async for run in runs:
+                key = _change_key(run)
+                if key != last_key:
+                    last_key = key
+                    yield run
+    except NotebookOpsError as error:
+        raise error.with_handle(handle) from error.__cause__
+
+
+async def start_run(
+    backend: NotebookBackend,
+    request: RunRequest,
+    *,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+) -> RunHandle:
+    """Start a run without waiting for it: the first half of :func:`run_and_wait`.
+
+    The start is shielded from caller cancellation (so a run the vendor accepted is never
+    lost: the cancellation takes effect right after, when the handle is known) and bounded by
+    ``start_timeout``; if that expires, the outcome is unknown and StartOutcomeUnknown says so.
+    """
+    _positive("start_timeout", start_timeout)
+    handle: RunHandle | None = None
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + start_timeout
+        handle = await backend.start_run(request)
+    if handle is None:
+        raise StartOutcomeUnknown(
+            f"starting {request.notebook!r} on {backend.name} did not finish within "
+            f"{start_timeout:g}s; the run may or may not have started",
+            notebook=request.notebook,
+            evidence="start request abandoned at its time limit",
+        )
+    return handle
+
+
+async def _cancel_best_effort(
+    backend: NotebookBackend, handle: RunHandle, cancel_timeout: float
+) -> BaseException | None:
+    """Cancel the remote run, shielded from outer cancellation, within ``cancel_timeout``.
+    Returns the error if it failed (None on success)."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + cancel_timeout
+        try:
+            await backend.cancel_run(handle)
+        except Exception as error:
+            logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
+            return error
+        logger.info("cancelled %s run %s", handle.backend, handle.run_id)
+        return None
+    return TimeoutError(f"cancel did not complete within {cancel_timeout:g}s")
+
+
+async def _final_read(
+    backend: NotebookBackend, handle: RunHandle, last: Run | None, budget: float
+) -> Run | None:
+    """One shielded, bounded status read after cancelling, to report the state honestly."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + budget
+        try:
+            return await backend.get_run(handle)
+        except Exception:
+            return last
+    return last
+
+
+def _outcome(run: Run, raise_on_failure: bool) -> Run:
+    if raise_on_failure and run.state is RunState.FAILED:
+        reason = run.error.message if run.error else "no reason given by the vendor"
+        where = ""
+        if run.error and (run.error.cell_id or run.error.cell_index is not None):
+            where = f" in cell {run.error.cell_id or run.error.cell_index}"
+        raise RunFailed(f"{run.handle.backend} run {run.run_id} failed{where}: {reason}", run=run)
+    if raise_on_failure and run.state is RunState.CANCELLED:
+        raise RunCancelled(f"{run.handle.backend} run {run.run_id} was cancelled", run=run)
+    return run
+
+
+async def _follow(
+    backend: NotebookBackend,
+    handle: RunHandle,
+    *,
+    deadline: float,
+    timeout: float | None,
+    poll: PollPolicy,
+    on_timeout: OnTimeout,
+    raise_on_failure: bool,
+    on_update: UpdateCallback | None,
+    on_start: StartCallback | None,
+    cancel_on_interrupt: bool,
+    cancel_timeout: float,
+) -> Run:
+    tracker = _Tracker()
+    can_cancel = Capability.CANCEL in backend.capabilities
+    try:
+        if on_start is not None:
+            await _invoke(on_start, handle)
+        final: Run | None = None
+        with anyio.CancelScope(deadline=deadline):
+            last_key: tuple[object, ...] | None = None
+            async with aclosing(_observe(backend, handle, poll, tracker)) as runs:
+                async for run in runs:
+                    tracker.last_run = run
+                    key = _change_key(run)
+                    if on_update is not None and key != last_key:
+                        await _invoke(on_update, run)
+                    last_key = key
+                    if run.state.is_terminal:
+                        final = run
+        if final is not None:
+            return _outcome(final, raise_on_failure)
+        # The deadline passed.
+        waited = f"{timeout:g}s" if timeout is not None else "the deadline"
+        last_error = tracker.last_error
+        note = f" (last status read failed: {last_error})" if last_error else ""
+        if on_timeout == "cancel" and can_cancel:
+            failure = await _cancel_best_effort(backend, handle, cancel_timeout)
+            if failure is None:
+                last = await _final_read(backend, handle, tracker.last_run, cancel_timeout)
+                raise RunTimeout(
+                    f"{handle.backend} run {handle.run_id} did not finish within {waited}; "
+                    f"it was cancelled{note}",
+                    run=last,
+                    cancelled=True,
+                    handle=handle,
+                ) from last_error
+            reason = f"cancelling it failed ({failure}); it may still be running"
+        elif on_timeout == "cancel":
+            reason = f"the {backend.name} backend cannot cancel runs, so it was left running"
+        else:
+            reason = "detach was requested, so it was left running"
+        raise RunTimeout(
+            f"{handle.backend} run {handle.run_id} did not finish within {waited}; {reason}{note}",
+            run=tracker.last_run,
+            cancelled=False,
+            reason=reason,
+            handle=handle,
+        ) from last_error
+    except anyio.get_cancelled_exc_class():
+        if cancel_on_interrupt and can_cancel:
+            logger.info(
+                "wait for %s run %s was cancelled; cancelling the remote run",
+                handle.backend,
+                handle.run_id,
+            )
+            await _cancel_best_effort(backend, handle, cancel_timeout)
+        raise
+    except NotebookOpsError as error:
+        raise error.with_handle(handle) from error.__cause__
+    except Exception as error:
+        # A bug in a caller's callback: keep the handle reachable all the same.
+        error.add_note(f"notebookops: the run is still known as {handle.to_json()}")
+        raise
+
+
+def _validate_wait(
+    timeout: float | None, on_timeout: str, cancel_timeout: float, poll: PollPolicy | None
+) -> PollPolicy:
+    _positive("timeout", timeout, allow_none=True)
+    _positive("cancel_timeout", cancel_timeout)
+    if on_timeout not in ("cancel", "detach"):
+        raise ConfigurationError(f"on_timeout must be 'cancel' or 'detach', got {on_timeout!r}")
+    if poll is not None and not isinstance(poll, PollPolicy):
+        raise ConfigurationError(f"poll must be a PollPolicy, got {type(poll).__name__}")
+    return poll or PollPolicy()
+
+
+async def run_and_wait(
+    backend: NotebookBackend,
+    notebook: str | RunRequest,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    blocks: Sequence[str] | None = None,
+    options: object | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll: PollPolicy | None = None,
+    on_timeout: OnTimeout = "cancel",
+    raise_on_failure: bool = True,
+    on_update: UpdateCallback | None = None,
+    on_start: StartCallback | None = None,
+    cancel_on_interrupt: bool = True,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
+) -> Run:
+    """Start a notebook run and wait for it to finish; return the final :class:`Run`.
+
+    ``notebook`` is the backend's notebook id (or a full :class:`RunRequest`). ``timeout`` is
+    the overall deadline in seconds (``None``: wait forever, explicitly). ``on_start`` receives
+    the handle before the first status read: persist it there (``handle.to_json()``) and a
+    restarted worker can ``wait_for_run`` instead of starting the notebook again.
+
+    Raises :class:`RunFailed` / :class:`RunCancelled` when the run ends so (unless
+    ``raise_on_failure=False``), :class:`RunTimeout` at the deadline, and any other error from
+    the tree with ``err.handle`` set once the run exists. A SUBMITTED run (the backend cannot
+    track it) is returned at once.
+    """
+    request = _as_request(notebook, inputs, blocks, options)
+    poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    handle = await start_run(backend, request, start_timeout=start_timeout)
+    logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
+    return await _follow(
+        backend,
+        handle,
+        deadline=deadline,
+        timeout=timeout,
+        poll=poll_policy,
+        on_timeout=on_timeout,
+        raise_on_failure=raise_on_failure,
+        on_update=on_update,
+        on_start=on_start,
+        cancel_on_interrupt=cancel_on_interrupt,
+        cancel_timeout=cancel_timeout,
+    )
+
+
+async def wait_for_run(
+    backend: NotebookBackend,
+    handle: RunHandle,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll: PollPolicy | None = None,
+    on_timeout: OnTimeout = "cancel",
+    raise_on_failure: bool = True,
+    on_update: UpdateCallback | None = None,
+    cancel_on_interrupt: bool = True,
+    cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
+) -> Run:
+    """Wait for an already-started run (e.g. a handle saved by another process).
+
+    Same semantics as :func:`run_and_wait` after the start.
+    """
+    if not isinstance(handle, RunHandle):
+        raise ConfigurationError(f"expected a RunHandle, got {type(handle).__name__}")
+    poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    return await _follow(
+        backend,
+        handle,
+        deadline=deadline,
+        timeout=timeout,
+        poll=poll_policy,
+        on_timeout=on_timeout,
+        raise_on_failure=raise_on_failure,
+        on_update=on_update,
+        on_start=None,
+        cancel_on_interrupt=cancel_on_interrupt,
+        cancel_timeout=cancel_timeout,
+    )
+
+
+@attrs.frozen
+class RunOutcome:
+    """What happened to one request of :func:`run_many`: a Run, or the error that ended it."""
+
+    request: RunRequest
+    run: Run | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.run is not None and self.run.state is RunState.SUCCEEDED
+
+    @property
+    def handle(self) -> RunHandle | None:
+        """The started run, whether it ended well or not (None if it never started)."""
+        if self.run is not None:
+            return self.run.handle
+        if isinstance(self.error, NotebookOpsError):
+            return self.error.handle
+        return None
+
+
+async def run_many(
+    backend: NotebookBackend,
+    requests: Iterable[RunRequest | str],
+    *,
+    concurrency: int = 10,
+    **wait_options: Any,
+) -> list[RunOutcome]:
+    """Run many notebooks with at most ``concurrency`` in flight; one outcome per request, in
+    order. One failure never loses the others' results. ``wait_options`` are passed to
+    :func:`run_and_wait` (timeout, poll, on_timeout, raise_on_failure, ...)."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    items = [_as_request(item, None, None, None) for item in requests]
+    outcomes: list[RunOutcome | None] = [None] * len(items)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(index: int, request: RunRequest) -> None:
+        async with limiter:
+            try:
+                run = await run_and_wait(backend, request, **wait_options)
+            except Exception as error:
+                outcomes[index] = RunOutcome(request=request, error=error)
+            else:
+                outcomes[index] = RunOutcome(request=request, run=run)
+
+    async with anyio.create_task_group() as group:
+        for index, request in enumerate(items):
+            group.start_soon(one, index, request)
+    return [outcome for outcome in outcomes if outcome is not None]

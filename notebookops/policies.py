@@ -1,0 +1,168 @@
+"""Polling and retry policies: frozen, validated, and pure.
+
+Three separate knobs decide how a wait behaves (mixing them up is a classic source of bugs in
+peer libraries):
+
+* :class:`PollPolicy`: how often to ask for a run's status while it is running;
+* :class:`RetryPolicy`: how a single HTTP request is retried after a transient failure;
+* the overall deadline: the ``timeout=`` argument of :func:`notebookops.run_and_wait`.
+
+The schedule functions take an explicit :class:`random.Random` so they are deterministic under
+test and need no event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from .errors import ConfigurationError
+
+__all__ = ["PollPolicy", "RetryPolicy", "retry_delay"]
+
+_RANDOM = random.Random()
+
+
+def _finite_positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a number, got {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a finite number > 0, got {value!r}"
+        )
+
+
+def _jitter_fraction(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a finite number, got {value!r}"
+        )
+    if not 0 <= value < 1:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be in [0, 1), got {value!r}"
+        )
+
+
+def _at_least_one(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    _finite_positive(instance, attribute, value)
+    if value < 1:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be >= 1, got {value!r}"
+        )
+
+
+@attrs.frozen
+class PollPolicy:
+    """How often a running run's status is read.
+
+    The n-th delay (n from 0) is ``min(maximum, initial * multiplier**n)``, scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]`` and never above ``maximum`` again after scaling.
+    Because ``jitter < 1`` the delay never drops below ``initial * (1 - jitter)``: there is always
+    a floor, unlike "full jitter", which can poll back to back.
+
+    The defaults (1 s, x1.5, capped at 30 s) poll quickly while a short run is likely to finish,
+    then settle at two requests a minute for long runs.
+    """
+
+    initial: float = attrs.field(default=1.0, validator=_finite_positive)
+    multiplier: float = attrs.field(default=1.5, validator=_at_least_one)
+    maximum: float = attrs.field(default=30.0, validator=_finite_positive)
+    jitter: float = attrs.field(default=0.1, validator=_jitter_fraction)
+
+    def __attrs_post_init__(self) -> None:
+        if self.maximum < self.initial:
+            raise ConfigurationError(
+                f"PollPolicy.maximum ({self.maximum!r}) must be >= initial ({self.initial!r})"
+            )
+
+    def base_delay(self, attempt: int) -> float:
+        """The un-jittered delay before poll number ``attempt + 1`` (``attempt`` from 0)."""
+        if attempt < 0:
+            raise ValueError("attempt must be >= 0")
+        # Past this exponent the product is above any sane maximum; avoid float overflow.
+        if attempt > 2000:
+            return self.maximum
+        return min(self.maximum, self.initial * self.multiplier**attempt)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The jittered delay before poll number ``attempt + 1``."""
+        base = self.base_delay(attempt)
+        if self.jitter == 0:
+            return base
+        factor = (rng or _RANDOM).uniform(1 - self.jitter, 1 + self.jitter)
+        return min(self.maximum, base * factor)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """An endless iterator of successive delays."""
+        attempt = 0
+        while True:
+            yield self.delay(attempt, rng)
+            attempt += 1
+
+    def floor(self) -> float:
+        """The smallest delay this policy can ever produce."""
+        return self.initial * (1 - self.jitter)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How one HTTP request is retried after a transient failure.
+
+    ``max_attempts`` counts the first try (1 means never retry). Backoff before retry n (n from
+    1) is drawn from ``[b/2, b]`` where ``b = min(max_backoff, initial_backoff * 2**(n-1))``
+    ("equal jitter": spread out, never near zero). A vendor's ``Retry-After`` replaces the backoff
+    but is capped at ``max_retry_after``.
+
+    Which failures are retried is not a setting: see :func:`notebookops._http.retry_decision`
+    (idempotent reads on connection errors, timeouts, 429 and 502/503/504; run-starting POSTs only
+    when the request provably never reached the server, or on 429).
+    """
+
+    max_attempts: int = attrs.field(default=5)
+    initial_backoff: float = attrs.field(default=0.5, validator=_finite_positive)
+    max_backoff: float = attrs.field(default=30.0, validator=_finite_positive)
+    max_retry_after: float = attrs.field(default=120.0, validator=_finite_positive)
+
+    @max_attempts.validator
+    def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_backoff < self.initial_backoff:
+            raise ConfigurationError(
+                f"RetryPolicy.max_backoff ({self.max_backoff!r}) must be >= "
+                f"initial_backoff ({self.initial_backoff!r})"
+            )
+
+    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """The backoff before retry ``retry_number`` (1 for the first retry)."""
+        if retry_number < 1:
+            raise ValueError("retry_number must be >= 1")
+        exponent = min(retry_number - 1, 64)
+        ceiling = min(self.max_backoff, self.initial_backoff * 2.0**exponent)
+        return (rng or _RANDOM).uniform(ceiling / 2, ceiling)
+
+
+def retry_delay(
+    policy: RetryPolicy,
+    retry_number: int,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait before retry ``retry_number``, or ``None`` when attempts are spent.
+
+    A vendor-given ``retry_after`` wins over the computed backoff, capped at
+    ``policy.max_retry_after`` so a hostile or confused server cannot park us for hours.
+    """
+    if retry_number >= policy.max_attempts:
+        return None
+    if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+        return min(retry_after, policy.max_retry_after)
+    return policy.backoff(retry_number, rng)

@@ -1,0 +1,1 @@
+"""Shared fixtures. Warnings are errors (pyproject), so leaked sessions fail tests."""

@@ -1,0 +1,5 @@
+from notebookops.testing.conformance import BackendConformance, fake_target
+
+
+class TestFakeBackendConformance(BackendConformance):
+    target_factory = staticmethod(fake_target)
