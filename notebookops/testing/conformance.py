@@ -358,4 +358,3 @@ class BackendConformance:
         foreign = RunHandle(backend=f"not-{backend.name}", run_id="r1", notebook_id="n1")
         with pytest.raises(ConfigurationError):
             await backend.get_run(foreign)
-

@@ -184,7 +184,7 @@ class FakeBackend(BaseBackend):
             raise self.faults.cancel_errors.pop(0)
         fake = self._fake(handle)
         fake.cancel_requests += 1
-        if not self._vendor_state(fake) in ("success", "failed", "cancelled"):
+        if self._vendor_state(fake) not in ("success", "failed", "cancelled"):
             fake.cancelled = True
 
     async def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
