@@ -196,7 +196,7 @@ class FakeServer:
                 method=request.method,
                 path=request.path,
                 query=dict(request.query),
-                headers={k: v for k, v in request.headers.items()},
+                headers=dict(request.headers.items()),
                 json=body,
             )
         )
@@ -219,8 +219,7 @@ class FakeServer:
             return response
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay)
-            response = await handler(request)
-            return response
+            return await handler(request)
         if fault.kind == "reset_before":
             return await self._drop(request)
         if fault.kind == "reset_after":

@@ -154,7 +154,8 @@ class BackendConformance:
 
     async def test_satisfies_protocol(self, backend: NotebookBackend) -> None:
         assert isinstance(backend, NotebookBackend)
-        assert isinstance(backend.name, str) and backend.name
+        assert isinstance(backend.name, str)
+        assert backend.name
         assert isinstance(backend.capabilities, frozenset)
         assert all(isinstance(c, Capability) for c in backend.capabilities)
 
@@ -190,15 +191,18 @@ class BackendConformance:
             on_update=updates.append,
         )
         assert run.state is RunState.SUCCEEDED
-        assert started and started[0].run_id == run.run_id
-        assert updates and updates[-1].state is RunState.SUCCEEDED
+        assert started
+        assert started[0].run_id == run.run_id
+        assert updates
+        assert updates[-1].state is RunState.SUCCEEDED
 
     async def test_failure_path(self, backend: NotebookBackend, target: ConformanceTarget) -> None:
         request = self._request(target, "fail")
         with pytest.raises(RunFailed) as caught:
             await run_and_wait(backend, request, poll=target.poll, timeout=30)
         failed = caught.value.run
-        assert failed is not None and failed.state is RunState.FAILED
+        assert failed is not None
+        assert failed.state is RunState.FAILED
         assert caught.value.handle is not None
         run = await run_and_wait(
             backend, request, poll=target.poll, timeout=30, raise_on_failure=False
