@@ -205,9 +205,9 @@ class FakeServer:
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if not any(re.search(p, request.path) for p in self.public_paths):
-            if request.headers.get("Authorization") != f"Bearer {self.token}":
-                return self.unauthorized()
+        public = any(re.search(p, request.path) for p in self.public_paths)
+        if not public and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.unauthorized()
         response: web.StreamResponse = await handler(request)
         return response
 
