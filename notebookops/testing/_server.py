@@ -18,11 +18,13 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Self
 
 import attrs
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 __all__ = ["Fault", "FaultKind", "FaultPlan", "FakeServer", "RecordedRequest"]
 
@@ -183,7 +185,9 @@ class FakeServer:
     # -- middlewares
 
     @web.middleware
-    async def _record_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _record_middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
         body: Any = None
         if request.can_read_body:
             raw = await request.read()
@@ -200,23 +204,20 @@ class FakeServer:
                 json=body,
             )
         )
-        response: web.StreamResponse = await handler(request)
-        return response
+        return await handler(request)
 
     @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         public = any(re.search(p, request.path) for p in self.public_paths)
         if not public and request.headers.get("Authorization") != f"Bearer {self.token}":
             return self.unauthorized()
-        response: web.StreamResponse = await handler(request)
-        return response
+        return await handler(request)
 
     @web.middleware
-    async def _fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         fault = self.faults.take(request.method, request.path)
         if fault is None:
-            response: web.StreamResponse = await handler(request)
-            return response
+            return await handler(request)
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay)
             return await handler(request)
