@@ -85,8 +85,8 @@ class PollPolicy:
         """The un-jittered delay before poll number ``attempt + 1`` (``attempt`` from 0)."""
         if attempt < 0:
             raise ValueError("attempt must be >= 0")
-        # Past this exponent the product is above any sane maximum; avoid float overflow.
-        if attempt > 2000:
+        # Compare in log space: multiplier**attempt overflows a float long before attempts end.
+        if attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
             return self.maximum
         return min(self.maximum, self.initial * self.multiplier**attempt)
 
