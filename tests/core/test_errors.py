@@ -22,14 +22,23 @@ def test_every_error_is_exported_at_top_level() -> None:
 def test_tree_shape() -> None:
     e = errors
     assert all(issubclass(getattr(e, name), e.NotebookOpsError) for name in e.__all__)
-    for cls in (e.BadRequest, e.AuthenticationError, e.PermissionDenied, e.NotFound):
-        assert issubclass(cls, e.APIError)
-    for cls in (e.Conflict, e.RateLimited, e.ServerError):
-        assert issubclass(cls, e.APIError)
-    for cls in (e.ConnectError, e.RequestTimeout, e.ConnectionLost):
-        assert issubclass(cls, e.TransportError)
-    for cls in (e.RunFailed, e.RunCancelled, e.RunTimeout):
-        assert issubclass(cls, e.RunError)
+    expected_parents: dict[type[Exception], type[Exception]] = {
+        e.BadRequest: e.APIError,
+        e.AuthenticationError: e.APIError,
+        e.PermissionDenied: e.APIError,
+        e.NotFound: e.APIError,
+        e.Conflict: e.APIError,
+        e.RateLimited: e.APIError,
+        e.ServerError: e.APIError,
+        e.ConnectError: e.TransportError,
+        e.RequestTimeout: e.TransportError,
+        e.ConnectionLost: e.TransportError,
+        e.RunFailed: e.RunError,
+        e.RunCancelled: e.RunError,
+        e.RunTimeout: e.RunError,
+    }
+    for cls, parent in expected_parents.items():
+        assert issubclass(cls, parent), cls
     assert issubclass(e.BackendClosed, e.ConfigurationError)
 
 

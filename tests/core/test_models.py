@@ -48,7 +48,7 @@ def test_run_request_validation() -> None:
     with pytest.raises(ConfigurationError):
         RunRequest("nb", inputs=[("a", 1)])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        RunRequest("nb", blocks="b1")  # type: ignore[arg-type]
+        RunRequest("nb", blocks="b1")
     with pytest.raises(ConfigurationError):
         RunRequest("nb", blocks=["b1", ""])
 
@@ -149,7 +149,7 @@ def test_parse_datetime(text: str, expected: datetime) -> None:
 
 
 def test_parse_datetime_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ISO-8601"):
         parse_datetime("yesterday")
     with pytest.raises(TypeError):
         parse_datetime(12)

@@ -124,7 +124,7 @@ def test_retry_backoff_is_equal_jitter_and_capped() -> None:
         ceiling = min(8, 2 ** (retry - 1))
         for _ in range(20):
             assert ceiling / 2 <= policy.backoff(retry, rng) <= ceiling
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="retry_number"):
         policy.backoff(0)
 
 
@@ -143,4 +143,5 @@ def test_retry_delay_honours_and_caps_retry_after() -> None:
     assert retry_delay(policy, 1, retry_after=0) == 0
     # Nonsense from the server falls back to our own backoff.
     delay = retry_delay(policy, 1, retry_after=math.nan)
-    assert delay is not None and 0.25 <= delay <= 0.5
+    assert delay is not None
+    assert 0.25 <= delay <= 0.5
