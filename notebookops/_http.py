@@ -508,7 +508,7 @@ class HttpTransport:
         method: str,
         path_or_url: str,
         *,
-        params: Mapping[str, str | int | float | bool] | None = None,
+        params: Mapping[str, str | int | float | bool | None] | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
@@ -557,7 +557,10 @@ class HttpTransport:
             )
             retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
             if response.status == 429:
-                self.rate_limiter.on_rate_limited(retry_after, self.retry.initial_backoff)
+                self.rate_limiter.on_rate_limited(
+                    None if retry_after is None else min(retry_after, self.retry.max_retry_after),
+                    self.retry.initial_backoff,
+                )
             if not retry_decision(method, idempotent=idempotent, status=response.status):
                 raise api_error
             retry_number += 1
@@ -584,7 +587,7 @@ class HttpTransport:
         return response.json()
 
     @staticmethod
-    def _with_params(url: str, params: Mapping[str, str | int | float | bool] | None) -> str:
+    def _with_params(url: str, params: Mapping[str, str | int | float | bool | None] | None) -> str:
         if not params:
             return url
         clean = {
@@ -668,7 +671,7 @@ class HttpTransport:
         path_or_url: str,
         *,
         json: Any = None,
-        params: Mapping[str, str | int | float | bool] | None = None,
+        params: Mapping[str, str | int | float | bool | None] | None = None,
         headers: Mapping[str, str] | None = None,
         last_event_id: str | None = None,
         idle_timeout: float = 60.0,
@@ -737,7 +740,10 @@ class HttpTransport:
             if retry_after is None:
                 retry_after = parse_retry_after(response_headers.get("retry-after"))
             if resp.status == 429:
-                self.rate_limiter.on_rate_limited(retry_after, self.retry.initial_backoff)
+                self.rate_limiter.on_rate_limited(
+                    None if retry_after is None else min(retry_after, self.retry.max_retry_after),
+                    self.retry.initial_backoff,
+                )
             retry_number += 1
             delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
             if (

@@ -189,7 +189,9 @@ class FakeServer:
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         body: Any = None
-        if request.can_read_body:
+        # body_exists (not can_read_body): handlers may read the body again after us, and
+        # aiohttp caches it, but can_read_body turns False once it has been read.
+        if request.body_exists:
             raw = await request.read()
             try:
                 body = json.loads(raw) if raw else None

@@ -1,0 +1,373 @@
+"""HttpTransport against real sockets (loopback aiohttp servers) and aioresponses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from aioresponses import aioresponses
+
+from notebookops import errors
+from notebookops._http import HttpTransport, RateLimiter, VendorProfile
+from notebookops._sse import SSEEvent
+from notebookops.policies import RetryPolicy
+from notebookops.testing._server import FakeServer, Fault
+
+TOKEN = "tok-SECRET-123"
+FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.002, max_retry_after=0.05)
+
+
+class EchoServer(FakeServer):
+    """Echoes what it received; a few routes misbehave on purpose."""
+
+    def __init__(self) -> None:
+        super().__init__(token=TOKEN)
+        self.hits = 0
+        self.other_url = ""
+
+    def setup_routes(self, app: web.Application) -> None:
+        async def echo(request: web.Request) -> web.Response:
+            self.hits += 1
+            body = await request.json() if request.body_exists else None
+            return web.json_response(
+                {"method": request.method, "query": dict(request.query), "json": body},
+                status=201 if request.method == "POST" else 200,
+            )
+
+        async def slow(request: web.Request) -> web.Response:
+            self.hits += 1
+            await asyncio.sleep(1)
+            return web.json_response({})
+
+        async def redirect_same(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/echo")
+
+        async def redirect_other(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(self.other_url + "/public")
+
+        async def events(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            last = request.headers.get("Last-Event-ID", "")
+            await response.write(f": resumed from {last or 'start'}\n\n".encode())
+            await response.write(b"id: 1-0\nevent: step\nda")
+            await response.write(b'ta: {"n": 1}\n\n')
+            await response.write(b"event: result\r\ndata: done\r\n\r\n")
+            if request.query.get("cut"):
+                await response.write(b"event: result\ndata: partial")
+            await response.write_eof()
+            return response
+
+        async def not_events(request: web.Request) -> web.Response:
+            return web.json_response({"not": "a stream"})
+
+        app.router.add_route("*", "/echo", echo)
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/redirect-same", redirect_same)
+        app.router.add_get("/redirect-other", redirect_other)
+        app.router.add_get("/events", events)
+        app.router.add_get("/not-events", not_events)
+
+
+class OtherOrigin(FakeServer):
+    public_paths = ("/public",)
+
+    def setup_routes(self, app: web.Application) -> None:
+        async def public(request: web.Request) -> web.Response:
+            return web.json_response({"auth": request.headers.get("Authorization")})
+
+        app.router.add_get("/public", public)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EchoServer]:
+    async with EchoServer() as srv, OtherOrigin() as other:
+        # "localhost" vs "127.0.0.1": a different origin on the same machine.
+        srv.other_url = other.url.replace("127.0.0.1", "localhost")
+        yield srv
+
+
+@pytest.fixture
+async def transport(server: EchoServer) -> AsyncIterator[HttpTransport]:
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST)
+    yield t
+    await t.aclose()
+
+
+async def test_sends_auth_and_json(transport: HttpTransport, server: EchoServer) -> None:
+    data = await transport.request_json(
+        "POST", "/echo", json={"a": 1}, params={"flag": True, "n": 2, "skip": None}
+    )
+    assert data == {"method": "POST", "query": {"flag": "true", "n": "2"}, "json": {"a": 1}}
+    sent = server.requests[-1]
+    assert sent.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["User-Agent"].startswith("notebookops/")
+    assert sent.headers["Accept"] == "application/json"
+
+
+async def test_get_retries_503_then_succeeds(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.status(503, {"message": "busy"}, path="/echo")
+    response = await transport.request("GET", "/echo")
+    assert response.status == 200
+    assert server.hits == 1
+    assert len(server.requests) == 2
+
+
+async def test_get_gives_up_after_max_attempts(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    server.faults.add(Fault("status", status=503, body={"message": "down"}, times=5))
+    with pytest.raises(errors.ServerError, match="down") as caught:
+        await transport.request("GET", "/echo")
+    assert caught.value.status == 503
+    assert len(server.requests) == FAST.max_attempts
+
+
+async def test_post_is_not_retried_on_5xx(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.status(503, {"message": "busy"})
+    with pytest.raises(errors.ServerError):
+        await transport.request("POST", "/echo", json={})
+    assert len(server.requests) == 1
+
+
+async def test_post_is_not_retried_after_connection_lost(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    server.faults.add(Fault("reset_after"))
+    with pytest.raises(errors.ConnectionLost) as caught:
+        await transport.request("POST", "/echo", json={})
+    assert caught.value.request_sent
+    assert server.hits == 1  # the handler ran once: a retry would have run it twice
+
+
+async def test_get_is_retried_after_connection_reset(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    server.faults.add(Fault("reset_before"))
+    assert (await transport.request("GET", "/echo")).status == 200
+
+
+async def test_post_is_retried_on_429(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.status(429, {"message": "slow down"}, headers={"Retry-After": "0"})
+    response = await transport.request("POST", "/echo", json={})
+    assert response.status == 201
+    assert server.hits == 1
+    assert transport.rate_limiter.rate_limited_count == 1
+
+
+async def test_retry_after_is_capped(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.status(429, None, headers={"Retry-After": "3600"})
+    started = anyio.current_time()
+    assert (await transport.request("GET", "/echo")).status == 200
+    assert anyio.current_time() - started < 1
+
+
+async def test_retry_that_would_pass_the_deadline_raises_now(server: EchoServer) -> None:
+    patient = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_retry_after=60)
+    async with anyio.create_task_group():
+        t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=patient)
+        server.faults.status(429, {"message": "later"}, headers={"Retry-After": "30"})
+        try:
+            with anyio.fail_after(2):
+                with pytest.raises(errors.RateLimited) as caught:
+                    await t.request("GET", "/echo")
+            assert caught.value.retry_after == 30
+        finally:
+            await t.aclose()
+
+
+async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
+    t = HttpTransport(
+        VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, timeout=0.05
+    )
+    try:
+        with pytest.raises(errors.RequestTimeout):
+            await t.request("GET", "/slow")
+        assert server.hits == FAST.max_attempts
+    finally:
+        await t.aclose()
+
+
+async def test_invalid_json_body(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.add(Fault("invalid_json"))
+    with pytest.raises(errors.ResponseDecodeError) as caught:
+        await transport.request_json("GET", "/echo")
+    assert caught.value.body == '{"truncated": '
+
+
+async def test_html_error_page(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.add(Fault("html", status=500))
+    with pytest.raises(errors.ServerError, match="HTML error page"):
+        await transport.request("GET", "/echo")
+
+
+async def test_truncated_body_is_connection_lost(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    server.faults.add(Fault("truncate", times=5))
+    with pytest.raises(errors.ConnectionLost):
+        await transport.request("GET", "/echo")
+
+
+async def test_same_origin_redirect_keeps_auth(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    data = await transport.request_json("GET", "/redirect-same")
+    assert data["method"] == "GET"
+    assert server.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_cross_origin_redirect_drops_auth(transport: HttpTransport) -> None:
+    data = await transport.request_json("GET", "/redirect-other")
+    assert data == {"auth": None}
+
+
+async def test_absolute_url_on_other_origin_gets_no_token(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    data = await transport.request_json("GET", server.other_url + "/public")
+    assert data == {"auth": None}
+
+
+async def test_refuses_plain_http_to_remote_hosts(transport: HttpTransport) -> None:
+    with pytest.raises(errors.ConfigurationError, match="https"):
+        await transport.request("GET", "http://example.com/x")
+    with pytest.raises(errors.ConfigurationError):
+        HttpTransport(VendorProfile("acme"), base_url="http://example.com", token=TOKEN)
+
+
+async def test_relative_path_must_start_with_slash(transport: HttpTransport) -> None:
+    with pytest.raises(errors.ConfigurationError):
+        await transport.request("GET", "echo")
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_bad_timeouts_are_refused(bad: float) -> None:
+    with pytest.raises(errors.ConfigurationError):
+        HttpTransport(VendorProfile("acme"), base_url="https://h", token="t", timeout=bad)
+
+
+async def test_owned_session_closed_and_use_after_close(server: EchoServer) -> None:
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN)
+    await t.request("GET", "/echo")
+    await t.aclose()
+    await t.aclose()
+    assert t.closed
+    with pytest.raises(errors.BackendClosed):
+        await t.request("GET", "/echo")
+
+
+async def test_caller_session_is_never_closed(server: EchoServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, session=session)
+        await t.request("GET", "/echo")
+        await t.aclose()
+        assert not session.closed
+
+
+async def test_token_never_in_repr_errors_or_logs(
+    transport: HttpTransport, server: EchoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="notebookops")
+    assert TOKEN not in repr(transport)
+    server.faults.status(401, {"message": "bad"})
+    server.faults.status(503, None)
+    with pytest.raises(errors.AuthenticationError) as caught:
+        await transport.request("GET", "/echo")
+    await transport.request("GET", "/echo")
+    texts = [str(caught.value), repr(caught.value), caught.value.body, caught.value.url]
+    texts += [record.getMessage() for record in caplog.records]
+    assert caplog.records
+    assert not [text for text in texts if TOKEN in text]
+
+
+async def test_connect_errors_are_retried_even_for_post() -> None:
+    t = HttpTransport(
+        VendorProfile("acme"), base_url="https://api.acme.test", token=TOKEN, retry=FAST
+    )
+    refused = aiohttp.ClientConnectorError.__new__(aiohttp.ClientConnectorError)
+    OSError.__init__(refused, 111, "refused")
+    try:
+        with aioresponses() as mocked:
+            mocked.post("https://api.acme.test/runs", exception=refused)
+            mocked.post("https://api.acme.test/runs", status=202, payload={"runId": "r1"})
+            assert await t.request_json("POST", "/runs", json={}) == {"runId": "r1"}
+    finally:
+        await t.aclose()
+
+
+async def test_sse_stream_events_and_resume_header(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    async with transport.sse("GET", "/events", last_event_id="0-0") as events:
+        received = [event async for event in events]
+    assert [(e.event, e.data, e.id) for e in received] == [
+        ("step", '{"n": 1}', "1-0"),
+        ("result", "done", "1-0"),
+    ]
+    assert server.requests[-1].headers["Last-Event-ID"] == "0-0"
+    assert server.requests[-1].headers["Accept"] == "text/event-stream"
+
+
+async def test_sse_cut_mid_event(transport: HttpTransport) -> None:
+    received: list[SSEEvent] = []
+
+    async def read_all() -> None:
+        async with transport.sse("GET", "/events", params={"cut": 1}) as events:
+            async for event in events:
+                received.append(event)  # one by one: keep the events seen before the cut
+
+    with pytest.raises(errors.ConnectionLost) as caught:
+        await read_all()
+    assert caught.value.partial_event
+    assert len(received) == 2
+
+
+async def test_sse_error_status_before_stream(transport: HttpTransport, server: EchoServer) -> None:
+    server.faults.status(404, {"detail": "Not found."})
+    with pytest.raises(errors.NotFound, match="Not found"):
+        async with transport.sse("GET", "/events"):
+            pass
+
+
+async def test_sse_wrong_content_type(transport: HttpTransport) -> None:
+    with pytest.raises(errors.ResponseDecodeError, match="stream events"):
+        async with transport.sse("GET", "/not-events"):
+            pass
+
+
+async def test_sse_retries_503_with_retry_after(
+    transport: HttpTransport, server: EchoServer
+) -> None:
+    server.faults.status(503, None, headers={"Retry-After": "0"})
+    async with transport.sse("GET", "/events") as events:
+        assert len([event async for event in events]) == 2
+
+
+async def test_rate_limiter_cooldown_is_shared() -> None:
+    limiter = RateLimiter()
+    limiter.on_rate_limited(0.05)
+    started = anyio.current_time()
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(limiter.acquire)
+    assert anyio.current_time() - started >= 0.04
+    assert limiter.rate_limited_count == 1
+
+
+async def test_rate_limiter_spaces_requests() -> None:
+    limiter = RateLimiter(max_rate=200)
+    started = anyio.current_time()
+    for _ in range(5):
+        await limiter.acquire()
+    assert anyio.current_time() - started >= 4 / 200 - 0.001
+
+
+def test_rate_limiter_validates() -> None:
+    with pytest.raises(errors.ConfigurationError):
+        RateLimiter(max_rate=0)
