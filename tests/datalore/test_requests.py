@@ -1,0 +1,493 @@
+"""Pure tests of the Datalore request builders, decoders and error hints (no event loop)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import pytest
+
+from notebookops import (
+    APIError,
+    AuthenticationError,
+    BadRequest,
+    ConfigurationError,
+    NotFound,
+    PermissionDenied,
+    ResponseDecodeError,
+    RunHandle,
+    RunState,
+    ServerError,
+)
+from notebookops._http import HttpResponse, build_api_error
+from notebookops.backend import StateTable
+from notebookops.backends.datalore import DATALORE_IN_PROGRESS_STATES, DataloreRunOptions
+from notebookops.backends.datalore._requests import (
+    artifact_url,
+    build_computation_body,
+    build_parameters,
+    build_run_body,
+    decode_run_started,
+    decode_run_status,
+    handle_web_url,
+    notebook_web_url,
+    parse_notebook_id,
+    run_from_status,
+    status_path,
+    submitted_run,
+)
+from notebookops.backends.datalore.backend import PROFILE
+
+BASE = "https://datalore.jetbrains.com"
+HANDLE = RunHandle(
+    backend="datalore",
+    run_id="r1",
+    notebook_id="own/nb",
+    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    web_url=f"{BASE}/notebook/own/nb",
+)
+
+
+def response(body: Any, *, status: int = 200, method: str = "GET") -> HttpResponse:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return HttpResponse(
+        status=status,
+        headers={"content-type": "application/json"},
+        body=raw,
+        method=method,
+        url=f"{BASE}/api/run/v1/r1",
+        vendor="datalore",
+    )
+
+
+def to_run(body: Any) -> Any:
+    wire, raw = decode_run_status(response(body))
+    return run_from_status(
+        wire,
+        raw,
+        handle=HANDLE,
+        base_url=BASE,
+        states=StateTable("datalore", DATALORE_IN_PROGRESS_STATES),
+    )
+
+
+# --------------------------------------------------------------------------- notebook ids
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("own/nb", "own/nb"),
+        ("  own/nb \n", "own/nb"),
+        ("own/nb/", "own/nb"),
+        ("a1-_B.c/Xy~9", "a1-_B.c/Xy~9"),
+        (f"{BASE}/notebook/own/nb", "own/nb"),
+        (f"{BASE}/notebook/own/nb/", "own/nb"),
+        (f"{BASE}/notebook/own/nb/artifacts/run1/x.ipynb", "own/nb"),
+        (f"{BASE}/notebook/own/nb?tab=1#cell", "own/nb"),
+        ("HTTPS://datalore.jetbrains.com/notebook/own/nb", "own/nb"),
+        (f"{BASE}/notebook/o%C3%A9/nb", "oé/nb"),
+    ],
+)
+def test_parse_notebook_id_accepts(value: str, expected: str) -> None:
+    assert parse_notebook_id(value, base_url=BASE) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "nb",
+        "own/nb/extra",
+        "/nb",
+        "own/",
+        "own//nb",
+        "o wn/nb",
+        "own/n?b",
+        "own/n#b",
+        "own/..",
+        "./nb",
+        "own/n\\b",
+        "own/n\x00b",
+        f"{BASE}/report/own/nb",
+        f"{BASE}/notebook/own",
+        f"{BASE}/notebook/own/%2E%2E",
+        "ftp://datalore.jetbrains.com/notebook/own/nb",
+        "datalore.jetbrains.com/notebook/own/nb",
+    ],
+)
+def test_parse_notebook_id_refuses_with_expected_shape(value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_notebook_id(value, base_url=BASE)
+    assert "'owner/id'" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [None, 12, ["own", "nb"]])
+def test_parse_notebook_id_refuses_non_strings(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="'owner/id'"):
+        parse_notebook_id(value)
+
+
+def test_parse_notebook_id_refuses_url_of_another_installation() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_notebook_id("https://datalore.corp.example/notebook/own/nb", base_url=BASE)
+    message = str(caught.value)
+    assert "datalore.corp.example" in message
+    assert "datalore.jetbrains.com" in message
+    assert "DATALORE_URL" in message
+    # Without a base URL to compare with, any host is accepted.
+    assert parse_notebook_id("https://datalore.corp.example/notebook/own/nb") == "own/nb"
+
+
+def test_parse_notebook_id_on_premises_with_port() -> None:
+    url = "https://dl.corp.example:8443/notebook/own/nb"
+    assert parse_notebook_id(url, base_url="https://DL.corp.example:8443") == "own/nb"
+
+
+def test_parse_notebook_id_unreadable_url() -> None:
+    with pytest.raises(ConfigurationError, match="unreadable URL"):
+        parse_notebook_id("https://[::1/notebook/own/nb")
+
+
+def test_web_and_status_urls_are_encoded() -> None:
+    assert notebook_web_url(BASE, "own/nb") == f"{BASE}/notebook/own/nb"
+    assert notebook_web_url(BASE, "o%/n b") == f"{BASE}/notebook/o%25/n%20b"
+    assert status_path("r1") == "/api/run/v1/r1"
+    assert status_path("a/b?c#d") == "/api/run/v1/a%2Fb%3Fc%23d"
+    with pytest.raises(ConfigurationError):
+        status_path("..")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/notebook/o/n/artifacts/r/x.ipynb", f"{BASE}/notebook/o/n/artifacts/r/x.ipynb"),
+        ("notebook/o/n/x.ipynb", f"{BASE}/notebook/o/n/x.ipynb"),
+        ("/notebook/o/n/My report.ipynb", f"{BASE}/notebook/o/n/My%20report.ipynb"),
+        ("/notebook/o/n/My%20report.ipynb", f"{BASE}/notebook/o/n/My%20report.ipynb"),
+        ("https://cdn.example/x.ipynb", "https://cdn.example/x.ipynb"),
+    ],
+)
+def test_artifact_url(path: str, expected: str) -> None:
+    assert artifact_url(BASE, path) == expected
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_defaults() -> None:
+    options = DataloreRunOptions()
+    assert options.update_report == "never"
+    assert options.direct_file_storage_write is False
+    assert options.mode == "run"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"update_report": "always"},
+        {"update_report": "on_success"},
+        {"direct_file_storage_write": 1},
+        {"direct_file_storage_write": "yes"},
+        {"mode": "interactive"},
+    ],
+)
+def test_options_refuse_bad_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="DataloreRunOptions"):
+        DataloreRunOptions(**kwargs)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def test_run_body_defaults_without_parameters() -> None:
+    assert build_run_body("own/nb", {}, DataloreRunOptions()) == {
+        "notebookId": "own/nb",
+        "updateReport": "never",
+        "directFileStorageWrite": False,
+    }
+
+
+def test_run_body_with_options_and_parameters_in_order() -> None:
+    options = DataloreRunOptions(update_report="on success", direct_file_storage_write=True)
+    inputs = {"Columns": "revenue", "n": 3, "ratio": 0.5, "flag": True}
+    assert build_run_body("own/nb", inputs, options) == {
+        "notebookId": "own/nb",
+        "updateReport": "on success",
+        "directFileStorageWrite": True,
+        "parameters": [
+            {"name": "Columns", "value": "revenue"},
+            {"name": "n", "value": 3},
+            {"name": "ratio", "value": 0.5},
+            {"name": "flag", "value": True},
+        ],
+    }
+
+
+@pytest.mark.parametrize("value", [None, ["a"], {"a": 1}, b"x", datetime(2026, 1, 1)])
+def test_parameters_refuse_other_types(value: object) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_parameters({"day": value})
+    assert "'day'" in str(caught.value)
+    assert "str, int, float or bool" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_parameters_refuse_non_finite_floats(value: float) -> None:
+    with pytest.raises(ConfigurationError, match="JSON cannot carry"):
+        build_parameters({"x": value})
+
+
+def test_computation_body() -> None:
+    body = build_computation_body("own/nb", {}, DataloreRunOptions(mode="computation"))
+    assert body == {"notebookId": "own/nb"}
+
+
+def test_computation_body_refuses_inputs_and_run_settings() -> None:
+    with pytest.raises(ConfigurationError, match="takes no parameters"):
+        build_computation_body("own/nb", {"x": 1}, DataloreRunOptions(mode="computation"))
+    for options in (
+        DataloreRunOptions(mode="computation", update_report="on success"),
+        DataloreRunOptions(mode="computation", direct_file_storage_write=True),
+    ):
+        with pytest.raises(ConfigurationError, match="Run API only"):
+            build_computation_body("own/nb", {}, options)
+
+
+# --------------------------------------------------------------------------- start responses
+
+
+def test_decode_run_started() -> None:
+    body = {"runId": "abc", "unexpected": [1, 2]}
+    assert decode_run_started(response(body, method="POST"), web_url="W") == "abc"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>oops</html>", b"", {"id": "abc"}, {"runId": ""}, {"runId": None}, [{"runId": "a"}]],
+)
+def test_decode_run_started_garbage(body: Any) -> None:
+    with pytest.raises(ResponseDecodeError) as caught:
+        decode_run_started(response(body, method="POST"), web_url=f"{BASE}/notebook/own/nb")
+    error = caught.value
+    assert "probably running" in str(error)
+    assert f"{BASE}/notebook/own/nb" in str(error)
+    assert error.vendor == "datalore"
+    assert error.status == 200
+
+
+# --------------------------------------------------------------------------- status responses
+
+
+def test_status_running_known() -> None:
+    run = to_run(
+        {
+            "runId": "r1",
+            "userId": "own",
+            "notebookId": "nb",
+            "startTime": "2026-01-01T10:00:00Z",
+            "status": "RUNNING",
+            "updateReport": "never",
+            "directFileStorageWrite": False,
+            "readOnly": False,
+        }
+    )
+    assert run.state is RunState.RUNNING
+    assert run.vendor_state == "RUNNING"
+    assert run.started_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert run.finished_at is None
+    assert run.error is None
+    assert run.url == f"{BASE}/notebook/own/nb"
+    assert run.raw["userId"] == "own"
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("running", RunState.RUNNING),
+        ("IN_PROGRESS", RunState.RUNNING),
+        ("Queued", RunState.PENDING),
+        ("STARTING", RunState.PENDING),
+        ("WARMING_UP", RunState.UNKNOWN),
+        ("example", RunState.UNKNOWN),
+    ],
+)
+def test_status_strings(status: str, state: RunState) -> None:
+    run = to_run({"runId": "r1", "status": status})
+    assert run.state is state
+    assert run.vendor_state == status
+
+
+def test_status_running_with_null_finish_fields() -> None:
+    run = to_run({"runId": "r1", "status": "RUNNING", "endTime": None, "success": None})
+    assert run.state is RunState.RUNNING
+
+
+def test_status_succeeded_with_artifacts_and_unknown_fields() -> None:
+    run = to_run(
+        {
+            "runId": "r1",
+            "startTime": "2026-01-01T10:00:00Z",
+            "endTime": "2026-01-01T10:05:30Z",
+            "success": True,
+            "artifacts": [
+                {"name": "report.ipynb", "path": "/notebook/own/nb/artifacts/r1/report.ipynb"},
+                {"path": "/notebook/own/nb/artifacts/r1/data.csv", "size": 12},
+                {},
+            ],
+            "brandNewField": {"nested": True},
+        }
+    )
+    assert run.state is RunState.SUCCEEDED
+    assert run.error is None
+    assert run.finished_at == datetime(2026, 1, 1, 10, 5, 30, tzinfo=UTC)
+    assert [(a.name, a.url, a.path) for a in run.artifacts] == [
+        (
+            "report.ipynb",
+            f"{BASE}/notebook/own/nb/artifacts/r1/report.ipynb",
+            "/notebook/own/nb/artifacts/r1/report.ipynb",
+        ),
+        (
+            "data.csv",
+            f"{BASE}/notebook/own/nb/artifacts/r1/data.csv",
+            "/notebook/own/nb/artifacts/r1/data.csv",
+        ),
+    ]
+    assert run.raw["brandNewField"] == {"nested": True}
+
+
+def test_status_failed_explains_missing_reason() -> None:
+    run = to_run({"runId": "r1", "endTime": "2026-01-01T10:05:30Z", "success": False})
+    assert run.state is RunState.FAILED
+    assert run.error is not None
+    assert "unsuccessful" in run.error.message
+    assert "no failure reason" in run.error.message
+    assert f"{BASE}/notebook/own/nb" in run.error.message
+
+
+def test_status_finished_without_success_is_failed() -> None:
+    run = to_run({"runId": "r1"})
+    assert run.state is RunState.FAILED
+    assert run.error is not None
+    assert "without saying whether it succeeded" in run.error.message
+
+
+def test_status_null_counts_as_absent() -> None:
+    assert to_run({"runId": "r1", "status": None, "success": True}).state is RunState.SUCCEEDED
+
+
+def test_end_time_wins_over_a_lingering_status() -> None:
+    run = to_run({"runId": "r1", "status": "DONE", "endTime": "2026-01-01T10:00:00Z"})
+    assert run.state is RunState.FAILED
+    assert run.vendor_state == "DONE"
+    run = to_run(
+        {"runId": "r1", "status": "DONE", "endTime": "2026-01-01T10:00:00Z", "success": True}
+    )
+    assert run.state is RunState.SUCCEEDED
+
+
+def test_numeric_ids_are_read_as_strings() -> None:
+    run = to_run({"runId": 42, "userId": 7, "status": 3})
+    assert run.state is RunState.UNKNOWN
+    assert run.vendor_state == "3"
+
+
+def test_epoch_timestamps_are_read() -> None:
+    run = to_run({"startTime": 1767261600000, "endTime": 1767261900, "success": True})
+    assert run.started_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert run.finished_at == datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"<html><body>502</body></html>",
+        [],
+        "RUNNING",
+        {"success": "true"},
+        {"status": {"name": "RUNNING"}},
+        {"startTime": "yesterday"},
+        {"startTime": True},
+        {"artifacts": "report.ipynb"},
+        {"artifacts": ["report.ipynb"]},
+        {"artifacts": [{"name": ["x"]}]},
+        {"runId": 1.5},
+        {"readOnly": "no"},
+    ],
+)
+def test_status_garbage_is_a_decode_error(body: Any) -> None:
+    with pytest.raises(ResponseDecodeError) as caught:
+        to_run(body)
+    error = caught.value
+    assert error.vendor == "datalore"
+    assert error.status == 200
+    assert error.url == f"{BASE}/api/run/v1/r1"
+    assert error.body
+
+
+def test_hand_made_handle_with_odd_notebook_id() -> None:
+    handle = RunHandle(backend="datalore", run_id="r1", notebook_id="just-an-id")
+    wire, raw = decode_run_status(response({"success": False}))
+    states = StateTable("datalore", DATALORE_IN_PROGRESS_STATES)
+    run = run_from_status(wire, raw, handle=handle, base_url=BASE, states=states)
+    assert run.url is None
+    assert run.error is not None
+    assert "the notebook just-an-id in Datalore" in run.error.message
+    with_url = attrs.evolve(handle, notebook_id="own/nb")
+    assert handle_web_url(with_url, BASE) == f"{BASE}/notebook/own/nb"
+
+
+def test_submitted_run() -> None:
+    run = submitted_run(HANDLE)
+    assert run.state is RunState.SUBMITTED
+    assert run.state.is_terminal
+    assert run.url == HANDLE.web_url
+
+
+# --------------------------------------------------------------------------- error hints
+
+
+def api_error(status: int, body: Any, method: str = "POST") -> APIError:
+    return build_api_error(
+        PROFILE,
+        status=status,
+        method=method,
+        url=f"{BASE}/api/run/v1/notebook",
+        headers={},
+        body=json.dumps(body).encode(),
+    )
+
+
+@pytest.mark.parametrize("key", ["error", "message"])
+@pytest.mark.parametrize(
+    ("status", "method", "cls", "hint"),
+    [
+        (400, "POST", BadRequest, "interactive controls"),
+        (400, "GET", BadRequest, "check the run id"),
+        (401, "POST", AuthenticationError, "DATALORE_TOKEN"),
+        (401, "GET", AuthenticationError, "Account settings > API tokens"),
+        (403, "POST", PermissionDenied, "view-only access"),
+        (403, "GET", PermissionDenied, "access to the run's notebook"),
+        (404, "POST", NotFound, "not shared with the token's account"),
+        (404, "GET", NotFound, "no such run"),
+    ],
+)
+def test_error_hints(key: str, status: int, method: str, cls: type[Exception], hint: str) -> None:
+    error = api_error(status, {key: "the vendor's own words"}, method)
+    assert type(error) is cls
+    assert error.status == status
+    assert error.vendor == "datalore"
+    assert "the vendor's own words" in str(error)
+    assert hint in str(error)
+    assert error.data == {key: "the vendor's own words"}
+
+
+def test_other_statuses_are_left_alone() -> None:
+    error = api_error(500, {"error": "boom"})
+    assert type(error) is ServerError
+    assert str(error).endswith("returned 500: boom")
