@@ -1,0 +1,847 @@
+"""The Deepnote adapter: every Public API v2 endpoint (and v1 execute) as a typed async method,
+plus the :class:`~notebookops.NotebookBackend` protocol on top of them.
+
+Behaviour worth knowing (see the module docs of ``notebookops.backends.deepnote``):
+
+* Deepnote has no endpoint to stop a run, so this backend has no CANCEL capability: at a
+  deadline ``run_and_wait`` leaves the run going and says so.
+* Starting a run is never retried blindly. After an ambiguous failure (the connection broke or
+  timed out after the request was sent, a 5xx, an unreadable 2xx) the notebook's runs list is
+  read; a single run created since the attempt is adopted, otherwise StartOutcomeUnknown says
+  what was seen.
+* A finished run's snapshot may still be ``pending``; ``get_run`` waits a bounded extra time for
+  it. A snapshot download URL on another origin is fetched without the API key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import anyio
+
+from ..._http import HttpResponse, HttpTransport, RateLimiter, check_base_url, path_segment
+from ..._redact import Secret, redact_url
+from ...backend import BaseBackend, StateTable
+from ...errors import (
+    AuthenticationError,
+    BadRequest,
+    ConfigurationError,
+    NotebookOpsError,
+    NotFound,
+    PermissionDenied,
+    ResponseDecodeError,
+    ServerError,
+    StartOutcomeUnknown,
+    TransportError,
+    UnsupportedOperation,
+)
+from ...models import (
+    Capability,
+    CellOutput,
+    Run,
+    RunErrorInfo,
+    RunHandle,
+    RunRequest,
+    RunState,
+)
+from ...policies import RetryPolicy
+from ._requests import (
+    DEEPNOTE_STATES,
+    PROFILE,
+    SNAPSHOT_DELIVERIES,
+    BlockPlacement,
+    DeepnoteRunOptions,
+    SnapshotDelivery,
+    build_notebook_body,
+    build_project_body,
+    build_reorder_body,
+    build_run_body,
+    build_schedule_body,
+    check_page_size,
+    created_since,
+    decode,
+    decode_run,
+    decode_started,
+    next_page_token,
+    notebook_web_url,
+    outputs_from_blocks,
+    outputs_from_snapshot,
+    run_error_info,
+)
+from ._wire import (
+    Me,
+    Notebook,
+    Pagination,
+    Project,
+    ProjectPage,
+    ReorderResult,
+    RunDetails,
+    RunPage,
+    RunStarted,
+    RunSummary,
+    Schedule,
+)
+
+__all__ = ["API_KEY_ENV", "DEFAULT_BASE_URL", "DeepnoteBackend"]
+
+logger = logging.getLogger("notebookops.deepnote")
+
+T = TypeVar("T")
+
+#: The environment variable the API key is read from when none is passed.
+API_KEY_ENV: Final = "DEEPNOTE_API_KEY"
+DEFAULT_BASE_URL: Final = "https://api.deepnote.com"
+DEFAULT_WEB_URL: Final = "https://deepnote.com"
+#: ``RunHandle.extra["mode"]`` of a v1 run whose v2 run could not be found (SUBMITTED).
+V1_SUBMITTED: Final = "v1-submitted"
+_RECONCILE_PAGES: Final = 5
+_RECONCILE_PAGE_SIZE: Final = 20
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        limit = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be {limit}, got {value!r}")
+    return float(value)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeepnoteBackend(BaseBackend):
+    """Runs Deepnote notebooks through the Public API v2 (or triggers them through v1).
+
+    ``api_key`` falls back to the ``DEEPNOTE_API_KEY`` environment variable. ``base_url`` is the
+    API origin; ``/v2`` and ``/v1`` are added here. ``workspace`` (the workspace id or slug from
+    the Deepnote URL) lets runs carry a web URL for people; without it, or while the project id
+    is unknown, ``Run.web_url`` stays None rather than guessed.
+
+    Snapshots: ``snapshot_delivery`` is how ``get_run`` asks for outputs (``"blocks"``, the
+    newer and lightest; servers that refuse it are read with ``"downloadUrl"`` from then on).
+    A finished run whose snapshot is still pending is re-read every ``snapshot_interval``
+    seconds for up to ``snapshot_wait`` seconds.
+
+    v1 mode (``use_v1=True`` or ``DeepnoteRunOptions(use_v1=True)``): the run is triggered with
+    ``POST /v1/projects/{p}/notebooks/{n}/execute``, which returns no run id; the run it started
+    is looked for in the v2 runs list for up to ``v1_discovery_timeout`` seconds and tracked.
+    If it cannot be found (no v2 access, or the notebook was already running, in which case
+    Deepnote ignores the trigger), the run is SUBMITTED: ``run_and_wait`` returns at once with
+    that state, since nothing more can be learnt.
+
+    Ambiguous start failures are reconciled with up to ``reconcile_attempts`` reads of the
+    runs list ``reconcile_interval`` seconds apart; runs created up to ``clock_skew`` seconds
+    before the attempt count, to absorb clock differences with Deepnote's servers.
+    """
+
+    name = "deepnote"
+    capabilities = frozenset(
+        {
+            Capability.RUN_STATUS,
+            Capability.OUTPUTS,
+            Capability.INPUTS,
+            Capability.BLOCK_SELECTION,
+            Capability.RESUMABLE,
+            Capability.RECONCILE_START,
+        }
+    )
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        workspace: str | None = None,
+        web_base_url: str = DEFAULT_WEB_URL,
+        use_v1: bool = False,
+        snapshot_delivery: SnapshotDelivery = "blocks",
+        snapshot_wait: float = 5.0,
+        snapshot_interval: float = 1.5,
+        v1_discovery_timeout: float = 30.0,
+        v1_discovery_interval: float = 2.0,
+        reconcile_attempts: int = 3,
+        reconcile_interval: float = 1.0,
+        clock_skew: float = 5.0,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_rate: float | None = None,
+        allow_http: bool = False,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise ConfigurationError(
+                f"no Deepnote API key: pass api_key=... or set the {API_KEY_ENV} environment "
+                "variable (create one under Settings & members > Security > API keys)"
+            )
+        if not isinstance(key, str):
+            raise ConfigurationError(f"api_key must be a string, got {type(key).__name__}")
+        key = key.strip()
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+            raise ConfigurationError("the Deepnote API key contains control characters")
+        origin = check_base_url(base_url, allow_http=allow_http)
+        if origin.rstrip("/").endswith(("/v1", "/v2")):
+            raise ConfigurationError(
+                f"base_url is the API origin (e.g. {DEFAULT_BASE_URL}); notebookops adds /v1 "
+                f"and /v2 itself. Got {redact_url(origin)!r}"
+            )
+        self._web_base = check_base_url(web_base_url, allow_http=allow_http, what="web URL")
+        if workspace is not None and (not isinstance(workspace, str) or not workspace.strip()):
+            raise ConfigurationError(f"workspace must be a non-empty string, got {workspace!r}")
+        if snapshot_delivery not in SNAPSHOT_DELIVERIES:
+            raise ConfigurationError(
+                f"snapshot_delivery must be one of {SNAPSHOT_DELIVERIES}, got {snapshot_delivery!r}"
+            )
+        if not isinstance(use_v1, bool):
+            raise ConfigurationError(f"use_v1 must be True or False, got {use_v1!r}")
+        if (
+            isinstance(reconcile_attempts, bool)
+            or not isinstance(reconcile_attempts, int)
+            or reconcile_attempts < 1
+        ):
+            raise ConfigurationError(
+                f"reconcile_attempts must be an int >= 1, got {reconcile_attempts!r}"
+            )
+        self._workspace = workspace
+        self._use_v1 = use_v1
+        self._delivery: SnapshotDelivery = snapshot_delivery
+        self._snapshot_wait = _seconds("snapshot_wait", snapshot_wait)
+        self._snapshot_interval = _seconds("snapshot_interval", snapshot_interval, allow_zero=False)
+        self._v1_timeout = _seconds("v1_discovery_timeout", v1_discovery_timeout)
+        self._v1_interval = _seconds(
+            "v1_discovery_interval", v1_discovery_interval, allow_zero=False
+        )
+        self._reconcile_attempts = reconcile_attempts
+        self._reconcile_interval = _seconds("reconcile_interval", reconcile_interval)
+        self._clock_skew = _seconds("clock_skew", clock_skew)
+        self._states = StateTable(self.name, DEEPNOTE_STATES)
+        self._transport = HttpTransport(
+            PROFILE,
+            base_url=origin,
+            token=Secret(key),
+            timeout=timeout,
+            retry=retry,
+            rate_limiter=RateLimiter(max_rate),
+            allow_http=allow_http,
+        )
+
+    async def _aclose(self) -> None:
+        await self._transport.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """The API origin requests go to."""
+        return self._transport.base_url
+
+    # ================================================================== runs
+
+    async def create_run(
+        self,
+        notebook_id: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        blocks: Sequence[str] | None = None,
+        options: DeepnoteRunOptions | None = None,
+    ) -> RunStarted:
+        """``POST /v2/runs``: start a run. One attempt, no reconciliation: an ambiguous failure
+        is raised as is (``start_run`` is the method that settles it)."""
+        self._ensure_open()
+        body = build_run_body(notebook_id, inputs=inputs, blocks=blocks, options=options)
+        return await self._post_run(body)
+
+    async def _post_run(self, body: Mapping[str, Any]) -> RunStarted:
+        response = await self._transport.request("POST", "/v2/runs", json=dict(body))
+        return decode_started(response)
+
+    async def get_run_details(
+        self, run_id: str, *, snapshot_delivery: SnapshotDelivery | None = None
+    ) -> RunDetails:
+        """``GET /v2/runs/{runId}?snapshotDelivery=...`` (the backend's default delivery when
+        None)."""
+        self._ensure_open()
+        delivery = snapshot_delivery or self._delivery
+        if delivery not in SNAPSHOT_DELIVERIES:
+            raise ConfigurationError(
+                f"snapshot_delivery must be one of {SNAPSHOT_DELIVERIES}, got {delivery!r}"
+            )
+        response = await self._transport.request(
+            "GET",
+            f"/v2/runs/{path_segment(run_id, what='run id')}",
+            params={"snapshotDelivery": delivery},
+        )
+        return decode_run(response)
+
+    async def fetch_snapshot(self, url: str) -> str:
+        """Download a snapshot document (``snapshotDownloadUrl``). A URL on another origin (a
+        presigned S3 link) gets no Authorization header."""
+        self._ensure_open()
+        if not isinstance(url, str) or not url:
+            raise ConfigurationError(f"snapshot URL must be a non-empty string, got {url!r}")
+        response = await self._transport.request(
+            "GET", url, headers={"Accept": "application/x-yaml, text/yaml, text/plain, */*"}
+        )
+        try:
+            return response.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ResponseDecodeError(
+                f"the snapshot at {redact_url(url)} is not UTF-8 text",
+                vendor=self.name,
+                url=redact_url(url),
+                status=response.status,
+            ) from None
+
+    def list_notebook_runs(
+        self, notebook_id: str, *, page_size: int = 20
+    ) -> AsyncIterator[RunSummary]:
+        """Every run of a notebook, newest first (UI and scheduled runs included), following
+        ``nextPageToken`` while ``hasMore``. ``page_size`` is 1 to 100.
+
+        A server that hands out a token it already gave ends the iteration with a
+        ResponseDecodeError instead of looping forever.
+        """
+        self._ensure_open()
+        check_page_size(page_size)
+        path_segment(notebook_id, what="notebook id")
+
+        async def fetch(token: str | None) -> tuple[list[RunSummary], Pagination, HttpResponse]:
+            page, response = await self._runs_page(notebook_id, page_size, token)
+            return page.runs, page.pagination, response
+
+        return self._paginate(fetch, "notebook runs")
+
+    async def list_notebook_runs_page(
+        self, notebook_id: str, *, page_size: int = 20, page_token: str | None = None
+    ) -> RunPage:
+        """``GET /v2/notebooks/{id}/runs``: one page of a notebook's runs, newest first."""
+        self._ensure_open()
+        check_page_size(page_size)
+        return (await self._runs_page(notebook_id, page_size, page_token))[0]
+
+    async def _runs_page(
+        self, notebook_id: str, page_size: int, page_token: str | None
+    ) -> tuple[RunPage, HttpResponse]:
+        params: dict[str, str | int] = {"pageSize": page_size}
+        if page_token is not None:
+            params["pageToken"] = page_token
+        response = await self._transport.request(
+            "GET",
+            f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}/runs",
+            params=params,
+        )
+        return decode(response, RunPage), response
+
+    # ================================================================== notebooks
+
+    async def create_notebook(self, project_id: str, name: str | None = None) -> Notebook:
+        """``POST /v2/notebooks``: an empty notebook in a project (names are unique per
+        project; a duplicate is a Conflict)."""
+        self._ensure_open()
+        response = await self._transport.request(
+            "POST", "/v2/notebooks", json=build_notebook_body(project_id, name)
+        )
+        return decode(response, Notebook, envelope="notebook")
+
+    async def get_notebook(self, notebook_id: str) -> Notebook:
+        """``GET /v2/notebooks/{id}``: blocks and input variables (names to use in inputs)."""
+        self._ensure_open()
+        response = await self._transport.request(
+            "GET", f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}"
+        )
+        return decode(response, Notebook, envelope="notebook")
+
+    async def delete_notebook(self, notebook_id: str) -> None:
+        """``DELETE /v2/notebooks/{id}`` (204)."""
+        self._ensure_open()
+        await self._transport.request(
+            "DELETE", f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}"
+        )
+
+    async def reorder_blocks(
+        self, notebook_id: str, block_ids: Sequence[str], placement: BlockPlacement
+    ) -> list[str]:
+        """``POST /v2/notebooks/{id}/reorder-blocks``: move ``block_ids`` (in that order) to
+        ``placement``; returns the notebook's full resulting block order. Safe to repeat."""
+        self._ensure_open()
+        body = build_reorder_body(block_ids, placement)
+        response = await self._transport.request(
+            "POST",
+            f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}/reorder-blocks",
+            json=body,
+            # Moving blocks to an absolute place gives the same result however often it runs.
+            idempotent=True,
+        )
+        return decode(response, ReorderResult).block_ids
+
+    async def upsert_schedule(
+        self, notebook_id: str, cron: str, timezone: str | None = None
+    ) -> Schedule:
+        """``POST /v2/notebooks/{id}/schedule``: create or replace the schedule of the
+        notebook's project (one per project: this re-points it to this notebook). ``timezone``
+        is an IANA name, checked locally; None means UTC."""
+        self._ensure_open()
+        body = build_schedule_body(cron, timezone)
+        response = await self._transport.request(
+            "POST",
+            f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}/schedule",
+            json=body,
+            # An upsert to the same values is the same schedule.
+            idempotent=True,
+        )
+        return decode(response, Schedule, envelope="schedule")
+
+    # ================================================================== projects
+
+    def list_projects(
+        self, *, name_contains: str | None = None, page_size: int = 50
+    ) -> AsyncIterator[Project]:
+        """Every project of the workspace (``name_contains`` is a case-insensitive substring),
+        following ``nextPageToken`` while ``hasMore``. ``page_size`` is 1 to 100."""
+        self._ensure_open()
+        check_page_size(page_size)
+        self._check_name_filter(name_contains)
+
+        async def fetch(token: str | None) -> tuple[list[Project], Pagination, HttpResponse]:
+            page, response = await self._projects_page(page_size, token, name_contains)
+            return page.projects, page.pagination, response
+
+        return self._paginate(fetch, "projects")
+
+    async def list_projects_page(
+        self,
+        *,
+        page_size: int = 50,
+        page_token: str | None = None,
+        name_contains: str | None = None,
+    ) -> ProjectPage:
+        """``GET /v2/projects``: one page of projects."""
+        self._ensure_open()
+        check_page_size(page_size)
+        self._check_name_filter(name_contains)
+        return (await self._projects_page(page_size, page_token, name_contains))[0]
+
+    @staticmethod
+    def _check_name_filter(name_contains: str | None) -> None:
+        if name_contains is not None and not isinstance(name_contains, str):
+            raise ConfigurationError(f"name_contains must be a string, got {name_contains!r}")
+
+    async def _projects_page(
+        self, page_size: int, page_token: str | None, name_contains: str | None
+    ) -> tuple[ProjectPage, HttpResponse]:
+        params: dict[str, str | int] = {"pageSize": page_size}
+        if page_token is not None:
+            params["pageToken"] = page_token
+        if name_contains:
+            params["nameContains"] = name_contains
+        response = await self._transport.request("GET", "/v2/projects", params=params)
+        return decode(response, ProjectPage), response
+
+    async def create_project(
+        self, name: str, *, folder_id: str | None = None, project_type: str | None = None
+    ) -> Project:
+        """``POST /v2/projects``: a new project (seeded by Deepnote with one empty notebook)."""
+        self._ensure_open()
+        body = build_project_body(name, folder_id=folder_id, project_type=project_type)
+        response = await self._transport.request("POST", "/v2/projects", json=body)
+        return decode(response, Project, envelope="project")
+
+    async def get_project(self, project_id: str) -> Project:
+        """``GET /v2/projects/{id}``: the project with its notebooks and files."""
+        self._ensure_open()
+        response = await self._transport.request(
+            "GET", f"/v2/projects/{path_segment(project_id, what='project id')}"
+        )
+        return decode(response, Project, envelope="project")
+
+    async def delete_project(self, project_id: str) -> None:
+        """``DELETE /v2/projects/{id}`` (204)."""
+        self._ensure_open()
+        await self._transport.request(
+            "DELETE", f"/v2/projects/{path_segment(project_id, what='project id')}"
+        )
+
+    async def me(self) -> Me:
+        """``GET /v2/me``: the API key, its creator, its workspace and the access level."""
+        self._ensure_open()
+        response = await self._transport.request("GET", "/v2/me")
+        return decode(response, Me)
+
+    # ================================================================== v1
+
+    async def execute_v1(self, project_id: str, notebook_id: str) -> None:
+        """``POST /v1/projects/{p}/notebooks/{n}/execute`` (202): start the notebook's machine
+        if needed and run it. No run id comes back, and a notebook already running ignores it.
+        Not retried after an ambiguous failure."""
+        self._ensure_open()
+        project = path_segment(project_id, what="project id")
+        notebook = path_segment(notebook_id, what="notebook id")
+        await self._transport.request(
+            "POST", f"/v1/projects/{project}/notebooks/{notebook}/execute"
+        )
+
+    # ================================================================== pagination
+
+    async def _paginate(
+        self,
+        fetch: Callable[[str | None], Awaitable[tuple[Sequence[T], Pagination, HttpResponse]]],
+        what: str,
+    ) -> AsyncIterator[T]:
+        seen: set[str] = set()
+        token: str | None = None
+        while True:
+            self._ensure_open()
+            items, pagination, response = await fetch(token)
+            # Checked before yielding: a page behind a repeated token is a repeat itself.
+            token = next_page_token(pagination, seen, response, what)
+            for item in items:
+                yield item
+            if token is None:
+                return
+
+    # ================================================================== NotebookBackend
+
+    async def start_run(self, request: RunRequest) -> RunHandle:
+        """Start a run (``POST /v2/runs``, or v1 execute in v1 mode) and return its handle.
+
+        The POST is sent once. If its outcome is ambiguous, the notebook's runs list decides:
+        exactly one run created since the attempt is adopted; anything else raises
+        StartOutcomeUnknown (chained to the original error) with what was seen.
+        """
+        self._ensure_open()
+        if not isinstance(request, RunRequest):
+            raise ConfigurationError(f"expected a RunRequest, got {type(request).__name__}")
+        options = self._options(request, DeepnoteRunOptions)
+        use_v1 = self._use_v1 if options.use_v1 is None else options.use_v1
+        if use_v1:
+            return await self._start_v1(request, options)
+        body = build_run_body(
+            request.notebook, inputs=request.inputs, blocks=request.blocks, options=options
+        )
+        attempt_at = _now()
+        try:
+            started = await self._post_run(body)
+        except (TransportError, ServerError, ResponseDecodeError) as error:
+            if isinstance(error, TransportError) and not error.request_sent:
+                raise  # provably never reached Deepnote: no run can exist
+            found = await self._reconcile(request.notebook, attempt_at, error)
+            return self._handle(
+                found.run_id, request.notebook, found.created_at, options.project_id
+            )
+        return self._handle(
+            started.run_id, request.notebook, started.created_at, options.project_id
+        )
+
+    async def get_run(self, handle: RunHandle) -> Run:
+        """Read the run (``GET /v2/runs/{id}``). A finished run carries its outputs and, when
+        it failed, the reason (from the run's ``error`` or the snapshot's error outputs)."""
+        self._check_handle(handle)
+        if handle.extra.get("mode") == V1_SUBMITTED:
+            return Run(
+                handle=handle,
+                state=RunState.SUBMITTED,
+                vendor_state="accepted",
+                created_at=handle.created_at,
+                web_url=handle.web_url,
+            )
+        details = await self._read_run(handle.run_id)
+        state = self._states(details.status)
+        if state.is_terminal and details.snapshot_status == "pending":
+            details = await self._await_snapshot(handle.run_id, details)
+        outputs, snapshot_error = await self._outputs(details, state, handle)
+        project_id = details.project_id or handle.extra.get("project_id")
+        return Run(
+            handle=handle,
+            state=state,
+            vendor_state=details.status,
+            created_at=details.created_at or handle.created_at,
+            finished_at=details.finished_at,
+            outputs=tuple(outputs),
+            error=run_error_info(details, state, outputs, snapshot_error),
+            web_url=self._web_url(project_id, details.notebook_id or handle.notebook_id),
+            raw=details.raw,
+        )
+
+    async def cancel_run(self, handle: RunHandle) -> None:
+        """Deepnote's API has no endpoint to stop a run: always UnsupportedOperation."""
+        self._check_handle(handle)
+        raise UnsupportedOperation(
+            "the deepnote backend cannot cancel runs (no CANCEL capability): Deepnote's API "
+            "has no endpoint to stop a run; stop it from the notebook in the Deepnote app",
+            capability=Capability.CANCEL.value,
+        )
+
+    # ------------------------------------------------------------------ helpers: handles
+
+    def _web_url(self, project_id: str | None, notebook_id: str | None) -> str | None:
+        return notebook_web_url(self._web_base, self._workspace, project_id, notebook_id)
+
+    def _handle(
+        self,
+        run_id: str,
+        notebook_id: str,
+        created_at: datetime | None,
+        project_id: str | None,
+        *,
+        extra: Mapping[str, str] | None = None,
+    ) -> RunHandle:
+        values = dict(extra or {})
+        if project_id:
+            values["project_id"] = project_id
+        return RunHandle(
+            backend=self.name,
+            run_id=run_id,
+            notebook_id=notebook_id,
+            created_at=created_at,
+            web_url=self._web_url(project_id, notebook_id),
+            extra=values,
+        )
+
+    # ------------------------------------------------------------------ helpers: reading
+
+    async def _read_run(self, run_id: str) -> RunDetails:
+        delivery = self._delivery
+        try:
+            return await self.get_run_details(run_id, snapshot_delivery=delivery)
+        except BadRequest:
+            if delivery != "blocks":
+                raise
+            # "blocks" is newer than the documented values; an older server rejects it.
+            details = await self.get_run_details(run_id, snapshot_delivery="downloadUrl")
+            logger.warning(
+                "deepnote refused snapshotDelivery=blocks; using downloadUrl from now on"
+            )
+            self._delivery = "downloadUrl"
+            return details
+
+    async def _await_snapshot(self, run_id: str, details: RunDetails) -> RunDetails:
+        """Re-read a finished run while its snapshot is ``pending``, within snapshot_wait."""
+        deadline = anyio.current_time() + self._snapshot_wait
+        while (
+            details.snapshot_status == "pending"
+            and anyio.current_time() + self._snapshot_interval <= deadline
+        ):
+            await anyio.sleep(self._snapshot_interval)
+            details = await self._read_run(run_id)
+        if details.snapshot_status == "pending":
+            logger.info(
+                "deepnote run %s finished but its snapshot is still pending after %gs; "
+                "returning it without outputs",
+                run_id,
+                self._snapshot_wait,
+            )
+        return details
+
+    async def _outputs(
+        self, details: RunDetails, state: RunState, handle: RunHandle
+    ) -> tuple[list[CellOutput], RunErrorInfo | None]:
+        """Outputs from whichever snapshot form the run carries. A snapshot that cannot be
+        fetched or read costs the outputs (logged), never the run's state."""
+        if details.snapshot_blocks is not None:
+            return outputs_from_blocks(details.snapshot_blocks), None
+        if not state.is_terminal:
+            return [], None
+        text = details.snapshot_content
+        if text is None and details.snapshot_download_url:
+            try:
+                text = await self.fetch_snapshot(details.snapshot_download_url)
+            except NotebookOpsError as error:
+                logger.warning(
+                    "could not download the snapshot of deepnote run %s: %s", handle.run_id, error
+                )
+                return [], None
+        if text is None:
+            return [], None
+        try:
+            result = outputs_from_snapshot(text, details.notebook_id or handle.notebook_id)
+        except ValueError as error:
+            logger.warning(
+                "could not read the snapshot of deepnote run %s: %s", handle.run_id, error
+            )
+            return [], None
+        if result.skipped_outputs:
+            logger.warning(
+                "skipped %d unreadable outputs in the snapshot of deepnote run %s",
+                result.skipped_outputs,
+                handle.run_id,
+            )
+        return list(result.outputs), result.error
+
+    # ------------------------------------------------------------------ helpers: starting
+
+    async def _runs_since(self, notebook_id: str, threshold: datetime) -> list[RunSummary]:
+        """The notebook's runs created at or after ``threshold``, newest first (a few pages
+        at most: the list is newest first, so older pages cannot hold any)."""
+        found: list[RunSummary] = []
+        seen: set[str] = set()
+        token: str | None = None
+        for _ in range(_RECONCILE_PAGES):
+            page, response = await self._runs_page(notebook_id, _RECONCILE_PAGE_SIZE, token)
+            older = False
+            for run in page.runs:
+                if created_since(run.created_at, threshold):
+                    if run.run_id.strip():
+                        found.append(run)
+                elif run.created_at is not None:
+                    older = True
+            token = next_page_token(page.pagination, seen, response, "notebook runs")
+            if older or token is None:
+                break
+        return found
+
+    async def _reconcile(
+        self, notebook_id: str, attempt_at: datetime, error: NotebookOpsError
+    ) -> RunSummary:
+        threshold = attempt_at - timedelta(seconds=self._clock_skew)
+        evidence: list[str] = []
+        for attempt in range(self._reconcile_attempts):
+            if attempt:
+                await anyio.sleep(self._reconcile_interval)
+            try:
+                candidates = await self._runs_since(notebook_id, threshold)
+            except NotebookOpsError as list_error:
+                evidence.append(f"reading the notebook's runs failed ({list_error})")
+                if isinstance(list_error, AuthenticationError | PermissionDenied | NotFound):
+                    break
+                continue
+            if len(candidates) == 1:
+                logger.warning(
+                    "starting deepnote notebook %s failed ambiguously (%s); adopted run %s, "
+                    "the only one created since the attempt",
+                    notebook_id,
+                    type(error).__name__,
+                    candidates[0].run_id,
+                )
+                return candidates[0]
+            if candidates:
+                ids = ", ".join(run.run_id for run in candidates[:5])
+                evidence.append(
+                    f"{len(candidates)} runs were created since the attempt ({ids}); "
+                    "cannot tell which one is ours"
+                )
+                break
+            evidence.append(f"read {attempt + 1}: no run created since {threshold.isoformat()}")
+        raise StartOutcomeUnknown(
+            f"starting deepnote notebook {notebook_id!r} failed ambiguously ({error}); the run "
+            "may or may not have started. Check the notebook's runs in Deepnote before "
+            "starting it again",
+            notebook=notebook_id,
+            evidence="; ".join(evidence),
+        ) from error
+
+    async def _project_of(self, notebook_id: str) -> str:
+        hint = "pass DeepnoteRunOptions(project_id=...) (the id is in the notebook's URL)"
+        try:
+            notebook = await self.get_notebook(notebook_id)
+        except (AuthenticationError, PermissionDenied, NotFound) as error:
+            raise ConfigurationError(
+                f"v1 execute needs the project id of notebook {notebook_id!r} and it could not "
+                f"be read through v2 ({error}); {hint}"
+            ) from error
+        if not notebook.project_id:
+            raise ConfigurationError(
+                f"Deepnote did not say which project notebook {notebook_id!r} is in; {hint}"
+            )
+        return notebook.project_id
+
+    async def _start_v1(self, request: RunRequest, options: DeepnoteRunOptions) -> RunHandle:
+        if request.inputs or request.blocks is not None:
+            raise ConfigurationError(
+                "Deepnote's v1 execute endpoint takes no inputs and no block selection; "
+                "use the v2 API (use_v1=False) for those"
+            )
+        if (
+            options.detached is not None
+            or options.detached_run_storage_mode is not None
+            or options.run_dependent_blocks is not None
+        ):
+            raise ConfigurationError(
+                "detached, detached_run_storage_mode and run_dependent_blocks are v2 options; "
+                "v1 execute cannot honour them"
+            )
+        notebook_id = request.notebook
+        project_id = options.project_id or await self._project_of(notebook_id)
+        known: set[str] | None
+        try:
+            page, _ = await self._runs_page(notebook_id, _RECONCILE_PAGE_SIZE, None)
+            known = {run.run_id for run in page.runs}
+        except (AuthenticationError, PermissionDenied, NotFound) as error:
+            logger.info(
+                "deepnote v2 runs list unavailable for %s (%s); a v1 run will be SUBMITTED",
+                notebook_id,
+                error,
+            )
+            known = None
+        triggered_at = _now()
+        try:
+            await self.execute_v1(project_id, notebook_id)
+        except (TransportError, ServerError) as error:
+            if isinstance(error, TransportError) and not error.request_sent:
+                raise
+            found = await self._discover_v1(notebook_id, known, triggered_at)
+            if found is None:
+                raise StartOutcomeUnknown(
+                    f"triggering deepnote notebook {notebook_id!r} through v1 failed "
+                    f"ambiguously ({error}); it may or may not be running",
+                    notebook=notebook_id,
+                    evidence=(
+                        "no v2 runs list to check"
+                        if known is None
+                        else f"no new run appeared within {self._v1_timeout:g}s"
+                    ),
+                ) from error
+            return self._handle(found.run_id, notebook_id, found.created_at, project_id)
+        found = await self._discover_v1(notebook_id, known, triggered_at)
+        if found is not None:
+            return self._handle(found.run_id, notebook_id, found.created_at, project_id)
+        logger.info(
+            "deepnote v1 trigger of %s accepted, but its run could not be found; SUBMITTED",
+            notebook_id,
+        )
+        return self._handle(
+            f"v1-{uuid.uuid4().hex}",
+            notebook_id,
+            triggered_at,
+            project_id,
+            extra={"mode": V1_SUBMITTED},
+        )
+
+    async def _discover_v1(
+        self, notebook_id: str, known: set[str] | None, triggered_at: datetime
+    ) -> RunSummary | None:
+        """The run a v1 trigger started: the newest run not seen before the trigger and
+        created at or after it, looked for within v1_discovery_timeout."""
+        if known is None:
+            return None
+        threshold = triggered_at - timedelta(seconds=self._clock_skew)
+        deadline = anyio.current_time() + self._v1_timeout
+        while True:
+            try:
+                candidates = [
+                    run
+                    for run in await self._runs_since(notebook_id, threshold)
+                    if run.run_id not in known
+                ]
+            except (AuthenticationError, PermissionDenied, NotFound):
+                return None
+            except NotebookOpsError as error:
+                logger.warning("reading deepnote runs of %s failed: %s", notebook_id, error)
+                candidates = []
+            if candidates:
+                if len(candidates) > 1:
+                    logger.warning(
+                        "%d new runs of deepnote notebook %s after a v1 trigger; tracking the "
+                        "newest, %s",
+                        len(candidates),
+                        notebook_id,
+                        candidates[0].run_id,
+                    )
+                return candidates[0]
+            if anyio.current_time() + self._v1_interval > deadline:
+                return None
+            await anyio.sleep(self._v1_interval)
