@@ -1,0 +1,141 @@
+"""PostHog-specific errors: each one a subclass of the core tree, so generic handlers still work.
+
+::
+
+    APIError
+    ├── CollabStale (410)          collab/save: the stream no longer holds the needed steps
+    ├── Conflict (409)
+    │   ├── VersionConflict        content PATCH: "Someone else edited the Notebook"
+    │   └── CollabConflict         collab/save: the client is behind (.steps, .client_ids, ...)
+    ├── PermissionDenied (403)
+    │   ├── ScopedKeyNotAllowed    kernel / HogQL / ...: scoped personal API keys refused
+    │   └── MissingScope           the key lacks a scope (.scope)
+    ├── NotFound (404)
+    │   └── KernelRunNotFound      a kernel-mode handle unknown to this backend instance
+    └── ServerError
+        └── KernelStreamError      an ``event: error`` frame inside a 200 execute stream
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ...errors import APIError, Conflict, NotFound, PermissionDenied, ServerError
+
+__all__ = [
+    "CollabConflict",
+    "CollabStale",
+    "KernelRunNotFound",
+    "KernelStreamError",
+    "MissingScope",
+    "ScopedKeyNotAllowed",
+    "VersionConflict",
+    "rebuild_error",
+]
+
+E = TypeVar("E", bound=APIError)
+
+
+def rebuild_error(cls: type[E], error: APIError, message: str | None = None) -> E:
+    """A ``cls`` carrying everything ``error`` knew (status, URL, body, request id...)."""
+    rebuilt = cls(
+        message if message is not None else error.message,
+        status=error.status,
+        vendor=error.vendor,
+        method=error.method,
+        url=error.url,
+        request_id=error.request_id,
+        body=error.body,
+        data=error.data,
+    )
+    rebuilt.handle = error.handle
+    return rebuilt
+
+
+def _dict(data: object) -> dict[str, Any]:
+    return data if isinstance(data, dict) else {}
+
+
+class VersionConflict(Conflict):
+    """A content PATCH was refused because the stored ``version`` moved on.
+
+    Read the notebook again and re-apply the change;
+    :meth:`PostHogBackend.update_notebook_content` does exactly that.
+    """
+
+
+class CollabConflict(Conflict):
+    """``collab/save`` (409): the client is behind the collaboration stream.
+
+    ``steps`` and ``client_ids`` are the ProseMirror steps the client missed (rich notebooks),
+    ``updates`` the missed text updates (markdown notebooks), and ``version`` the server's
+    current collab version: rebase onto them and save again from ``version``.
+    """
+
+    @property
+    def steps(self) -> list[Any]:
+        value = _dict(self.data).get("steps")
+        return list(value) if isinstance(value, list) else []
+
+    @property
+    def client_ids(self) -> list[Any]:
+        value = _dict(self.data).get("client_ids")
+        return list(value) if isinstance(value, list) else []
+
+    @property
+    def updates(self) -> list[Any]:
+        value = _dict(self.data).get("updates")
+        return list(value) if isinstance(value, list) else []
+
+    @property
+    def version(self) -> int | None:
+        value = _dict(self.data).get("version")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class CollabStale(APIError):
+    """``collab/save`` (410, ``conflict_stale``): the server trimmed or lost the steps this
+    client would need to rebase. GET the notebook again and continue from its version."""
+
+
+class ScopedKeyNotAllowed(PermissionDenied):
+    """A scoped personal API key called an endpoint that only unscoped keys may use.
+
+    PostHog's kernel, HogQL-execute, recording-comments and project-wide activity endpoints
+    declare no API scope, so any key created with scopes (even ``*``) is refused. Use a
+    personal API key created without scopes (full access) for them.
+    """
+
+
+class MissingScope(PermissionDenied):
+    """The personal API key lacks the scope this endpoint requires (``scope``)."""
+
+    @property
+    def scope(self) -> str | None:
+        detail = _dict(self.data).get("detail")
+        if isinstance(detail, str) and "'" in detail:
+            parts = detail.split("'")
+            if len(parts) >= 3 and parts[1]:
+                return parts[1]
+        return None
+
+
+class KernelRunNotFound(NotFound):
+    """A kernel-mode run handle this backend instance did not start.
+
+    Kernel-mode runs are driven by the backend instance that started them (PostHog has no
+    server-side record of them), so their handles cannot be resumed elsewhere; use
+    ``mode="server"`` for runs that can.
+    """
+
+
+class KernelStreamError(ServerError):
+    """PostHog reported an infrastructure failure (sandbox provisioning, a crashed kernel) as
+    an ``event: error`` frame inside a 200 ``kernel/execute/stream/`` response. The blocking
+    endpoint reports the same failure as a 503. ``status`` is the HTTP status of the stream
+    (200)."""
+
+    @property
+    def error(self) -> str:
+        value = _dict(self.data).get("error")
+        return value if isinstance(value, str) else self.message

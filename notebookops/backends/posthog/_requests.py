@@ -1,0 +1,1082 @@
+"""Pure request builders and response decoders for PostHog (no I/O, no event loop).
+
+Everything the adapter decides without talking to the network lives here so it can be tested
+directly: URL paths, query parameters and bodies, the error-body hooks of the
+:class:`~notebookops._http.VendorProfile`, ProseMirror cell extraction, ANSI stripping, the
+mapping of kernel results to :class:`~notebookops.CellOutput`, and SSE frame decoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import keyword
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from ..._convert import format_datetime
+from ..._http import VendorProfile, default_error_message, path_segment
+from ..._redact import trim
+from ..._sse import SSEEvent
+from ...backend import StateTable
+from ...errors import APIError, ConfigurationError, ResponseDecodeError
+from ...models import CellOutput, RunErrorInfo, RunProgress, RunState
+from ._errors import (
+    CollabConflict,
+    CollabStale,
+    KernelStreamError,
+    MissingScope,
+    ScopedKeyNotAllowed,
+    VersionConflict,
+    rebuild_error,
+)
+from ._wire import (
+    CellRunEnvelope,
+    CollabEvent,
+    CollabPresence,
+    CollabStep,
+    CollabStreamError,
+    CollabUnknownEvent,
+    CollabUpdate,
+    ExecutionResult,
+    HogQLResult,
+    KernelOutput,
+    KernelStreamEvent,
+    NotebookRunStatus,
+    decode,
+)
+
+__all__ = [
+    "ALLOWED_CPU_CORES",
+    "ALLOWED_IDLE_TIMEOUTS",
+    "ALLOWED_MEMORY_GB",
+    "CELL_KINDS",
+    "PROFILE",
+    "SERVER_RUN_STATES",
+    "Cell",
+    "activity_params",
+    "apply_executions",
+    "collab_save_body",
+    "contains_param",
+    "decode_collab_event",
+    "decode_kernel_event",
+    "envelope_outputs",
+    "error_message",
+    "execute_body",
+    "execution_error",
+    "execution_outputs",
+    "extract_cells",
+    "hogql_output",
+    "inputs_code",
+    "kernel_config_body",
+    "list_params",
+    "markdown_save_body",
+    "next_path",
+    "notebook_path",
+    "notebooks_path",
+    "presence_body",
+    "python_execution_attrs",
+    "refine_error",
+    "retry_after_from_body",
+    "select_cells",
+    "server_run_error",
+    "server_run_progress",
+    "sharing_path",
+    "strip_ansi",
+    "update_body",
+    "validate_cell_timeout",
+    "web_url",
+]
+
+VENDOR: Final = "posthog"
+
+# --------------------------------------------------------------------------- paths
+
+
+def notebooks_path(project_id: str, *parts: str) -> str:
+    """``/api/projects/{project_id}/notebooks/`` plus literal ``parts``, slash-terminated."""
+    base = f"/api/projects/{path_segment(project_id, what='project id')}/notebooks/"
+    return base + "".join(f"{part}/" for part in parts)
+
+
+def notebook_path(project_id: str, short_id: str, *parts: str) -> str:
+    """A notebook detail route (by short_id) plus literal ``parts``, slash-terminated.
+
+    Callers pass dynamic segments through :func:`path_segment` themselves.
+    """
+    return notebooks_path(project_id, path_segment(short_id, what="notebook short_id"), *parts)
+
+
+def sharing_path(project_id: str, notebook_id: str, *parts: str) -> str:
+    """``/notebooks/{notebook_id}/sharing/...``: PostHog names this parameter ``notebook_id``."""
+    return notebooks_path(
+        project_id, path_segment(notebook_id, what="notebook id"), "sharing", *parts
+    )
+
+
+def web_url(host: str, project_id: str, short_id: str) -> str:
+    """The page a person opens for a notebook."""
+    return (
+        f"{host}/project/{path_segment(project_id, what='project id')}/notebooks/"
+        f"{path_segment(short_id, what='notebook short_id')}"
+    )
+
+
+def next_path(next_url: str, base_url: str) -> str:
+    """The path and query of a pagination ``next`` URL, relative to ``base_url``.
+
+    PostHog builds ``next`` from the request's host, which behind proxies can be ``http://``
+    or an internal name; only its path and query are trusted, and a base-URL path prefix
+    (self-hosted under a sub-path) is not doubled.
+    """
+    parts = urlsplit(next_url)
+    path = parts.path or "/"
+    prefix = urlsplit(base_url).path.rstrip("/")
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        path = path[len(prefix) :] or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+# --------------------------------------------------------------------------- query params
+
+
+def _when(value: str | datetime | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigurationError(f"{what} must be a datetime or a non-empty string, got {value!r}")
+
+
+def _count(value: int | None, what: str, minimum: int, maximum: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{what} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{what} must be <= {maximum}, got {value!r}")
+    return value
+
+
+def contains_param(contains: str | Mapping[str, str | bool] | None) -> str | None:
+    """PostHog's ``contains`` filter: ``target:match`` pairs (``{"python": True}`` means
+    "has a ph-python node", ``False`` "has none", a string matches the node's ``attrs.id``)."""
+    if contains is None:
+        return None
+    if isinstance(contains, str):
+        if not contains.strip():
+            raise ConfigurationError("contains must not be empty")
+        return contains.strip()
+    pairs = []
+    for target, match in contains.items():
+        if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", target):
+            raise ConfigurationError(f"contains targets must be simple names, got {target!r}")
+        text = ("true" if match else "false") if isinstance(match, bool) else str(match)
+        if not text or re.search(r"[\s,:]", text):
+            raise ConfigurationError(f"contains match for {target!r} is not valid: {match!r}")
+        pairs.append(f"{target}:{text}")
+    if not pairs:
+        raise ConfigurationError("contains must not be empty")
+    return ",".join(pairs)
+
+
+def list_params(
+    *,
+    contains: str | Mapping[str, str | bool] | None = None,
+    created_by: str | None = None,
+    last_modified_by: str | None = None,
+    date_from: str | datetime | None = None,
+    date_to: str | datetime | None = None,
+    user: bool = False,
+    search: str | None = None,
+    order: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> dict[str, str | int]:
+    """Query parameters of ``GET notebooks/``. ``date_from``/``date_to`` filter on
+    ``last_modified_at`` (PostHog's behaviour, whatever its schema says); ``user=True`` lists
+    the caller's own notebooks."""
+    params: dict[str, str | int] = {}
+    values: dict[str, str | int | None] = {
+        "contains": contains_param(contains),
+        "created_by": created_by,
+        "last_modified_by": last_modified_by,
+        "date_from": _when(date_from, "date_from"),
+        "date_to": _when(date_to, "date_to"),
+        "user": "true" if user else None,
+        "search": search,
+        "order": order,
+        "limit": _count(limit, "limit", 1),
+        "offset": _count(offset, "offset", 0),
+    }
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, str) and not value:
+            raise ConfigurationError(f"{key} must not be empty")
+        params[key] = value
+    return params
+
+
+def activity_params(*, limit: int | None = None, page: int | None = None) -> dict[str, int]:
+    """``?limit=&page=`` of the (page-based) activity endpoints."""
+    params: dict[str, int] = {}
+    checked_limit = _count(limit, "limit", 1)
+    checked_page = _count(page, "page", 1)
+    if checked_limit is not None:
+        params["limit"] = checked_limit
+    if checked_page is not None:
+        params["page"] = checked_page
+    return params
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+class _Unset:
+    """Marks an argument that was not given (``None`` is a real value for some fields)."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = _Unset()
+
+
+def update_body(
+    *,
+    title: str | _Unset | None = UNSET,
+    content: dict[str, Any] | _Unset | None = UNSET,
+    text_content: str | _Unset | None = UNSET,
+    version: int | None = None,
+    deleted: bool | None = None,
+) -> dict[str, Any]:
+    """A notebook PATCH body. A content update must carry the version it was based on:
+    PostHog treats a missing version as a conflict, so it is refused here instead."""
+    body: dict[str, Any] = {}
+    if not isinstance(title, _Unset):
+        body["title"] = title
+    if not isinstance(content, _Unset):
+        if version is None:
+            raise ConfigurationError(
+                "a content update needs the notebook's current version (PostHog answers 409 "
+                "without it); use update_notebook_content() to read and retry automatically"
+            )
+        body["content"] = content
+    if not isinstance(text_content, _Unset):
+        body["text_content"] = text_content
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigurationError(f"version must be an int, got {version!r}")
+        body["version"] = version
+    if deleted is not None:
+        body["deleted"] = bool(deleted)
+    if not body:
+        raise ConfigurationError("nothing to update: pass at least one field")
+    return body
+
+
+def _client_id(client_id: str) -> str:
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 200:
+        raise ConfigurationError("client_id must be a non-empty string of at most 200 characters")
+    return client_id
+
+
+def _version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ConfigurationError(f"version must be an int >= 0, got {version!r}")
+    return version
+
+
+def collab_save_body(
+    *,
+    client_id: str,
+    version: int,
+    steps: Sequence[Mapping[str, Any]],
+    content: Mapping[str, Any],
+    text_content: str = "",
+    title: str | _Unset | None = UNSET,
+    cursor_head: int | None = None,
+) -> dict[str, Any]:
+    """``collab/save/``. ``text_content`` defaults to "" exactly like PostHog (leaving it out
+    clears it); ``title`` is only sent when given (leaving it out keeps the old one)."""
+    candidate: object = steps
+    if isinstance(candidate, str | bytes) or not all(isinstance(s, Mapping) for s in steps):
+        raise ConfigurationError("steps must be a sequence of ProseMirror step objects")
+    if not isinstance(content, Mapping):
+        raise ConfigurationError("content must be the whole ProseMirror document (a mapping)")
+    body: dict[str, Any] = {
+        "client_id": _client_id(client_id),
+        "version": _version(version),
+        "steps": [dict(step) for step in steps],
+        "content": dict(content),
+        "text_content": text_content,
+    }
+    if not isinstance(title, _Unset):
+        body["title"] = title
+    if cursor_head is not None:
+        body["cursor_head"] = cursor_head
+    return body
+
+
+def _cursor(cursor: Mapping[str, int] | None) -> dict[str, int] | None:
+    if cursor is None:
+        return None
+    allowed = {"head", "node_index", "offset", "list_item_index"}
+    clean: dict[str, int] = {}
+    for key, value in cursor.items():
+        if key not in allowed:
+            raise ConfigurationError(f"unknown cursor field {key!r} (allowed: {sorted(allowed)})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"cursor.{key} must be an int >= 0, got {value!r}")
+        clean[key] = value
+    return clean
+
+
+def markdown_save_body(
+    *,
+    client_id: str,
+    version: int,
+    content: Mapping[str, Any],
+    text_content: str = "",
+    title: str | _Unset | None = UNSET,
+    cursor: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """``collab/markdown_save/`` (markdown notebooks)."""
+    if not isinstance(content, Mapping):
+        raise ConfigurationError("content must be a markdown-notebook document (a mapping)")
+    body: dict[str, Any] = {
+        "client_id": _client_id(client_id),
+        "version": _version(version),
+        "content": dict(content),
+        "text_content": text_content,
+    }
+    if not isinstance(title, _Unset):
+        body["title"] = title
+    clean = _cursor(cursor)
+    if clean is not None:
+        body["cursor"] = clean
+    return body
+
+
+def presence_body(
+    *, client_id: str, version: int, cursor: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """``collab/presence/``."""
+    body: dict[str, Any] = {"client_id": _client_id(client_id), "version": _version(version)}
+    clean = _cursor(cursor)
+    if clean is not None:
+        body["cursor"] = clean
+    return body
+
+
+def validate_cell_timeout(value: float | None, what: str = "timeout") -> float | None:
+    """PostHog accepts execution timeouts of 0.1 to 120 seconds."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0.1 <= value <= 120
+    ):
+        raise ConfigurationError(f"{what} must be between 0.1 and 120 seconds, got {value!r}")
+    return float(value)
+
+
+def execute_body(
+    code: str, *, return_variables: bool = True, timeout: float | None = None
+) -> dict[str, Any]:
+    """``kernel/execute/`` and ``kernel/execute/stream/``."""
+    if not isinstance(code, str):
+        raise ConfigurationError(f"code must be a string, got {type(code).__name__}")
+    body: dict[str, Any] = {"code": code, "return_variables": bool(return_variables)}
+    checked = validate_cell_timeout(timeout)
+    if checked is not None:
+        body["timeout"] = checked
+    return body
+
+
+ALLOWED_CPU_CORES: Final = (0.125, 0.25, 0.5, 1, 2, 4, 6, 8, 16, 32, 64)
+ALLOWED_MEMORY_GB: Final = (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+ALLOWED_IDLE_TIMEOUTS: Final = (600, 1800, 3600, 10800, 21600, 43200)
+
+
+def _allowed(value: float | None, allowed: Sequence[float], what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in allowed:
+        raise ConfigurationError(
+            f"{what} must be one of {', '.join(f'{v:g}' for v in allowed)}; got {value!r}"
+        )
+    return value
+
+
+def kernel_config_body(
+    *,
+    cpu_cores: float | None = None,
+    memory_gb: float | None = None,
+    idle_timeout_seconds: int | None = None,
+) -> dict[str, float | int]:
+    """``kernel/config/``: the allowed values are checked here, before any request."""
+    body: dict[str, float | int] = {}
+    cpu = _allowed(cpu_cores, ALLOWED_CPU_CORES, "cpu_cores")
+    memory = _allowed(memory_gb, ALLOWED_MEMORY_GB, "memory_gb")
+    idle = _allowed(idle_timeout_seconds, ALLOWED_IDLE_TIMEOUTS, "idle_timeout_seconds")
+    if cpu is not None:
+        body["cpu_cores"] = cpu
+    if memory is not None:
+        body["memory_gb"] = memory
+    if idle is not None:
+        body["idle_timeout_seconds"] = int(idle)
+    if not body:
+        raise ConfigurationError(
+            "kernel config needs at least one of cpu_cores, memory_gb, idle_timeout_seconds"
+        )
+    return body
+
+
+def inputs_code(inputs: Mapping[str, Any]) -> str | None:
+    """A Python cell assigning ``inputs`` as kernel variables (None when there are none).
+
+    Values travel as JSON (decoded in the kernel), so only JSON-serialisable values are
+    accepted and no input can inject code; names must be Python identifiers.
+    """
+    if not inputs:
+        return None
+    lines = ["import json as _notebookops_json"]
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ConfigurationError(
+                f"input name {name!r} is not a valid Python variable name (kernel inputs are "
+                "assigned as variables)"
+            )
+        if name.startswith("_notebookops"):
+            raise ConfigurationError(f"input name {name!r} is reserved by notebookops")
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"input {name!r} cannot be sent to the kernel: it is not JSON-serialisable ({exc})"
+            ) from None
+        lines.append(f"{name} = _notebookops_json.loads({encoded!r})")
+    lines.append("del _notebookops_json")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+_THROTTLE = re.compile(r"expected available in\s+(\d+(?:\.\d+)?)\s+seconds?", re.IGNORECASE)
+_SCOPED_KEY_DETAIL: Final = "does not support personal api key access"
+_MISSING_SCOPE = re.compile(r"missing required scope", re.IGNORECASE)
+
+
+def error_message(data: Any, text: str) -> str | None:
+    """The server's own words from any of PostHog's error shapes.
+
+    ``{type, code, detail, attr}`` (standard), ``{detail}`` (kernel, recording comments),
+    ``{error}`` (HogQL), ``{code}`` (collab 409/410, with their data summarised).
+    """
+    if isinstance(data, dict):
+        detail = data.get("detail")
+        code = data.get("code")
+        attr = data.get("attr")
+        if isinstance(detail, str) and detail.strip():
+            message = detail.strip()
+            if isinstance(attr, str) and attr:
+                message += f" (field: {attr})"
+            if isinstance(code, str) and code and data.get("type") == "validation_error":
+                message += f" [{code}]"
+            return message
+        error = data.get("error")
+        if isinstance(error, str) and error.strip():
+            return error.strip()
+        if code == "conflict_stale":
+            return (
+                "the collaboration stream no longer holds the steps this client needs "
+                "(conflict_stale): read the notebook again and continue from its version"
+            )
+        if code == "conflict":
+            version = data.get("version")
+            steps = data.get("steps")
+            updates = data.get("updates")
+            missed = steps if isinstance(steps, list) else updates
+            count = f"{len(missed)} missed change(s)" if isinstance(missed, list) else "changes"
+            return (
+                f"the client is behind the collaboration stream ({count}; server version "
+                f"{version}): rebase onto them and save again"
+            )
+    return default_error_message(data, text)
+
+
+def retry_after_from_body(data: Any) -> float | None:
+    """PostHog's 429 carries no Retry-After header; the delay is in the detail text:
+    ``"Request was throttled. Expected available in 12 seconds."``."""
+    text: str | None = None
+    if isinstance(data, dict):
+        detail = data.get("detail")
+        text = detail if isinstance(detail, str) else None
+    elif isinstance(data, str):
+        text = data
+    if not text:
+        return None
+    match = _THROTTLE.search(text)
+    if match is None:
+        return None
+    seconds = float(match.group(1))
+    return seconds if math.isfinite(seconds) else None
+
+
+def refine_error(error: APIError) -> APIError:
+    """Replace generic mapped errors with the PostHog-specific ones in ``_errors``."""
+    data: dict[str, Any] = error.data if isinstance(error.data, dict) else {}
+    raw_detail = data.get("detail")
+    detail = raw_detail if isinstance(raw_detail, str) else ""
+    if error.status == 403 and _SCOPED_KEY_DETAIL in detail.lower():
+        return rebuild_error(
+            ScopedKeyNotAllowed,
+            error,
+            f"{error.message}. This endpoint (kernel, HogQL execute, recording comments or "
+            "project-wide activity) declares no API scope, so PostHog refuses every scoped "
+            "personal API key here, even one with the '*' scope: use a personal API key "
+            "created without scopes (full access).",
+        )
+    if error.status == 403 and _MISSING_SCOPE.search(detail):
+        missing = rebuild_error(MissingScope, error)
+        scope = missing.scope
+        if scope:
+            missing = rebuild_error(
+                MissingScope,
+                error,
+                f"{error.message}. Give the personal API key the '{scope}' scope "
+                "(or ':write' for a ':read' scope).",
+            )
+        return missing
+    if error.status == 409 and data.get("code") == "conflict":
+        if "steps" in data or "updates" in data or "client_ids" in data:
+            return rebuild_error(CollabConflict, error)
+        if error.method not in ("PATCH", "PUT"):
+            # e.g. POST runs/ while a run is going: a conflict, but not an edit race.
+            return error
+        return rebuild_error(
+            VersionConflict,
+            error,
+            f"{error.message}. Read the notebook again and re-apply the change "
+            "(update_notebook_content does this for you).",
+        )
+    if error.status == 410:
+        return rebuild_error(CollabStale, error)
+    return error
+
+
+#: PostHog's HTTP profile: error words, the throttle delay in the body, refined errors.
+PROFILE: Final = VendorProfile(
+    VENDOR,
+    error_message=error_message,
+    retry_after_from_body=retry_after_from_body,
+    refine_error=refine_error,
+)
+
+
+# --------------------------------------------------------------------------- cells
+
+_ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+
+#: Cell kinds the adapter can run, and the ProseMirror node types they come from.
+CELL_KINDS: Final[Mapping[str, str]] = {"python": "ph-python", "hogql": "ph-hogql-sql"}
+_NODE_KINDS: Final = {node: kind for kind, node in CELL_KINDS.items()}
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (IPython colours its tracebacks)."""
+    return _ANSI.sub("", text)
+
+
+@attrs.frozen
+class Cell:
+    """A runnable cell of a notebook.
+
+    ``index`` is its position among the notebook's code cells in document order (stable
+    whichever cells are selected); ``path`` is where the node sits in the content tree.
+    """
+
+    index: int
+    kind: str
+    code: str
+    node_id: str | None = None
+    title: str | None = None
+    path: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How the cell is named in messages."""
+        return self.node_id or f"#{self.index}"
+
+
+def _walk(node: Any, path: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Mapping[str, Any]]]:
+    if not isinstance(node, Mapping):
+        return
+    yield path, node
+    children = node.get("content")
+    if isinstance(children, list):
+        for position, child in enumerate(children):
+            yield from _walk(child, (*path, position))
+
+
+def extract_cells(content: Mapping[str, Any] | None) -> list[Cell]:
+    """Every Python and HogQL cell of a ProseMirror document, depth-first in document order.
+
+    A node of another type, or one without string ``attrs.code``, is not a cell (an empty
+    ``code`` is: it runs as a no-op, like in the UI).
+    """
+    cells: list[Cell] = []
+    if content is None:
+        return cells
+    if not isinstance(content, Mapping):
+        raise ResponseDecodeError(
+            "posthog sent notebook content that is not a ProseMirror document",
+            vendor=VENDOR,
+            body=trim(repr(content), 500),
+        )
+    for path, node in _walk(content, ()):
+        kind = _NODE_KINDS.get(str(node.get("type")))
+        if kind is None:
+            continue
+        node_attrs = node.get("attrs")
+        node_attrs = node_attrs if isinstance(node_attrs, Mapping) else {}
+        code = node_attrs.get("code", "")
+        if not isinstance(code, str):
+            continue
+        node_id = node_attrs.get("nodeId")
+        title = node_attrs.get("title")
+        cells.append(
+            Cell(
+                index=len(cells),
+                kind=kind,
+                code=code,
+                node_id=node_id if isinstance(node_id, str) and node_id else None,
+                title=title if isinstance(title, str) and title else None,
+                path=path,
+            )
+        )
+    return cells
+
+
+def select_cells(
+    cells: Sequence[Cell], kinds: Iterable[str], blocks: Sequence[str] | None = None
+) -> list[Cell]:
+    """The cells of ``kinds``, optionally only those whose ``nodeId`` is in ``blocks``
+    (kept in document order). Unknown block ids are refused, naming the known ones."""
+    wanted = set(kinds)
+    chosen = [cell for cell in cells if cell.kind in wanted]
+    if blocks is None:
+        return chosen
+    known = {cell.node_id for cell in chosen if cell.node_id}
+    unknown = [block for block in blocks if block not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"no {'/'.join(sorted(wanted))} cell with nodeId {', '.join(map(repr, unknown))} "
+            f"in this notebook; known: {', '.join(sorted(known)) or 'none'}"
+        )
+    selected = set(blocks)
+    return [cell for cell in chosen if cell.node_id in selected]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _last_line(lines: Sequence[str]) -> str:
+    for line in reversed(lines):
+        stripped = strip_ansi(line).strip()
+        if stripped:
+            return stripped.splitlines()[-1].strip()
+    return ""
+
+
+def _evalue(error_name: str | None, traceback: Sequence[str]) -> str:
+    last = _last_line(traceback)
+    if error_name and last.startswith(f"{error_name}:"):
+        return last[len(error_name) + 1 :].strip()
+    if error_name and last == error_name:
+        return ""
+    return last
+
+
+def execution_outputs(
+    result: ExecutionResult,
+    cell: Cell,
+    *,
+    streamed: Iterable[str] = (),
+) -> list[CellOutput]:
+    """A kernel result as Jupyter-shaped outputs. Streams named in ``streamed`` were already
+    delivered chunk by chunk, so the result's copy of them is not repeated."""
+    outputs: list[CellOutput] = []
+    already = set(streamed)
+    base: dict[str, Any] = {"cell_id": cell.node_id, "cell_index": cell.index}
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if text and name not in already:
+            outputs.append(CellOutput(output_type="stream", name=name, text=text, **base))
+    if result.result:
+        outputs.append(
+            CellOutput(
+                output_type="execute_result",
+                data=dict(result.result),
+                metadata={"execution_count": result.execution_count},
+                **base,
+            )
+        )
+    for item in result.media:
+        outputs.append(
+            CellOutput(output_type="display_data", data={item.mime_type: item.data}, **base)
+        )
+    if result.variables:
+        outputs.append(
+            CellOutput(
+                output_type="display_data",
+                data={
+                    "application/vnd.posthog.variables+json": {
+                        name: attrs.asdict(info) for name, info in result.variables.items()
+                    }
+                },
+                metadata={"posthog": "variables"},
+                **base,
+            )
+        )
+    if result.status != "ok":
+        if result.status == "error":
+            ename = result.error_name or "Error"
+            evalue = _evalue(result.error_name, result.traceback)
+        else:
+            ename = "CellTimeout" if result.status == "timeout" else f"Cell{result.status.title()}"
+            evalue = f"the kernel reported status {result.status!r}"
+        outputs.append(
+            CellOutput(
+                output_type="error",
+                ename=ename,
+                evalue=evalue,
+                traceback=tuple(result.traceback),
+                **base,
+            )
+        )
+    return outputs
+
+
+def execution_error(
+    result: ExecutionResult, cell: Cell, *, timeout: float | None = None
+) -> RunErrorInfo | None:
+    """Why a cell failed (None for status ``ok``). The message has ANSI colour stripped; the
+    traceback is kept raw, as the kernel sent it."""
+    if result.status == "ok":
+        return None
+    if result.status == "error":
+        evalue = _evalue(result.error_name, result.traceback)
+        name = result.error_name or "Error"
+        summary = f"{name}: {evalue}" if evalue else name
+        message = f"cell {cell.label} raised {summary}"
+    elif result.status == "timeout":
+        name = "timeout"
+        limit = f" within {timeout:g}s" if timeout is not None else ""
+        message = f"cell {cell.label} timed out: the kernel sent nothing{limit}"
+    else:
+        name = result.status
+        message = f"cell {cell.label} ended with kernel status {result.status!r}"
+    return RunErrorInfo(
+        message=strip_ansi(message),
+        name=name,
+        traceback=tuple(result.traceback),
+        cell_id=cell.node_id,
+        cell_index=cell.index,
+    )
+
+
+def _table_text(columns: Sequence[Any], rows: Sequence[Sequence[Any]], limit: int = 20) -> str:
+    header = [str(column) for column in columns]
+    body = [[str(value) for value in row] for row in rows[:limit]]
+    widths = [len(h) for h in header]
+    for row in body:
+        for position, value in enumerate(row):
+            if position < len(widths):
+                widths[position] = max(widths[position], len(value))
+            else:
+                widths.append(len(value))
+    lines = []
+    if header:
+        lines.append("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip())
+    for row in body:
+        lines.append("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more rows")
+    return "\n".join(lines)
+
+
+def hogql_output(result: HogQLResult, cell: Cell) -> CellOutput:
+    """A HogQL result as an ``execute_result`` (JSON and a plain-text table)."""
+    return CellOutput(
+        output_type="execute_result",
+        cell_id=cell.node_id,
+        cell_index=cell.index,
+        data={
+            "application/json": result.raw
+            or {"columns": result.columns, "results": result.results},
+            "text/plain": _table_text(result.columns, result.results),
+        },
+        metadata={"posthog": "hogql"},
+    )
+
+
+def envelope_outputs(
+    envelope: CellRunEnvelope, *, cell_id: str | None, cell_index: int
+) -> list[CellOutput]:
+    """A server-side cell run's result envelope as outputs."""
+    base: dict[str, Any] = {"cell_id": cell_id, "cell_index": cell_index}
+    outputs: list[CellOutput] = []
+    for name, text in (("stdout", envelope.stdout), ("stderr", envelope.stderr)):
+        if text:
+            outputs.append(CellOutput(output_type="stream", name=name, text=text, **base))
+    for item in envelope.media or ():
+        outputs.append(
+            CellOutput(output_type="display_data", data={item.mime_type: item.data}, **base)
+        )
+    if envelope.columns:
+        rows = envelope.first_page or []
+        outputs.append(
+            CellOutput(
+                output_type="execute_result",
+                data={
+                    "application/json": {
+                        "columns": envelope.columns,
+                        "types": envelope.types,
+                        "rows": rows,
+                        "row_count": envelope.row_count,
+                        "has_more": envelope.has_more,
+                    },
+                    "text/plain": _table_text(
+                        envelope.columns, [r for r in rows if isinstance(r, list | tuple)]
+                    ),
+                },
+                **base,
+            )
+        )
+    if envelope.status == "error" or envelope.error:
+        text = envelope.error if isinstance(envelope.error, str) else json.dumps(envelope.error)
+        lines = tuple(text.splitlines()) if envelope.error else ()
+        outputs.append(
+            CellOutput(
+                output_type="error",
+                ename="CellError",
+                evalue=_last_line(lines),
+                traceback=lines,
+                **base,
+            )
+        )
+    return outputs
+
+
+# --------------------------------------------------------------------------- write back
+
+
+def python_execution_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A kernel result in the front end's ``pythonExecution`` shape (camelCase)."""
+    variables = raw.get("variables")
+    variable_list = []
+    if isinstance(variables, Mapping):
+        for name, info in variables.items():
+            entry = {"name": name}
+            if isinstance(info, Mapping):
+                entry.update({k: v for k, v in info.items() if v is not None})
+            variable_list.append(entry)
+    media = raw.get("media")
+    return {
+        "status": raw.get("status"),
+        "stdout": raw.get("stdout") or "",
+        "stderr": raw.get("stderr") or "",
+        "result": raw.get("result"),
+        "executionCount": raw.get("execution_count"),
+        "errorName": raw.get("error_name"),
+        "traceback": list(raw.get("traceback") or []),
+        "variables": variable_list,
+        "media": [
+            {"mimeType": item.get("mime_type"), "data": item.get("data")}
+            for item in (media if isinstance(media, list) else [])
+            if isinstance(item, Mapping)
+        ],
+        "startedAt": raw.get("started_at"),
+        "completedAt": raw.get("completed_at"),
+    }
+
+
+def apply_executions(
+    content: Mapping[str, Any] | None, executions: Mapping[Cell, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """A copy of ``content`` with each executed Python cell's ``attrs.pythonExecution`` set.
+
+    Cells are found by ``nodeId``, or (without one) by position, and only while their code is
+    still the code that ran: an output is never attached to code someone has since changed.
+    Returns None when no cell matched (nothing to write).
+    """
+    if content is None or not executions:
+        return None
+    updated = copy.deepcopy(dict(content))
+    current = {(cell.node_id or ("index", cell.index)): cell for cell in extract_cells(updated)}
+    changed = False
+    for ran, raw in executions.items():
+        if ran.kind != "python":
+            continue
+        target = current.get(ran.node_id or ("index", ran.index))
+        if target is None or target.code != ran.code:
+            continue
+        node: Any = updated
+        for position in target.path:
+            node = node["content"][position]
+        node_attrs = node.setdefault("attrs", {})
+        node_attrs["pythonExecution"] = python_execution_attrs(raw)
+        changed = True
+    return updated if changed else None
+
+
+# --------------------------------------------------------------------------- SSE frames
+
+
+def _frame_json(event: SSEEvent, stream: str) -> Any:
+    try:
+        return json.loads(event.data)
+    except ValueError:
+        raise ResponseDecodeError(
+            f"posthog sent a {stream} '{event.event}' event whose data is not JSON",
+            vendor=VENDOR,
+            body=trim(event.data, 1000),
+        ) from None
+
+
+def decode_kernel_event(event: SSEEvent, *, url: str = "") -> KernelStreamEvent | None:
+    """One ``kernel/execute/stream/`` frame: a stdout/stderr chunk, or the result.
+
+    An ``error`` frame (infrastructure failure inside the 200 stream) raises
+    :class:`KernelStreamError`; unknown event names are skipped (None).
+    """
+    if event.event in ("stdout", "stderr"):
+        data = _frame_json(event, "kernel stream")
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            raise ResponseDecodeError(
+                f"posthog sent a kernel '{event.event}' frame without text",
+                vendor=VENDOR,
+                url=url,
+                body=trim(event.data, 1000),
+            )
+        return KernelOutput(name="stdout" if event.event == "stdout" else "stderr", text=text)
+    if event.event == "result":
+        data = _frame_json(event, "kernel stream")
+        return decode(data, ExecutionResult, what="a kernel result frame", url=url, status=200)
+    if event.event == "error":
+        data = _frame_json(event, "kernel stream")
+        words = data.get("error") if isinstance(data, dict) else None
+        text = words if isinstance(words, str) and words else "unknown kernel stream error"
+        raise KernelStreamError(
+            f"posthog kernel execution failed: {text}",
+            status=200,
+            vendor=VENDOR,
+            method="POST",
+            url=url,
+            body=trim(event.data, 2000),
+            data=data,
+        )
+    return None
+
+
+def decode_collab_event(event: SSEEvent) -> CollabEvent:
+    """One ``collab/stream/`` frame as a typed event (unknown names pass through)."""
+    target: type[Any]
+    if event.event == "step":
+        target = CollabStep
+    elif event.event == "update":
+        target = CollabUpdate
+    elif event.event == "presence":
+        target = CollabPresence
+    elif event.event == "error":
+        target = CollabStreamError
+    else:
+        return CollabUnknownEvent(event=event.event, data=event.data, id=event.id)
+    data = _frame_json(event, "collab stream")
+    if not isinstance(data, dict):
+        raise ResponseDecodeError(
+            f"posthog sent a collab '{event.event}' event that is not a JSON object",
+            vendor=VENDOR,
+            body=trim(event.data, 1000),
+        )
+    fields = dict(data)
+    fields["id"] = event.id
+    decoded: CollabEvent = decode(fields, target, what=f"a collab '{event.event}' event")
+    return decoded
+
+
+# --------------------------------------------------------------------------- server runs
+
+#: ``GET runs/{id}/`` statuses (contracts §10). Anything else is UNKNOWN, not terminal.
+SERVER_RUN_STATES: Final = StateTable(
+    VENDOR,
+    {
+        "running": RunState.RUNNING,
+        "done": RunState.SUCCEEDED,
+        "failed": RunState.FAILED,
+        "interrupted": RunState.CANCELLED,
+    },
+)
+
+_DONE_CELL_STATUSES: Final = frozenset({"done", "ok", "succeeded", "success", "completed"})
+
+
+def server_run_progress(status: NotebookRunStatus) -> RunProgress:
+    """How far a server-side run has got."""
+    total = status.cell_count if status.cell_count is not None else len(status.cells) or None
+    completed = sum(
+        1 for cell in status.cells if (cell.status or "").lower() in _DONE_CELL_STATUSES
+    )
+    if not status.cells and status.current_index is not None:
+        completed = status.current_index
+    return RunProgress(completed=completed, total=total, current=status.current_node_id)
+
+
+def server_run_error(status: NotebookRunStatus) -> RunErrorInfo | None:
+    """Why a server-side run failed (None unless it did)."""
+    if SERVER_RUN_STATES(status.status) is not RunState.FAILED:
+        return None
+    failed_index: int | None = None
+    cell_error: Any = None
+    for position, cell in enumerate(status.cells):
+        if status.failed_node_id is not None and cell.node_id == status.failed_node_id:
+            failed_index = position
+            cell_error = cell.error
+            break
+    raw = status.error or cell_error
+    text = raw if isinstance(raw, str) else (json.dumps(raw) if raw is not None else "")
+    lines = tuple(text.splitlines())
+    where = f"cell {status.failed_node_id}" if status.failed_node_id else "the notebook"
+    summary = _last_line(lines) or "no reason given by PostHog"
+    return RunErrorInfo(
+        message=f"{where} failed: {summary}",
+        traceback=lines if len(lines) > 1 else (),
+        cell_id=status.failed_node_id,
+        cell_index=failed_index,
+    )
