@@ -12,6 +12,10 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 
+# Run the bundled notebook on the local backend: no account, no network beyond PyPI.
+demo: setup
+	$(BIN)/python examples/local_run.py
+
 # Run the test suite (sets up the virtualenv first).
 test: setup
 	$(BIN)/python -m pytest
