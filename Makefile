@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-ci lint demo
+.PHONY: setup test lint demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# CI runs the same command inside the environment .ci/run already activated.
-test-ci:
-	python -m pytest
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
