@@ -1,0 +1,9 @@
+"""``python -m notebookops``: the command line (see :mod:`notebookops.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""Command-line plumbing without I/O: targets, inputs, and backends built from the environment.
+
+Adapters are imported only when a backend is built, so ``notebookops --help`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from .backend import NotebookBackend
+from .errors import ConfigurationError
+from .models import Capability, RunHandle
+
+if TYPE_CHECKING:
+    from .backends.deepnote import DeepnoteBackend
+    from .backends.posthog import PostHogBackend
+
+__all__ = [
+    "DEEPNOTE_URL_ENV",
+    "ENVIRONMENT",
+    "SECRET_ENV",
+    "VENDORS",
+    "Target",
+    "backend_for_handle",
+    "deepnote_backend",
+    "describe_environment",
+    "make_backend",
+    "not_resumable_reason",
+    "parse_inputs",
+    "parse_target",
+    "parse_value",
+    "posthog_backend",
+    "secret_values",
+]
+
+#: Targets written ``<vendor>:<notebook>``.
+VENDORS: Final = ("deepnote", "posthog", "datalore")
+#: The Deepnote API origin for the command line and the examples (the adapter itself takes
+#: ``base_url=``); the sandbox sets it to its fake server.
+DEEPNOTE_URL_ENV: Final = "DEEPNOTE_API_URL"
+
+#: Every environment variable the command line reads, with what it is for (shown in --help).
+ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
+    ("DEEPNOTE_API_KEY", "Deepnote API key"),
+    (DEEPNOTE_URL_ENV, "Deepnote API origin (default https://api.deepnote.com)"),
+    ("POSTHOG_PERSONAL_API_KEY", "PostHog personal API key (phx_...)"),
+    ("POSTHOG_PROJECT_ID", "PostHog project id"),
+    ("POSTHOG_HOST", "PostHog host (default https://us.posthog.com)"),
+    ("DATALORE_TOKEN", "Datalore API token"),
+    ("DATALORE_URL", "Datalore installation (default https://datalore.jetbrains.com)"),
+)
+#: The variables holding secrets: their values are scrubbed from everything the CLI prints.
+SECRET_ENV: Final = ("DEEPNOTE_API_KEY", "POSTHOG_PERSONAL_API_KEY", "DATALORE_TOKEN")
+#: Secrets shorter than this are not scrubbed (it would mangle ordinary text).
+_MIN_SECRET_LENGTH: Final = 6
+
+_TARGET_HELP: Final = (
+    "a .ipynb path, deepnote:<notebookId>, posthog:<short_id> or datalore:<owner/id>"
+)
+
+
+@attrs.frozen
+class Target:
+    """What ``notebookops run`` was asked to run: a backend name and its notebook id."""
+
+    backend: str
+    notebook: str
+
+
+def parse_target(text: str) -> Target:
+    """``deepnote:<id>``, ``posthog:<short_id>``, ``datalore:<owner/id>``, ``local:<path>``
+    or a path to a ``.ipynb`` file. Anything else is a ConfigurationError saying what works."""
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in (*VENDORS, "local"):
+        if not rest.strip():
+            raise ConfigurationError(f"target {text!r} names no notebook; use {_TARGET_HELP}")
+        return Target(scheme.lower(), rest.strip())
+    if text.lower().endswith(".ipynb") or (text and os.path.isfile(text)):
+        return Target("local", text)
+    if sep and "/" not in scheme and "\\" not in scheme and len(scheme) > 1:
+        raise ConfigurationError(
+            f"unknown backend {scheme!r} in target {text!r}; use {_TARGET_HELP}"
+        )
+    raise ConfigurationError(
+        f"{text!r} is neither a .ipynb file nor a known target; use {_TARGET_HELP}"
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, whatever Python's json module accepts.
+    raise ValueError(name)
+
+
+def parse_value(text: str) -> Any:
+    """An input value: JSON when it parses (``5``, ``true``, ``["a", "b"]``, ``"5"``), else
+    the text itself."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        return text
+
+
+def _split(pair: str, option: str) -> tuple[str, str]:
+    name, sep, value = pair.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ConfigurationError(f"{option} takes NAME=VALUE, got {pair!r}")
+    return name, value
+
+
+def parse_inputs(json_pairs: Iterable[str], text_pairs: Iterable[str] = ()) -> dict[str, Any]:
+    """Inputs from ``-i NAME=VALUE`` (JSON when it parses) and ``-s NAME=TEXT`` (always text).
+    A name given twice is an error rather than a silent override."""
+    inputs: dict[str, Any] = {}
+    pairs = [(pair, "-i", True) for pair in json_pairs]
+    pairs += [(pair, "-s", False) for pair in text_pairs]
+    for pair, option, as_json in pairs:
+        name, raw = _split(pair, option)
+        if name in inputs:
+            raise ConfigurationError(f"input {name!r} is given twice")
+        inputs[name] = parse_value(raw) if as_json else raw
+    return inputs
+
+
+def deepnote_backend() -> DeepnoteBackend:
+    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL``."""
+    from .backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
+
+    return DeepnoteBackend(base_url=os.environ.get(DEEPNOTE_URL_ENV) or DEFAULT_BASE_URL)
+
+
+def posthog_backend(mode: str | None = None) -> PostHogBackend:
+    """A PostHogBackend from the ``POSTHOG_*`` variables, in ``mode`` (default kernel)."""
+    from .backends.posthog import PostHogBackend
+
+    if mode not in (None, "kernel", "server"):
+        raise ConfigurationError(f"the PostHog mode must be kernel or server, got {mode!r}")
+    return PostHogBackend(mode="server" if mode == "server" else "kernel")
+
+
+def make_backend(name: str, *, posthog_mode: str | None = None) -> NotebookBackend:
+    """A backend configured from the environment (see :data:`ENVIRONMENT`)."""
+    if name == "local":
+        from .backends.local import LocalBackend
+
+        return LocalBackend()
+    if name == "deepnote":
+        return deepnote_backend()
+    if name == "posthog":
+        return posthog_backend(posthog_mode)
+    if name == "datalore":
+        from .backends.datalore import DataloreBackend
+
+        return DataloreBackend()
+    raise ConfigurationError(
+        f"unknown backend {name!r}; this command line knows local, {', '.join(VENDORS)}"
+    )
+
+
+async def backend_for_handle(handle: RunHandle) -> NotebookBackend:
+    """The backend that can follow ``handle`` from this process, or a ConfigurationError
+    saying why none can (local and PostHog kernel-mode runs live in the process that
+    started them)."""
+    mode = None
+    if handle.backend == "posthog":
+        mode = "server" if handle.extra.get("mode") == "server" else "kernel"
+    backend = make_backend(handle.backend, posthog_mode=mode)
+    if Capability.RESUMABLE not in backend.capabilities:
+        await backend.aclose()
+        raise ConfigurationError(
+            f"{handle.backend} run {handle.run_id} cannot be followed from another process: "
+            f"{not_resumable_reason(handle.backend)}"
+        )
+    return backend
+
+
+def not_resumable_reason(backend: str) -> str:
+    """Why runs of ``backend`` end with the process that started them."""
+    if backend == "posthog":
+        return (
+            "PostHog kernel-mode runs are driven by the process that started them "
+            "(use --mode server for resumable server-side runs)"
+        )
+    return f"{backend} runs live only in the process that started them"
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values to scrub from output, longest first (so no prefix survives)."""
+    env = os.environ if environ is None else environ
+    values = {env.get(name, "").strip() for name in SECRET_ENV}
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def describe_environment(names: Sequence[tuple[str, str]] = ENVIRONMENT) -> str:
+    """The environment section of ``--help``."""
+    width = max(len(name) for name, _ in names)
+    return "\n".join(f"  {name:<{width}}  {text}" for name, text in names)
