@@ -20,8 +20,8 @@ there):
   notebook is not shared with it; error bodies use ``error`` or ``message`` (``error_key``);
 * every fault of :class:`~notebookops.testing._server.FaultPlan` through ``server.faults``.
 
-:func:`datalore_target` plugs it into the conformance suite (this module needs pytest, as
-:mod:`notebookops.testing.conformance` does).
+:func:`datalore_target` plugs it into the conformance suite (that function needs pytest, as
+:mod:`notebookops.testing.conformance` does; the fake server itself does not).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from aiohttp import web
@@ -41,11 +41,12 @@ from ..backends.datalore import DataloreBackend
 from ..models import RunRequest
 from ..policies import RetryPolicy
 from ._server import FakeServer
-from .conformance import ConformanceTarget, Outcome
+
+if TYPE_CHECKING:
+    from .conformance import ConformanceTarget, Outcome
 
 __all__ = [
     "FAST_RETRY",
-    "DataloreTarget",
     "FakeDataloreNotebook",
     "FakeDataloreRun",
     "FakeDataloreServer",
@@ -313,34 +314,37 @@ async def fake_datalore_server(
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 
 
-class DataloreTarget(ConformanceTarget):
-    """The Datalore adapter on a :class:`FakeDataloreServer`, for the conformance suite."""
-
-    def __init__(self, server: FakeDataloreServer) -> None:
-        self.server = server
-        self.backends: list[DataloreBackend] = []
-        server.add_notebook("suite/ok", controls=("x",), duration=0.05)
-        server.add_notebook("suite/bad", controls=("x",), duration=0.05, succeed=False)
-        server.add_notebook("suite/long", controls=("x",), duration=None)
-        server.add_notebook(
-            "suite/odd", controls=("x",), duration=None, in_progress_status="WARMING_UP"
-        )
-
-    def make_backend(self) -> DataloreBackend:
-        backend = DataloreBackend(
-            token=self.server.token, base_url=self.server.url, retry=FAST_RETRY
-        )
-        self.backends.append(backend)
-        return backend
-
-    def request(self, outcome: Outcome) -> RunRequest | None:
-        notebook = {"succeed": "ok", "fail": "bad", "long": "long", "unknown_status": "odd"}
-        return RunRequest(notebook=f"suite/{notebook[outcome]}", inputs={"x": 1})
-
-
 @asynccontextmanager
 async def datalore_target() -> AsyncIterator[ConformanceTarget]:
     """The Datalore adapter on a fresh fake server, as a conformance target."""
+    # Imported here: the conformance suite needs pytest, and the fake server (shipped for
+    # the sandbox) must not.
+    from .conformance import ConformanceTarget
+
+    class DataloreTarget(ConformanceTarget):
+        """The Datalore adapter on a :class:`FakeDataloreServer`, for the conformance suite."""
+
+        def __init__(self, server: FakeDataloreServer) -> None:
+            self.server = server
+            self.backends: list[DataloreBackend] = []
+            server.add_notebook("suite/ok", controls=("x",), duration=0.05)
+            server.add_notebook("suite/bad", controls=("x",), duration=0.05, succeed=False)
+            server.add_notebook("suite/long", controls=("x",), duration=None)
+            server.add_notebook(
+                "suite/odd", controls=("x",), duration=None, in_progress_status="WARMING_UP"
+            )
+
+        def make_backend(self) -> DataloreBackend:
+            backend = DataloreBackend(
+                token=self.server.token, base_url=self.server.url, retry=FAST_RETRY
+            )
+            self.backends.append(backend)
+            return backend
+
+        def request(self, outcome: Outcome) -> RunRequest | None:
+            notebook = {"succeed": "ok", "fail": "bad", "long": "long", "unknown_status": "odd"}
+            return RunRequest(notebook=f"suite/{notebook[outcome]}", inputs={"x": 1})
+
     async with fake_datalore_server() as server:
         target = DataloreTarget(server)
         try:

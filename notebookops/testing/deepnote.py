@@ -33,7 +33,7 @@ import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from aiohttp import web
@@ -42,7 +42,9 @@ from ..backends.deepnote import DeepnoteBackend
 from ..models import RunRequest
 from ..policies import RetryPolicy
 from ._server import FakeServer
-from .conformance import ConformanceTarget, Outcome
+
+if TYPE_CHECKING:
+    from .conformance import ConformanceTarget, Outcome
 
 __all__ = [
     "FakeBlock",
@@ -1120,33 +1122,36 @@ async def fake_deepnote(
             await host.close()
 
 
-class DeepnoteTarget(ConformanceTarget):
-    """The conformance suite's view of DeepnoteBackend on the fake server."""
-
-    def __init__(self, server: FakeDeepnoteServer) -> None:
-        self.server = server
-        project = server.add_project("Conformance")
-        greeting = [FakeInput(name="greeting", type="input-text", value="hi")]
-        scripts: dict[Outcome, RunScript] = {
-            "succeed": RunScript.succeed(0.03, snapshot_delay=0.03),
-            "fail": RunScript.fail(0.03),
-            "long": RunScript.long(),
-            "unknown_status": RunScript.unknown("warming_up"),
-        }
-        self.notebooks = {
-            outcome: server.add_notebook(project, name=outcome, inputs=greeting, script=script)
-            for outcome, script in scripts.items()
-        }
-
-    def make_backend(self) -> DeepnoteBackend:
-        return self.server.backend()
-
-    def request(self, outcome: Outcome) -> RunRequest | None:
-        return RunRequest(notebook=self.notebooks[outcome].id, inputs={"greeting": "hello"})
-
-
 @asynccontextmanager
 async def deepnote_target() -> AsyncIterator[ConformanceTarget]:
     """DeepnoteBackend on a fresh fake server, as a conformance target."""
+    # Imported here: the conformance suite needs pytest, and the fake server (shipped for
+    # the sandbox) must not.
+    from .conformance import ConformanceTarget
+
+    class DeepnoteTarget(ConformanceTarget):
+        """The conformance suite's view of DeepnoteBackend on the fake server."""
+
+        def __init__(self, server: FakeDeepnoteServer) -> None:
+            self.server = server
+            project = server.add_project("Conformance")
+            greeting = [FakeInput(name="greeting", type="input-text", value="hi")]
+            scripts: dict[Outcome, RunScript] = {
+                "succeed": RunScript.succeed(0.03, snapshot_delay=0.03),
+                "fail": RunScript.fail(0.03),
+                "long": RunScript.long(),
+                "unknown_status": RunScript.unknown("warming_up"),
+            }
+            self.notebooks = {
+                outcome: server.add_notebook(project, name=outcome, inputs=greeting, script=script)
+                for outcome, script in scripts.items()
+            }
+
+        def make_backend(self) -> DeepnoteBackend:
+            return self.server.backend()
+
+        def request(self, outcome: Outcome) -> RunRequest | None:
+            return RunRequest(notebook=self.notebooks[outcome].id, inputs={"greeting": "hello"})
+
     async with fake_deepnote(second_origin=True) as server:
         yield DeepnoteTarget(server)

@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from aiohttp import web
@@ -60,7 +60,9 @@ from ..errors import ConfigurationError
 from ..models import RunHandle, RunRequest
 from ..policies import PollPolicy, RetryPolicy
 from ._server import FakeServer, Handler
-from .conformance import FAST_POLL, ConformanceTarget, Outcome
+
+if TYPE_CHECKING:
+    from .conformance import ConformanceTarget, Outcome
 
 __all__ = [
     "FakeCellRun",
@@ -1986,45 +1988,48 @@ async def posthog_server(
 LONG_CELL = "import time\nfor _ in range(2400):\n    time.sleep(0.05)\n"
 
 
-class PostHogTarget(ConformanceTarget):
-    """PostHogBackend against a :class:`PostHogFakeServer` (see :func:`posthog_target`)."""
-
-    poll: PollPolicy = FAST_POLL
-
-    def __init__(self, server: PostHogFakeServer) -> None:
-        self.server = server
-        server.add_notebook(
-            "ok", cells=["total = sum(range(5))\nprint(greeting, total)", "total * 2"]
-        )
-        server.add_notebook("bad", cells=["x = 1", "x / 0"])
-        server.add_notebook("long", cells=[LONG_CELL])
-        server.add_notebook("odd", cells=[LONG_CELL], run_status="warming_up")
-
-    def make_backend(self) -> NotebookBackend:
-        return PostHogBackend(
-            self.server.token,
-            project_id=self.server.project_id,
-            host=self.server.url,
-            poll=FAST_POLL,
-            retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
-            cancel_timeout=5.0,
-        )
-
-    def request(self, outcome: Outcome) -> RunRequest | None:
-        if outcome == "succeed":
-            return RunRequest(notebook="ok", inputs={"greeting": "hello"})
-        if outcome == "fail":
-            return RunRequest(notebook="bad")
-        if outcome == "long":
-            return RunRequest(notebook="long")
-        return RunRequest(notebook="odd", options=PostHogRunOptions(mode="server"))
-
-    def remote_cancelled(self, handle: RunHandle) -> bool | None:
-        return self.server.remote_cancelled(handle)
-
-
 @asynccontextmanager
 async def posthog_target() -> AsyncIterator[ConformanceTarget]:
     """The conformance target: a fresh fake server with the suite's notebooks."""
+    # Imported here: the conformance suite needs pytest, and the fake server (shipped for
+    # the sandbox) must not.
+    from .conformance import FAST_POLL, ConformanceTarget
+
+    class PostHogTarget(ConformanceTarget):
+        """PostHogBackend against a :class:`PostHogFakeServer` (see :func:`posthog_target`)."""
+
+        poll: PollPolicy = FAST_POLL
+
+        def __init__(self, server: PostHogFakeServer) -> None:
+            self.server = server
+            server.add_notebook(
+                "ok", cells=["total = sum(range(5))\nprint(greeting, total)", "total * 2"]
+            )
+            server.add_notebook("bad", cells=["x = 1", "x / 0"])
+            server.add_notebook("long", cells=[LONG_CELL])
+            server.add_notebook("odd", cells=[LONG_CELL], run_status="warming_up")
+
+        def make_backend(self) -> NotebookBackend:
+            return PostHogBackend(
+                self.server.token,
+                project_id=self.server.project_id,
+                host=self.server.url,
+                poll=FAST_POLL,
+                retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
+                cancel_timeout=5.0,
+            )
+
+        def request(self, outcome: Outcome) -> RunRequest | None:
+            if outcome == "succeed":
+                return RunRequest(notebook="ok", inputs={"greeting": "hello"})
+            if outcome == "fail":
+                return RunRequest(notebook="bad")
+            if outcome == "long":
+                return RunRequest(notebook="long")
+            return RunRequest(notebook="odd", options=PostHogRunOptions(mode="server"))
+
+        def remote_cancelled(self, handle: RunHandle) -> bool | None:
+            return self.server.remote_cancelled(handle)
+
     async with posthog_server() as server:
         yield PostHogTarget(server)
