@@ -136,7 +136,10 @@ def path_segment(value: str, *, what: str = "identifier") -> str:
         raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
     if value in (".", "..") or _CONTROL.search(value):
         raise ConfigurationError(f"{what} {value!r} is not a valid identifier")
-    return quote(value, safe="")
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # a lone surrogate (JSON can carry one): not encodable
+        raise ConfigurationError(f"{what} {value!r} is not valid text") from None
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -257,7 +260,7 @@ def build_api_error(
     if text.strip()[:1] in ("{", "["):
         try:
             data = jsonlib.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the interpreter allows
             data = None
     vendor_message = profile.error_message(data, text)
     safe_url = redact_url(url)
@@ -351,7 +354,7 @@ class HttpResponse:
         """The body as JSON; ResponseDecodeError (with the body, trimmed) if it is not."""
         try:
             return jsonlib.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             content_type = self.headers.get("content-type", "unknown content type")
             raise ResponseDecodeError(
                 f"{self.vendor} {self.method} {redact_url(self.url)} returned {self.status} with "
@@ -491,6 +494,17 @@ class HttpTransport:
             headers["Authorization"] = f"{self._auth_scheme} {self._token.reveal()}"
         return headers
 
+    def _scrub(self, body: bytes) -> bytes:
+        """An error body without our token: some servers echo the credential they refused,
+        and error bodies end up in messages and logs. (Tokens shorter than 8 characters are
+        not real credentials and are left alone rather than mangling the text.)"""
+        if self._token is None:
+            return body
+        secret = self._token.reveal().encode()
+        if len(secret) < 8:
+            return body
+        return body.replace(secret, b"[redacted]")
+
     def _check_target(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme == "https":
@@ -553,7 +567,7 @@ class HttpTransport:
                 method=method,
                 url=url,
                 headers=response.headers,
-                body=response.body,
+                body=self._scrub(response.body),
             )
             retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
             if response.status == 429:
@@ -595,6 +609,11 @@ class HttpTransport:
             for key, value in params.items()
             if value is not None
         }
+        for key, value in clean.items():
+            try:
+                f"{key}={value}".encode()
+            except UnicodeEncodeError:  # yarl would silently drop the unencodable part
+                raise ConfigurationError(f"query parameter {key!r} is not valid text") from None
         return str(yarl.URL(url, encoded=True).update_query(clean))
 
     @staticmethod
@@ -734,7 +753,7 @@ class HttpTransport:
                 method=method,
                 url=url,
                 headers=response_headers,
-                body=body,
+                body=self._scrub(body),
             )
             retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
             if retry_after is None:

@@ -153,7 +153,13 @@ class RunHandle:
         try:
             data = json.loads(text)
             return _CONVERTER.structure(data, cls)
-        except (ValueError, TypeError, cattrs.BaseValidationError, ConfigurationError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            RecursionError,
+            cattrs.BaseValidationError,
+            ConfigurationError,
+        ) as exc:
             raise ConfigurationError(f"not a valid notebookops run handle: {exc}") from None
 
 
