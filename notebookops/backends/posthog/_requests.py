@@ -961,7 +961,7 @@ def apply_executions(
 def _frame_json(event: SSEEvent, stream: str) -> Any:
     try:
         return json.loads(event.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ResponseDecodeError(
             f"posthog sent a {stream} '{event.event}' event whose data is not JSON",
             vendor=VENDOR,

@@ -465,7 +465,23 @@ def _make_converter() -> cattrs.Converter:
         return attrs.evolve(result, raw=dict(value))
 
     converter.register_structure_hook(HogQLResult, hogql_hook)
+    for started in (NotebookRunStarted, CellRunStarted):
+        _require_run_id(converter, started)
     return converter
+
+
+def _require_run_id(converter: cattrs.Converter, cls: type[Any]) -> None:
+    """A start answer's ``run_id`` must be a real id: cattrs alone would turn ``null`` into
+    the string "None" and track a run nobody has."""
+    inner = converter.get_structure_hook(cls)
+
+    def structure(value: Any, target: Any) -> Any:
+        run_id = value.get("run_id") if isinstance(value, dict) else None
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
+        return inner(value, target)
+
+    converter.register_structure_hook(cls, structure)
 
 
 #: PostHog's converter. Never the global cattrs one: hooks are per vendor.

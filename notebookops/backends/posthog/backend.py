@@ -1385,6 +1385,16 @@ class PostHogBackend(BaseBackend):
                 if not cell.run_id:
                     continue
                 try:
+                    path_segment(cell.run_id, what="cell run id")
+                except ConfigurationError:
+                    # PostHog's data, not the caller's: skip the cell as if it had no result.
+                    logger.warning(
+                        "posthog named cell run %r of run %s, which cannot be read",
+                        cell.run_id,
+                        handle.run_id,
+                    )
+                    continue
+                try:
                     cell_run = await self._cell_run(project_id, short_id, cell.run_id)
                 except NotFound:
                     logger.warning(
@@ -1452,7 +1462,9 @@ class PostHogBackend(BaseBackend):
             "GET", notebook_path(self.project_id, request.notebook), Notebook, what="a notebook"
         )
         cells = select_cells(extract_cells(notebook.content), options.cell_types, request.blocks)
-        handle = self._make_handle(f"kernel-{uuid.uuid4().hex}", notebook.short_id, "kernel")
+        # The id the caller named (and that was just read successfully), not the answer's
+        # short_id: the kernel requests must go to the notebook that was read.
+        handle = self._make_handle(f"kernel-{uuid.uuid4().hex}", request.notebook, "kernel")
         run = _KernelRun(
             handle=handle,
             project_id=self.project_id,
@@ -1468,7 +1480,7 @@ class PostHogBackend(BaseBackend):
         logger.info(
             "started posthog kernel run %s of %s (%d cells)",
             handle.run_id,
-            notebook.short_id,
+            request.notebook,
             len(cells),
         )
         return handle
