@@ -7,8 +7,9 @@ Behaviour worth knowing (see the module docs of ``notebookops.backends.deepnote`
   deadline ``run_and_wait`` leaves the run going and says so.
 * Starting a run is never retried blindly. After an ambiguous failure (the connection broke or
   timed out after the request was sent, a 5xx, an unreadable 2xx) the notebook's runs list is
-  read; a single run created since the attempt is adopted, otherwise StartOutcomeUnknown says
-  what was seen.
+  read; a single run created since the attempt is adopted (never one this backend started for
+  another call, nor one another ambiguous start of the notebook may have made), otherwise
+  StartOutcomeUnknown says what was seen.
 * A finished run's snapshot may still be ``pending``; ``get_run`` waits a bounded extra time for
   it. A snapshot download URL on another origin is fetched without the API key.
 """
@@ -19,6 +20,7 @@ import logging
 import math
 import os
 import uuid
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -102,6 +104,10 @@ DEFAULT_WEB_URL: Final = "https://deepnote.com"
 V1_SUBMITTED: Final = "v1-submitted"
 _RECONCILE_PAGES: Final = 5
 _RECONCILE_PAGE_SIZE: Final = 20
+#: Run ids this instance started, remembered so reconciliation never adopts one of them.
+_KEEP_OWN_RUNS: Final = 10_000
+#: How long an ambiguous start attempt counts as a possible author of new runs.
+_AMBIGUITY_MEMORY: Final = timedelta(minutes=10)
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
@@ -222,6 +228,16 @@ class DeepnoteBackend(BaseBackend):
         self._reconcile_interval = _seconds("reconcile_interval", reconcile_interval)
         self._clock_skew = _seconds("clock_skew", clock_skew)
         self._states = StateTable(self.name, DEEPNOTE_STATES)
+        # Reconciliation looks for "the one run created since the attempt": runs this instance
+        # started for other calls must not count, nor may two reconciliations of one notebook
+        # adopt the same run. So: the ids we started, the POSTs still in flight per notebook,
+        # and one lock per notebook around adopting.
+        self._own_runs: OrderedDict[str, None] = OrderedDict()
+        self._posting: Counter[str] = Counter()
+        self._posts_done: dict[str, anyio.Event] = {}
+        self._reconciling: dict[str, anyio.Lock] = {}
+        #: When ambiguous start attempts were made, per notebook (recent ones only).
+        self._ambiguous: dict[str, list[datetime]] = {}
         self._transport = HttpTransport(
             PROFILE,
             base_url=origin,
@@ -258,7 +274,14 @@ class DeepnoteBackend(BaseBackend):
 
     async def _post_run(self, body: Mapping[str, Any]) -> RunStarted:
         response = await self._transport.request("POST", "/v2/runs", json=dict(body))
-        return decode_started(response)
+        started = decode_started(response)
+        self._remember(started.run_id)
+        return started
+
+    def _remember(self, run_id: str) -> None:
+        self._own_runs[run_id] = None
+        while len(self._own_runs) > _KEEP_OWN_RUNS:
+            self._own_runs.popitem(last=False)
 
     async def get_run_details(
         self, run_id: str, *, snapshot_delivery: SnapshotDelivery | None = None
@@ -510,8 +533,10 @@ class DeepnoteBackend(BaseBackend):
         """Start a run (``POST /v2/runs``, or v1 execute in v1 mode) and return its handle.
 
         The POST is sent once. If its outcome is ambiguous, the notebook's runs list decides:
-        exactly one run created since the attempt is adopted; anything else raises
-        StartOutcomeUnknown (chained to the original error) with what was seen.
+        exactly one run created since the attempt, and not started by this backend for another
+        call, is adopted, unless another ambiguous start of the same notebook could have made
+        it; anything else raises StartOutcomeUnknown (chained to the original error) with
+        what was seen.
         """
         self._ensure_open()
         if not isinstance(request, RunRequest):
@@ -524,15 +549,23 @@ class DeepnoteBackend(BaseBackend):
             request.notebook, inputs=request.inputs, blocks=request.blocks, options=options
         )
         attempt_at = _now()
+        self._posting[request.notebook] += 1
+        posting = True
         try:
             started = await self._post_run(body)
         except (TransportError, ServerError, ResponseDecodeError) as error:
             if isinstance(error, TransportError) and not error.request_sent:
                 raise  # provably never reached Deepnote: no run can exist
+            posting = False
+            self._done_posting(request.notebook)
+            self._ambiguous.setdefault(request.notebook, []).append(attempt_at)
             found = await self._reconcile(request.notebook, attempt_at, error)
             return self._handle(
                 found.run_id, request.notebook, found.created_at, options.project_id
             )
+        finally:
+            if posting:
+                self._done_posting(request.notebook)
         return self._handle(
             started.run_id, request.notebook, started.created_at, options.project_id
         )
@@ -694,7 +727,33 @@ class DeepnoteBackend(BaseBackend):
                 break
         return found
 
+    def _done_posting(self, notebook_id: str) -> None:
+        self._posting[notebook_id] -= 1
+        if self._posting[notebook_id] <= 0:
+            del self._posting[notebook_id]
+            idle = self._posts_done.pop(notebook_id, None)
+            if idle is not None:
+                idle.set()
+
+    def _rivals(self, notebook_id: str, created_at: datetime | None) -> int:
+        """Other ambiguous attempts on this notebook that could have created a run made at
+        ``created_at`` (any recent one when the time is unknown)."""
+        skew = timedelta(seconds=self._clock_skew)
+        recent = [
+            at for at in self._ambiguous.get(notebook_id, []) if at > _now() - _AMBIGUITY_MEMORY
+        ]
+        self._ambiguous[notebook_id] = recent
+        possible = [at for at in recent if created_at is None or created_at >= at - skew]
+        return max(0, len(possible) - 1)  # one of them is the attempt being reconciled
+
     async def _reconcile(
+        self, notebook_id: str, attempt_at: datetime, error: NotebookOpsError
+    ) -> RunSummary:
+        lock = self._reconciling.setdefault(notebook_id, anyio.Lock())
+        async with lock:
+            return await self._reconcile_locked(notebook_id, attempt_at, error)
+
+    async def _reconcile_locked(
         self, notebook_id: str, attempt_at: datetime, error: NotebookOpsError
     ) -> RunSummary:
         threshold = attempt_at - timedelta(seconds=self._clock_skew)
@@ -702,14 +761,28 @@ class DeepnoteBackend(BaseBackend):
         for attempt in range(self._reconcile_attempts):
             if attempt:
                 await anyio.sleep(self._reconcile_interval)
+            # Another start of this notebook still waiting for its answer would leave its run
+            # looking like ours: let those answers arrive first (each is bounded by its timeout).
+            while self._posting[notebook_id] > 0:
+                await self._posts_done.setdefault(notebook_id, anyio.Event()).wait()
             try:
-                candidates = await self._runs_since(notebook_id, threshold)
+                found = await self._runs_since(notebook_id, threshold)
+                candidates = [run for run in found if run.run_id not in self._own_runs]
             except NotebookOpsError as list_error:
                 evidence.append(f"reading the notebook's runs failed ({list_error})")
                 if isinstance(list_error, AuthenticationError | PermissionDenied | NotFound):
                     break
                 continue
+            rivals = self._rivals(notebook_id, candidates[0].created_at) if candidates else 0
+            if len(candidates) == 1 and rivals:
+                evidence.append(
+                    f"run {candidates[0].run_id} was created since the attempt, but {rivals} "
+                    "other start(s) of this notebook by this backend failed ambiguously around "
+                    "then: cannot tell whose it is"
+                )
+                break
             if len(candidates) == 1:
+                self._remember(candidates[0].run_id)
                 logger.warning(
                     "starting deepnote notebook %s failed ambiguously (%s); adopted run %s, "
                     "the only one created since the attempt",
