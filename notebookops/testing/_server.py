@@ -8,7 +8,12 @@ routes in :meth:`FakeServer.setup_routes`, and gets for free:
 * a log of every request (method, path, query, headers, JSON body) for assertions;
 * a :class:`FaultPlan`: scripted or seeded-random faults (statuses, 429 with or without
   Retry-After, resets before/after the handler ran, slow responses, truncated or invalid bodies,
-  HTML error pages, wrong content types).
+  HTML error pages, wrong content types, unknown status values, missing fields, event streams
+  cut in the middle of a frame).
+
+Payload faults (``unknown_status``, ``missing_fields``) run the real handler and then damage
+its JSON answer through :meth:`FakeServer.corrupt_payload`, which a vendor fake may override
+to damage the fields its clients depend on.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-__all__ = ["Fault", "FaultKind", "FaultPlan", "FakeServer", "RecordedRequest"]
+__all__ = [
+    "SSE_CUT_PREFIX",
+    "UNKNOWN_STATUS",
+    "FakeServer",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "RecordedRequest",
+]
 
 FaultKind = Literal[
     "status",  # answer with `status`, `body`, `headers` instead of the handler
@@ -37,7 +50,16 @@ FaultKind = Literal[
     "invalid_json",  # 200 with a JSON content type and a body that is not JSON
     "html",  # `status` with an HTML error page
     "wrong_content_type",  # 200 with text/plain "OK"
+    "unknown_status",  # run the handler, then replace status values with one nobody knows
+    "missing_fields",  # run the handler, then drop a field of its JSON answer
+    "sse_cut",  # 200 event stream that breaks in the middle of a frame (handler not run)
 ]
+
+#: The status value ``unknown_status`` faults put in place of the real one.
+UNKNOWN_STATUS = "chaos_unknown_status"
+#: What an ``sse_cut`` fault sends before dropping the connection (unless ``Fault.body`` says).
+SSE_CUT_PREFIX = b': keepalive\n\nevent: stdout\ndata: {"text": "cut in the mid'
+_PAYLOAD_FAULTS = frozenset({"unknown_status", "missing_fields"})
 
 
 @attrs.define
@@ -150,6 +172,26 @@ class FakeServer:
         """The vendor's 401 response."""
         return web.json_response({"message": "Unauthorized"}, status=401)
 
+    def corrupt_payload(self, kind: FaultKind, data: Any, rng: random.Random) -> Any:
+        """Damage a JSON answer for a payload fault; return the new document.
+
+        ``unknown_status`` replaces every string ``status`` value with :data:`UNKNOWN_STATUS`;
+        ``missing_fields`` drops one key (chosen with ``rng``) of the answer's object, looking
+        inside a one-key envelope such as ``{"run": {...}}``. Override for vendor specifics.
+        """
+        if kind == "unknown_status":
+            return _replace_status(data)
+        if kind == "missing_fields":
+            target = data
+            while isinstance(target, dict) and len(target) == 1:
+                inner = next(iter(target.values()))
+                if not isinstance(inner, dict):
+                    break
+                target = inner
+            if isinstance(target, dict) and target:
+                del target[rng.choice(sorted(target))]
+        return data
+
     # -- lifecycle
 
     async def start(self) -> str:
@@ -248,10 +290,36 @@ class FakeServer:
             )
         if fault.kind == "wrong_content_type":
             return web.Response(status=200, text="OK", content_type="text/plain")
+        if fault.kind in _PAYLOAD_FAULTS:
+            return await self._corrupted(request, handler, fault)
+        if fault.kind == "sse_cut":
+            stream = web.StreamResponse(
+                status=200,
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            )
+            await stream.prepare(request)
+            await stream.write(fault.body if isinstance(fault.body, bytes) else SSE_CUT_PREFIX)
+            return await self._drop(request)
         body, content_type = _encode(fault.body)
         return web.Response(
             status=fault.status, body=body, headers=dict(fault.headers), content_type=content_type
         )
+
+    async def _corrupted(
+        self, request: web.Request, handler: Handler, fault: Fault
+    ) -> web.StreamResponse:
+        real = await handler(request)
+        if not isinstance(real, web.Response) or not isinstance(real.body, bytes):
+            return real  # a stream already sent, or no body: nothing to damage
+        if real.content_type != "application/json" or not real.body.strip():
+            return real
+        try:
+            data = json.loads(real.body)
+        except ValueError:
+            return real
+        damaged = self.corrupt_payload(fault.kind, data, self.faults.rng)
+        real.body = json.dumps(damaged).encode()
+        return real
 
     @staticmethod
     async def _drop(request: web.Request) -> web.StreamResponse:
@@ -260,3 +328,16 @@ class FakeServer:
             transport.abort()
         # The client is gone; aiohttp discards whatever we return here.
         raise asyncio.CancelledError
+
+
+def _replace_status(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            key: UNKNOWN_STATUS
+            if key == "status" and isinstance(value, str)
+            else _replace_status(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [_replace_status(item) for item in data]
+    return data
