@@ -436,6 +436,14 @@ class HttpTransport:
                 raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
         self.profile = profile
         self.base_url = check_base_url(base_url, allow_http=allow_http)
+        # A connector built with ssl=False verifies nothing; taking it would silently send
+        # tokens over unverified TLS. aiohttp keeps the setting on a private attribute.
+        if session is not None and getattr(session.connector, "_ssl", None) is False:
+            raise ConfigurationError(
+                "the aiohttp session passed in has TLS certificate verification turned off "
+                "(ssl=False); pass a session that verifies certificates (use an "
+                "ssl.SSLContext with your CA for private certificates)"
+            )
         self._origin = origin_of(self.base_url)
         self._token = token if isinstance(token, Secret) or token is None else Secret(token)
         self._auth_scheme = auth_scheme

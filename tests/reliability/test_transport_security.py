@@ -223,11 +223,6 @@ async def test_a_certificate_the_caller_trusts_works(
     assert seen == ["/api/run/v1/notebook"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core change requested: a caller's session whose connector has ssl=False "
-    "silently turns certificate checks off; HttpTransport should refuse it",
-)
 async def test_a_session_without_verification_is_refused(
     tls_server: tuple[str, list[str]],
 ) -> None:
