@@ -1,0 +1,701 @@
+"""Benchmark client workloads. Each invocation is a fresh process that prints one JSON object.
+
+Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
+
+``overhead --variant {lib,floor,shared} --n N --notebooks K --url URL``
+    N concurrent waits on the Deepnote-shaped server (``bench/server.py``):
+
+    * ``lib``: ``notebookops.run_and_wait`` on a ``DeepnoteBackend`` (default PollPolicy);
+    * ``adapter``: the same requests through ``DeepnoteBackend.start_run`` / ``get_run`` in a
+      hand-written loop (no orchestration): the cost of the layers below ``run_and_wait``;
+    * ``transport``: the same requests through ``HttpTransport.request`` in a hand-written loop
+      (no adapter, no models): the cost of the transport alone;
+    * ``floor``: the same requests on the same poll schedule, hand-written with one
+      ``aiohttp.ClientSession`` (same connection limit) and no abstraction at all;
+    * ``shared``: a hand-written prototype of shared polling (not in the library): one poller
+      per notebook reads ``GET /v2/notebooks/{id}/runs`` for all of that notebook's waits, then
+      one ``GET /v2/runs/{id}`` per finished run for its outputs.
+
+``pollcheck --url URL --cases L:SCALE:REPEATS,...``
+    Time-scaled real runs through ``run_and_wait``: a run of L simulated seconds lasts L/SCALE
+    real seconds and is polled with the default PollPolicy divided by SCALE.
+
+``ratelimit --n N --url URL [--max-rate R] [--adaptive]``
+    N concurrent ``run_and_wait`` against a server enforcing a request rate (``--adaptive``:
+    the what-if limiter of ``bench/whatif.py``).
+
+``micro [--loops N]``
+    CPU per call of the library's per-request steps with the network stubbed out.
+
+``streaming --backend {posthog,local} [--url URL]``
+    Runs a short and a long notebook on a streaming backend and counts ``get_run`` calls and
+    HTTP requests: completion must be pushed, not polled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
+
+import aiohttp
+from measure import Meter
+
+TOKEN = "bench-token"
+TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
+#: The library's defaults, written out so the floor uses the very same schedule.
+POLL_INITIAL, POLL_MULTIPLIER, POLL_MAXIMUM, POLL_JITTER = 1.0, 1.5, 30.0, 0.1
+#: HttpTransport's default connection limit: the floor gets the same.
+MAX_CONNECTIONS = 100
+#: Generous: no wait here should come near it, and both sides use the same one.
+WAIT_TIMEOUT = 1800.0
+
+
+def _quiet_library_logs() -> None:
+    # Retry warnings (scenario 3 produces thousands) would otherwise go to stderr through
+    # logging's last-resort handler; the records are still created, as for any user.
+    library = logging.getLogger("notebookops")
+    library.addHandler(logging.NullHandler())
+    library.propagate = False
+
+
+def poll_delay(attempt: int, rng: random.Random) -> float:
+    """PollPolicy's formula (capped exponential, +/- jitter, capped again), inlined."""
+    base = min(POLL_MAXIMUM, POLL_INITIAL * POLL_MULTIPLIER ** min(attempt, 64))
+    return min(POLL_MAXIMUM, base * rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+
+class Tracker:
+    """Counts outcomes, in-flight waits and per-wait latency for one workload."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+    async def track(self, wait: Awaitable[bool]) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        started = time.perf_counter()
+        try:
+            succeeded = await wait
+        except Exception as error:
+            self.errors[type(error).__name__] += 1
+        else:
+            if succeeded:
+                self.ok += 1
+            else:
+                self.errors["not succeeded"] += 1
+        finally:
+            self.in_flight -= 1
+            self.latencies.append(time.perf_counter() - started)
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        return {
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "peak_in_flight": self.peak_in_flight,
+            "latency_median": ordered[len(ordered) // 2] if ordered else None,
+            "latency_max": ordered[-1] if ordered else None,
+        }
+
+
+# --------------------------------------------------------------------------- scenario 1
+
+
+async def overhead_lib(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    import anyio
+
+    from notebookops import PollPolicy, RunState, run_and_wait
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    policy = PollPolicy(POLL_INITIAL, POLL_MULTIPLIER, POLL_MAXIMUM, POLL_JITTER)
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+
+        async def one(index: int) -> bool:
+            run = await run_and_wait(
+                backend, f"notebook-{index % notebooks}", poll=policy, timeout=WAIT_TIMEOUT
+            )
+            return run.state is RunState.SUCCEEDED
+
+        async with anyio.create_task_group() as group:
+            for index in range(n):
+                group.start_soon(tracker.track, one(index))
+    return {**meter.stop(), **tracker.summary()}
+
+
+async def overhead_adapter(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    from notebookops import RunRequest, RunState
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    rng = random.Random()
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+
+        async def one(index: int) -> bool:
+            handle = await backend.start_run(RunRequest(notebook=f"notebook-{index % notebooks}"))
+            attempt = 0
+            while True:
+                run = await backend.get_run(handle)
+                if run.state.is_terminal:
+                    return run.state is RunState.SUCCEEDED
+                await asyncio.sleep(poll_delay(attempt, rng))
+                attempt += 1
+
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
+    return {**meter.stop(), **tracker.summary()}
+
+
+async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    from notebookops._http import HttpTransport
+    from notebookops.backends.deepnote._requests import PROFILE
+
+    rng = random.Random()
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
+    try:
+
+        async def one(index: int) -> bool:
+            body = {"notebookId": f"notebook-{index % notebooks}", "detached": True}
+            started = await transport.request("POST", "/v2/runs", json=body)
+            path = f"/v2/runs/{started.json()['runId']}"
+            attempt = 0
+            while True:
+                response = await transport.request(
+                    "GET", path, params={"snapshotDelivery": "blocks"}
+                )
+                run = response.json()["run"]
+                if run["status"] in TERMINAL:
+                    return bool(run["status"] == "success")
+                await asyncio.sleep(poll_delay(attempt, rng))
+                attempt += 1
+
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
+    finally:
+        await transport.aclose()
+    return {**meter.stop(), **tracker.summary()}
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+        headers={"User-Agent": "bench-floor/1", "Accept": "application/json"},
+    )
+
+
+async def _read_json(response: aiohttp.ClientResponse) -> Any:
+    if response.status >= 400:
+        raise RuntimeError(f"{response.method} {response.url.path} -> {response.status}")
+    return json.loads(await response.read())
+
+
+async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    rng = random.Random()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    async with _session() as session:
+
+        async def one(index: int) -> bool:
+            body = {"notebookId": f"notebook-{index % notebooks}", "detached": True}
+            async with session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
+                run_id = (await _read_json(response))["runId"]
+            status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
+            attempt = 0
+            while True:
+                async with session.get(status_url, headers=auth) as response:
+                    run = (await _read_json(response))["run"]
+                if run["status"] in TERMINAL:
+                    return bool(run["status"] == "success")
+                await asyncio.sleep(poll_delay(attempt, rng))
+                attempt += 1
+
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
+    return {**meter.stop(), **tracker.summary()}
+
+
+class SharedPoller:
+    """One notebook's poller: a single runs-list read observes every wait on that notebook.
+
+    The cadence is PollPolicy's, driven by the least-read wait (a newcomer brings the next read
+    forward to at most the policy's first delay). Finished runs get one ``GET /v2/runs/{id}``
+    each, for the outputs the list does not carry.
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, notebook: str, rng: random.Random
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.notebook = notebook
+        self.rng = rng
+        self.auth = {"Authorization": f"Bearer {TOKEN}"}
+        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.reads: dict[str, int] = {}
+        self.next_read = 0.0
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def wait(self, run_id: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.waiters[run_id] = future
+        self.reads[run_id] = 0
+        first = loop.time() + poll_delay(0, self.rng)
+        if self.task is None or self.task.done():
+            self.next_read = first
+            self.task = asyncio.create_task(self._loop())
+        elif first < self.next_read:
+            self.next_read = first
+            self.wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiters:
+                delay = self.next_read - loop.time()
+                if delay > 0:
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    if self.next_read > loop.time():
+                        continue
+                finished = await self._read_list()
+                fewest = min(self.reads.values(), default=0)
+                self.next_read = loop.time() + poll_delay(fewest, self.rng)
+                if finished:
+                    await asyncio.gather(*(self._finish(run_id) for run_id in finished))
+        except Exception as error:
+            for future in self.waiters.values():
+                if not future.done():
+                    future.set_exception(error)
+            self.waiters.clear()
+
+    async def _read_list(self) -> list[str]:
+        pending = set(self.waiters)
+        finished: list[str] = []
+        token: str | None = None
+        while pending:
+            query = "pageSize=100" + (f"&pageToken={token}" if token else "")
+            list_url = f"{self.url}/v2/notebooks/{self.notebook}/runs?{query}"
+            async with self.session.get(list_url, headers=self.auth) as response:
+                page = await _read_json(response)
+            for run in page["runs"]:
+                run_id = run["runId"]
+                if run_id in pending:
+                    pending.discard(run_id)
+                    self.reads[run_id] += 1
+                    if run["status"] in TERMINAL:
+                        finished.append(run_id)
+            token = page["pagination"].get("nextPageToken")
+            if not page["pagination"].get("hasMore") or not token:
+                break
+        return finished
+
+    async def _finish(self, run_id: str) -> None:
+        status_url = f"{self.url}/v2/runs/{run_id}?snapshotDelivery=blocks"
+        async with self.session.get(status_url, headers=self.auth) as response:
+            run = (await _read_json(response))["run"]
+        future = self.waiters.pop(run_id)
+        self.reads.pop(run_id, None)
+        if not future.done():
+            future.set_result(run)
+
+
+async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    rng = random.Random()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    async with _session() as session:
+        pollers = {
+            f"notebook-{k}": SharedPoller(session, url, f"notebook-{k}", rng)
+            for k in range(notebooks)
+        }
+
+        async def one(index: int) -> bool:
+            notebook = f"notebook-{index % notebooks}"
+            body = {"notebookId": notebook, "detached": True}
+            async with session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
+                run_id = (await _read_json(response))["runId"]
+            run = await pollers[notebook].wait(run_id)
+            return bool(run["status"] == "success")
+
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
+    return {**meter.stop(), **tracker.summary()}
+
+
+OVERHEAD: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, Any]]]] = {
+    "lib": overhead_lib,
+    "adapter": overhead_adapter,
+    "transport": overhead_transport,
+    "floor": overhead_floor,
+    "shared": overhead_shared,
+}
+
+
+# --------------------------------------------------------------------------- scenario 2
+
+
+async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) -> dict[str, Any]:
+    import anyio
+
+    from notebookops import PollPolicy, RunRequest, RunState, run_and_wait
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    rng = random.Random(seed)
+    results: list[dict[str, Any]] = []
+    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+
+        async def one(length: float, scale: float) -> None:
+            actual = length * rng.uniform(0.95, 1.05)
+            policy = PollPolicy(
+                POLL_INITIAL / scale, POLL_MULTIPLIER, POLL_MAXIMUM / scale, POLL_JITTER
+            )
+            request = RunRequest(
+                notebook=f"poll-{length:g}", inputs={"bench_duration": repr(actual / scale)}
+            )
+            started = time.perf_counter()
+            run = await run_and_wait(backend, request, poll=policy, timeout=WAIT_TIMEOUT)
+            results.append(
+                {
+                    "length": length,
+                    "scale": scale,
+                    "actual": actual,
+                    "run_id": run.run_id,
+                    "ok": run.state is RunState.SUCCEEDED,
+                    "client_lag": (time.perf_counter() - started) * scale - actual,
+                }
+            )
+
+        async with anyio.create_task_group() as group:
+            for length, scale, repeats in cases:
+                for _ in range(repeats):
+                    group.start_soon(one, length, scale)
+    return {"runs": results}
+
+
+# --------------------------------------------------------------------------- scenario 3
+
+
+async def ratelimit(
+    url: str, n: int, max_rate: float | None, *, adaptive: bool = False
+) -> dict[str, Any]:
+    import anyio
+
+    from notebookops import RunState, run_and_wait
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    _quiet_library_logs()
+    tracker = Tracker()
+    meter = Meter()
+    meter.start()
+    async with DeepnoteBackend(TOKEN, base_url=url, max_rate=max_rate) as backend:
+        if adaptive:
+            from whatif import AdaptiveRateLimiter
+
+            # What-if only: the backend has no parameter for a custom limiter.
+            backend._transport.rate_limiter = AdaptiveRateLimiter()
+
+        async def one(index: int) -> bool:
+            run = await run_and_wait(backend, f"notebook-{index % 10}", timeout=WAIT_TIMEOUT)
+            return run.state is RunState.SUCCEEDED
+
+        async with anyio.create_task_group() as group:
+            for index in range(n):
+                group.start_soon(tracker.track, one(index))
+    return {**meter.stop(), **tracker.summary()}
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _counting(target: Any, name: str, counter: Counter[str]) -> None:
+    original: Callable[..., Awaitable[Any]] = getattr(target, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        counter[name] += 1
+        return await original(*args, **kwargs)
+
+    setattr(target, name, counted)
+
+
+def _counting_stream(target: Any, name: str, counter: Counter[str]) -> None:
+    original: Callable[..., Any] = getattr(target, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        counter[name] += 1
+        return original(*args, **kwargs)
+
+    setattr(target, name, counted)
+
+
+async def streaming_posthog(url: str) -> dict[str, Any]:
+    from posthog_server import PROJECT_ID
+    from posthog_server import TOKEN as POSTHOG_TOKEN
+
+    from notebookops import run_and_wait
+    from notebookops.backends.posthog import PostHogBackend
+
+    rows: list[dict[str, Any]] = []
+    auth = {"Authorization": f"Bearer {POSTHOG_TOKEN}"}
+    async with (
+        _session() as session,
+        PostHogBackend(POSTHOG_TOKEN, project_id=PROJECT_ID, host=url, mode="kernel") as backend,
+    ):
+        calls: Counter[str] = Counter()
+        _counting(backend, "get_run", calls)
+        _counting_stream(backend, "watch_run", calls)
+        for notebook in ("short", "long"):
+            async with session.get(f"{url}/_bench/requests", headers=auth) as response:
+                await response.read()
+            calls.clear()
+            started = time.perf_counter()
+            run = await run_and_wait(backend, notebook, timeout=120)
+            wall = time.perf_counter() - started
+            async with session.get(f"{url}/_bench/requests", headers=auth) as response:
+                seen = json.loads(await response.read())
+            rows.append(
+                {
+                    "notebook": notebook,
+                    "state": run.state.value,
+                    "wall": wall,
+                    "get_run_calls": calls["get_run"],
+                    "watch_run_calls": calls["watch_run"],
+                    "http_requests": len(seen),
+                    "paths": dict(Counter(f"{r['method']} {r['path']}" for r in seen)),
+                }
+            )
+    return {"rows": rows}
+
+
+async def streaming_local(short: float, long: float) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from notebookops import run_and_wait
+    from notebookops.backends.local import LocalBackend
+    from notebookops.testing.local import write_notebook
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="notebookops-bench-") as directory:
+        paths = {}
+        for name, seconds in (("short", short), ("long", long)):
+            paths[name] = write_notebook(
+                Path(directory) / f"{name}.ipynb",
+                ["x = 1", f"import time\ntime.sleep({seconds})\nprint(x)"],
+            )
+        async with LocalBackend() as backend:
+            calls: Counter[str] = Counter()
+            _counting(backend, "get_run", calls)
+            _counting_stream(backend, "watch_run", calls)
+            for name, path in paths.items():
+                calls.clear()
+                started = time.perf_counter()
+                run = await run_and_wait(backend, str(path), timeout=300)
+                rows.append(
+                    {
+                        "notebook": name,
+                        "state": run.state.value,
+                        "wall": time.perf_counter() - started,
+                        "get_run_calls": calls["get_run"],
+                        "watch_run_calls": calls["watch_run"],
+                        "http_requests": 0,
+                        "paths": {},
+                    }
+                )
+    return {"rows": rows}
+
+
+# --------------------------------------------------------------------------- micro
+
+
+class _CannedResponse:
+    status = 200
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.headers = {"Content-Type": "application/json; charset=utf-8", "Server": "bench"}
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+class _CannedSession:
+    """Answers every request at once with the same body (for :func:`micro`)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.response = _CannedResponse(body)
+
+    def request(self, *args: Any, **kwargs: Any) -> _CannedSession:
+        return self
+
+    async def __aenter__(self) -> _CannedResponse:
+        return self.response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def micro(loops: int) -> dict[str, Any]:
+    """Per-call CPU of the library's per-request steps, with the network stubbed out."""
+    import timeit
+
+    from notebookops import RunHandle
+    from notebookops._http import HttpResponse, HttpTransport, RateLimiter
+    from notebookops._redact import redact_url
+    from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.backends.deepnote._requests import PROFILE, decode_run
+
+    base = "http://127.0.0.1:9"
+    url = f"{base}/v2/runs/0b6f1c9e-5a1d-4c1e-9a2b-3f4e5d6c7b8a?snapshotDelivery=blocks"
+    body = json.dumps(
+        {
+            "run": {
+                "runId": "0b6f1c9e-5a1d-4c1e-9a2b-3f4e5d6c7b8a",
+                "notebookId": "notebook-1",
+                "status": "running",
+                "createdAt": "2026-11-22T03:00:00.000Z",
+                "completedAt": None,
+                "projectId": "project-1",
+                "error": None,
+                "snapshotStatus": "pending",
+                "snapshotContent": None,
+                "snapshotDownloadUrl": None,
+            }
+        }
+    ).encode()
+    response = HttpResponse(
+        status=200,
+        headers={"content-type": "application/json; charset=utf-8"},
+        body=body,
+        method="GET",
+        url=url,
+        vendor="deepnote",
+    )
+    transport = HttpTransport(PROFILE, base_url=base, token=TOKEN)
+
+    def per_call(statement: Callable[[], object]) -> float:
+        return min(timeit.repeat(statement, number=loops, repeat=5)) / loops * 1e6
+
+    async def per_await(make: Callable[[], Awaitable[object]]) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(loops):
+                await make()
+            best = min(best, time.process_time() - started)
+        return best / loops * 1e6
+
+    figures = {
+        "json.loads(body) (what the floor does per read)": per_call(lambda: json.loads(body)),
+        "decode_run(response): cattrs RunDetails": per_call(lambda: decode_run(response)),
+        "redact_url(url) (built for a disabled debug log)": per_call(lambda: redact_url(url)),
+        "HttpTransport._check_target(url)": per_call(lambda: transport._check_target(url)),
+        "HttpTransport._with_params(url, params)": per_call(
+            lambda: transport._with_params(f"{base}/v2/runs/x", {"snapshotDelivery": "blocks"})
+        ),
+        "HttpTransport._headers_for(url)": per_call(lambda: transport._headers_for(url, None)),
+    }
+    limiter = RateLimiter()
+    figures["RateLimiter.acquire() (unlimited)"] = await per_await(limiter.acquire)
+    # A stand-in for aiohttp's session: what remains is the library's own per-request work.
+    transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
+    transport._owns_session = False
+    figures["HttpTransport.request(), aiohttp stubbed out"] = await per_await(
+        lambda: transport.request("GET", "/v2/runs/x", params={"snapshotDelivery": "blocks"})
+    )
+    async with DeepnoteBackend(TOKEN, base_url=base) as backend:
+        backend._transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
+        backend._transport._owns_session = False
+        handle = RunHandle(backend="deepnote", run_id="x", notebook_id="notebook-1")
+        figures["DeepnoteBackend.get_run() (running run), aiohttp stubbed out"] = await per_await(
+            lambda: backend.get_run(handle)
+        )
+    await transport.aclose()
+    return {"loops": loops, "microseconds": figures}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _cases(text: str) -> list[tuple[float, float, int]]:
+    cases = []
+    for item in text.split(","):
+        length, scale, repeats = item.split(":")
+        cases.append((float(length), float(scale), int(repeats)))
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="notebookops benchmark client (one workload)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    over = sub.add_parser("overhead")
+    over.add_argument("--variant", choices=tuple(OVERHEAD), required=True)
+    over.add_argument("--n", type=int, required=True)
+    over.add_argument("--notebooks", type=int, default=1)
+    over.add_argument("--url", required=True)
+    check = sub.add_parser("pollcheck")
+    check.add_argument("--url", required=True)
+    check.add_argument("--cases", required=True, help="LENGTH:SCALE:REPEATS,...")
+    check.add_argument("--seed", type=int, default=0)
+    limit = sub.add_parser("ratelimit")
+    limit.add_argument("--url", required=True)
+    limit.add_argument("--n", type=int, default=500)
+    limit.add_argument("--max-rate", type=float, default=0.0)
+    limit.add_argument("--adaptive", action="store_true", help="what-if: AdaptiveRateLimiter")
+    tiny = sub.add_parser("micro")
+    tiny.add_argument("--loops", type=int, default=20_000)
+    stream = sub.add_parser("streaming")
+    stream.add_argument("--backend", choices=("posthog", "local"), required=True)
+    stream.add_argument("--url", default="")
+    stream.add_argument("--short", type=float, default=0.5)
+    stream.add_argument("--long", type=float, default=3.0)
+    args = parser.parse_args()
+
+    result: dict[str, Any]
+    if args.command == "overhead":
+        result = asyncio.run(OVERHEAD[args.variant](args.url, args.n, args.notebooks))
+    elif args.command == "pollcheck":
+        result = asyncio.run(pollcheck(args.url, _cases(args.cases), args.seed))
+    elif args.command == "micro":
+        result = asyncio.run(micro(args.loops))
+    elif args.command == "ratelimit":
+        max_rate = args.max_rate if args.max_rate > 0 else None
+        result = asyncio.run(ratelimit(args.url, args.n, max_rate, adaptive=args.adaptive))
+    elif args.backend == "posthog":
+        result = asyncio.run(streaming_posthog(args.url))
+    else:
+        result = asyncio.run(streaming_local(args.short, args.long))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Process-level measurements for the benchmark clients: CPU time, wall time and RSS.
+
+Every client workload runs in a fresh process, so its peak RSS (``VmHWM``) is its own; the
+peak is reset just before the measured part where the kernel allows it (``/proc/self/clear_refs``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_now() -> int:
+    """Resident set size of this process, in bytes."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * _PAGE
+
+
+def peak_rss() -> int:
+    """Peak resident set size (``VmHWM``) since start or the last :func:`reset_peak`, bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak() -> bool:
+    """Make ``VmHWM`` restart from the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class Meter:
+    """Measures one block of work: CPU seconds (user + system), wall seconds, RSS growth."""
+
+    def __init__(self) -> None:
+        self.cpu0 = self.wall0 = 0.0
+        self.rss0 = 0
+        self.peak_reset = False
+        self.result: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.peak_reset = reset_peak()
+        self.rss0 = rss_now()
+        self.cpu0 = time.process_time()
+        self.wall0 = time.perf_counter()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.wall0
+        cpu = time.process_time() - self.cpu0
+        peak = peak_rss()
+        self.result = {
+            "cpu": cpu,
+            "wall": wall,
+            "rss_before": self.rss0,
+            "peak_rss": peak,
+            "rss_growth": max(0, peak - self.rss0),
+            "peak_reset": self.peak_reset,
+        }
+        return self.result
