@@ -665,3 +665,13 @@ async def test_wrong_options_type_is_refused() -> None:
             await backend.start_run(RunRequest(notebook="nb1", options={"detached": True}))
         with pytest.raises(ConfigurationError, match="RunRequest"):
             await backend.start_run("nb1")  # type: ignore[arg-type]
+
+
+def test_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPNOTE_API_URL", "http://127.0.0.1:9999")
+    assert DeepnoteBackend("key").base_url.startswith("http://127.0.0.1:9999")
+    monkeypatch.delenv("DEEPNOTE_API_URL")
+    assert DeepnoteBackend("key").base_url.startswith("https://api.deepnote.com")
+    monkeypatch.setenv("DEEPNOTE_API_URL", "http://example.com")
+    with pytest.raises(ConfigurationError, match="allow_http"):
+        DeepnoteBackend("key")

@@ -90,7 +90,7 @@ from ._wire import (
     Schedule,
 )
 
-__all__ = ["API_KEY_ENV", "DEFAULT_BASE_URL", "DeepnoteBackend"]
+__all__ = ["API_KEY_ENV", "API_URL_ENV", "DEFAULT_BASE_URL", "DeepnoteBackend"]
 
 logger = logging.getLogger("notebookops.deepnote")
 
@@ -98,6 +98,8 @@ T = TypeVar("T")
 
 #: The environment variable the API key is read from when none is passed.
 API_KEY_ENV: Final = "DEEPNOTE_API_KEY"
+#: Optional override of the API origin (a proxy, a test server, the sandbox).
+API_URL_ENV: Final = "DEEPNOTE_API_URL"
 DEFAULT_BASE_URL: Final = "https://api.deepnote.com"
 DEFAULT_WEB_URL: Final = "https://deepnote.com"
 #: ``RunHandle.extra["mode"]`` of a v1 run whose v2 run could not be found (SUBMITTED).
@@ -127,7 +129,8 @@ class DeepnoteBackend(BaseBackend):
     """Runs Deepnote notebooks through the Public API v2 (or triggers them through v1).
 
     ``api_key`` falls back to the ``DEEPNOTE_API_KEY`` environment variable. ``base_url`` is the
-    API origin; ``/v2`` and ``/v1`` are added here. ``workspace`` (the workspace id or slug from
+    API origin (default: ``DEEPNOTE_API_URL``, else https://api.deepnote.com); ``/v2`` and
+    ``/v1`` are added here. ``workspace`` (the workspace id or slug from
     the Deepnote URL) lets runs carry a web URL for people; without it, or while the project id
     is unknown, ``Run.web_url`` stays None rather than guessed.
 
@@ -164,7 +167,7 @@ class DeepnoteBackend(BaseBackend):
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         workspace: str | None = None,
         web_base_url: str = DEFAULT_WEB_URL,
         use_v1: bool = False,
@@ -192,6 +195,8 @@ class DeepnoteBackend(BaseBackend):
         key = key.strip()
         if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
             raise ConfigurationError("the Deepnote API key contains control characters")
+        if base_url is None:
+            base_url = os.environ.get(API_URL_ENV) or DEFAULT_BASE_URL
         origin = check_base_url(base_url, allow_http=allow_http)
         if origin.rstrip("/").endswith(("/v1", "/v2")):
             raise ConfigurationError(
