@@ -551,55 +551,96 @@ class HttpTransport:
                     method, url, json=json, headers=headers, timeout=timeout
                 )
             except NotebookOpsError as error:
-                if not retry_decision(method, idempotent=idempotent, error=error):
-                    raise
                 retry_number += 1
-                delay = retry_delay(self.retry, retry_number, None, self._rng)
-                if delay is None or not self._fits_deadline(delay):
+                delay = self._delay_after_failure(method, url, idempotent, error, retry_number)
+                if delay is None:
                     raise
-                logger.warning(
-                    "%s %s failed (%s); retry %d in %.2fs",
-                    method,
-                    redact_url(url),
-                    type(error).__name__,
-                    retry_number,
-                    delay,
-                )
                 await anyio.sleep(delay)
                 continue
             if response.status < 400:
                 return response
-            api_error = build_api_error(
-                self.profile,
-                status=response.status,
-                method=method,
-                url=url,
-                headers=response.headers,
-                body=self._scrub(response.body),
-            )
-            retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
-            if response.status == 429:
-                self.rate_limiter.on_rate_limited(
-                    None if retry_after is None else min(retry_after, self.retry.max_retry_after),
-                    self.retry.initial_backoff,
-                )
-            if not retry_decision(method, idempotent=idempotent, status=response.status):
-                raise api_error
             retry_number += 1
-            if retry_after is None and response.status == 503:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-            delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
-            if delay is None or not self._fits_deadline(delay):
-                raise api_error
-            logger.warning(
-                "%s %s returned %d; retry %d in %.2fs",
+            api_error, delay = self._delay_after_error_status(
                 method,
-                redact_url(url),
+                url,
+                idempotent,
                 response.status,
+                response.headers,
+                response.body,
                 retry_number,
-                delay,
             )
+            if delay is None:
+                raise api_error
             await anyio.sleep(delay)
+
+    def _delay_after_failure(
+        self,
+        method: str,
+        url: str,
+        idempotent: bool | None,
+        error: NotebookOpsError,
+        retry_number: int,
+    ) -> float | None:
+        """Seconds to wait before retry ``retry_number`` after a request got no response, or
+        None to give up (not retryable, attempts spent, or past the caller's deadline)."""
+        if not retry_decision(method, idempotent=idempotent, error=error):
+            return None
+        delay = retry_delay(self.retry, retry_number, None, self._rng)
+        if delay is None or not self._fits_deadline(delay):
+            return None
+        logger.warning(
+            "%s %s failed (%s); retry %d in %.2fs",
+            method,
+            redact_url(url),
+            type(error).__name__,
+            retry_number,
+            delay,
+        )
+        return delay
+
+    def _delay_after_error_status(
+        self,
+        method: str,
+        url: str,
+        idempotent: bool | None,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        retry_number: int,
+    ) -> tuple[APIError, float | None]:
+        """Map an error response, feed a 429 to the shared limiter, and decide the delay before
+        retry ``retry_number`` (None: raise the error now)."""
+        api_error = build_api_error(
+            self.profile,
+            status=status,
+            method=method,
+            url=url,
+            headers=headers,
+            body=self._scrub(body),
+        )
+        if isinstance(api_error, RateLimited):
+            retry_after = api_error.retry_after
+        else:
+            retry_after = parse_retry_after(headers.get("retry-after"))
+        if status == 429:
+            self.rate_limiter.on_rate_limited(
+                None if retry_after is None else min(retry_after, self.retry.max_retry_after),
+                self.retry.initial_backoff,
+            )
+        if not retry_decision(method, idempotent=idempotent, status=status):
+            return api_error, None
+        delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
+        if delay is None or not self._fits_deadline(delay):
+            return api_error, None
+        logger.warning(
+            "%s %s returned %d; retry %d in %.2fs",
+            method,
+            redact_url(url),
+            status,
+            retry_number,
+            delay,
+        )
+        return api_error, delay
 
     async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
         """Like :meth:`request`, returning the decoded JSON body (``None`` for an empty one)."""
@@ -737,15 +778,11 @@ class HttpTransport:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
                 retry_number += 1
-                delay = retry_delay(self.retry, retry_number, None, self._rng)
-                if (
-                    retry_decision(method, idempotent=None, error=error)
-                    and delay is not None
-                    and self._fits_deadline(delay)
-                ):
-                    await anyio.sleep(delay)
-                    continue
-                raise error from None
+                delay = self._delay_after_failure(method, url, None, error, retry_number)
+                if delay is None:
+                    raise error from None
+                await anyio.sleep(delay)
+                continue
             if resp.status < 400:
                 break
             try:
@@ -754,33 +791,19 @@ class HttpTransport:
                 body = b""
             finally:
                 resp.release()
-            response_headers = {k.lower(): v for k, v in resp.headers.items()}
-            api_error = build_api_error(
-                self.profile,
-                status=resp.status,
-                method=method,
-                url=url,
-                headers=response_headers,
-                body=self._scrub(body),
-            )
-            retry_after = api_error.retry_after if isinstance(api_error, RateLimited) else None
-            if retry_after is None:
-                retry_after = parse_retry_after(response_headers.get("retry-after"))
-            if resp.status == 429:
-                self.rate_limiter.on_rate_limited(
-                    None if retry_after is None else min(retry_after, self.retry.max_retry_after),
-                    self.retry.initial_backoff,
-                )
             retry_number += 1
-            delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
-            if (
-                retry_decision(method, idempotent=None, status=resp.status)
-                and delay is not None
-                and self._fits_deadline(delay)
-            ):
-                await anyio.sleep(delay)
-                continue
-            raise api_error
+            api_error, delay = self._delay_after_error_status(
+                method,
+                url,
+                None,
+                resp.status,
+                {k.lower(): v for k, v in resp.headers.items()},
+                body,
+                retry_number,
+            )
+            if delay is None:
+                raise api_error
+            await anyio.sleep(delay)
         try:
             content_type = resp.headers.get("Content-Type", "")
             if "text/event-stream" not in content_type:
