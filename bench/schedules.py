@@ -26,7 +26,7 @@ def policy(p: PollPolicy) -> Cadence:
     """The library's own schedule, through ``PollPolicy.delay`` (jitter included)."""
 
     def make(rng: random.Random) -> Delay:
-        return lambda attempt, elapsed: p.delay(attempt, rng)
+        return lambda attempt, elapsed: p.delay(attempt, rng, elapsed=elapsed)
 
     return make
 

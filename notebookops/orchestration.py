@@ -139,6 +139,7 @@ async def _observe(
         backend, StreamingBackend
     )
     attempt = 0
+    began = anyio.current_time()
     while True:
         try:
             if streaming:
@@ -155,12 +156,12 @@ async def _observe(
             yield run
             if run.state.is_terminal:
                 return
-            delay = poll.delay(attempt, _RNG)
+            delay = poll.delay(attempt, _RNG, elapsed=anyio.current_time() - began)
         except Exception as error:  # never BaseException: cancellation must propagate
             if not is_transient(error):
                 raise
             tracker.last_error = error
-            delay = poll.delay(attempt, _RNG)
+            delay = poll.delay(attempt, _RNG, elapsed=anyio.current_time() - began)
             if isinstance(error, RateLimited) and error.retry_after is not None:
                 delay = max(delay, error.retry_after)
             logger.warning(

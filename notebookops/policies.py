@@ -57,23 +57,46 @@ def _at_least_one(instance: Any, attribute: attrs.Attribute[Any], value: float) 
         )
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a finite number, got {value!r}"
+        )
+    if value < 0:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be >= 0, got {value!r}"
+        )
+
+
 @attrs.frozen
 class PollPolicy:
     """How often a running run's status is read.
 
-    The n-th delay (n from 0) is ``min(maximum, initial * multiplier**n)``, scaled by a random
-    factor in ``[1 - jitter, 1 + jitter]`` and never above ``maximum`` again after scaling.
-    Because ``jitter < 1`` the delay never drops below ``initial * (1 - jitter)``: there is always
-    a floor, unlike "full jitter", which can poll back to back.
+    The delay before read ``n + 1`` (``n`` from 0), when the wait has lasted ``elapsed``
+    seconds, is::
 
-    The defaults (1 s, x1.5, capped at 30 s) poll quickly while a short run is likely to finish,
-    then settle at two requests a minute for long runs.
+        min(maximum, max(initial * multiplier**n, proportion * elapsed))
+
+    scaled by a random factor in ``[1 - jitter, 1 + jitter]`` and never above ``maximum``
+    again after scaling. Because ``jitter < 1`` the delay never drops below
+    ``initial * (1 - jitter)``: there is always a floor, unlike "full jitter", which can poll
+    back to back.
+
+    The defaults wait about a fifth of the time the run has taken so far (``proportion=0.2``),
+    at least 1 s and at most 60 s. A finished run is therefore noticed within about 20% of
+    its running time (10% on the median), never more than 60 s late, and a 2-hour run costs
+    about 147 status reads (``bench/results/benchmarks.md``, scenario 2). A schedule that grows
+    per read instead (``multiplier``) lags by ``multiplier - 1`` of the elapsed time: 1 s x1.5
+    noticed a 40 s run up to 20 s late.
+
+    ``proportion=0`` with ``multiplier > 1`` gives the classic capped exponential schedule.
     """
 
     initial: float = attrs.field(default=1.0, validator=_finite_positive)
-    multiplier: float = attrs.field(default=1.5, validator=_at_least_one)
-    maximum: float = attrs.field(default=30.0, validator=_finite_positive)
+    multiplier: float = attrs.field(default=1.0, validator=_at_least_one)
+    maximum: float = attrs.field(default=60.0, validator=_finite_positive)
     jitter: float = attrs.field(default=0.1, validator=_jitter_fraction)
+    proportion: float = attrs.field(default=0.2, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.maximum < self.initial:
@@ -81,28 +104,41 @@ class PollPolicy:
                 f"PollPolicy.maximum ({self.maximum!r}) must be >= initial ({self.initial!r})"
             )
 
-    def base_delay(self, attempt: int) -> float:
-        """The un-jittered delay before poll number ``attempt + 1`` (``attempt`` from 0)."""
+    def base_delay(self, attempt: int, *, elapsed: float = 0.0) -> float:
+        """The un-jittered delay before poll number ``attempt + 1`` (``attempt`` from 0), when
+        the wait began ``elapsed`` seconds ago."""
         if attempt < 0:
             raise ValueError("attempt must be >= 0")
-        # Compare in log space: multiplier**attempt overflows a float long before attempts end.
-        if attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
+        proportional = self.proportion * elapsed if elapsed > 0 else 0.0
+        if proportional >= self.maximum:
             return self.maximum
-        return min(self.maximum, self.initial * self.multiplier**attempt)
+        # Compare in log space: multiplier**attempt overflows a float long before attempts end.
+        if self.multiplier > 1 and attempt * math.log(self.multiplier) >= math.log(
+            self.maximum / self.initial
+        ):
+            return self.maximum
+        return min(self.maximum, max(self.initial * self.multiplier**attempt, proportional))
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """The jittered delay before poll number ``attempt + 1``."""
-        base = self.base_delay(attempt)
+    def delay(
+        self, attempt: int, rng: random.Random | None = None, *, elapsed: float = 0.0
+    ) -> float:
+        """The jittered delay before poll number ``attempt + 1``, ``elapsed`` seconds into the
+        wait."""
+        base = self.base_delay(attempt, elapsed=elapsed)
         if self.jitter == 0:
             return base
         factor = (rng or _RANDOM).uniform(1 - self.jitter, 1 + self.jitter)
         return min(self.maximum, base * factor)
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        """An endless iterator of successive delays."""
+        """An endless iterator of successive delays (each one's ``elapsed`` is the sum of the
+        delays before it, as if every status read took no time)."""
         attempt = 0
+        elapsed = 0.0
         while True:
-            yield self.delay(attempt, rng)
+            delay = self.delay(attempt, rng, elapsed=elapsed)
+            yield delay
+            elapsed += delay
             attempt += 1
 
     def floor(self) -> float:

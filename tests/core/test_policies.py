@@ -40,14 +40,14 @@ def test_poll_policy_maximum_below_initial() -> None:
 
 
 def test_poll_policy_defaults_and_keywords() -> None:
-    policy = PollPolicy(initial=1.0, multiplier=1.5, maximum=30.0, jitter=0.1)
+    policy = PollPolicy(initial=1.0, multiplier=1.0, maximum=60.0, jitter=0.1, proportion=0.2)
     assert policy == PollPolicy()
     with pytest.raises(AttributeError):
         policy.initial = 2  # type: ignore[misc]
 
 
 def test_poll_schedule_without_jitter_is_exponential_and_capped() -> None:
-    policy = PollPolicy(initial=1, multiplier=2, maximum=10, jitter=0)
+    policy = PollPolicy(initial=1, multiplier=2, maximum=10, jitter=0, proportion=0)
     delays = [policy.delay(n) for n in range(6)]
     assert delays == [1, 2, 4, 8, 10, 10]
     assert policy.base_delay(10_000) == 10
@@ -80,21 +80,76 @@ def test_poll_delay_stays_between_floor_and_maximum(
 
 
 def test_poll_delays_iterator() -> None:
-    policy = PollPolicy(initial=1, multiplier=2, maximum=4, jitter=0)
+    policy = PollPolicy(initial=1, multiplier=2, maximum=4, jitter=0, proportion=0)
     iterator = policy.delays()
     assert [next(iterator) for _ in range(4)] == [1, 2, 4, 4]
+
+
+def test_poll_delays_iterator_feeds_its_own_elapsed_time() -> None:
+    policy = PollPolicy(initial=1, maximum=60, jitter=0, proportion=0.5)
+    iterator = policy.delays()
+    # 1 s until half the elapsed time exceeds it, then x1.5 per read (elapsed grows by half).
+    assert [next(iterator) for _ in range(6)] == [1, 1, 1, 1.5, 2.25, 3.375]
+
+
+def test_proportional_schedule_follows_elapsed_time_between_initial_and_maximum() -> None:
+    policy = PollPolicy(jitter=0)
+    assert policy.delay(0, elapsed=0) == 1
+    assert policy.delay(50, elapsed=3) == 1  # 20% of 3 s is below the 1 s floor
+    assert policy.delay(3, elapsed=40) == pytest.approx(8)
+    assert policy.delay(9, elapsed=299) == pytest.approx(59.8)
+    assert policy.delay(9, elapsed=10_000) == 60
+
+
+def test_proportional_and_geometric_terms_take_the_larger() -> None:
+    policy = PollPolicy(initial=1, multiplier=2, maximum=100, jitter=0, proportion=0.1)
+    assert policy.delay(3, elapsed=10) == 8  # geometric wins
+    assert policy.delay(3, elapsed=200) == 20  # proportional wins
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, "0.2", True])
+def test_proportion_is_validated(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="proportion"):
+        PollPolicy(proportion=bad)  # type: ignore[arg-type]
+
+
+@given(
+    proportion=st.floats(0, 5),
+    elapsed=st.floats(0, 1e7),
+    attempt=st.integers(0, 5000),
+    jitter=st.floats(0, 0.99),
+    seed=st.integers(0, 2**32),
+)
+def test_proportional_delay_stays_between_floor_and_maximum(
+    proportion: float, elapsed: float, attempt: int, jitter: float, seed: int
+) -> None:
+    policy = PollPolicy(proportion=proportion, jitter=jitter)
+    delay = policy.delay(attempt, random.Random(seed), elapsed=elapsed)
+    assert policy.floor() - 1e-9 <= delay <= policy.maximum + 1e-9
+
+
+def test_defaults_detect_every_run_within_a_fifth_of_its_length_or_a_minute() -> None:
+    # A run ending just after a read is noticed one delay later: that delay is the worst lag.
+    policy = PollPolicy(jitter=0)
+    elapsed, attempt = 0.0, 0
+    while elapsed < 7200:
+        delay = policy.delay(attempt, elapsed=elapsed)
+        assert delay <= max(1.0, min(60.0, 0.2 * elapsed)) + 1e-9
+        elapsed += delay
+        attempt += 1
 
 
 def test_two_hour_run_costs_bounded_requests_with_defaults() -> None:
     policy = PollPolicy(jitter=0)
     elapsed, polls, attempt = 0.0, 0, 0
     while elapsed < 7200:
-        elapsed += policy.delay(attempt)
+        elapsed += policy.delay(attempt, elapsed=elapsed)
         attempt += 1
         polls += 1
-    # 1 s x1.5 reaches the 30 s cap after ~9 polls; the rest are 30 s apart.
-    assert polls <= 250
-    assert policy.delay(attempt) == 30
+    # 1 s for the first 5 s, then +20% per read up to the 60 s cap (reached at 300 s); the
+    # remaining 6,900 s cost 115 reads.
+    assert polls <= 145
+    assert policy.delay(attempt, elapsed=elapsed) == 60
 
 
 @pytest.mark.parametrize(

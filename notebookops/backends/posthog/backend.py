@@ -1427,6 +1427,7 @@ class PostHogBackend(BaseBackend):
     async def _watch_server(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         last: tuple[object, ...] | None = None
         attempt = 0
+        began = anyio.current_time()
         while True:
             self._ensure_open()
             run = await self._server_run(handle)
@@ -1436,7 +1437,7 @@ class PostHogBackend(BaseBackend):
                 yield run
             if run.state.is_terminal:
                 return
-            await anyio.sleep(self._poll.delay(attempt))
+            await anyio.sleep(self._poll.delay(attempt, elapsed=anyio.current_time() - began))
             attempt += 1
 
     # -- kernel mode
