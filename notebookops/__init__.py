@@ -63,6 +63,7 @@ from .orchestration import (
     watch,
 )
 from .policies import PollPolicy, RetryPolicy
+from .ratelimit import RateLimiter
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -84,6 +85,7 @@ __all__ = [
     "PermissionDenied",
     "PollPolicy",
     "RateLimited",
+    "RateLimiter",
     "RequestTimeout",
     "ResponseDecodeError",
     "RetryPolicy",

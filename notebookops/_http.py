@@ -49,6 +49,7 @@ from .errors import (
     TransportError,
 )
 from .policies import RetryPolicy, retry_delay
+from .ratelimit import RateLimiter
 
 __all__ = [
     "HttpResponse",
@@ -366,45 +367,22 @@ class HttpResponse:
             ) from None
 
 
-# --------------------------------------------------------------------------- rate limiting
-
-
-class RateLimiter:
-    """One per backend: shared by every request and every concurrent wait.
-
-    Two mechanisms: an optional steady rate (``max_rate`` requests per second, spaced evenly),
-    and a shared cool-down: after a 429 every caller pauses until the vendor's ``Retry-After``
-    (or a short backoff) has passed, so a fleet of waits backs off together instead of each
-    hammering the server on its own schedule.
-    """
-
-    def __init__(self, max_rate: float | None = None) -> None:
-        if max_rate is not None and (not math.isfinite(max_rate) or max_rate <= 0):
-            raise ConfigurationError(f"max_rate must be a finite number > 0, got {max_rate!r}")
-        self.max_rate = max_rate
-        self._next_slot = 0.0
-        self._paused_until = 0.0
-        self.rate_limited_count = 0
-
-    async def acquire(self) -> None:
-        now = anyio.current_time()
-        wait = max(0.0, self._paused_until - now)
-        if self.max_rate is not None:
-            slot = max(now + wait, self._next_slot)
-            self._next_slot = slot + 1.0 / self.max_rate
-            wait = slot - now
-        if wait > 0:
-            await anyio.sleep(wait)
-        else:
-            await anyio.lowlevel.checkpoint()
-
-    def on_rate_limited(self, retry_after: float | None, fallback: float = 1.0) -> None:
-        self.rate_limited_count += 1
-        pause = retry_after if retry_after is not None else fallback
-        self._paused_until = max(self._paused_until, anyio.current_time() + pause)
-
-
 # --------------------------------------------------------------------------- transport
+
+
+@attrs.define
+class _Attempts:
+    """Retry bookkeeping for one request: failures use up ``RetryPolicy.max_attempts``, 429s
+    use up ``RetryPolicy.max_rate_limit_wait`` instead."""
+
+    failures: int = 0
+    throttles: int = 0
+    throttled_for: float = 0.0
+
+
+#: Query values made only of these characters need no escaping, so the query can be appended
+#: as is (anything else goes through yarl, which escapes it).
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9._~-]*")
 
 
 class HttpTransport:
@@ -457,6 +435,12 @@ class HttpTransport:
         self._max_connections = max_connections
         self._rng = rng or random.Random()
         self._closed = False
+        # URLs under base_url passed check_base_url already: the per-request checks only need
+        # to parse URLs elsewhere (redirect targets, absolute snapshot links).
+        self._trusted_prefix = self.base_url + "/"
+        self._default_timeout = aiohttp.ClientTimeout(
+            total=self.timeout, connect=self.connect_timeout
+        )
 
     def __repr__(self) -> str:
         return f"HttpTransport(vendor={self.profile.name!r}, base_url={self.base_url!r})"
@@ -498,7 +482,9 @@ class HttpTransport:
         headers = {"Accept": "application/json"}
         if extra:
             headers.update(extra)
-        if self._token is not None and origin_of(url) == self._origin:
+        if self._token is not None and (
+            url.startswith(self._trusted_prefix) or origin_of(url) == self._origin
+        ):
             headers["Authorization"] = f"{self._auth_scheme} {self._token.reveal()}"
         return headers
 
@@ -514,6 +500,8 @@ class HttpTransport:
         return body.replace(secret, b"[redacted]")
 
     def _check_target(self, url: str) -> None:
+        if url.startswith(self._trusted_prefix):
+            return
         parts = urlsplit(url)
         if parts.scheme == "https":
             return
@@ -543,7 +531,7 @@ class HttpTransport:
         """
         method = method.upper()
         url = self._with_params(self.url_for(path_or_url), params)
-        retry_number = 0
+        attempts = _Attempts()
         while True:
             await self.rate_limiter.acquire()
             try:
@@ -551,15 +539,13 @@ class HttpTransport:
                     method, url, json=json, headers=headers, timeout=timeout
                 )
             except NotebookOpsError as error:
-                retry_number += 1
-                delay = self._delay_after_failure(method, url, idempotent, error, retry_number)
+                delay = self._delay_after_failure(method, url, idempotent, error, attempts)
                 if delay is None:
                     raise
                 await anyio.sleep(delay)
                 continue
             if response.status < 400:
                 return response
-            retry_number += 1
             api_error, delay = self._delay_after_error_status(
                 method,
                 url,
@@ -567,7 +553,7 @@ class HttpTransport:
                 response.status,
                 response.headers,
                 response.body,
-                retry_number,
+                attempts,
             )
             if delay is None:
                 raise api_error
@@ -579,13 +565,14 @@ class HttpTransport:
         url: str,
         idempotent: bool | None,
         error: NotebookOpsError,
-        retry_number: int,
+        attempts: _Attempts,
     ) -> float | None:
-        """Seconds to wait before retry ``retry_number`` after a request got no response, or
-        None to give up (not retryable, attempts spent, or past the caller's deadline)."""
+        """Seconds to wait before retrying a request that got no response, or None to give up
+        (not retryable, attempts spent, or past the caller's deadline)."""
+        attempts.failures += 1
         if not retry_decision(method, idempotent=idempotent, error=error):
             return None
-        delay = retry_delay(self.retry, retry_number, None, self._rng)
+        delay = retry_delay(self.retry, attempts.failures, None, self._rng)
         if delay is None or not self._fits_deadline(delay):
             return None
         logger.warning(
@@ -593,7 +580,7 @@ class HttpTransport:
             method,
             redact_url(url),
             type(error).__name__,
-            retry_number,
+            attempts.failures,
             delay,
         )
         return delay
@@ -606,10 +593,10 @@ class HttpTransport:
         status: int,
         headers: Mapping[str, str],
         body: bytes,
-        retry_number: int,
+        attempts: _Attempts,
     ) -> tuple[APIError, float | None]:
         """Map an error response, feed a 429 to the shared limiter, and decide the delay before
-        retry ``retry_number`` (None: raise the error now)."""
+        the retry (None: raise the error now)."""
         api_error = build_api_error(
             self.profile,
             status=status,
@@ -628,8 +615,15 @@ class HttpTransport:
                 self.retry.initial_backoff,
             )
         if not retry_decision(method, idempotent=idempotent, status=status):
+            attempts.failures += 1
             return api_error, None
-        delay = retry_delay(self.retry, retry_number, retry_after, self._rng)
+        if status == 429:
+            delay = self._delay_after_throttle(retry_after, attempts)
+            retry_count = attempts.throttles
+        else:
+            attempts.failures += 1
+            delay = retry_delay(self.retry, attempts.failures, retry_after, self._rng)
+            retry_count = attempts.failures
         if delay is None or not self._fits_deadline(delay):
             return api_error, None
         logger.warning(
@@ -637,10 +631,25 @@ class HttpTransport:
             method,
             redact_url(url),
             status,
-            retry_number,
+            retry_count,
             delay,
         )
         return api_error, delay
+
+    def _delay_after_throttle(self, retry_after: float | None, attempts: _Attempts) -> float | None:
+        """The wait before retrying after a 429, within ``max_rate_limit_wait`` (not within
+        ``max_attempts``: the server asked us to slow down, nothing failed)."""
+        attempts.throttles += 1
+        if self.retry.max_attempts == 1 or self.retry.max_rate_limit_wait == 0:
+            return None
+        if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+            delay = min(retry_after, self.retry.max_retry_after)
+        else:
+            delay = self.retry.backoff(attempts.throttles, self._rng)
+        if attempts.throttled_for + delay > self.retry.max_rate_limit_wait:
+            return None
+        attempts.throttled_for += delay
+        return delay
 
     async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
         """Like :meth:`request`, returning the decoded JSON body (``None`` for an empty one)."""
@@ -658,6 +667,16 @@ class HttpTransport:
             for key, value in params.items()
             if value is not None
         }
+        if "?" not in url and all(
+            _PLAIN_QUERY.fullmatch(key) and _PLAIN_QUERY.fullmatch(value)
+            for key, value in clean.items()
+        ):
+            # What yarl would produce, without building two URL objects per request.
+            return (
+                f"{url}?{'&'.join(f'{key}={value}' for key, value in clean.items())}"
+                if clean
+                else url
+            )
         for key, value in clean.items():
             try:
                 f"{key}={value}".encode()
@@ -682,8 +701,10 @@ class HttpTransport:
         timeout: float | None,
     ) -> HttpResponse:
         session = self._ensure_session()
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeout or self.timeout, connect=self.connect_timeout
+        client_timeout = (
+            self._default_timeout
+            if not timeout
+            else aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout)
         )
         started = time.perf_counter()
         for _hop in range(_MAX_REDIRECTS + 1):
@@ -704,13 +725,14 @@ class HttpTransport:
                 raise map_client_exception(
                     exc, vendor=self.profile.name, method=method, url=url
                 ) from None
-            logger.debug(
-                "%s %s -> %d in %.3fs",
-                method,
-                redact_url(url),
-                status,
-                time.perf_counter() - started,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s %s -> %d in %.3fs",
+                    method,
+                    redact_url(url),
+                    status,
+                    time.perf_counter() - started,
+                )
             location = response_headers.get("location")
             if status in _REDIRECTS and location:
                 url = urljoin(url, location)
@@ -763,7 +785,7 @@ class HttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.connect_timeout, sock_read=idle_timeout
         )
-        retry_number = 0
+        attempts = _Attempts()
         while True:
             await self.rate_limiter.acquire()
             try:
@@ -777,8 +799,7 @@ class HttpTransport:
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
-                retry_number += 1
-                delay = self._delay_after_failure(method, url, None, error, retry_number)
+                delay = self._delay_after_failure(method, url, None, error, attempts)
                 if delay is None:
                     raise error from None
                 await anyio.sleep(delay)
@@ -791,7 +812,6 @@ class HttpTransport:
                 body = b""
             finally:
                 resp.release()
-            retry_number += 1
             api_error, delay = self._delay_after_error_status(
                 method,
                 url,
@@ -799,7 +819,7 @@ class HttpTransport:
                 resp.status,
                 {k.lower(): v for k, v in resp.headers.items()},
                 body,
-                retry_number,
+                attempts,
             )
             if delay is None:
                 raise api_error

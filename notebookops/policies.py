@@ -150,10 +150,15 @@ class PollPolicy:
 class RetryPolicy:
     """How one HTTP request is retried after a transient failure.
 
-    ``max_attempts`` counts the first try (1 means never retry). Backoff before retry n (n from
-    1) is drawn from ``[b/2, b]`` where ``b = min(max_backoff, initial_backoff * 2**(n-1))``
-    ("equal jitter": spread out, never near zero). A vendor's ``Retry-After`` replaces the backoff
-    but is capped at ``max_retry_after``.
+    ``max_attempts`` counts the first try (1 means never retry, not even after a 429). Backoff
+    before retry n (n from 1) is drawn from ``[b/2, b]`` where
+    ``b = min(max_backoff, initial_backoff * 2**(n-1))`` ("equal jitter": spread out, never near
+    zero). A vendor's ``Retry-After`` replaces the backoff but is capped at ``max_retry_after``.
+
+    A 429 is the vendor asking us to slow down, not a failure: 429 answers do not use up
+    ``max_attempts``. Instead a request keeps waiting them out while the time spent so stays
+    within ``max_rate_limit_wait`` seconds (and within the caller's deadline); 0 turns this off.
+    Under a rate-limiting vendor a fleet of run starts therefore queues rather than fails.
 
     Which failures are retried is not a setting: see :func:`notebookops._http.retry_decision`
     (idempotent reads on connection errors, timeouts, 429 and 502/503/504; run-starting POSTs only
@@ -164,6 +169,7 @@ class RetryPolicy:
     initial_backoff: float = attrs.field(default=0.5, validator=_finite_positive)
     max_backoff: float = attrs.field(default=30.0, validator=_finite_positive)
     max_retry_after: float = attrs.field(default=120.0, validator=_finite_positive)
+    max_rate_limit_wait: float = attrs.field(default=300.0, validator=_non_negative)
 
     @max_attempts.validator
     def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 
 import aiohttp
 import pytest
+import yarl
 from hypothesis import given
 from hypothesis import strategies as st
 
 from notebookops import errors
 from notebookops._http import (
+    HttpTransport,
     VendorProfile,
     build_api_error,
     check_base_url,
@@ -346,3 +348,38 @@ def test_redact_url() -> None:
 def test_trim() -> None:
     assert trim("abc", 5) == "abc"
     assert trim("abcdefgh", 3) == "abc... [5 more characters]"
+
+
+# ------------------------------------------------------------------ query building shortcut
+
+_PLAIN = st.text(alphabet="abcXYZ019._~-", max_size=8)
+
+
+@given(params=st.dictionaries(_PLAIN, _PLAIN | st.integers() | st.booleans(), max_size=4))
+def test_plain_queries_are_built_exactly_as_yarl_builds_them(
+    params: dict[str, str | int | bool],
+) -> None:
+    url = "https://api.example.com/v2/runs/x"
+    clean = {
+        key: "true" if value is True else "false" if value is False else str(value)
+        for key, value in params.items()
+    }
+    expected = str(yarl.URL(url, encoded=True).update_query(clean)) if clean else url
+    assert HttpTransport._with_params(url, params) == expected
+
+
+@given(
+    params=st.dictionaries(
+        st.text(min_size=1, max_size=6).filter(lambda t: t.isprintable()),
+        st.text(max_size=6).filter(lambda t: t.isprintable()),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_other_queries_go_through_yarl(params: dict[str, str]) -> None:
+    url = "https://api.example.com/v2/runs"
+    try:
+        expected = str(yarl.URL(url, encoded=True).update_query(params))
+    except UnicodeEncodeError:
+        return
+    assert HttpTransport._with_params(url, params) == expected

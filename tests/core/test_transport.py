@@ -371,3 +371,97 @@ async def test_rate_limiter_spaces_requests() -> None:
 def test_rate_limiter_validates() -> None:
     with pytest.raises(errors.ConfigurationError):
         RateLimiter(max_rate=0)
+
+
+# --------------------------------------------------------------------------- 429 budget
+
+
+async def test_429s_do_not_use_up_max_attempts(server: EchoServer) -> None:
+    # Two attempts would not survive four 429s if they counted as failures: a fleet of run
+    # starts under a rate-limiting vendor must queue, not fail.
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_retry_after=0.01)
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    try:
+        server.faults.status(429, None, headers={"Retry-After": "0.001"}, times=4)
+        response = await t.request("POST", "/echo", json={})
+        assert response.status == 201
+        assert server.hits == 1
+        assert t.rate_limiter.rate_limited_count == 4
+    finally:
+        await t.aclose()
+
+
+async def test_429s_stop_being_retried_when_the_wait_budget_is_spent(
+    server: EchoServer,
+) -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_rate_limit_wait=0.05)
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    try:
+        server.faults.status(429, {"message": "busy"}, headers={"Retry-After": "0.02"}, times=10)
+        with pytest.raises(errors.RateLimited):
+            await t.request("GET", "/echo")
+        # 0.02 s twice fits the 0.05 s budget, a third would not: three 429s seen.
+        assert t.rate_limiter.rate_limited_count == 3
+    finally:
+        await t.aclose()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy(max_attempts=1),
+        RetryPolicy(max_attempts=5, initial_backoff=0.001, max_rate_limit_wait=0),
+    ],
+    ids=["max_attempts=1", "max_rate_limit_wait=0"],
+)
+async def test_429_is_not_retried_when_retries_are_off(
+    server: EchoServer, policy: RetryPolicy
+) -> None:
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    try:
+        server.faults.status(429, None, headers={"Retry-After": "0"}, times=2)
+        with pytest.raises(errors.RateLimited):
+            await t.request("POST", "/echo", json={})
+        assert t.rate_limiter.rate_limited_count == 1
+    finally:
+        await t.aclose()
+
+
+async def test_failures_after_429s_still_count_against_max_attempts(server: EchoServer) -> None:
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.002)
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    try:
+        server.faults.status(429, None, headers={"Retry-After": "0"}, times=3)
+        server.faults.status(503, None, times=2)
+        with pytest.raises(errors.ServerError):
+            await t.request("GET", "/echo")
+        assert server.hits == 0
+    finally:
+        await t.aclose()
+
+
+def test_max_rate_limit_wait_is_validated() -> None:
+    with pytest.raises(errors.ConfigurationError, match="max_rate_limit_wait"):
+        RetryPolicy(max_rate_limit_wait=-1)
+
+
+# --------------------------------------------------------------------------- hot-path shortcuts
+
+
+def test_token_never_goes_to_a_host_that_merely_starts_like_the_base_url() -> None:
+    t = HttpTransport(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
+    assert "Authorization" in t._headers_for("https://api.example.com/v2/runs", None)
+    for lookalike in (
+        "https://api.example.com.evil.net/v2/runs",
+        "https://api.example.com:8443/v2/runs",
+        "https://api.example.comx/v2",
+        "http://api.example.com/v2/runs",
+    ):
+        assert "Authorization" not in t._headers_for(lookalike, None), lookalike
+
+
+def test_plain_http_is_refused_even_under_a_trusted_looking_prefix() -> None:
+    t = HttpTransport(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
+    t._check_target("https://api.example.com/v2/runs")
+    with pytest.raises(errors.ConfigurationError, match="only https"):
+        t._check_target("http://api.example.com.evil.net/v2/runs")
