@@ -22,6 +22,7 @@ from notebookops import (
     NotFound,
     PermissionDenied,
     RateLimited,
+    RateLimiter,
     ResponseDecodeError,
     RetryPolicy,
     RunRequest,
@@ -640,12 +641,28 @@ def test_missing_api_key_names_the_variable(monkeypatch: pytest.MonkeyPatch, val
         ({"use_v1": "yes"}, "use_v1"),
         ({"timeout": 0}, "timeout"),
         ({"max_rate": -1}, "max_rate"),
+        ({"rate_limiter": object()}, "rate_limiter must be a notebookops.RateLimiter"),
+        ({"rate_limiter": RateLimiter(), "max_rate": 5}, "not to the backend as well"),
     ],
 )
 def test_configuration_is_validated(kwargs: dict[str, Any], message: str) -> None:
     kwargs.setdefault("api_key", KEY)
     with pytest.raises(ConfigurationError, match=message):
         DeepnoteBackend(**kwargs)
+
+
+async def test_one_rate_limiter_can_serve_several_backends() -> None:
+    limiter = RateLimiter(max_rate=50)
+    first, second = make(rate_limiter=limiter), make(rate_limiter=limiter)
+    try:
+        assert first._transport.rate_limiter is limiter
+        assert second._transport.rate_limiter is limiter
+    finally:
+        await first.aclose()
+        await second.aclose()
+    async with make(max_rate=7) as own:
+        assert own._transport.rate_limiter.max_rate == 7
+        assert own._transport.rate_limiter.adaptive
 
 
 async def test_closed_backend_refuses_every_call() -> None:

@@ -76,6 +76,7 @@ from ._requests import (
     outputs_from_snapshot,
     run_error_info,
 )
+from ._sharing import SharedRunPolls
 from ._wire import (
     Me,
     Notebook,
@@ -121,6 +122,20 @@ def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
     return float(value)
 
 
+def _limiter(rate_limiter: RateLimiter | None, max_rate: float | None) -> RateLimiter:
+    if rate_limiter is None:
+        return RateLimiter(max_rate)
+    if not isinstance(rate_limiter, RateLimiter):
+        raise ConfigurationError(
+            f"rate_limiter must be a notebookops.RateLimiter, got {type(rate_limiter).__name__}"
+        )
+    if max_rate is not None:
+        raise ConfigurationError(
+            "pass max_rate to the RateLimiter given as rate_limiter=, not to the backend as well"
+        )
+    return rate_limiter
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -149,6 +164,21 @@ class DeepnoteBackend(BaseBackend):
     Ambiguous start failures are reconciled with up to ``reconcile_attempts`` reads of the
     runs list ``reconcile_interval`` seconds apart; runs created up to ``clock_skew`` seconds
     before the attempt count, to absorb clock differences with Deepnote's servers.
+
+    Shared polls (``share_polls=True``, the default): while two or more runs of one notebook
+    are being waited on, and polled often enough for one request to answer several reads,
+    their status reads share the notebook's runs list (``GET /v2/notebooks/{id}/runs``, one
+    page of up to 100) instead of one ``GET /v2/runs/{id}`` each. A read joins a list request
+    in flight or reuses one sent at most ``share_window`` seconds ago, so a status may be that
+    much older than the read. A run the list reports finished, or does not report (e.g. one
+    older than the page), is read on its own, so a finished run always carries its outputs. A
+    run counts as waited on from its first ``get_run`` until it is read finished or goes 300 s
+    unread. If the list is refused (a key without access to it), that notebook's runs are read
+    one by one, with one warning.
+
+    Rate limiting: every request goes through one :class:`notebookops.RateLimiter`, which learns
+    Deepnote's rate from its 429 answers. ``max_rate`` caps it; ``rate_limiter`` shares one
+    limiter between several backends using the same API key (Deepnote limits per key).
     """
 
     name = "deepnote"
@@ -182,7 +212,10 @@ class DeepnoteBackend(BaseBackend):
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_rate: float | None = None,
+        rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        share_polls: bool = True,
+        share_window: float = 0.5,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if key is None or (isinstance(key, str) and not key.strip()):
@@ -212,6 +245,9 @@ class DeepnoteBackend(BaseBackend):
             )
         if not isinstance(use_v1, bool):
             raise ConfigurationError(f"use_v1 must be True or False, got {use_v1!r}")
+        if not isinstance(share_polls, bool):
+            raise ConfigurationError(f"share_polls must be True or False, got {share_polls!r}")
+        window = _seconds("share_window", share_window)
         if (
             isinstance(reconcile_attempts, bool)
             or not isinstance(reconcile_attempts, int)
@@ -249,8 +285,13 @@ class DeepnoteBackend(BaseBackend):
             token=Secret(key),
             timeout=timeout,
             retry=retry,
-            rate_limiter=RateLimiter(max_rate),
+            rate_limiter=_limiter(rate_limiter, max_rate),
             allow_http=allow_http,
+        )
+        self._polls = (
+            SharedRunPolls(self._list_runs_response, self._states, window=window)
+            if share_polls
+            else None
         )
 
     async def _aclose(self) -> None:
@@ -355,15 +396,20 @@ class DeepnoteBackend(BaseBackend):
     async def _runs_page(
         self, notebook_id: str, page_size: int, page_token: str | None
     ) -> tuple[RunPage, HttpResponse]:
+        response = await self._list_runs_response(notebook_id, page_size, page_token)
+        return decode(response, RunPage), response
+
+    async def _list_runs_response(
+        self, notebook_id: str, page_size: int, page_token: str | None = None
+    ) -> HttpResponse:
         params: dict[str, str | int] = {"pageSize": page_size}
         if page_token is not None:
             params["pageToken"] = page_token
-        response = await self._transport.request(
+        return await self._transport.request(
             "GET",
             f"/v2/notebooks/{path_segment(notebook_id, what='notebook id')}/runs",
             params=params,
         )
-        return decode(response, RunPage), response
 
     # ================================================================== notebooks
 
@@ -576,8 +622,10 @@ class DeepnoteBackend(BaseBackend):
         )
 
     async def get_run(self, handle: RunHandle) -> Run:
-        """Read the run (``GET /v2/runs/{id}``). A finished run carries its outputs and, when
-        it failed, the reason (from the run's ``error`` or the snapshot's error outputs)."""
+        """Read the run (``GET /v2/runs/{id}``, or the notebook's shared runs list while other
+        runs of it are waited on too: see the class docs). A finished run carries its outputs
+        and, when it failed, the reason (from the run's ``error`` or the snapshot's error
+        outputs)."""
         self._check_handle(handle)
         if handle.extra.get("mode") == V1_SUBMITTED:
             return Run(
@@ -587,8 +635,26 @@ class DeepnoteBackend(BaseBackend):
                 created_at=handle.created_at,
                 web_url=handle.web_url,
             )
+        if self._polls is not None:
+            listed = await self._polls.read(handle)
+            if listed is not None:
+                return Run(
+                    handle=handle,
+                    state=listed.state,
+                    vendor_state=listed.summary.status,
+                    created_at=listed.summary.created_at or handle.created_at,
+                    web_url=self._web_url(
+                        listed.project_id or handle.extra.get("project_id"),
+                        listed.summary.notebook_id or handle.notebook_id,
+                    ),
+                    raw=listed.raw,
+                )
         details = await self._read_run(handle.run_id)
         state = self._states(details.status)
+        if self._polls is not None:
+            self._polls.read_alone(
+                handle, finished=state.is_terminal, project_id=details.project_id
+            )
         if state.is_terminal and details.snapshot_status == "pending":
             details = await self._await_snapshot(handle.run_id, details)
         outputs, snapshot_error = await self._outputs(details, state, handle)

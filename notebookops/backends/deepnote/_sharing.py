@@ -1,0 +1,393 @@
+"""Shared status polls: concurrent waits on runs of one notebook read one runs list.
+
+A service that starts hundreds of runs of one notebook and waits for each would otherwise send
+one ``GET /v2/runs/{id}`` per wait per poll. ``GET /v2/notebooks/{id}/runs`` reports up to 100
+runs in one answer, so while at least two runs of a notebook are being waited on, their status
+reads share that list: a read joins a list request already in flight, or reuses one sent at
+most ``window`` seconds ago, or sends a new one (one page, sized to the runs being waited on).
+Each wait keeps its own poll schedule; only the requests are pooled.
+
+A list request is only sent when it is expected to be shared: the summed poll rates of the
+notebook's runs (each measured from the time between its reads) times how long an answer can
+serve (``window``, or the request's own duration when longer) must reach one, i.e. about one
+read answered besides the one that sent it. Waits polling once a minute, as long runs do under
+the default PollPolicy, would otherwise each send a list request that nobody else uses, heavier
+than the one-run read it replaces.
+
+The page is sized to the runs waited on (``page_size_for``). A run missing from a page too
+small for it (older than its last row) asks once more with the largest page: a burst of starts
+registers one wait at a time, so the first pages are sized for the first few. A run older than
+the last row of a largest page is beyond what one page shows; it is read on its own from then
+on and no longer counts.
+
+The list carries no snapshot and no error text, so a run the list reports finished (or does
+not report at all) is still read on its own, and a finished run always has its outputs.
+
+Cancellation: the list request is performed by whichever caller needs it first, and the others
+wait for its answer. If that caller is cancelled, its request is abandoned and one of those
+still waiting sends it again. The alternative, shielding the request from the cancellation,
+would hold a cancelled caller (a ``run_and_wait`` at its deadline, a task group being torn
+down) for up to a request timeout plus the transport's retries; a task owned by the backend
+would need a task group living as long as the backend, which anyio cannot give an object that
+is used without ``async with``. Handing off costs one extra list request per cancellation,
+which is rare, and keeps every deadline exact and nothing running after ``aclose()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Final
+
+import anyio
+import attrs
+
+from ..._http import HttpResponse
+from ...backend import StateTable
+from ...errors import APIError, NotebookOpsError, ResponseDecodeError
+from ...models import RunHandle, RunState
+from ...orchestration import is_transient
+from ._requests import MAX_PAGE_SIZE, decode_error, structure
+from ._wire import RunSummary
+
+__all__ = ["IDLE_AFTER", "ListedRun", "SharedRunPolls", "page_size_for"]
+
+logger = logging.getLogger("notebookops.deepnote")
+
+#: A run not read for this long no longer counts as being waited on (its wait ended without
+#: reading it finished: a deadline, a cancelled caller, a crashed worker).
+IDLE_AFTER: Final = 300.0
+#: How often idle runs are looked for across all notebooks.
+_SWEEP_EVERY: Final = 30.0
+#: Notebooks whose runs list refused us, remembered so each is logged once (bounded).
+_KEEP_DISABLED: Final = 10_000
+#: Poll rate assumed for a run read once so far (the default PollPolicy's first delay is 1 s).
+_FIRST_RATE: Final = 1.0
+#: Shortest time between reads used for a rate (two waits on one run read it back to back).
+_MIN_INTERVAL: Final = 0.01
+#: List request duration assumed until one was measured.
+_FIRST_LATENCY: Final = 0.1
+#: Smallest list page asked for: Deepnote's default size, and room for runs started meanwhile.
+MIN_PAGE: Final = 20
+#: Rows asked for beyond the runs being waited on, for runs started by others (UI, schedules).
+PAGE_HEADROOM: Final = 10
+
+
+def _clock() -> float:
+    # A module-level indirection so tests can move time without sleeping.
+    return anyio.current_time()
+
+
+def page_size_for(waited_on: int) -> int:
+    """The list page size for ``waited_on`` runs of a notebook: headroom for runs others
+    started, at least Deepnote's default page and at most its largest."""
+    return min(MAX_PAGE_SIZE, max(MIN_PAGE, waited_on + PAGE_HEADROOM))
+
+
+@attrs.frozen
+class ListedRun:
+    """A run still in progress, as the shared runs list reported it."""
+
+    summary: RunSummary
+    state: RunState
+    #: The notebook's project, when an individual read of one of its runs said (rows do not).
+    project_id: str | None
+    #: The row's JSON object.
+    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+
+
+@attrs.define(eq=False)
+class _Page:
+    """One runs-list answer, indexed by run id. Rows are only checked for a run id here; a
+    row is decoded when somebody asks for it (most of a 100-row page is nobody's)."""
+
+    response: HttpResponse
+    #: The page size asked for.
+    size: int
+    rows: dict[str, dict[str, Any]]
+    #: The last (oldest) row, when the page was full: older runs are beyond it.
+    oldest: dict[str, Any] | None
+
+    def older_than_page(self, created_at: datetime | None) -> bool:
+        """Whether a run created at ``created_at`` is certainly too old for this page."""
+        if self.oldest is None or created_at is None:
+            return False
+        try:
+            oldest = structure(self.oldest, RunSummary, self.response).created_at
+            return oldest is not None and created_at < oldest
+        except (ResponseDecodeError, TypeError):  # TypeError: a naive handle timestamp
+            return False
+
+
+def index_page(response: HttpResponse, page_size: int) -> _Page:
+    """Check a runs-list answer's shape (ResponseDecodeError if it is not one) and index it."""
+    data = response.json()
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise decode_error(response, "expected an object with a 'runs' list")
+    pagination = data.get("pagination")
+    if not isinstance(pagination, dict):
+        raise decode_error(response, "expected a 'pagination' object")
+    rows: dict[str, dict[str, Any]] = {}
+    for position, row in enumerate(runs):
+        run_id = row.get("runId") if isinstance(row, dict) else None
+        if not isinstance(run_id, str):
+            raise decode_error(response, f"runs[{position}] is not a run with a string runId")
+        rows.setdefault(run_id, row)
+    has_more = pagination.get("hasMore")
+    more = has_more if isinstance(has_more, bool) else bool(pagination.get("nextPageToken"))
+    full = bool(runs) and (more or len(runs) >= page_size)
+    return _Page(response=response, size=page_size, rows=rows, oldest=runs[-1] if full else None)
+
+
+@attrs.define(eq=False)
+class _Observation:
+    """One list request of a notebook: in flight until ``done``, then a page or an error."""
+
+    sent_at: float
+    #: The page size asked for.
+    size: int
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    page: _Page | None = None
+    error: NotebookOpsError | None = None
+    #: Its caller was cancelled before the answer came: whoever still waits sends another.
+    abandoned: bool = False
+
+
+@attrs.define(eq=False)
+class _Watched:
+    last_read: float
+    #: Reads per second, from the time between its last two reads.
+    rate: float = _FIRST_RATE
+    #: Absent from a full page while older than its oldest row: only newer runs come later,
+    #: so the list will not report it again; it is read on its own and counts for nothing.
+    beyond_page: bool = False
+
+
+@attrs.define(eq=False)
+class _Group:
+    """The runs of one notebook being waited on, and its latest list request."""
+
+    runs: dict[str, _Watched] = attrs.field(factory=dict)
+    #: How many of ``runs`` the list can report (not ``beyond_page``), and their summed rates
+    #: (kept up to date as runs come and go: a read must not cost a pass over all of them).
+    listable: int = 0
+    rate: float = 0.0
+    current: _Observation | None = None
+    #: How long the last list request took.
+    latency: float = _FIRST_LATENCY
+    project_id: str | None = None
+
+    def touch(self, run_id: str, now: float) -> _Watched:
+        watched = self.runs.get(run_id)
+        if watched is None:
+            watched = self.runs[run_id] = _Watched(last_read=now)
+            self.listable += 1
+            self.rate += watched.rate
+            return watched
+        rate = 1.0 / max(now - watched.last_read, _MIN_INTERVAL)
+        if not watched.beyond_page:
+            self.rate += rate - watched.rate
+        watched.rate = rate
+        watched.last_read = now
+        return watched
+
+    def drop(self, run_id: str) -> None:
+        watched = self.runs.pop(run_id, None)
+        if watched is not None and not watched.beyond_page:
+            self.listable -= 1
+            self.rate -= watched.rate
+
+    def set_beyond_page(self, run_id: str, watched: _Watched) -> None:
+        # The run may have been dropped (read finished by another wait) meanwhile.
+        if self.runs.get(run_id) is watched and not watched.beyond_page:
+            watched.beyond_page = True
+            self.listable -= 1
+            self.rate -= watched.rate
+
+    def recount(self) -> None:
+        """Recompute the sums from scratch (float drift from many small updates)."""
+        listed = [watched for watched in self.runs.values() if not watched.beyond_page]
+        self.listable = len(listed)
+        self.rate = sum(watched.rate for watched in listed)
+
+
+def _clone(error: NotebookOpsError) -> NotebookOpsError:
+    """A copy of a shared error for one more caller: callers attach their own handle to what
+    they catch (``with_handle``), so each needs an instance of its own."""
+    clone = type(error).__new__(type(error), *error.args)
+    clone.__dict__.update({k: v for k, v in error.__dict__.items() if k != "handle"})
+    return clone
+
+
+class SharedRunPolls:
+    """Per-backend coordinator of shared status reads, one group of runs per notebook.
+
+    ``fetch(notebook_id, page_size)`` sends one runs-list request and returns the raw answer;
+    ``states`` maps a vendor status to a RunState; ``window`` is how old (in seconds, from
+    when it was sent) a list answer may be and still serve a read.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str, int], Awaitable[HttpResponse]],
+        states: StateTable,
+        *,
+        window: float,
+    ) -> None:
+        self._fetch = fetch
+        self._states = states
+        self._window = window
+        self._groups: dict[str, _Group] = {}
+        self._disabled: OrderedDict[str, None] = OrderedDict()
+        #: When idle runs were last looked for (None until the first read: the backend may be
+        #: built outside an event loop, where there is no clock to read).
+        self._swept: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<SharedRunPolls notebooks={len(self._groups)} window={self._window:g}s>"
+
+    def waited_on(self, notebook_id: str) -> int:
+        """How many runs of the notebook are being waited on (for diagnostics and tests)."""
+        group = self._groups.get(notebook_id)
+        return len(group.runs) if group is not None else 0
+
+    async def read(self, handle: RunHandle) -> ListedRun | None:
+        """Record that ``handle`` is being waited on and, when the shared list reports it still
+        in progress, return that row. None means: read the run on its own (alone on its
+        notebook, polled too rarely to share, finished, absent from the list, or the list is
+        unavailable to this key).
+
+        A list failure is raised to every caller sharing it (each gets an instance of its
+        own), except an error status a retry cannot fix (403, 404...), which turns sharing off
+        for the notebook instead.
+        """
+        notebook_id = handle.notebook_id
+        now = _clock()
+        self._sweep(now)
+        if notebook_id in self._disabled:
+            return None
+        group = self._groups.get(notebook_id)
+        if group is None:
+            group = self._groups[notebook_id] = _Group()
+        watched = group.touch(handle.run_id, now)
+        if watched.beyond_page or group.listable < 2:
+            return None
+        page = await self._page(notebook_id, group)
+        if page is None:
+            return None
+        row = page.rows.get(handle.run_id)
+        if row is None and page.size < MAX_PAGE_SIZE and page.older_than_page(handle.created_at):
+            # The page was sized for the runs waited on when it was sent, and a burst of
+            # starts outgrew it: ask again, once, with the largest page (others missing from
+            # the small page join that request).
+            page = await self._page(notebook_id, group, at_least=MAX_PAGE_SIZE)
+            if page is None:
+                return None
+            row = page.rows.get(handle.run_id)
+        if row is None:
+            if page.size >= MAX_PAGE_SIZE and page.older_than_page(handle.created_at):
+                group.set_beyond_page(handle.run_id, watched)
+            return None
+        summary = structure(row, RunSummary, page.response)
+        state = self._states(summary.status)
+        if state.is_terminal:
+            return None
+        return ListedRun(summary=summary, state=state, project_id=group.project_id, raw=row)
+
+    def read_alone(self, handle: RunHandle, *, finished: bool, project_id: str | None) -> None:
+        """The run was read on its own (``GET /v2/runs/{id}``). Finished, it is no longer
+        waited on; its project id serves the web URL of the notebook's listed runs."""
+        group = self._groups.get(handle.notebook_id)
+        if group is None:
+            return
+        if project_id:
+            group.project_id = project_id
+        if finished:
+            group.drop(handle.run_id)
+            if not group.runs:
+                del self._groups[handle.notebook_id]
+
+    async def _page(self, notebook_id: str, group: _Group, *, at_least: int = 0) -> _Page | None:
+        """A fresh enough list answer for the group: joined, reused or requested. None when
+        a new request would not be shared enough to pay, or the list refused us for good
+        (sharing is then off for the notebook). ``at_least``: the smallest page size to use."""
+        while True:
+            observation = group.current
+            if observation is not None and observation.size < at_least:
+                observation = None
+            mine = False
+            if observation is not None and not observation.done.is_set():
+                await observation.done.wait()
+                if observation.abandoned:
+                    continue  # its caller was cancelled: send (or join) another
+            elif (
+                observation is None
+                or observation.error is not None
+                or _clock() - observation.sent_at > self._window
+            ):
+                if group.rate * max(self._window, group.latency) < 1:
+                    return None  # too few reads expected to share a request: not worth it
+                observation = await self._send(notebook_id, group, at_least)
+                mine = True
+            error = observation.error
+            if error is None:
+                return observation.page
+            if isinstance(error, APIError) and not is_transient(error):
+                self._disable(notebook_id, error)
+                return None
+            if mine:
+                raise error
+            raise _clone(error) from error.__cause__
+
+    async def _send(self, notebook_id: str, group: _Group, at_least: int) -> _Observation:
+        page_size = max(page_size_for(group.listable), at_least)
+        observation = _Observation(sent_at=_clock(), size=page_size)
+        group.current = observation
+        try:
+            response = await self._fetch(notebook_id, page_size)
+            group.latency = _clock() - observation.sent_at
+            observation.page = index_page(response, page_size)
+        except NotebookOpsError as error:
+            observation.error = error
+        except BaseException:
+            observation.abandoned = True
+            if group.current is observation:
+                group.current = None
+            raise
+        finally:
+            observation.done.set()
+        return observation
+
+    def _disable(self, notebook_id: str, error: APIError) -> None:
+        """The list refused us for a reason a retry will not fix (a key without list access,
+        say): poll this notebook's runs one by one from now on."""
+        self._groups.pop(notebook_id, None)
+        if notebook_id in self._disabled:
+            return
+        self._disabled[notebook_id] = None
+        while len(self._disabled) > _KEEP_DISABLED:
+            self._disabled.popitem(last=False)
+        logger.warning(
+            "deepnote: reading the runs list of notebook %s failed (%s); its runs are polled "
+            "one by one from now on",
+            notebook_id,
+            error,
+        )
+
+    def _sweep(self, now: float) -> None:
+        """Forget runs nobody has read for IDLE_AFTER seconds, and notebooks left without any."""
+        if self._swept is None:
+            self._swept = now
+        if now - self._swept < _SWEEP_EVERY:
+            return
+        self._swept = now
+        cutoff = now - IDLE_AFTER
+        for notebook_id, group in list(self._groups.items()):
+            for run_id in [r for r, watched in group.runs.items() if watched.last_read < cutoff]:
+                group.drop(run_id)
+            group.recount()
+            if not group.runs:
+                del self._groups[notebook_id]
