@@ -95,12 +95,12 @@ class RateLimiter:
         wait = self.reserve()
         if wait > 0:
             await anyio.sleep(wait)
+        if self.adaptive:
+            self.record_send()
 
     def reserve(self) -> float:
         """Book the next request's send slot; return how many seconds to wait for it."""
         now = self._clock()
-        if self.adaptive:
-            self._note_send(now)
         wait = self._paused_until - now
         rate = self.rate
         if rate is not None:
@@ -109,7 +109,10 @@ class RateLimiter:
             wait = slot - now
         return max(wait, 0.0)
 
-    def _note_send(self, now: float) -> None:
+    def record_send(self) -> None:
+        """Note a request going out now. The estimate at a 429 counts actual sends, not
+        bookings: with a backlog, many slots are booked ahead of time."""
+        now = self._clock()
         sent = self._sent
         sent.append(now)
         horizon = now - _WINDOW

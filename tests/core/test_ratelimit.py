@@ -34,6 +34,7 @@ def send_burst(limiter: RateLimiter, clock: Clock, count: int, over: float) -> l
     for index in range(count):
         clock.now += over / count if index else 0.0
         waits.append(limiter.reserve())
+        limiter.record_send()
     return waits
 
 
@@ -88,7 +89,7 @@ def test_the_pace_probes_upwards_while_no_429_comes_back() -> None:
     assert learnt is not None
     for _ in range(10):  # ten quiet seconds, a request in each
         clock.now += 1.0
-        limiter.reserve()
+        limiter.record_send()
     assert limiter.rate == pytest.approx(learnt * 1.02**10)
 
 
@@ -99,7 +100,7 @@ def test_a_429_within_the_last_second_stops_the_probe() -> None:
         limiter.on_rate_limited(0.0)
     learnt = limiter.rate
     clock.now += 0.5
-    limiter.reserve()
+    limiter.record_send()
     assert limiter.rate == learnt
 
 
@@ -137,6 +138,18 @@ def test_adaptive_false_never_paces_but_still_cools_down() -> None:
     assert limiter.reserve() == pytest.approx(0.5)
     clock.now += 1.0
     assert limiter.reserve() == 0.0
+
+
+def test_bookings_ahead_of_time_are_not_counted_as_sends() -> None:
+    # During a cool-down 300 requests book their slots at once, but none has gone out yet: a
+    # 429 now must not believe the server accepted ~300 requests in the last second.
+    limiter, clock = limiter_with_clock()
+    send_burst(limiter, clock, 5, over=0.1)
+    limiter.on_rate_limited(1.0)
+    for _ in range(300):
+        assert limiter.reserve() > 0
+    limiter.on_rate_limited(1.0)
+    assert limiter.rate is None
 
 
 def test_memory_stays_bounded_by_one_window_of_requests() -> None:
