@@ -2,27 +2,30 @@
 
 Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
 
-``overhead --variant {lib,floor,shared} --n N --notebooks K --url URL``
+``overhead --variant VARIANT --n N --notebooks K --url URL``
     N concurrent waits on the Deepnote-shaped server (``bench/server.py``):
 
-    * ``lib``: ``notebookops.run_and_wait`` on a ``DeepnoteBackend`` (default PollPolicy);
+    * ``lib``: ``notebookops.run_and_wait`` on a ``DeepnoteBackend`` with its defaults (waits on
+      the same notebook share status reads through the notebook's runs list);
+    * ``lib-noshare``: the same with ``share_polls=False``: one status read per wait per poll,
+      exactly the requests the floor makes;
     * ``adapter``: the same requests through ``DeepnoteBackend.start_run`` / ``get_run`` in a
       hand-written loop (no orchestration): the cost of the layers below ``run_and_wait``;
     * ``transport``: the same requests through ``HttpTransport.request`` in a hand-written loop
       (no adapter, no models): the cost of the transport alone;
     * ``floor``: the same requests on the same poll schedule, hand-written with one
       ``aiohttp.ClientSession`` (same connection limit) and no abstraction at all;
-    * ``shared``: a hand-written prototype of shared polling (not in the library): one poller
-      per notebook reads ``GET /v2/notebooks/{id}/runs`` for all of that notebook's waits, then
+    * ``shared``: a hand-written shared-polling loop, the floor for ``lib``: one poller per
+      notebook reads ``GET /v2/notebooks/{id}/runs`` for all of that notebook's waits, then
       one ``GET /v2/runs/{id}`` per finished run for its outputs.
 
 ``pollcheck --url URL --cases L:SCALE:REPEATS,...``
     Time-scaled real runs through ``run_and_wait``: a run of L simulated seconds lasts L/SCALE
     real seconds and is polled with the default PollPolicy divided by SCALE.
 
-``ratelimit --n N --url URL [--max-rate R] [--adaptive]``
-    N concurrent ``run_and_wait`` against a server enforcing a request rate (``--adaptive``:
-    the what-if limiter of ``bench/whatif.py``).
+``ratelimit --n N --url URL [--max-rate R] [--fixed]``
+    N concurrent ``run_and_wait`` against a server enforcing a request rate (``--fixed``: a
+    ``RateLimiter(adaptive=False)``, the limiter before it learnt from 429s).
 
 ``micro [--loops N]``
     CPU per call of the library's per-request steps with the network stubbed out.
@@ -50,8 +53,8 @@ from measure import Meter
 
 TOKEN = "bench-token"
 TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
-#: The library's defaults, written out so the floor uses the very same schedule.
-POLL_INITIAL, POLL_MULTIPLIER, POLL_MAXIMUM, POLL_JITTER = 1.0, 1.5, 30.0, 0.1
+#: The library's PollPolicy defaults, written out so the floor uses the very same schedule.
+POLL_INITIAL, POLL_MAXIMUM, POLL_JITTER, POLL_PROPORTION = 1.0, 60.0, 0.1, 0.2
 #: HttpTransport's default connection limit: the floor gets the same.
 MAX_CONNECTIONS = 100
 #: Generous: no wait here should come near it, and both sides use the same one.
@@ -66,10 +69,21 @@ def _quiet_library_logs() -> None:
     library.propagate = False
 
 
-def poll_delay(attempt: int, rng: random.Random) -> float:
-    """PollPolicy's formula (capped exponential, +/- jitter, capped again), inlined."""
-    base = min(POLL_MAXIMUM, POLL_INITIAL * POLL_MULTIPLIER ** min(attempt, 64))
+def poll_delay(rng: random.Random, elapsed: float) -> float:
+    """PollPolicy's default formula inlined: a fifth of the time waited so far, within 1-60 s,
+    +/- jitter, capped again."""
+    base = min(POLL_MAXIMUM, max(POLL_INITIAL, POLL_PROPORTION * elapsed))
     return min(POLL_MAXIMUM, base * rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+
+def _check_schedule() -> None:
+    from notebookops import PollPolicy
+
+    expected = PollPolicy(
+        initial=POLL_INITIAL, maximum=POLL_MAXIMUM, jitter=POLL_JITTER, proportion=POLL_PROPORTION
+    )
+    if PollPolicy() != expected:
+        raise SystemExit(f"bench/client.py's schedule is stale: PollPolicy() is {PollPolicy()}")
 
 
 class Tracker:
@@ -113,22 +127,20 @@ class Tracker:
 # --------------------------------------------------------------------------- scenario 1
 
 
-async def overhead_lib(url: str, n: int, notebooks: int) -> dict[str, Any]:
+async def overhead_lib(url: str, n: int, notebooks: int, *, share: bool = True) -> dict[str, Any]:
     import anyio
 
-    from notebookops import PollPolicy, RunState, run_and_wait
+    from notebookops import RunState, run_and_wait
     from notebookops.backends.deepnote import DeepnoteBackend
 
-    policy = PollPolicy(POLL_INITIAL, POLL_MULTIPLIER, POLL_MAXIMUM, POLL_JITTER)
+    _check_schedule()
     tracker = Tracker()
     meter = Meter()
     meter.start()
-    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=share) as backend:
 
         async def one(index: int) -> bool:
-            run = await run_and_wait(
-                backend, f"notebook-{index % notebooks}", poll=policy, timeout=WAIT_TIMEOUT
-            )
+            run = await run_and_wait(backend, f"notebook-{index % notebooks}", timeout=WAIT_TIMEOUT)
             return run.state is RunState.SUCCEEDED
 
         async with anyio.create_task_group() as group:
@@ -142,20 +154,20 @@ async def overhead_adapter(url: str, n: int, notebooks: int) -> dict[str, Any]:
     from notebookops.backends.deepnote import DeepnoteBackend
 
     rng = random.Random()
+    loop = asyncio.get_running_loop()
     tracker = Tracker()
     meter = Meter()
     meter.start()
-    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
 
         async def one(index: int) -> bool:
             handle = await backend.start_run(RunRequest(notebook=f"notebook-{index % notebooks}"))
-            attempt = 0
+            began = loop.time()
             while True:
                 run = await backend.get_run(handle)
                 if run.state.is_terminal:
                     return run.state is RunState.SUCCEEDED
-                await asyncio.sleep(poll_delay(attempt, rng))
-                attempt += 1
+                await asyncio.sleep(poll_delay(rng, loop.time() - began))
 
         async with asyncio.timeout(WAIT_TIMEOUT):
             await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
@@ -167,6 +179,7 @@ async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]
     from notebookops.backends.deepnote._requests import PROFILE
 
     rng = random.Random()
+    loop = asyncio.get_running_loop()
     tracker = Tracker()
     meter = Meter()
     meter.start()
@@ -177,7 +190,7 @@ async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]
             body = {"notebookId": f"notebook-{index % notebooks}", "detached": True}
             started = await transport.request("POST", "/v2/runs", json=body)
             path = f"/v2/runs/{started.json()['runId']}"
-            attempt = 0
+            began = loop.time()
             while True:
                 response = await transport.request(
                     "GET", path, params={"snapshotDelivery": "blocks"}
@@ -185,8 +198,7 @@ async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]
                 run = response.json()["run"]
                 if run["status"] in TERMINAL:
                     return bool(run["status"] == "success")
-                await asyncio.sleep(poll_delay(attempt, rng))
-                attempt += 1
+                await asyncio.sleep(poll_delay(rng, loop.time() - began))
 
         async with asyncio.timeout(WAIT_TIMEOUT):
             await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
@@ -210,6 +222,7 @@ async def _read_json(response: aiohttp.ClientResponse) -> Any:
 
 async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
     rng = random.Random()
+    loop = asyncio.get_running_loop()
     auth = {"Authorization": f"Bearer {TOKEN}"}
     tracker = Tracker()
     meter = Meter()
@@ -221,14 +234,13 @@ async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
             async with session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
                 run_id = (await _read_json(response))["runId"]
             status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
-            attempt = 0
+            began = loop.time()
             while True:
                 async with session.get(status_url, headers=auth) as response:
                     run = (await _read_json(response))["run"]
                 if run["status"] in TERMINAL:
                     return bool(run["status"] == "success")
-                await asyncio.sleep(poll_delay(attempt, rng))
-                attempt += 1
+                await asyncio.sleep(poll_delay(rng, loop.time() - began))
 
         async with asyncio.timeout(WAIT_TIMEOUT):
             await asyncio.gather(*(tracker.track(one(i)) for i in range(n)))
@@ -238,7 +250,7 @@ async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
 class SharedPoller:
     """One notebook's poller: a single runs-list read observes every wait on that notebook.
 
-    The cadence is PollPolicy's, driven by the least-read wait (a newcomer brings the next read
+    The cadence is PollPolicy's, driven by the youngest wait (a newcomer brings the next read
     forward to at most the policy's first delay). Finished runs get one ``GET /v2/runs/{id}``
     each, for the outputs the list does not carry.
     """
@@ -252,7 +264,7 @@ class SharedPoller:
         self.rng = rng
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.reads: dict[str, int] = {}
+        self.began: dict[str, float] = {}
         self.next_read = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -261,8 +273,8 @@ class SharedPoller:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.waiters[run_id] = future
-        self.reads[run_id] = 0
-        first = loop.time() + poll_delay(0, self.rng)
+        self.began[run_id] = loop.time()
+        first = loop.time() + poll_delay(self.rng, 0.0)
         if self.task is None or self.task.done():
             self.next_read = first
             self.task = asyncio.create_task(self._loop())
@@ -285,8 +297,9 @@ class SharedPoller:
                     if self.next_read > loop.time():
                         continue
                 finished = await self._read_list()
-                fewest = min(self.reads.values(), default=0)
-                self.next_read = loop.time() + poll_delay(fewest, self.rng)
+                now = loop.time()
+                youngest = max(self.began.values(), default=now)
+                self.next_read = now + poll_delay(self.rng, now - youngest)
                 if finished:
                     await asyncio.gather(*(self._finish(run_id) for run_id in finished))
         except Exception as error:
@@ -308,7 +321,6 @@ class SharedPoller:
                 run_id = run["runId"]
                 if run_id in pending:
                     pending.discard(run_id)
-                    self.reads[run_id] += 1
                     if run["status"] in TERMINAL:
                         finished.append(run_id)
             token = page["pagination"].get("nextPageToken")
@@ -321,7 +333,7 @@ class SharedPoller:
         async with self.session.get(status_url, headers=self.auth) as response:
             run = (await _read_json(response))["run"]
         future = self.waiters.pop(run_id)
-        self.reads.pop(run_id, None)
+        self.began.pop(run_id, None)
         if not future.done():
             future.set_result(run)
 
@@ -351,8 +363,13 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
     return {**meter.stop(), **tracker.summary()}
 
 
+async def overhead_lib_noshare(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    return await overhead_lib(url, n, notebooks, share=False)
+
+
 OVERHEAD: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, Any]]]] = {
     "lib": overhead_lib,
+    "lib-noshare": overhead_lib_noshare,
     "adapter": overhead_adapter,
     "transport": overhead_transport,
     "floor": overhead_floor,
@@ -371,13 +388,14 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
 
     rng = random.Random(seed)
     results: list[dict[str, Any]] = []
-    async with DeepnoteBackend(TOKEN, base_url=url) as backend:
+    # This checks one wait's schedule; shared polls would fold the waits' reads together, and
+    # their freshness window (real seconds) would not scale with the simulated time.
+    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
 
         async def one(length: float, scale: float) -> None:
             actual = length * rng.uniform(0.95, 1.05)
-            policy = PollPolicy(
-                POLL_INITIAL / scale, POLL_MULTIPLIER, POLL_MAXIMUM / scale, POLL_JITTER
-            )
+            # The proportional term is scale-free: only the bounds need scaling.
+            policy = PollPolicy(initial=POLL_INITIAL / scale, maximum=POLL_MAXIMUM / scale)
             request = RunRequest(
                 notebook=f"poll-{length:g}", inputs={"bench_duration": repr(actual / scale)}
             )
@@ -405,26 +423,23 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
 
 
 async def ratelimit(
-    url: str, n: int, max_rate: float | None, *, adaptive: bool = False
+    url: str, n: int, max_rate: float | None, *, adaptive: bool = True
 ) -> dict[str, Any]:
     import anyio
 
-    from notebookops import RunState, run_and_wait
+    from notebookops import RateLimiter, RunState, run_and_wait
     from notebookops.backends.deepnote import DeepnoteBackend
 
     _quiet_library_logs()
     tracker = Tracker()
     meter = Meter()
     meter.start()
-    async with DeepnoteBackend(TOKEN, base_url=url, max_rate=max_rate) as backend:
-        if adaptive:
-            from whatif import AdaptiveRateLimiter
-
-            # What-if only: the backend has no parameter for a custom limiter.
-            backend._transport.rate_limiter = AdaptiveRateLimiter()
+    limiter = RateLimiter(max_rate, adaptive=adaptive)
+    async with DeepnoteBackend(TOKEN, base_url=url, rate_limiter=limiter) as backend:
 
         async def one(index: int) -> bool:
-            run = await run_and_wait(backend, f"notebook-{index % 10}", timeout=WAIT_TIMEOUT)
+            # One notebook per run: demand stays above R (shared polls would fold it away).
+            run = await run_and_wait(backend, f"notebook-{index}", timeout=WAIT_TIMEOUT)
             return run.state is RunState.SUCCEEDED
 
         async with anyio.create_task_group() as group:
@@ -669,7 +684,9 @@ def main() -> None:
     limit.add_argument("--url", required=True)
     limit.add_argument("--n", type=int, default=500)
     limit.add_argument("--max-rate", type=float, default=0.0)
-    limit.add_argument("--adaptive", action="store_true", help="what-if: AdaptiveRateLimiter")
+    limit.add_argument(
+        "--fixed", action="store_true", help="RateLimiter(adaptive=False): no learnt pace"
+    )
     tiny = sub.add_parser("micro")
     tiny.add_argument("--loops", type=int, default=20_000)
     stream = sub.add_parser("streaming")
@@ -688,7 +705,7 @@ def main() -> None:
         result = asyncio.run(micro(args.loops))
     elif args.command == "ratelimit":
         max_rate = args.max_rate if args.max_rate > 0 else None
-        result = asyncio.run(ratelimit(args.url, args.n, max_rate, adaptive=args.adaptive))
+        result = asyncio.run(ratelimit(args.url, args.n, max_rate, adaptive=not args.fixed))
     elif args.backend == "posthog":
         result = asyncio.run(streaming_posthog(args.url))
     else:

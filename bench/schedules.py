@@ -43,20 +43,6 @@ def exponential(initial: float, factor: float, cap: float) -> Cadence:
     return lambda rng: lambda attempt, elapsed: min(cap, initial * factor ** min(attempt, 64))
 
 
-def proportional(fraction: float, floor: float, cap: float, jitter: float = 0.1) -> Cadence:
-    """Not in the library (a proposal): wait ``fraction`` of the time elapsed so far, within
-    ``[floor, cap]``, jittered downwards only so the lag bound holds."""
-
-    def make(rng: random.Random) -> Delay:
-        def delay(attempt: int, elapsed: float) -> float:
-            base = min(cap, max(floor, fraction * elapsed))
-            return base * rng.uniform(1 - jitter, 1)
-
-        return delay
-
-    return make
-
-
 def simulate(delay: Delay, length: float) -> tuple[int, float]:
     """(status reads, detection lag) for one run of ``length`` seconds."""
     elapsed = 0.0
