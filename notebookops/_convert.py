@@ -2,6 +2,10 @@
 
 Models carry no serialization rules; everything about wire formats lives in converters.
 Never use the global ``cattrs.structure`` (ruff bans it): its hooks are process-wide state.
+
+cattrs itself is imported by the functions that need it, not by this module: importing a
+backend should not pay for it (and for building converters) before the first payload that
+needs a converter.
 """
 
 from __future__ import annotations
@@ -9,17 +13,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["make_converter", "parse_datetime", "register_camel_case", "to_camel"]
 
 T = TypeVar("T")
 
 _FRACTION = re.compile(r"\.(\d+)")
+#: The shape nearly every timestamp comes in: UTC with a ``Z`` and 0, 3 or 6 fraction
+#: digits, which ``fromisoformat`` reads exactly as the general path below would.
+_COMMON = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{3}|\.\d{6})?Z", re.ASCII)
 
 
 def parse_datetime(value: object) -> datetime:
@@ -27,6 +35,12 @@ def parse_datetime(value: object) -> datetime:
 
     Naive timestamps are taken as UTC: every vendor we talk to documents UTC.
     """
+    if type(value) is str and _COMMON.fullmatch(value):
+        # Read on every status poll: skip the normalisation, which changes nothing here.
+        try:
+            return datetime.fromisoformat(value[:-1] + "+00:00")
+        except ValueError:
+            pass  # a day or month that does not exist: the general path words the error
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
@@ -59,6 +73,8 @@ def make_converter() -> cattrs.Converter:
     Extra keys in vendor JSON are ignored (``forbid_extra_keys`` stays off): vendors add fields
     without notice and that must never break a wait.
     """
+    import cattrs
+
     converter = cattrs.Converter()
     converter.register_structure_hook(datetime, lambda value, _: parse_datetime(value))
     converter.register_unstructure_hook(datetime, format_datetime)
@@ -75,6 +91,8 @@ def register_camel_case(
     converter: cattrs.Converter, *classes: type[Any], omit_none: bool = False
 ) -> None:
     """Make ``classes`` (attrs) read and write camelCase keys on ``converter``."""
+    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
     for cls in classes:
         overrides = {
             field.name: override(rename=to_camel(field.name)) for field in attrs.fields(cls)

@@ -10,13 +10,15 @@ import enum
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 
 from ._convert import make_converter
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = [
     "Artifact",
@@ -145,14 +147,17 @@ class RunHandle:
 
     def to_json(self) -> str:
         """Serialise to a compact JSON string."""
-        return json.dumps(_CONVERTER.unstructure(self), separators=(",", ":"), sort_keys=True)
+        return json.dumps(_converter().unstructure(self), separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RunHandle:
         """Parse a handle saved by :meth:`to_json`. Bad input raises ConfigurationError."""
+        converter = _converter()
+        import cattrs  # loaded by _converter(); kept out of this module's import
+
         try:
             data = json.loads(text)
-            return _CONVERTER.structure(data, cls)
+            return converter.structure(data, cls)
         except (
             ValueError,
             TypeError,
@@ -263,7 +268,7 @@ class Run:
 
     def to_dict(self, *, include_raw: bool = False) -> dict[str, Any]:
         """A JSON-ready dict (timestamps as ISO-8601 strings)."""
-        data: dict[str, Any] = _CONVERTER.unstructure(self)
+        data: dict[str, Any] = _converter().unstructure(self)
         if not include_raw:
             data.pop("raw", None)
         return data
@@ -272,4 +277,13 @@ class Run:
         return json.dumps(self.to_dict(include_raw=include_raw), default=str)
 
 
-_CONVERTER = make_converter()
+_CONVERTER: cattrs.Converter | None = None
+
+
+def _converter() -> cattrs.Converter:
+    # Built on first use: importing the models (every backend does) should not pay for
+    # cattrs until a handle or run is serialised.
+    global _CONVERTER
+    if _CONVERTER is None:
+        _CONVERTER = make_converter()
+    return _CONVERTER

@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import random
+import sys
 from collections.abc import (
     AsyncGenerator,
     Awaitable,
@@ -76,6 +77,35 @@ UpdateCallback = Callable[[Run], Awaitable[None] | None]
 StartCallback = Callable[[RunHandle], Awaitable[None] | None]
 
 _RNG = random.Random()
+_DEFAULT_POLL: PollPolicy | None = None
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _default_poll() -> PollPolicy:
+    # PollPolicy is frozen, so one default instance serves every wait (its validation is
+    # not free, and run_and_wait is called once per run).
+    global _DEFAULT_POLL
+    if _DEFAULT_POLL is None:
+        _DEFAULT_POLL = PollPolicy()
+    return _DEFAULT_POLL
+
+
+def _loop_clock() -> tuple[Clock, Sleep]:
+    """The running event loop's clock and sleep, looked up once per wait.
+
+    anyio's module-level ``current_time`` and ``sleep`` find the running backend on every
+    call, which costs more than the rest of a poll's bookkeeping. On asyncio they come down
+    to ``loop.time`` and ``asyncio.sleep``, so those are used directly; anything else (trio)
+    goes through anyio. Cancel scopes are unaffected: they wrap the same awaits either way.
+    """
+    # Not imported here: importing asyncio costs more than this whole package, and when
+    # nothing has imported it, the running loop is not asyncio's.
+    aio: Any = sys.modules.get("asyncio")
+    if aio is not None and anyio.get_cancelled_exc_class() is aio.CancelledError:
+        return aio.get_running_loop().time, aio.sleep
+    return anyio.current_time, anyio.sleep
 
 
 def is_transient(error: BaseException) -> bool:
@@ -126,6 +156,28 @@ def _change_key(run: Run) -> tuple[object, ...]:
     return (run.state, run.vendor_state, run.progress, len(run.outputs))
 
 
+def _streams(backend: NotebookBackend) -> bool:
+    # The capability first: isinstance against a runtime-checkable protocol is slow.
+    return Capability.STREAMING in backend.capabilities and isinstance(backend, StreamingBackend)
+
+
+def _retry_delay(
+    error: Exception, handle: RunHandle, poll: PollPolicy, attempt: int, elapsed: float
+) -> float:
+    """The wait before the next read after a transient status-read error (logged)."""
+    delay = poll.delay(attempt, _RNG, elapsed=elapsed)
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        delay = max(delay, error.retry_after)
+    logger.warning(
+        "status read for %s run %s failed (%s); retrying in %.1fs",
+        handle.backend,
+        handle.run_id,
+        error,
+        delay,
+    )
+    return delay
+
+
 async def _observe(
     backend: NotebookBackend,
     handle: RunHandle,
@@ -135,11 +187,10 @@ async def _observe(
     """Every Run read for ``handle`` until a terminal one: pushed if the backend streams,
     polled otherwise. Transient read errors are logged and retried forever; the caller's
     deadline bounds the whole thing."""
-    streaming = Capability.STREAMING in backend.capabilities and isinstance(
-        backend, StreamingBackend
-    )
+    streaming = _streams(backend)
+    clock, sleep = _loop_clock()
     attempt = 0
-    began = anyio.current_time()
+    began = clock()
     while True:
         try:
             if streaming:
@@ -156,23 +207,53 @@ async def _observe(
             yield run
             if run.state.is_terminal:
                 return
-            delay = poll.delay(attempt, _RNG, elapsed=anyio.current_time() - began)
+            delay = poll.delay(attempt, _RNG, elapsed=clock() - began)
         except Exception as error:  # never BaseException: cancellation must propagate
             if not is_transient(error):
                 raise
             tracker.last_error = error
-            delay = poll.delay(attempt, _RNG, elapsed=anyio.current_time() - began)
-            if isinstance(error, RateLimited) and error.retry_after is not None:
-                delay = max(delay, error.retry_after)
-            logger.warning(
-                "status read for %s run %s failed (%s); retrying in %.1fs",
-                handle.backend,
-                handle.run_id,
-                error,
-                delay,
-            )
+            delay = _retry_delay(error, handle, poll, attempt, clock() - began)
         attempt += 1
-        await anyio.sleep(delay)
+        await sleep(delay)
+
+
+async def _poll(
+    backend: NotebookBackend,
+    handle: RunHandle,
+    poll: PollPolicy,
+    tracker: _Tracker,
+    on_update: UpdateCallback | None,
+) -> Run:
+    """:func:`_observe`'s polling loop with :func:`_follow`'s handling of each read folded in:
+    the same reads, retries, logs and ``on_update`` calls, without an async generator and
+    its closing between every read and the caller (the per-request cost of a wait matters
+    when thousands run at once). Returns the first terminal Run."""
+    clock, sleep = _loop_clock()
+    attempt = 0
+    began = clock()
+    last_key: tuple[object, ...] | None = None
+    while True:
+        try:
+            run = await backend.get_run(handle)
+        except Exception as error:  # never BaseException: cancellation must propagate
+            if not is_transient(error):
+                raise
+            tracker.last_error = error
+            delay = _retry_delay(error, handle, poll, attempt, clock() - began)
+        else:
+            # Outside the try: an error raised by on_update is the caller's, never a
+            # transient read error to retry.
+            tracker.last_error = None
+            tracker.last_run = run
+            key = _change_key(run)
+            if on_update is not None and key != last_key:
+                await _invoke(on_update, run)
+            last_key = key
+            if run.state.is_terminal:
+                return run
+            delay = poll.delay(attempt, _RNG, elapsed=clock() - began)
+        attempt += 1
+        await sleep(delay)
 
 
 @attrs.define
@@ -193,7 +274,7 @@ async def watch(
     tracker = _Tracker()
     last_key: tuple[object, ...] | None = None
     try:
-        async with aclosing(_observe(backend, handle, poll or PollPolicy(), tracker)) as runs:
+        async with aclosing(_observe(backend, handle, poll or _default_poll(), tracker)) as runs:
             async for run in runs:
                 key = _change_key(run)
                 if key != last_key:
@@ -217,8 +298,7 @@ async def start_run(
     """
     _positive("start_timeout", start_timeout)
     handle: RunHandle | None = None
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + start_timeout
+    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + start_timeout):
         handle = await backend.start_run(request)
     if handle is None:
         raise StartOutcomeUnknown(
@@ -293,16 +373,19 @@ async def _follow(
             await _invoke(on_start, handle)
         final: Run | None = None
         with anyio.CancelScope(deadline=deadline):
-            last_key: tuple[object, ...] | None = None
-            async with aclosing(_observe(backend, handle, poll, tracker)) as runs:
-                async for run in runs:
-                    tracker.last_run = run
-                    key = _change_key(run)
-                    if on_update is not None and key != last_key:
-                        await _invoke(on_update, run)
-                    last_key = key
-                    if run.state.is_terminal:
-                        final = run
+            if not _streams(backend):
+                final = await _poll(backend, handle, poll, tracker, on_update)
+            else:
+                last_key: tuple[object, ...] | None = None
+                async with aclosing(_observe(backend, handle, poll, tracker)) as runs:
+                    async for run in runs:
+                        tracker.last_run = run
+                        key = _change_key(run)
+                        if on_update is not None and key != last_key:
+                            await _invoke(on_update, run)
+                        last_key = key
+                        if run.state.is_terminal:
+                            final = run
         if final is not None:
             return _outcome(final, raise_on_failure)
         # The deadline passed.
@@ -358,7 +441,7 @@ def _validate_wait(
         raise ConfigurationError(f"on_timeout must be 'cancel' or 'detach', got {on_timeout!r}")
     if poll is not None and not isinstance(poll, PollPolicy):
         raise ConfigurationError(f"poll must be a PollPolicy, got {type(poll).__name__}")
-    return poll or PollPolicy()
+    return poll or _default_poll()
 
 
 async def run_and_wait(

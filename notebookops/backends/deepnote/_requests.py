@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import logging
 import re
-import zoneinfo
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
 
 import attrs
-import cattrs
 
 from ..._http import HttpResponse, VendorProfile, default_error_message, path_segment
 from ..._redact import redact_url, trim
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunState
 from ._wire import (
-    CONVERTER,
     Pagination,
     RunDetails,
     RunStarted,
     SnapshotBlock,
     SnapshotOutput,
+    converter,
+    read_fast,
 )
 
 __all__ = [
@@ -135,6 +134,8 @@ def decode_error(response: HttpResponse, detail: str) -> ResponseDecodeError:
 
 
 def _describe(exc: Exception) -> str:
+    import cattrs  # loaded with the converter that raised ``exc``
+
     if isinstance(exc, cattrs.BaseValidationError):
         return "; ".join(cattrs.transform_error(exc, path="$"))
     return f"{type(exc).__name__}: {exc}"
@@ -327,6 +328,8 @@ def build_schedule_body(cron: str, timezone: str | None) -> dict[str, Any]:
     if timezone is not None:
         if not isinstance(timezone, str) or not timezone.strip():
             raise ConfigurationError(f"timezone must be an IANA name, got {timezone!r}")
+        import zoneinfo  # only schedules need it; importing the adapter should not
+
         try:
             zoneinfo.ZoneInfo(timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -409,8 +412,15 @@ def structure(data: Any, cls: type[T], response: HttpResponse, *, envelope: str 
         payload = data[envelope]
     if not isinstance(payload, dict):
         raise decode_error(response, f"expected a JSON object, got {type(payload).__name__}")
+    # The hand-written reader takes the ordinary shapes of the hot path (every poll reads a
+    # run); the converter everything else, and it words the errors.
+    result = read_fast(payload, cls)
+    if result is not None:
+        return result
+    import cattrs  # loaded by converter() below; kept out of this module's import
+
     try:
-        result = CONVERTER.structure(payload, cls)
+        result = converter().structure(payload, cls)
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise decode_error(response, _describe(exc)) from None
     if attrs.has(cls) and "raw" in attrs.fields_dict(cls):
@@ -537,9 +547,8 @@ def outputs_from_snapshot(text: str, notebook_id: str | None) -> SnapshotResult:
                 continue
             block_id = block.get("id") if isinstance(block.get("id"), str) else None
             for raw in raw_outputs:
-                try:
-                    parsed = CONVERTER.structure(raw, SnapshotOutput)
-                except (cattrs.BaseValidationError, KeyError, TypeError, ValueError):
+                parsed = _snapshot_output(raw)
+                if parsed is None:
                     skipped += 1
                     continue
                 outputs.append(_cell_output(parsed, block_id, index))
@@ -548,6 +557,20 @@ def outputs_from_snapshot(text: str, notebook_id: str | None) -> SnapshotResult:
         error=_execution_error(doc.get("execution")),
         skipped_outputs=skipped,
     )
+
+
+def _snapshot_output(raw: object) -> SnapshotOutput | None:
+    """One output of a snapshot document, or None when it cannot be read."""
+    if isinstance(raw, dict):
+        parsed = read_fast(raw, SnapshotOutput)
+        if parsed is not None:
+            return parsed
+    import cattrs  # loaded by converter() below; kept out of this module's import
+
+    try:
+        return converter().structure(raw, SnapshotOutput)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _execution_error(execution: object) -> RunErrorInfo | None:
