@@ -48,7 +48,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .policies import RetryPolicy, retry_delay
+from .policies import RetryPolicy, rate_limit_delay, retry_delay
 from .ratelimit import RateLimiter
 
 __all__ = [
@@ -640,15 +640,11 @@ class HttpTransport:
         """The wait before retrying after a 429, within ``max_rate_limit_wait`` (not within
         ``max_attempts``: the server asked us to slow down, nothing failed)."""
         attempts.throttles += 1
-        if self.retry.max_attempts == 1 or self.retry.max_rate_limit_wait == 0:
-            return None
-        if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
-            delay = min(retry_after, self.retry.max_retry_after)
-        else:
-            delay = self.retry.backoff(attempts.throttles, self._rng)
-        if attempts.throttled_for + delay > self.retry.max_rate_limit_wait:
-            return None
-        attempts.throttled_for += delay
+        delay = rate_limit_delay(
+            self.retry, attempts.throttles, attempts.throttled_for, retry_after, self._rng
+        )
+        if delay is not None:
+            attempts.throttled_for += delay
         return delay
 
     async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:

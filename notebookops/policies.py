@@ -22,7 +22,7 @@ import attrs
 
 from .errors import ConfigurationError
 
-__all__ = ["PollPolicy", "RetryPolicy", "retry_delay"]
+__all__ = ["PollPolicy", "RetryPolicy", "rate_limit_delay", "retry_delay"]
 
 _RANDOM = random.Random()
 
@@ -205,6 +205,32 @@ def retry_delay(
     """
     if retry_number >= policy.max_attempts:
         return None
+    return _wait(policy, retry_number, retry_after, rng)
+
+
+def rate_limit_delay(
+    policy: RetryPolicy,
+    throttle_number: int,
+    waited: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait before retrying after 429 number ``throttle_number`` (from 1), having
+    already waited ``waited`` seconds on earlier 429s of the same request; ``None`` when the
+    policy retries nothing or ``max_rate_limit_wait`` would be exceeded. Same wait as
+    :func:`retry_delay`, but bounded by time instead of ``max_attempts``."""
+    if policy.max_attempts == 1 or policy.max_rate_limit_wait == 0:
+        return None
+    delay = _wait(policy, throttle_number, retry_after, rng)
+    if waited + delay > policy.max_rate_limit_wait:
+        return None
+    return delay
+
+
+def _wait(
+    policy: RetryPolicy, retry_number: int, retry_after: float | None, rng: random.Random | None
+) -> float:
+    """The vendor's ``retry_after`` (capped) when it gave a usable one, else the backoff."""
     if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
         return min(retry_after, policy.max_retry_after)
     return policy.backoff(retry_number, rng)

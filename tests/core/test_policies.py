@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notebookops import ConfigurationError, PollPolicy, RetryPolicy
-from notebookops.policies import retry_delay
+from notebookops.policies import rate_limit_delay, retry_delay
 
 BAD_NUMBERS = [0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, "1", None, True]
 
@@ -200,3 +200,25 @@ def test_retry_delay_honours_and_caps_retry_after() -> None:
     delay = retry_delay(policy, 1, retry_after=math.nan)
     assert delay is not None
     assert 0.25 <= delay <= 0.5
+
+
+def test_rate_limit_delay_is_bounded_by_time_not_attempts() -> None:
+    policy = RetryPolicy(max_attempts=2, max_retry_after=10, max_rate_limit_wait=5)
+    assert rate_limit_delay(policy, 7, waited=0, retry_after=2) == 2  # beyond max_attempts
+    assert rate_limit_delay(policy, 3, waited=3, retry_after=2) == 2  # 5 s: fits exactly
+    assert rate_limit_delay(policy, 4, waited=3.5, retry_after=2) is None  # 5.5 s: over
+    assert rate_limit_delay(policy, 1, waited=0, retry_after=60) is None  # capped 10 > 5
+
+
+def test_rate_limit_delay_falls_back_to_the_backoff() -> None:
+    policy = RetryPolicy(initial_backoff=0.5, max_backoff=30)
+    delay = rate_limit_delay(policy, 3, waited=0, retry_after=None, rng=random.Random(1))
+    assert delay is not None
+    assert 1.0 <= delay <= 2.0
+
+
+@pytest.mark.parametrize(
+    "policy", [RetryPolicy(max_attempts=1), RetryPolicy(max_rate_limit_wait=0)]
+)
+def test_rate_limit_delay_is_off_when_retries_are_off(policy: RetryPolicy) -> None:
+    assert rate_limit_delay(policy, 1, waited=0, retry_after=0) is None
