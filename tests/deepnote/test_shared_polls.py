@@ -40,6 +40,7 @@ from notebookops._http import HttpResponse
 from notebookops.backend import StateTable
 from notebookops.backends.deepnote import DEEPNOTE_STATES, DeepnoteBackend, _sharing
 from notebookops.backends.deepnote._sharing import ListedRun, SharedRunPolls, page_size_for
+from notebookops.backends.deepnote._wire import RunStarted
 from notebookops.errors import NotebookOpsError
 from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
@@ -357,6 +358,154 @@ async def test_two_waits_share_the_notebooks_runs_list(clock: FakeClock) -> None
     assert third.raw == row("r1")
 
 
+RUNS = f"{API}/v2/runs"
+
+
+def started(run_id: str, status: str | None = "pending") -> dict[str, Any]:
+    answer: dict[str, Any] = {"runId": run_id, "createdAt": NOW}
+    if status is not None:
+        answer["status"] = status
+    return answer
+
+
+async def test_a_first_read_within_the_window_is_the_starts_answer(clock: FakeClock) -> None:
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, payload=started("r2"), status=201)
+        mocked.get(run_url("r1"), payload=details("r1"))
+        async with make() as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            clock.now += 0.5
+            alone = await backend.get_run(h1)  # the only wait so far: its own read
+            first = await backend.get_run(h2)  # two waits: the start's answer serves it
+        assert len(calls(mocked, run_url("r1"))) == 1
+        assert run_url("r2") not in {str(url) for _, url in mocked.requests}
+        assert list_calls(mocked) == 0
+    assert alone.raw == details("r1")["run"]
+    assert first.state is RunState.PENDING
+    assert first.vendor_state == "pending"
+    assert first.created_at == datetime(2026, 7, 30, 8, tzinfo=UTC)
+    assert first.outputs == ()
+    assert first.raw == started("r2")
+    assert first.handle == h2
+
+
+async def test_a_starts_answer_serves_one_read_only(clock: FakeClock) -> None:
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, payload=started("r2"), status=201)
+        mocked.get(run_url("r1"), payload=details("r1"))
+        mocked.get(LIST, payload=page(row("r2"), row("r1")))
+        async with make() as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            await backend.get_run(h1)
+            await backend.get_run(h2)
+            second = await backend.get_run(h2)
+        assert list_calls(mocked) == 1
+    assert second.state is RunState.RUNNING
+    assert second.raw == row("r2")
+
+
+async def test_a_starts_answer_older_than_the_window_is_not_used(clock: FakeClock) -> None:
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, payload=started("r2"), status=201)
+        mocked.get(run_url("r1"), payload=details("r1"))
+        mocked.get(LIST, payload=page(row("r2"), row("r1")))
+        async with make(share_window=0.5) as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            await backend.get_run(h1)
+            clock.now += 0.51
+            late = await backend.get_run(h2)
+        assert list_calls(mocked) == 1
+    assert late.state is RunState.RUNNING
+    assert late.raw == row("r2")
+
+
+@pytest.mark.parametrize("status", [None, "success"])
+async def test_a_start_answer_without_a_live_status_is_not_kept(
+    clock: FakeClock, status: str | None
+) -> None:
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, payload=started("r2", status), status=201)
+        mocked.get(run_url("r1"), payload=details("r1"))
+        mocked.get(LIST, payload=page(row("r2", "success"), row("r1")))
+        mocked.get(run_url("r2"), payload=details("r2", "success"))
+        async with make() as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            await backend.get_run(h1)
+            run = await backend.get_run(h2)
+        # Finished (or unknown) at the start: read for real, with its outputs.
+        assert len(calls(mocked, run_url("r2"))) == 1
+    assert run.state is RunState.SUCCEEDED
+
+
+async def test_a_reconciled_start_keeps_no_answer(clock: FakeClock) -> None:
+    """A start settled through the runs list has no answer of its own to reuse."""
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, status=502)
+        created = datetime.now(UTC).isoformat()
+        mocked.get(LIST, payload=page(row("r2", "pending", created_at=created)))
+        mocked.get(run_url("r1"), payload=details("r1"))
+        mocked.get(LIST, payload=page(row("r2"), row("r1")))
+        async with make(reconcile_interval=0.01) as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            assert h2.run_id == "r2"
+            await backend.get_run(h1)
+            run = await backend.get_run(h2)
+        assert len(calls(mocked, LIST)) == 2  # the reconciliation's, then the shared read
+    assert run.raw == row("r2")
+
+
+def test_start_answers_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sharing, "_KEEP_STARTS", 3)
+    shared = polls(Lister(page()), window=0.5)
+    answer = HttpResponse(
+        status=201, headers={}, body=b"{}", method="POST", url=RUNS, vendor="deepnote"
+    )
+
+    def start(run_id: str, at: float) -> None:
+        shared.started(handle(run_id), RunStarted(run_id, "pending"), answer, at)
+
+    for index in range(5):
+        start(f"r{index}", 10.0)
+    assert list(shared._starts) == ["r2", "r3", "r4"]  # the oldest beyond the bound went
+    start("r5", 10.6)  # the others are now past the window: they can serve nobody
+    assert list(shared._starts) == ["r5"]
+
+
+async def test_a_burst_of_starts_reads_each_run_once_on_its_own(
+    server: FakeDeepnoteServer,
+) -> None:
+    """Without the start answers, the first reads of a burst joined list requests sent before
+    their runs existed and each fell back to a read of its own."""
+    notebook = server.add_notebook(script=RunScript.succeed(0.3))
+    before = len(server.requests)
+    async with server.backend(share_window=0.2) as backend:
+        handles = [await backend.start_run(RunRequest(notebook.id)) for _ in range(20)]
+        runs: list[Run] = []
+
+        async def wait(h: RunHandle) -> None:
+            runs.append(await wait_for_run(backend, h, poll=FLEET_POLL, timeout=30))
+
+        async with anyio.create_task_group() as group:
+            for h in handles:
+                group.start_soon(wait, h)
+    singles, lists = _status_reads(server, before)
+    assert len(runs) == 20
+    assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
+    # One read of its own per finished run (for its outputs), plus the first wait's, alone.
+    assert singles <= 21, f"{singles} individual reads for 20 runs ({lists} lists)"
+    assert lists > 0
+
+
 async def test_listed_runs_get_the_project_an_individual_read_named(clock: FakeClock) -> None:
     bare = [RunHandle(backend="deepnote", run_id=r, notebook_id="nb1") for r in ("r1", "r2")]
     with aioresponses() as mocked:
@@ -669,6 +818,7 @@ async def test_a_cancelled_reader_leaves_the_others_waiting(
         first = await backend.start_run(RunRequest(notebook.id))
         second = await backend.start_run(RunRequest(notebook.id))
         await backend.get_run(first)
+        await backend.get_run(second)  # served by its start's answer: no request
         server.faults.add(Fault("delay", delay=0.2, method="GET", path=RUNS_LIST.pattern))
         reader = anyio.CancelScope()
         seen: list[Run] = []
@@ -706,6 +856,7 @@ async def test_aclose_during_a_shared_request_leaves_nothing_behind(
     first = await backend.start_run(RunRequest(notebook.id))
     second = await backend.start_run(RunRequest(notebook.id))
     await backend.get_run(first)
+    await backend.get_run(second)  # served by its start's answer: no request
     server.faults.add(Fault("delay", delay=1, method="GET", path=RUNS_LIST.pattern))
     failures: list[BaseException] = []
 

@@ -20,6 +20,12 @@ registers one wait at a time, so the first pages are sized for the first few. A 
 the last row of a largest page is beyond what one page shows; it is read on its own from then
 on and no longer counts.
 
+The start's own answer (``POST /v2/runs`` says the run is pending) is an observation too: the
+first read of a run, which ``run_and_wait`` makes right after the start, is served by it while
+it is at most ``window`` seconds old and other runs of the notebook are being waited on. Without
+this, the first reads of a burst of starts would join list requests sent before their runs
+existed, miss their runs, and each fall back to a read of its own.
+
 The list carries no snapshot and no error text, so a run the list reports finished (or does
 not report at all) is still read on its own, and a finished run always has its outputs.
 
@@ -50,7 +56,7 @@ from ...errors import APIError, NotebookOpsError, ResponseDecodeError
 from ...models import RunHandle, RunState
 from ...orchestration import is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
-from ._wire import RunSummary
+from ._wire import RunStarted, RunSummary
 
 __all__ = ["IDLE_AFTER", "ListedRun", "SharedRunPolls", "page_size_for"]
 
@@ -73,6 +79,8 @@ _FIRST_LATENCY: Final = 0.1
 MIN_PAGE: Final = 20
 #: Rows asked for beyond the runs being waited on, for runs started by others (UI, schedules).
 PAGE_HEADROOM: Final = 10
+#: Start answers kept for a first read (bounded: runs started and never waited on).
+_KEEP_STARTS: Final = 10_000
 
 
 def _clock() -> float:
@@ -245,9 +253,51 @@ class SharedRunPolls:
         #: When idle runs were last looked for (None until the first read: the backend may be
         #: built outside an event loop, where there is no clock to read).
         self._swept: float | None = None
+        #: Start answers not yet used by a first read, oldest first: run id -> (when the start
+        #: was sent, the run as the answer reported it).
+        self._starts: OrderedDict[str, tuple[float, ListedRun]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<SharedRunPolls notebooks={len(self._groups)} window={self._window:g}s>"
+
+    @staticmethod
+    def clock() -> float:
+        """The clock observations are timed with (the event loop's)."""
+        return _clock()
+
+    def started(
+        self, handle: RunHandle, started: RunStarted, answer: HttpResponse, sent_at: float
+    ) -> None:
+        """Keep a start's answer (``sent_at``: when the POST was sent) to serve the run's
+        first read. An answer without a status, or already terminal, is not kept: that read
+        must go to the run itself."""
+        if started.status is None:
+            return
+        state = self._states(started.status)
+        if state.is_terminal:
+            return
+        raw = answer.json()
+        summary = RunSummary(
+            run_id=started.run_id,
+            status=started.status,
+            notebook_id=handle.notebook_id,
+            created_at=started.created_at,
+        )
+        listed = ListedRun(
+            summary=summary,
+            state=state,
+            project_id=handle.extra.get("project_id"),
+            raw=raw if isinstance(raw, dict) else {},
+        )
+        starts = self._starts
+        starts[started.run_id] = (sent_at, listed)
+        # Oldest first: whatever is past the window at the front can never serve a read.
+        cutoff = sent_at - self._window
+        while starts:
+            oldest = next(iter(starts.values()))[0]
+            if oldest >= cutoff and len(starts) <= _KEEP_STARTS:
+                break
+            starts.popitem(last=False)
 
     def waited_on(self, notebook_id: str) -> int:
         """How many runs of the notebook are being waited on (for diagnostics and tests)."""
@@ -273,8 +323,11 @@ class SharedRunPolls:
         if group is None:
             group = self._groups[notebook_id] = _Group()
         watched = group.touch(handle.run_id, now)
+        start = self._starts.pop(handle.run_id, None) if self._starts else None
         if watched.beyond_page or group.listable < 2:
             return None
+        if start is not None and now - start[0] <= self._window:
+            return start[1]
         page = await self._page(notebook_id, group)
         if page is None:
             return None

@@ -170,7 +170,9 @@ class DeepnoteBackend(BaseBackend):
     their status reads share the notebook's runs list (``GET /v2/notebooks/{id}/runs``, one
     page of up to 100) instead of one ``GET /v2/runs/{id}`` each. A read joins a list request
     in flight or reuses one sent at most ``share_window`` seconds ago, so a status may be that
-    much older than the read. A run the list reports finished, or does not report (e.g. one
+    much older than the read; a run's first read within that window is answered by its start's
+    own answer (pending), so a burst of starts costs no reads. A run the list reports
+    finished, or does not report (e.g. one
     older than the page), is read on its own, so a finished run always carries its outputs. A
     run counts as waited on from its first ``get_run`` until it is read finished or goes 300 s
     unread. If the list is refused (a key without access to it), that notebook's runs are read
@@ -319,10 +321,13 @@ class DeepnoteBackend(BaseBackend):
         return await self._post_run(body)
 
     async def _post_run(self, body: Mapping[str, Any]) -> RunStarted:
+        return (await self._post_run_answer(body))[0]
+
+    async def _post_run_answer(self, body: Mapping[str, Any]) -> tuple[RunStarted, HttpResponse]:
         response = await self._transport.request("POST", "/v2/runs", json=dict(body))
         started = decode_started(response)
         self._remember(started.run_id)
-        return started
+        return started, response
 
     def _remember(self, run_id: str) -> None:
         self._own_runs[run_id] = None
@@ -600,10 +605,11 @@ class DeepnoteBackend(BaseBackend):
             request.notebook, inputs=request.inputs, blocks=request.blocks, options=options
         )
         attempt_at = _now()
+        sent_at = self._polls.clock() if self._polls is not None else 0.0
         self._posting[request.notebook] += 1
         posting = True
         try:
-            started = await self._post_run(body)
+            started, answer = await self._post_run_answer(body)
         except (TransportError, ServerError, ResponseDecodeError) as error:
             if isinstance(error, TransportError) and not error.request_sent:
                 raise  # provably never reached Deepnote: no run can exist
@@ -617,9 +623,12 @@ class DeepnoteBackend(BaseBackend):
         finally:
             if posting:
                 self._done_posting(request.notebook)
-        return self._handle(
+        handle = self._handle(
             started.run_id, request.notebook, started.created_at, options.project_id
         )
+        if self._polls is not None:
+            self._polls.started(handle, started, answer, sent_at)
+        return handle
 
     async def get_run(self, handle: RunHandle) -> Run:
         """Read the run (``GET /v2/runs/{id}``, or the notebook's shared runs list while other
