@@ -39,6 +39,7 @@ from notebookops import (
 from notebookops._http import HttpResponse
 from notebookops.backend import StateTable
 from notebookops.backends.deepnote import DEEPNOTE_STATES, DeepnoteBackend, _sharing
+from notebookops.backends.deepnote._requests import MAX_PAGE_SIZE
 from notebookops.backends.deepnote._sharing import ListedRun, SharedRunPolls, page_size_for
 from notebookops.backends.deepnote._wire import RunStarted
 from notebookops.errors import NotebookOpsError
@@ -133,10 +134,14 @@ class Lister:
         self.answer = answer
         self.gate = anyio.Event()
         self.gate.set()
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[tuple[str, int] | tuple[str, int, str]] = []
 
-    async def __call__(self, notebook_id: str, page_size: int) -> HttpResponse:
-        self.calls.append((notebook_id, page_size))
+    async def __call__(
+        self, notebook_id: str, page_size: int, page_token: str | None
+    ) -> HttpResponse:
+        self.calls.append(
+            (notebook_id, page_size) if page_token is None else (notebook_id, page_size, page_token)
+        )
         await self.gate.wait()
         if isinstance(self.answer, NotebookOpsError):
             raise self.answer
@@ -150,7 +155,7 @@ class Lister:
         )
 
 
-def polls(lister: Lister, window: float = 0.5) -> SharedRunPolls:
+def polls(lister: Lister | PagedLister, window: float = 0.5) -> SharedRunPolls:
     return SharedRunPolls(lister, StateTable("deepnote", DEEPNOTE_STATES), window=window)
 
 
@@ -308,15 +313,121 @@ async def test_a_run_older_than_the_largest_page_stops_using_the_list() -> None:
         for h in others:  # the first list was sent for two runs
             assert await shared.read(h) is not None
         assert lister.calls == [("nb1", 20)]
-        # Older than that small page: asked once more with the largest page, absent there too.
+        # Older than that small page: asked once more with the largest page, absent there too,
+        # and where its cursor leads (the same page again: a repeated cursor ends the reading).
         assert await shared.read(old) is None
-        assert lister.calls == [("nb1", 20), ("nb1", 100)]
+        assert lister.calls == [("nb1", 20), ("nb1", 100), ("nb1", 100, "t")]
         clock.now += 1
         assert await shared.read(old) is None
-        assert len(lister.calls) == 2  # beyond the page for good: read on its own
+        assert len(lister.calls) == 3  # beyond the list for good: read on its own
         assert shared.waited_on("nb1") == 91
-        assert await shared.read(others[0]) is not None  # the others still share the list
-        assert len(lister.calls) == 3
+        # The others still share the list, and nobody needs its cursor followed any more.
+        assert await shared.read(others[0]) is not None
+        assert len(lister.calls) == 4
+
+
+class PagedLister:
+    """A runs-list fetcher answering each cursor with its own page."""
+
+    def __init__(self, pages: dict[str | None, dict[str, Any]]) -> None:
+        self.pages = pages
+        self.calls: list[tuple[int, str | None]] = []
+
+    async def __call__(
+        self, notebook_id: str, page_size: int, page_token: str | None
+    ) -> HttpResponse:
+        self.calls.append((page_size, page_token))
+        return HttpResponse(
+            status=200,
+            headers={"content-type": "application/json"},
+            body=json.dumps(self.pages[page_token]).encode(),
+            method="GET",
+            url=f"{API}/v2/notebooks/{notebook_id}/runs?pageSize={page_size}",
+            vendor="deepnote",
+        )
+
+
+OLD = datetime(2026, 7, 30, 7, tzinfo=UTC)
+
+
+def full_page(prefix: str, next_token: str | None, created_at: str = NOW) -> dict[str, Any]:
+    """100 rows (a full largest page), continued at ``next_token``."""
+    rows = [row(f"{prefix}{i}", created_at=created_at) for i in range(100)]
+    return {
+        "runs": rows,
+        "pagination": {"nextPageToken": next_token, "hasMore": next_token is not None},
+    }
+
+
+async def _register(shared: SharedRunPolls, *handles: RunHandle) -> None:
+    """Make the handles waited on (the first read of the first one is always its own)."""
+    for h in handles:
+        await shared.read(h)
+
+
+async def test_a_run_on_a_later_page_is_read_through_the_cursor() -> None:
+    old = handle("old", created_at=OLD)
+    second_page = page(row("a1"), row("old", created_at="2026-07-30T07:00:00Z"))
+    lister = PagedLister({None: full_page("n", "p2"), "p2": second_page})
+    shared = polls(lister)
+    await _register(shared, handle("n0"))
+    listed = await shared.read(old)
+    # The 20-row page was too small; the largest page and then its continuation found it.
+    assert lister.calls == [(20, None), (100, None), (100, "p2")]
+    assert listed is not None
+    assert listed.raw == row("old", created_at="2026-07-30T07:00:00Z")
+    again = await shared.read(handle("n5"))  # the same answer serves the newer runs too
+    assert again is not None
+    assert len(lister.calls) == 3
+
+
+async def test_the_cursor_is_not_followed_for_runs_newer_than_the_last_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run newer than the page's last row but absent from it will not be further down."""
+    monkeypatch.setattr(_sharing, "MIN_PAGE", MAX_PAGE_SIZE)
+    lister = PagedLister({None: full_page("n", "p2", created_at="2026-07-30T07:00:00Z")})
+    shared = polls(lister)
+    await _register(shared, handle("n0"))
+    missing = await shared.read(handle("gone", created_at=datetime(2026, 7, 30, 8, tzinfo=UTC)))
+    assert missing is None
+    assert lister.calls == [(100, None)]
+
+
+async def test_a_run_without_a_creation_time_follows_the_cursor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sharing, "MIN_PAGE", MAX_PAGE_SIZE)
+    lister = PagedLister({None: full_page("n", "p2"), "p2": page(row("x"))})
+    shared = polls(lister)
+    await _register(shared, handle("n0"))
+    listed = await shared.read(handle("x"))  # its age is unknown, so it may be further down
+    assert listed is not None
+    assert listed.raw == row("x")
+    assert lister.calls == [(100, None), (100, "p2")]
+
+
+async def test_the_cursor_stops_at_max_pages_and_the_run_is_beyond_the_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sharing, "MAX_PAGES", 3)
+    endless = {None: full_page("a", "p1"), "p1": full_page("b", "p2"), "p2": full_page("c", "p3")}
+    lister = PagedLister(endless)
+    shared = polls(lister)
+    old = handle("old", created_at=OLD)
+    await _register(shared, handle("a0"))
+    assert await shared.read(old) is None
+    assert lister.calls == [(20, None), (100, None), (100, "p1"), (100, "p2")]
+    assert await shared.read(old) is None  # beyond the list now: no request for it
+    assert len(lister.calls) == 4
+
+
+async def test_a_repeated_cursor_ends_the_reading() -> None:
+    lister = PagedLister({None: full_page("a", "p1"), "p1": full_page("b", "p1")})
+    shared = polls(lister)
+    await _register(shared, handle("a0"))
+    assert await shared.read(handle("old", created_at=OLD)) is None
+    assert lister.calls == [(20, None), (100, None), (100, "p1")]
 
 
 # --------------------------------------------------------------------------- the backend
@@ -808,6 +919,32 @@ async def test_twenty_waits_on_one_notebook_need_far_fewer_reads(
     assert singles_shared + lists_shared <= (singles_alone + lists_alone) / 2, (
         f"shared: {singles_shared} + {lists_shared} lists; alone: {singles_alone}"
     )
+
+
+async def test_more_waits_than_one_page_holds_share_the_list_through_its_cursor(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.5))
+    before = len(server.requests)
+    async with server.backend(share_window=0.2) as backend:
+        handles = [await backend.start_run(RunRequest(notebook.id)) for _ in range(150)]
+        runs: list[Run] = []
+
+        async def wait(h: RunHandle) -> None:
+            runs.append(await wait_for_run(backend, h, poll=FLEET_POLL, timeout=30))
+
+        async with anyio.create_task_group() as group:
+            for h in handles:
+                group.start_soon(wait, h)
+    reads = [r for r in server.requests[before:] if r.method == "GET"]
+    singles = sum(1 for r in reads if RUN_STATUS.match(r.path))
+    lists = [r for r in reads if RUNS_LIST.match(r.path)]
+    assert len(runs) == 150
+    assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
+    assert any("pageToken" in r.query for r in lists)  # the oldest 50 are on page 2
+    # One read of its own per finished run, plus a few: the oldest runs are not lost to
+    # reads of their own for being beyond the first page.
+    assert singles <= 150 + 5, f"{singles} individual reads for 150 runs ({len(lists)} lists)"
 
 
 async def test_a_cancelled_reader_leaves_the_others_waiting(

@@ -16,9 +16,11 @@ than the one-run read it replaces.
 
 The page is sized to the runs waited on (``page_size_for``). A run missing from a page too
 small for it (older than its last row) asks once more with the largest page: a burst of starts
-registers one wait at a time, so the first pages are sized for the first few. A run older than
-the last row of a largest page is beyond what one page shows; it is read on its own from then
-on and no longer counts.
+registers one wait at a time, so the first pages are sized for the first few. A list request
+with the largest page follows the list's cursor while runs being waited on are still unseen and
+could be on a later page (they are older than the last row so far), up to ``MAX_PAGES`` pages:
+each page of 100 rows replaces up to 100 reads. A run older than the last row of the last page
+is beyond what the list shows; it is read on its own from then on and no longer counts.
 
 The start's own answer (``POST /v2/runs`` says the run is pending) is an observation too: the
 first read of a run, which ``run_and_wait`` makes right after the start, is served by it while
@@ -58,7 +60,7 @@ from ...orchestration import is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
 from ._wire import RunStarted, RunSummary
 
-__all__ = ["IDLE_AFTER", "ListedRun", "SharedRunPolls", "page_size_for"]
+__all__ = ["IDLE_AFTER", "MAX_PAGES", "ListedRun", "SharedRunPolls", "page_size_for"]
 
 logger = logging.getLogger("notebookops.deepnote")
 
@@ -81,6 +83,8 @@ MIN_PAGE: Final = 20
 PAGE_HEADROOM: Final = 10
 #: Start answers kept for a first read (bounded: runs started and never waited on).
 _KEEP_STARTS: Final = 10_000
+#: Pages one list request may read (of MAX_PAGE_SIZE rows each): 1,000 runs of one notebook.
+MAX_PAGES: Final = 10
 
 
 def _clock() -> float:
@@ -106,27 +110,52 @@ class ListedRun:
     raw: dict[str, Any] = attrs.field(eq=False, repr=False)
 
 
+def _before(earlier: datetime, later: datetime) -> bool:
+    try:
+        return earlier < later
+    except TypeError:  # a naive handle timestamp: nothing can be concluded
+        return False
+
+
 @attrs.define(eq=False)
 class _Page:
-    """One runs-list answer, indexed by run id. Rows are only checked for a run id here; a
-    row is decoded when somebody asks for it (most of a 100-row page is nobody's)."""
+    """One runs-list answer (one page, or several read through the cursor), indexed by run
+    id. Rows are only checked for a run id here; a row is decoded when somebody asks for it
+    (most of a 100-row page is nobody's)."""
 
     response: HttpResponse
     #: The page size asked for.
     size: int
     rows: dict[str, dict[str, Any]]
-    #: The last (oldest) row, when the page was full: older runs are beyond it.
+    #: The last (oldest) row, when the last page read was full: older runs are beyond it.
     oldest: dict[str, Any] | None
+    #: The cursor to the next page, when the list said there is one.
+    next_token: str | None = None
+    pages: int = 1
+
+    def oldest_created_at(self) -> datetime | None:
+        """When the last row was created, if the page was full and the row says."""
+        if self.oldest is None:
+            return None
+        try:
+            return structure(self.oldest, RunSummary, self.response).created_at
+        except ResponseDecodeError:
+            return None
 
     def older_than_page(self, created_at: datetime | None) -> bool:
         """Whether a run created at ``created_at`` is certainly too old for this page."""
-        if self.oldest is None or created_at is None:
+        if created_at is None:
             return False
-        try:
-            oldest = structure(self.oldest, RunSummary, self.response).created_at
-            return oldest is not None and created_at < oldest
-        except (ResponseDecodeError, TypeError):  # TypeError: a naive handle timestamp
-            return False
+        oldest = self.oldest_created_at()
+        return oldest is not None and _before(created_at, oldest)
+
+    def extend(self, following: _Page) -> None:
+        """Add the next page's rows (a row seen already keeps its first, fresher, answer)."""
+        for run_id, row in following.rows.items():
+            self.rows.setdefault(run_id, row)
+        self.oldest = following.oldest
+        self.next_token = following.next_token
+        self.pages += 1
 
 
 def index_page(response: HttpResponse, page_size: int) -> _Page:
@@ -147,7 +176,14 @@ def index_page(response: HttpResponse, page_size: int) -> _Page:
     has_more = pagination.get("hasMore")
     more = has_more if isinstance(has_more, bool) else bool(pagination.get("nextPageToken"))
     full = bool(runs) and (more or len(runs) >= page_size)
-    return _Page(response=response, size=page_size, rows=rows, oldest=runs[-1] if full else None)
+    token = pagination.get("nextPageToken")
+    return _Page(
+        response=response,
+        size=page_size,
+        rows=rows,
+        oldest=runs[-1] if full else None,
+        next_token=token if more and isinstance(token, str) and token else None,
+    )
 
 
 @attrs.define(eq=False)
@@ -167,6 +203,8 @@ class _Observation:
 @attrs.define(eq=False)
 class _Watched:
     last_read: float
+    #: When the run was created (its handle's word), to tell whether a later page may hold it.
+    created_at: datetime | None = None
     #: Reads per second, from the time between its last two reads.
     rate: float = _FIRST_RATE
     #: Absent from a full page while older than its oldest row: only newer runs come later,
@@ -188,10 +226,10 @@ class _Group:
     latency: float = _FIRST_LATENCY
     project_id: str | None = None
 
-    def touch(self, run_id: str, now: float) -> _Watched:
+    def touch(self, run_id: str, now: float, created_at: datetime | None = None) -> _Watched:
         watched = self.runs.get(run_id)
         if watched is None:
-            watched = self.runs[run_id] = _Watched(last_read=now)
+            watched = self.runs[run_id] = _Watched(last_read=now, created_at=created_at)
             self.listable += 1
             self.rate += watched.rate
             return watched
@@ -233,14 +271,15 @@ def _clone(error: NotebookOpsError) -> NotebookOpsError:
 class SharedRunPolls:
     """Per-backend coordinator of shared status reads, one group of runs per notebook.
 
-    ``fetch(notebook_id, page_size)`` sends one runs-list request and returns the raw answer;
+    ``fetch(notebook_id, page_size, page_token)`` sends one runs-list request (the first page
+    when ``page_token`` is None) and returns the raw answer;
     ``states`` maps a vendor status to a RunState; ``window`` is how old (in seconds, from
     when it was sent) a list answer may be and still serve a read.
     """
 
     def __init__(
         self,
-        fetch: Callable[[str, int], Awaitable[HttpResponse]],
+        fetch: Callable[[str, int, str | None], Awaitable[HttpResponse]],
         states: StateTable,
         *,
         window: float,
@@ -322,7 +361,7 @@ class SharedRunPolls:
         group = self._groups.get(notebook_id)
         if group is None:
             group = self._groups[notebook_id] = _Group()
-        watched = group.touch(handle.run_id, now)
+        watched = group.touch(handle.run_id, now, handle.created_at)
         start = self._starts.pop(handle.run_id, None) if self._starts else None
         if watched.beyond_page or group.listable < 2:
             return None
@@ -400,9 +439,12 @@ class SharedRunPolls:
         observation = _Observation(sent_at=_clock(), size=page_size)
         group.current = observation
         try:
-            response = await self._fetch(notebook_id, page_size)
+            response = await self._fetch(notebook_id, page_size, None)
+            page = index_page(response, page_size)
+            if page_size >= MAX_PAGE_SIZE:
+                await self._follow_cursor(notebook_id, group, page)
             group.latency = _clock() - observation.sent_at
-            observation.page = index_page(response, page_size)
+            observation.page = page
         except NotebookOpsError as error:
             observation.error = error
         except BaseException:
@@ -413,6 +455,30 @@ class SharedRunPolls:
         finally:
             observation.done.set()
         return observation
+
+    async def _follow_cursor(self, notebook_id: str, group: _Group, page: _Page) -> None:
+        """Read further pages into ``page`` while a run being waited on may be on one: it is
+        not on the pages so far and not known to be newer than their last row (the list is
+        newest first). Stops at MAX_PAGES, at the list's end, or at a repeated cursor."""
+        tokens: set[str] = set()
+        while page.next_token is not None and page.pages < MAX_PAGES:
+            oldest = page.oldest_created_at()
+            if oldest is None:
+                return
+            wanted = False
+            for run_id, watched in group.runs.items():
+                if watched.beyond_page or run_id in page.rows:
+                    continue
+                # Unknown creation time: it may be older, so it may be further down.
+                if watched.created_at is None or not _before(oldest, watched.created_at):
+                    wanted = True
+                    break
+            token = page.next_token
+            if not wanted or token in tokens:
+                return
+            tokens.add(token)
+            response = await self._fetch(notebook_id, page.size, token)
+            page.extend(index_page(response, page.size))
 
     def _disable(self, notebook_id: str, error: APIError) -> None:
         """The list refused us for a reason a retry will not fix (a key without list access,

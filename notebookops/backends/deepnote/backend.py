@@ -167,8 +167,9 @@ class DeepnoteBackend(BaseBackend):
 
     Shared polls (``share_polls=True``, the default): while two or more runs of one notebook
     are being waited on, and polled often enough for one request to answer several reads,
-    their status reads share the notebook's runs list (``GET /v2/notebooks/{id}/runs``, one
-    page of up to 100) instead of one ``GET /v2/runs/{id}`` each. A read joins a list request
+    their status reads share the notebook's runs list (``GET /v2/notebooks/{id}/runs``, a page
+    of up to 100, followed to up to 10 pages while runs waited on may be further down) instead
+    of one ``GET /v2/runs/{id}`` each. A read joins a list request
     in flight or reuses one sent at most ``share_window`` seconds ago, so a status may be that
     much older than the read; a run's first read within that window is answered by its start's
     own answer (pending), so a burst of starts costs no reads. A run the list reports
