@@ -533,7 +533,7 @@ class HttpTransport:
         url = self._with_params(self.url_for(path_or_url), params)
         attempts = _Attempts()
         while True:
-            await self.rate_limiter.acquire()
+            sent_at = await self.rate_limiter.acquire()
             try:
                 response = await self._send(
                     method, url, json=json, headers=headers, timeout=timeout
@@ -554,6 +554,7 @@ class HttpTransport:
                 response.headers,
                 response.body,
                 attempts,
+                sent_at,
             )
             if delay is None:
                 raise api_error
@@ -594,9 +595,11 @@ class HttpTransport:
         headers: Mapping[str, str],
         body: bytes,
         attempts: _Attempts,
+        sent_at: float | None = None,
     ) -> tuple[APIError, float | None]:
-        """Map an error response, feed a 429 to the shared limiter, and decide the delay before
-        the retry (None: raise the error now)."""
+        """Map an error response, feed a 429 to the shared limiter (with when the request was
+        sent, as the limiter's ``acquire`` said), and decide the delay before the retry (None:
+        raise the error now)."""
         api_error = build_api_error(
             self.profile,
             status=status,
@@ -613,6 +616,7 @@ class HttpTransport:
             self.rate_limiter.on_rate_limited(
                 None if retry_after is None else min(retry_after, self.retry.max_retry_after),
                 self.retry.initial_backoff,
+                sent_at=sent_at,
             )
         if not retry_decision(method, idempotent=idempotent, status=status):
             attempts.failures += 1
@@ -783,7 +787,7 @@ class HttpTransport:
         )
         attempts = _Attempts()
         while True:
-            await self.rate_limiter.acquire()
+            sent_at = await self.rate_limiter.acquire()
             try:
                 resp = await session.request(
                     method,
@@ -816,6 +820,7 @@ class HttpTransport:
                 {k.lower(): v for k, v in resp.headers.items()},
                 body,
                 attempts,
+                sent_at,
             )
             if delay is None:
                 raise api_error

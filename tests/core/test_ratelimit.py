@@ -6,11 +6,14 @@ two end-to-end checks of ``acquire``.
 
 from __future__ import annotations
 
+import heapq
+import random
+
 import anyio
 import pytest
 
 from notebookops import ConfigurationError, RateLimiter, _http
-from notebookops.ratelimit import _MIN_SAMPLE
+from notebookops.ratelimit import _MIN_SAMPLE, _PROBE
 
 
 class Clock:
@@ -90,7 +93,7 @@ def test_the_pace_probes_upwards_while_no_429_comes_back() -> None:
     for _ in range(10):  # ten quiet seconds, a request in each
         clock.now += 1.0
         limiter.record_send()
-    assert limiter.rate == pytest.approx(learnt * 1.02**10)
+    assert limiter.rate == pytest.approx(learnt * _PROBE**10)
 
 
 def test_a_429_within_the_last_second_stops_the_probe() -> None:
@@ -196,3 +199,129 @@ async def test_acquire_without_a_wait_does_not_yield() -> None:
         await limiter.acquire()
         order.append("acquired")
     assert order == ["acquired", "other"]
+
+
+# --------------------------------------------------------------------------- a fleet, modelled
+
+
+def fleet_against_a_bucket(
+    limiter: RateLimiter,
+    *,
+    rate: float = 200.0,
+    waits: int = 500,
+    seconds: float = 60.0,
+    round_trip: float = 0.15,
+    ramp: float = 0.2,
+    seed: int = 1,
+) -> dict[int, list[int]]:
+    """A discrete-event model of ``waits`` concurrent waits sharing one limiter (started over
+    ``ramp`` seconds; each reads, then sleeps 1-2 s; a 429 is retried after its
+    ``Retry-After: 1``) against a server's token bucket of one second of ``rate``, as the
+    transport drives the limiter. Returns [accepted, refused] per second, on a fake clock.
+    """
+    clock = Clock()
+    clock.now = 0.0
+    limiter._clock = clock
+    rng = random.Random(seed)
+    tokens, refilled = rate, 0.0
+    events: list[tuple[float, int, str, float]] = []
+    order = 0
+
+    def at(when: float, what: str, sent: float = 0.0) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (when, order, what, sent))
+
+    for _ in range(waits):
+        at(rng.uniform(0, ramp), "want")
+    seen: dict[int, list[int]] = {}
+    while events:
+        now, _, what, sent = heapq.heappop(events)
+        if now > seconds:
+            break
+        clock.now = now
+        if what == "want":
+            at(now + limiter.reserve(), "send")
+        elif what == "send":
+            at(now + round_trip / 2, "arrive", limiter.record_send())
+        elif what == "arrive":
+            tokens = min(rate, tokens + (now - refilled) * rate)
+            refilled = now
+            accepted = tokens >= 1
+            tokens -= accepted
+            seen.setdefault(int(now), [0, 0])[0 if accepted else 1] += 1
+            at(now + round_trip / 2, "accepted" if accepted else "refused", sent)
+        elif what == "accepted":
+            at(now + rng.uniform(1.0, 2.0), "want")
+        else:
+            limiter.on_rate_limited(1.0, sent_at=sent)
+            at(now + rng.uniform(1.0, 1.1), "want")
+    return seen
+
+
+@pytest.mark.parametrize("seconds", [15.0, 60.0, 300.0])
+@pytest.mark.parametrize("round_trip", [0.05, 0.15])
+@pytest.mark.parametrize("ramp", [0.2, 1.0])
+def test_a_fleet_learns_the_buckets_rate_and_stays_under_it(
+    seconds: float, round_trip: float, ramp: float
+) -> None:
+    seen = fleet_against_a_bucket(RateLimiter(), seconds=seconds, round_trip=round_trip, ramp=ramp)
+    after = [counts for second, counts in seen.items() if second >= 1]
+    accepted = sum(counts[0] for counts in after)
+    refused = sum(counts[1] for counts in after)
+    # The first second's burst of 429s is how the pace is learnt; after it, few are left.
+    assert refused <= 0.01 * (accepted + refused), f"{refused} refused of {accepted + refused}"
+    # As the benchmark counts it: the median second (the first ones include the cool-down).
+    per_second = sorted(counts[0] for counts in after)
+    assert per_second[len(per_second) // 2] >= 0.9 * 200
+
+
+def test_without_learning_a_fleet_keeps_hitting_the_limit() -> None:
+    """The model's baseline: the fixed limiter only cools down, so 429s keep coming."""
+    seen = fleet_against_a_bucket(RateLimiter(adaptive=False), seconds=60.0)
+    after = [counts for second, counts in seen.items() if second >= 1]
+    refused = sum(counts[1] for counts in after)
+    assert refused > 0.1 * sum(counts[0] + counts[1] for counts in after)
+
+
+def test_the_burst_a_bucket_lets_through_is_not_taken_for_its_rate() -> None:
+    """A fresh fleet: 200 requests accepted at once (the bucket's allowance), then refusals.
+    From the first refused request on, only the refill (100/s here) gets through."""
+    limiter, clock = limiter_with_clock()
+    send_burst(limiter, clock, 200, over=0.1)  # all accepted: the allowance
+    first_refused = clock.now + 0.001
+    sends: list[float] = []
+    for index in range(200):  # 0.4 s more at 500/s: 40 accepted (100/s refill), 160 refused
+        clock.now = first_refused + index * 0.002
+        limiter.reserve()
+        sends.append(limiter.record_send())
+    refused = [t for index, t in enumerate(sends) if index % 5 != 0]
+    for sent in refused:
+        limiter.on_rate_limited(0.0, sent_at=sent)
+    # Over the last second 240 of 400 were accepted: that window alone would say 216/s.
+    assert limiter.rate == pytest.approx(0.9 * 40 / (sends[-1] - sends[0]), rel=0.05)
+    assert limiter.rate == pytest.approx(0.9 * 100, rel=0.05)
+
+
+def test_without_send_times_the_window_estimate_stands() -> None:
+    limiter, clock = limiter_with_clock()
+    send_burst(limiter, clock, 300, over=0.99)
+    for _ in range(100):
+        limiter.on_rate_limited(0.0)
+    assert limiter.rate == pytest.approx(0.9 * 200)
+
+
+def test_a_drain_too_short_to_measure_teaches_nothing_of_its_own() -> None:
+    limiter, clock = limiter_with_clock()
+    send_burst(limiter, clock, 300, over=0.99)
+    last = clock.now
+    for _ in range(100):  # every refused request sent in the same instant: no span to divide
+        limiter.on_rate_limited(0.0, sent_at=last)
+    assert limiter.rate == pytest.approx(0.9 * 200)
+
+
+async def test_acquire_returns_the_send_time_for_the_429_report() -> None:
+    limiter, clock = limiter_with_clock()
+    clock.now = 1234.5
+    assert await limiter.acquire() == 1234.5
+    assert await RateLimiter(adaptive=False).acquire() is None
