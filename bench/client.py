@@ -422,11 +422,11 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
 
 
 async def ratelimit(
-    url: str, n: int, max_rate: float | None, *, adaptive: bool = True
+    url: str, n: int, max_rate: float | None, *, adaptive: bool = True, steady: bool = False
 ) -> dict[str, Any]:
     import anyio
 
-    from notebookops import RateLimiter, RunState, run_and_wait
+    from notebookops import PollPolicy, RateLimiter, RunState, run_and_wait
     from notebookops.backends.deepnote import DeepnoteBackend
 
     _quiet_library_logs()
@@ -434,11 +434,14 @@ async def ratelimit(
     meter = Meter()
     meter.start()
     limiter = RateLimiter(max_rate, adaptive=adaptive)
+    # steady: every wait reads about every 1.5 s for the whole run, so demand stays above the
+    # server's rate (the default PollPolicy reads ever more rarely as runs go on).
+    poll = PollPolicy(initial=1.5, multiplier=1.0, maximum=1.5, proportion=0.0) if steady else None
     async with DeepnoteBackend(TOKEN, base_url=url, rate_limiter=limiter) as backend:
 
         async def one(index: int) -> bool:
             # One notebook per run: demand stays above R (shared polls would fold it away).
-            run = await run_and_wait(backend, f"notebook-{index}", timeout=WAIT_TIMEOUT)
+            run = await run_and_wait(backend, f"notebook-{index}", poll=poll, timeout=WAIT_TIMEOUT)
             return run.state is RunState.SUCCEEDED
 
         async with anyio.create_task_group() as group:
@@ -686,6 +689,7 @@ def main() -> None:
     limit.add_argument(
         "--fixed", action="store_true", help="RateLimiter(adaptive=False): no learnt pace"
     )
+    limit.add_argument("--steady", action="store_true", help="poll every ~1.5 s throughout")
     tiny = sub.add_parser("micro")
     tiny.add_argument("--loops", type=int, default=20_000)
     stream = sub.add_parser("streaming")
@@ -704,7 +708,9 @@ def main() -> None:
         result = asyncio.run(micro(args.loops))
     elif args.command == "ratelimit":
         max_rate = args.max_rate if args.max_rate > 0 else None
-        result = asyncio.run(ratelimit(args.url, args.n, max_rate, adaptive=not args.fixed))
+        result = asyncio.run(
+            ratelimit(args.url, args.n, max_rate, adaptive=not args.fixed, steady=args.steady)
+        )
     elif args.backend == "posthog":
         result = asyncio.run(streaming_posthog(args.url))
     else:

@@ -533,7 +533,7 @@ class HttpTransport:
         url = self._with_params(self.url_for(path_or_url), params)
         attempts = _Attempts()
         while True:
-            sent_at = await self.rate_limiter.acquire()
+            await self.rate_limiter.acquire()
             try:
                 response = await self._send(
                     method, url, json=json, headers=headers, timeout=timeout
@@ -544,6 +544,9 @@ class HttpTransport:
                     raise
                 await anyio.sleep(delay)
                 continue
+            if response.status != 429:
+                # What got through, for the limiter's estimate of the vendor's rate.
+                self.rate_limiter.record_answer()
             if response.status < 400:
                 return response
             api_error, delay = self._delay_after_error_status(
@@ -554,7 +557,6 @@ class HttpTransport:
                 response.headers,
                 response.body,
                 attempts,
-                sent_at,
             )
             if delay is None:
                 raise api_error
@@ -595,11 +597,9 @@ class HttpTransport:
         headers: Mapping[str, str],
         body: bytes,
         attempts: _Attempts,
-        sent_at: float | None = None,
     ) -> tuple[APIError, float | None]:
-        """Map an error response, feed a 429 to the shared limiter (with when the request was
-        sent, as the limiter's ``acquire`` said), and decide the delay before the retry (None:
-        raise the error now)."""
+        """Map an error response, feed a 429 to the shared limiter, and decide the delay before
+        the retry (None: raise the error now)."""
         api_error = build_api_error(
             self.profile,
             status=status,
@@ -616,7 +616,6 @@ class HttpTransport:
             self.rate_limiter.on_rate_limited(
                 None if retry_after is None else min(retry_after, self.retry.max_retry_after),
                 self.retry.initial_backoff,
-                sent_at=sent_at,
             )
         if not retry_decision(method, idempotent=idempotent, status=status):
             attempts.failures += 1
@@ -787,7 +786,7 @@ class HttpTransport:
         )
         attempts = _Attempts()
         while True:
-            sent_at = await self.rate_limiter.acquire()
+            await self.rate_limiter.acquire()
             try:
                 resp = await session.request(
                     method,
@@ -804,6 +803,8 @@ class HttpTransport:
                     raise error from None
                 await anyio.sleep(delay)
                 continue
+            if resp.status != 429:
+                self.rate_limiter.record_answer()
             if resp.status < 400:
                 break
             try:
@@ -820,7 +821,6 @@ class HttpTransport:
                 {k.lower(): v for k, v in resp.headers.items()},
                 body,
                 attempts,
-                sent_at,
             )
             if delay is None:
                 raise api_error

@@ -2,7 +2,7 @@
 
 Vendors publish few rate limits, and the ones they publish change. So by default the limiter
 learns: it sends unpaced until the first 429, then paces at 90% of the rate the server was
-seen to accept, and probes upwards while no 429 comes back. A fixed ``max_rate`` is a ceiling
+seen to let through, and probes upwards while no 429 comes back. A fixed ``max_rate`` is a ceiling
 on top (use it when you know the vendor's limit, or share one limiter between backends that use
 the same credentials).
 """
@@ -10,7 +10,6 @@ the same credentials).
 from __future__ import annotations
 
 import math
-from bisect import insort
 from collections import deque
 from collections.abc import Callable
 
@@ -20,14 +19,17 @@ from .errors import ConfigurationError
 
 __all__ = ["RateLimiter"]
 
-#: The window over which the server's accepted rate is estimated at each 429.
+#: The window over which the server's accepted rate is estimated at each 429, and the quiet
+#: time after which the next 429 starts a new run of them.
 _WINDOW = 1.0
 #: Pace at this share of the accepted rate, so the bucket refills instead of running dry.
 _HEADROOM = 0.9
-#: The shortest stretch of sends after the first refused one that a drain estimate uses.
-_MIN_DRAIN_SPAN = 0.05
-#: A 429 after fewer requests than this in the window says the limit is not about our rate
-#: (other clients on the same key, a concurrency cap): cool down, but learn no pace from it.
+#: The shortest run of 429s whose accepted answers measure the vendor's refill (a shorter one
+#: holds too few answers to tell the rate from noise).
+_MIN_DRAIN_SPAN = 0.2
+#: A 429 after fewer accepted answers than this in the window says the limit is not about our
+#: rate (other clients on the same key, a concurrency cap): cool down, but learn no pace from
+#: it. Also the fewest answers a drain estimate is made from.
 _MIN_SAMPLE = 10
 #: Each second without a 429 while paced, the pace rises by this factor (a raised vendor limit
 #: is found again; the next 429 sets it back). Slow on purpose: from the learnt 90% the pace
@@ -46,15 +48,27 @@ class RateLimiter:
     * a shared cool-down: after a 429 every caller pauses until the vendor's ``Retry-After``
       (or a short backoff) has passed, so a fleet of waits backs off together instead of each
       hammering the server on its own schedule;
-    * with ``adaptive=True`` (the default), a learnt pace: at each 429 the rate the server
-      accepted over the last second is estimated (requests sent minus requests refused), and
-      requests are spaced at 90% of the lowest estimate; each second without a 429 raises the
-      pace by 0.5%. Until the first 429 nothing is paced, and a 429 after fewer than 10 requests
-      in the last second teaches nothing (the limit is then not about this client's rate);
+    * with ``adaptive=True`` (the default), a learnt pace: at each 429 the limiter estimates
+      the rate the vendor lets through, and spaces requests at 90% of it; each second without
+      a 429 raises the pace by 0.5%. Until the first 429 nothing is paced, and a 429 after
+      fewer than 10 accepted answers in the last second teaches nothing (the limit is then not
+      about this client's rate);
     * ``max_rate``: a fixed ceiling in requests per second, whatever was learnt.
 
-    Pass the same instance to several backends (``rate_limiter=``) when they share one API key,
-    since vendors limit per key.
+    The estimate counts answers, not sends: requests that passed the limiter may still queue
+    for a connection, so when they were let go says little about when the vendor saw them. At
+    a run of 429s it is the lower of what was answered over the last second (the lowest such
+    figure in the run) and, once the run has lasted long enough to tell, what was answered
+    since the run's first 429 over the time since then. The second matters because a vendor's
+    token bucket lets a burst through before its first 429: the last second then overstates
+    the sustained rate by up to that burst (a fresh fleet measured 225-310/s against a 200/s
+    limit), while what gets through after the first 429, with the allowance spent, is the
+    vendor's refill. A run of 429s never raises the pace above where it stood before the run.
+
+    The transport drives it: :meth:`acquire` before each request, :meth:`record_answer` for
+    each answer but a 429, :meth:`on_rate_limited` for each 429. Pass the same instance to
+    several backends (``rate_limiter=``) when they share one API key, since vendors limit per
+    key.
     """
 
     def __init__(self, max_rate: float | None = None, *, adaptive: bool = True) -> None:
@@ -74,10 +88,13 @@ class RateLimiter:
         self._learnt: float | None = None
         self._next_slot = 0.0
         self._paused_until = 0.0
-        self._sent: deque[float] = deque()
-        self._refused: deque[float] = deque()
-        #: When the refused requests of the current run of 429s were sent, oldest first.
-        self._refused_sent: deque[float] = deque()
+        #: When answers other than 429 came back (the last two windows), oldest first.
+        self._answered: deque[float] = deque()
+        #: The current run of 429s: when its first came, the pace before it, and the lowest
+        #: window estimate in it so far.
+        self._run_began = -math.inf
+        self._pace_before: float | None = None
+        self._window_estimate = math.inf
         self._last_refusal = -math.inf
         self._last_probe = -math.inf
         #: Monotonic seconds; replaceable so tests can drive time by hand.
@@ -98,18 +115,14 @@ class RateLimiter:
             return self._learnt
         return min(self._learnt, self.max_rate)
 
-    async def acquire(self) -> float | None:
+    async def acquire(self) -> None:
         """Wait until the next request may be sent. Returns at once (without even yielding to
-        the event loop) when nothing is paced or paused: the request's own I/O follows.
-
-        Returns the send time to give :meth:`on_rate_limited` if the request is refused (None
-        when not adaptive)."""
+        the event loop) when nothing is paced or paused: the request's own I/O follows."""
         wait = self.reserve()
         if wait > 0:
             await anyio.sleep(wait)
-        if self.adaptive:
-            return self.record_send()
-        return None
+        if self._learnt is not None:
+            self.record_send()
 
     def reserve(self) -> float:
         """Book the next request's send slot; return how many seconds to wait for it."""
@@ -122,78 +135,61 @@ class RateLimiter:
             wait = slot - now
         return max(wait, 0.0)
 
-    def record_send(self) -> float:
-        """Note a request going out now (returned: its send time). The estimate at a 429 counts
-        actual sends, not bookings: with a backlog, many slots are booked ahead of time."""
+    def record_send(self) -> None:
+        """Note a request going out now: a second of them without a 429 raises a learnt pace
+        by one probe step."""
+        if self._learnt is None:
+            return
         now = self._clock()
-        sent = self._sent
-        sent.append(now)
-        horizon = now - _WINDOW
-        while sent[0] < horizon:
-            sent.popleft()
-        if (
-            self._learnt is not None
-            and now - self._last_refusal >= _WINDOW
-            and now - self._last_probe >= _WINDOW
-        ):
+        if now - self._last_refusal >= _WINDOW and now - self._last_probe >= _WINDOW:
             self._learnt *= _PROBE
             self._last_probe = now
-        return now
 
-    def on_rate_limited(
-        self, retry_after: float | None, fallback: float = 1.0, *, sent_at: float | None = None
-    ) -> None:
+    def record_answer(self) -> None:
+        """Note an answer other than 429 coming back now (only counted while adaptive)."""
+        if not self.adaptive:
+            return
+        now = self._clock()
+        answered = self._answered
+        answered.append(now)
+        horizon = now - 2 * _WINDOW
+        while answered[0] < horizon:
+            answered.popleft()
+
+    def on_rate_limited(self, retry_after: float | None, fallback: float = 1.0) -> None:
         """Record a 429: pause every caller for ``retry_after`` seconds (``fallback`` when the
-        vendor gave none) and, when adaptive, lower the pace to what the server accepted.
-        ``sent_at``: when the refused request was sent (what :meth:`acquire` returned)."""
+        vendor gave none) and, when adaptive, lower the pace to what the server let through."""
         self.rate_limited_count += 1
         now = self._clock()
         pause = retry_after if retry_after is not None else fallback
         self._paused_until = max(self._paused_until, now + pause)
         if not self.adaptive:
             return
-        horizon = now - _WINDOW
-        if now - self._last_refusal >= _WINDOW:
-            self._refused_sent.clear()  # a new run of 429s
-        for times in (self._sent, self._refused, self._refused_sent):
-            while times and times[0] < horizon:
-                times.popleft()
-        self._refused.append(now)
+        if now - self._last_refusal >= _WINDOW:  # a new run of 429s
+            self._run_began = now
+            self._pace_before = self._learnt
+            self._window_estimate = math.inf
         self._last_refusal = now
-        if sent_at is not None:
-            insort(self._refused_sent, sent_at)
-        if len(self._sent) < _MIN_SAMPLE:
+        in_window = self._answered_since(now - _WINDOW)
+        if in_window < _MIN_SAMPLE:
             return
-        # Answers still in flight make early estimates too high; later 429s correct them,
-        # hence the minimum.
-        accepted = max(1, len(self._sent) - len(self._refused))
-        estimate = _HEADROOM * accepted
-        drained = self._drain_rate()
-        if drained is not None:
-            estimate = min(estimate, _HEADROOM * drained)
-        self._learnt = estimate if self._learnt is None else min(self._learnt, estimate)
+        self._window_estimate = min(self._window_estimate, _HEADROOM * in_window)
+        estimate = self._window_estimate
+        span = now - self._run_began
+        if span >= _MIN_DRAIN_SPAN:
+            # The latest, not the lowest: it sharpens as the run lasts, and its early noise
+            # (few answers yet) must not stick.
+            since = self._answered_since(self._run_began)
+            if since >= _MIN_SAMPLE:
+                estimate = min(estimate, _HEADROOM * since / span)
+        before = self._pace_before
+        self._learnt = estimate if before is None else min(before, estimate)
 
-    def _drain_rate(self) -> float | None:
-        """The vendor's rate as seen since its allowance ran out, or None if too little is known.
-
-        A vendor's token bucket (or window) lets a burst through before its first 429, so what
-        was accepted over the last second overstates its sustained rate, by up to the burst
-        (a fresh fleet of waits measured 225-310/s accepted against a 200/s limit). From the
-        first refused request on, the allowance is spent, and what gets through is what the
-        vendor refills: requests sent since then, minus those refused, over the time spanned.
-        Answers still in flight count as accepted, so this too errs high, never low.
-        """
-        refused = self._refused_sent
-        sent = self._sent
-        if not refused or not sent:
-            return None
-        first = refused[0]
-        since = 0
-        for index in range(len(sent) - 1, -1, -1):
-            if sent[index] < first:
+    def _answered_since(self, moment: float) -> int:
+        answered = self._answered
+        count = 0
+        for index in range(len(answered) - 1, -1, -1):
+            if answered[index] < moment:
                 break
-            since += 1
-        span = sent[-1] - first
-        if since < _MIN_SAMPLE or span < _MIN_DRAIN_SPAN:
-            return None
-        return max(1, since - len(refused)) / span
+            count += 1
+        return count
