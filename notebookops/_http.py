@@ -8,6 +8,7 @@ an event loop.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import ipaddress
 import json as jsonlib
@@ -391,6 +392,11 @@ class HttpTransport:
     One :class:`aiohttp.ClientSession` per transport, created on first use; a ``session`` passed
     in is used as is and never closed by us. The token is only ever sent to ``base_url``'s
     origin.
+
+    At most ``max_connections`` requests (or the passed session's pool size) are in flight at
+    once; the others wait their turn without a time limit of their own (the caller's deadline
+    bounds the wait), and ``timeout`` / ``connect_timeout`` start when a request has its
+    connection.
     """
 
     def __init__(
@@ -433,6 +439,13 @@ class HttpTransport:
         self.rate_limiter = rate_limiter or RateLimiter()
         self.allow_http = allow_http
         self._max_connections = max_connections
+        #: Requests hold one of these while they have a connection, so the ones beyond the
+        #: pool's size queue here, where no timeout runs: aiohttp's ``connect`` timeout would
+        #: count the wait for a free connection in its own pool, and 10,000 concurrent waits
+        #: on 100 connections then "time out" by the thousand without ever reaching the
+        #: vendor. Waiting here is bounded by the caller's deadline; each request's own
+        #: timeout starts once it has a connection. Made with the session (it needs a loop).
+        self._slots: asyncio.Semaphore | None = None
         self._rng = rng or random.Random()
         self._closed = False
         # URLs under base_url passed check_base_url already: the per-request checks only need
@@ -458,6 +471,12 @@ class HttpTransport:
                 headers={"User-Agent": USER_AGENT},
                 trust_env=False,
             )
+        if self._slots is None:
+            connector = getattr(self._session, "connector", None)
+            # A caller's session: as many as its own pool holds (0 there means no limit).
+            limit = self._max_connections if self._owns_session else getattr(connector, "limit", 0)
+            if limit:
+                self._slots = asyncio.Semaphore(limit)
         return self._session
 
     async def aclose(self) -> None:
@@ -706,8 +725,11 @@ class HttpTransport:
             else aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout)
         )
         started = time.perf_counter()
+        slots = self._slots
         for _hop in range(_MAX_REDIRECTS + 1):
             self._check_target(url)
+            if slots is not None:
+                await slots.acquire()
             try:
                 async with session.request(
                     method,
@@ -724,6 +746,9 @@ class HttpTransport:
                 raise map_client_exception(
                     exc, vendor=self.profile.name, method=method, url=url
                 ) from None
+            finally:
+                if slots is not None:
+                    slots.release()
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "%s %s -> %d in %.3fs",
@@ -785,8 +810,12 @@ class HttpTransport:
             total=None, connect=self.connect_timeout, sock_read=idle_timeout
         )
         attempts = _Attempts()
+        slots = self._slots
         while True:
             await self.rate_limiter.acquire()
+            # A stream holds its connection, and so its slot, until it is closed.
+            if slots is not None:
+                await slots.acquire()
             try:
                 resp = await session.request(
                     method,
@@ -796,7 +825,11 @@ class HttpTransport:
                     timeout=timeout,
                     allow_redirects=False,
                 )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except BaseException as exc:
+                if slots is not None:
+                    slots.release()
+                if not isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
+                    raise
                 error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
                 delay = self._delay_after_failure(method, url, None, error, attempts)
                 if delay is None:
@@ -813,6 +846,8 @@ class HttpTransport:
                 body = b""
             finally:
                 resp.release()
+                if slots is not None:
+                    slots.release()
             api_error, delay = self._delay_after_error_status(
                 method,
                 url,
@@ -845,6 +880,8 @@ class HttpTransport:
         finally:
             resp.release()
             resp.close()
+            if slots is not None:
+                slots.release()
 
     async def _iter_events(
         self, resp: aiohttp.ClientResponse, method: str, url: str

@@ -28,6 +28,7 @@ class EchoServer(FakeServer):
     def __init__(self) -> None:
         super().__init__(token=TOKEN)
         self.hits = 0
+        self.in_flight = self.most_in_flight = 0
         self.other_url = ""
 
     def setup_routes(self, app: web.Application) -> None:
@@ -42,6 +43,16 @@ class EchoServer(FakeServer):
         async def slow(request: web.Request) -> web.Response:
             self.hits += 1
             await asyncio.sleep(1)
+            return web.json_response({})
+
+        async def pause(request: web.Request) -> web.Response:
+            self.hits += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(0.15)
+            finally:
+                self.in_flight -= 1
             return web.json_response({})
 
         async def redirect_same(request: web.Request) -> web.Response:
@@ -68,6 +79,7 @@ class EchoServer(FakeServer):
 
         app.router.add_route("*", "/echo", echo)
         app.router.add_get("/slow", slow)
+        app.router.add_get("/pause", pause)
         app.router.add_get("/redirect-same", redirect_same)
         app.router.add_get("/redirect-other", redirect_other)
         app.router.add_get("/events", events)
@@ -189,6 +201,86 @@ async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
         with pytest.raises(errors.RequestTimeout):
             await t.request("GET", "/slow")
         assert server.hits == FAST.max_attempts
+    finally:
+        await t.aclose()
+
+
+async def test_requests_beyond_the_pool_wait_their_turn_without_timing_out(
+    server: EchoServer,
+) -> None:
+    """Six requests on two connections: four wait 0.15-0.3 s for one, longer than the connect
+    timeout. That wait is not a timeout (aiohttp's own pool would have counted it as one)."""
+    t = HttpTransport(
+        VendorProfile("acme"),
+        base_url=server.url,
+        token=TOKEN,
+        retry=RetryPolicy(max_attempts=1),
+        connect_timeout=0.05,
+        max_connections=2,
+    )
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(6):
+                group.start_soon(t.request, "GET", "/pause")
+        assert server.hits == 6
+        assert server.most_in_flight == 2
+    finally:
+        await t.aclose()
+
+
+async def test_a_callers_session_is_gated_by_its_own_pool(server: EchoServer) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=3)) as session:
+        t = HttpTransport(
+            VendorProfile("acme"),
+            base_url=server.url,
+            token=TOKEN,
+            session=session,
+            connect_timeout=0.05,
+            retry=RetryPolicy(max_attempts=1),
+        )
+        async with anyio.create_task_group() as group:
+            for _ in range(7):
+                group.start_soon(t.request, "GET", "/pause")
+        await t.aclose()
+    assert server.hits == 7
+    assert server.most_in_flight == 3
+
+
+async def test_a_request_cancelled_while_waiting_for_a_connection_gives_nothing_back(
+    server: EchoServer,
+) -> None:
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(t.request, "GET", "/pause")
+            await anyio.wait_all_tasks_blocked()  # it holds the only connection now
+            with anyio.move_on_after(0.05) as waiting:
+                await t.request("GET", "/pause")  # the only connection is taken
+            assert waiting.cancelled_caught
+        await t.request("GET", "/pause")  # both slots accounted for: not deadlocked
+        assert server.hits == 2
+    finally:
+        await t.aclose()
+
+
+async def test_an_open_event_stream_holds_its_connection(server: EchoServer) -> None:
+    t = HttpTransport(
+        VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, max_connections=1
+    )
+    done: list[str] = []
+
+    async def read() -> None:
+        await t.request("GET", "/echo")
+        done.append("read")
+
+    try:
+        async with anyio.create_task_group() as group, t.sse("GET", "/events") as events:
+            group.start_soon(read)
+            await anyio.sleep(0.1)  # time enough for the read, were a connection free
+            assert done == []
+            assert len([event async for event in events]) == 2
+            # Closed: the read gets the connection now.
+        assert done == ["read"]
     finally:
         await t.aclose()
 
