@@ -55,7 +55,9 @@ TOKEN = "bench-token"
 TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
 #: The library's PollPolicy defaults, written out so the floor uses the very same schedule.
 POLL_INITIAL, POLL_MAXIMUM, POLL_JITTER, POLL_PROPORTION = 1.0, 60.0, 0.1, 0.2
-#: HttpTransport's default connection limit: the floor gets the same.
+#: HttpTransport's default connection limit: the floors get the same, and queue for it the way
+#: the transport does (a FIFO semaphore in front of the pool), so that under a burst bigger
+#: than the pool they make the same requests in the same order.
 MAX_CONNECTIONS = 100
 #: Generous: no wait here should come near it, and both sides use the same one.
 WAIT_TIMEOUT = 1800.0
@@ -226,16 +228,17 @@ async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
     tracker = Tracker()
     meter = Meter()
     meter.start()
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
     async with _session() as session:
 
         async def one(index: int) -> bool:
             body = {"notebookId": f"notebook-{index % notebooks}", "detached": True}
-            async with session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
+            async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
                 run_id = (await _read_json(response))["runId"]
             status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
             began = loop.time()
             while True:
-                async with session.get(status_url, headers=auth) as response:
+                async with slots, session.get(status_url, headers=auth) as response:
                     run = (await _read_json(response))["run"]
                 if run["status"] in TERMINAL:
                     return bool(run["status"] == "success")
@@ -255,9 +258,15 @@ class SharedPoller:
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, notebook: str, rng: random.Random
+        self,
+        session: aiohttp.ClientSession,
+        slots: asyncio.Semaphore,
+        url: str,
+        notebook: str,
+        rng: random.Random,
     ) -> None:
         self.session = session
+        self.slots = slots
         self.url = url
         self.notebook = notebook
         self.rng = rng
@@ -314,7 +323,7 @@ class SharedPoller:
         while pending:
             query = "pageSize=100" + (f"&pageToken={token}" if token else "")
             list_url = f"{self.url}/v2/notebooks/{self.notebook}/runs?{query}"
-            async with self.session.get(list_url, headers=self.auth) as response:
+            async with self.slots, self.session.get(list_url, headers=self.auth) as response:
                 page = await _read_json(response)
             for run in page["runs"]:
                 run_id = run["runId"]
@@ -329,7 +338,7 @@ class SharedPoller:
 
     async def _finish(self, run_id: str) -> None:
         status_url = f"{self.url}/v2/runs/{run_id}?snapshotDelivery=blocks"
-        async with self.session.get(status_url, headers=self.auth) as response:
+        async with self.slots, self.session.get(status_url, headers=self.auth) as response:
             run = (await _read_json(response))["run"]
         future = self.waiters.pop(run_id)
         self.began.pop(run_id, None)
@@ -343,16 +352,17 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
     tracker = Tracker()
     meter = Meter()
     meter.start()
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
     async with _session() as session:
         pollers = {
-            f"notebook-{k}": SharedPoller(session, url, f"notebook-{k}", rng)
+            f"notebook-{k}": SharedPoller(session, slots, url, f"notebook-{k}", rng)
             for k in range(notebooks)
         }
 
         async def one(index: int) -> bool:
             notebook = f"notebook-{index % notebooks}"
             body = {"notebookId": notebook, "detached": True}
-            async with session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
+            async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
                 run_id = (await _read_json(response))["runId"]
             run = await pollers[notebook].wait(run_id)
             return bool(run["status"] == "success")
