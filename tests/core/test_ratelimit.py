@@ -50,6 +50,18 @@ def answer_burst(limiter: RateLimiter, clock: Clock, count: int, over: float) ->
         limiter.record_answer()
 
 
+def learnt_at_180() -> tuple[RateLimiter, Clock, float]:
+    """A limiter that saw 200 answers in a second, then 429s: it paces at 180/s."""
+    limiter, clock = limiter_with_clock()
+    answer_burst(limiter, clock, 200, over=0.99)
+    for _ in range(100):
+        limiter.on_rate_limited(0.0)
+    learnt = limiter.rate
+    assert learnt is not None
+    assert learnt == pytest.approx(180.0)
+    return limiter, clock, learnt
+
+
 def test_nothing_is_paced_before_the_first_429() -> None:
     limiter, clock = limiter_with_clock()
     assert send_burst(limiter, clock, 5000, over=1.0) == [0.0] * 5000
@@ -90,12 +102,7 @@ def test_the_window_estimate_only_falls_during_a_run_of_429s() -> None:
 
 
 def test_the_pace_probes_upwards_while_no_429_comes_back() -> None:
-    limiter, clock = limiter_with_clock()
-    answer_burst(limiter, clock, 200, over=0.99)
-    for _ in range(100):
-        limiter.on_rate_limited(0.0)
-    learnt = limiter.rate
-    assert learnt is not None
+    limiter, clock, learnt = learnt_at_180()
     for _ in range(10):  # ten quiet seconds, a request in each
         clock.now += 1.0
         limiter.record_send()
@@ -369,12 +376,7 @@ def test_answers_are_only_counted_when_adaptive() -> None:
 
 
 def test_a_later_run_of_429s_never_raises_the_pace_above_where_it_was() -> None:
-    limiter, clock = limiter_with_clock()
-    answer_burst(limiter, clock, 200, over=0.99)
-    for _ in range(100):
-        limiter.on_rate_limited(0.0)
-    learnt = limiter.rate
-    assert learnt is not None
+    limiter, clock, learnt = learnt_at_180()
     clock.now += 5.0  # a new run of 429s, after a quiet spell (no probing: nothing was sent)
     answer_burst(limiter, clock, 1000, over=0.99)
     before = limiter.rate  # probed up once by the first send after the quiet spell

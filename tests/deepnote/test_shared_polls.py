@@ -599,16 +599,7 @@ async def test_a_burst_of_starts_reads_each_run_once_on_its_own(
     their runs existed and each fell back to a read of its own."""
     notebook = server.add_notebook(script=RunScript.succeed(0.3))
     before = len(server.requests)
-    async with server.backend(share_window=0.2) as backend:
-        handles = [await backend.start_run(RunRequest(notebook.id)) for _ in range(20)]
-        runs: list[Run] = []
-
-        async def wait(h: RunHandle) -> None:
-            runs.append(await wait_for_run(backend, h, poll=FLEET_POLL, timeout=30))
-
-        async with anyio.create_task_group() as group:
-            for h in handles:
-                group.start_soon(wait, h)
+    runs = await _start_then_wait(server, notebook.id, 20)
     singles, lists = _status_reads(server, before)
     assert len(runs) == 20
     assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
@@ -899,6 +890,21 @@ async def _fleet(server: FakeDeepnoteServer, notebook_id: str, *, share: bool) -
     return runs
 
 
+async def _start_then_wait(server: FakeDeepnoteServer, notebook_id: str, count: int) -> list[Run]:
+    """A burst of ``count`` starts of one notebook, then a wait on each, all at once."""
+    async with server.backend(share_window=0.2) as backend:
+        handles = [await backend.start_run(RunRequest(notebook_id)) for _ in range(count)]
+        runs: list[Run] = []
+
+        async def wait(h: RunHandle) -> None:
+            runs.append(await wait_for_run(backend, h, poll=FLEET_POLL, timeout=30))
+
+        async with anyio.create_task_group() as group:
+            for h in handles:
+                group.start_soon(wait, h)
+    return runs
+
+
 async def test_twenty_waits_on_one_notebook_need_far_fewer_reads(
     server: FakeDeepnoteServer,
 ) -> None:
@@ -926,16 +932,7 @@ async def test_more_waits_than_one_page_holds_share_the_list_through_its_cursor(
 ) -> None:
     notebook = server.add_notebook(script=RunScript.succeed(0.5))
     before = len(server.requests)
-    async with server.backend(share_window=0.2) as backend:
-        handles = [await backend.start_run(RunRequest(notebook.id)) for _ in range(150)]
-        runs: list[Run] = []
-
-        async def wait(h: RunHandle) -> None:
-            runs.append(await wait_for_run(backend, h, poll=FLEET_POLL, timeout=30))
-
-        async with anyio.create_task_group() as group:
-            for h in handles:
-                group.start_soon(wait, h)
+    runs = await _start_then_wait(server, notebook.id, 150)
     reads = [r for r in server.requests[before:] if r.method == "GET"]
     singles = sum(1 for r in reads if RUN_STATUS.match(r.path))
     lists = [r for r in reads if RUNS_LIST.match(r.path)]
