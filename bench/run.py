@@ -602,10 +602,7 @@ def scenario_ratelimit(args: argparse.Namespace) -> list[Section]:
                 control(url, "/_reset", post=True)
                 extra = ["--fixed"] if name == fixed else []
                 result = client("ratelimit", "--url", url, "--n", n, "--max-rate", max_rate, *extra)
-                stats = control(url, "/_stats")
-                for bulky in ("detection_lags", "reads_per_run", "per_run"):
-                    stats.pop(bulky, None)
-                result["server"] = stats
+                result["server"] = _rate_stats(url)
                 samples[name].append(result)
     section.raw = {"rate": rate, "n": n, "duration": duration, "samples": samples}
     rows = []
@@ -691,10 +688,7 @@ def _ratelimit_sustained(section: Section, rate: float, n: int) -> None:
     with process("server.py", "--duration", str(duration), "--rate", str(rate)) as url:
         control(url, "/_reset", post=True)
         result = client("ratelimit", "--url", url, "--n", n, "--max-rate", 0.0, "--steady")
-        stats = control(url, "/_stats")
-    for bulky in ("detection_lags", "reads_per_run", "per_run"):
-        stats.pop(bulky, None)
-    result["server"] = stats
+        stats = result["server"] = _rate_stats(url)
     section.raw["sustained"] = result
     figures = _rate_figures(result, rate)
     seconds = {int(k): v for k, v in stats["seconds"].items()}
@@ -734,6 +728,14 @@ def _ratelimit_sustained(section: Section, rate: float, n: int) -> None:
         f"{settled_share * 100:.1f}%); {figures['rate_per_second'] / rate * 100:.0f}% of R",
         figures["share_after"] <= 0.01 and figures["ok"] == n,
     )
+
+
+def _rate_stats(url: str) -> dict[str, Any]:
+    """The server's counts for a rate-limit run, without the per-run lists it does not need."""
+    stats: dict[str, Any] = control(url, "/_stats")
+    for bulky in ("detection_lags", "reads_per_run", "per_run"):
+        stats.pop(bulky, None)
+    return stats
 
 
 def _rate_figures(result: dict[str, Any], rate: float) -> dict[str, float]:

@@ -444,8 +444,10 @@ class HttpTransport:
         #: count the wait for a free connection in its own pool, and 10,000 concurrent waits
         #: on 100 connections then "time out" by the thousand without ever reaching the
         #: vendor. Waiting here is bounded by the caller's deadline; each request's own
-        #: timeout starts once it has a connection. Made with the session (it needs a loop).
-        self._slots: asyncio.Semaphore | None = None
+        #: timeout starts once it has a connection. A caller's session gets as many as its
+        #: own pool holds (0 there means no limit, and no gate).
+        limit = max_connections if session is None else getattr(session.connector, "limit", 0)
+        self._slots = asyncio.Semaphore(limit) if limit else None
         self._rng = rng or random.Random()
         self._closed = False
         # URLs under base_url passed check_base_url already: the per-request checks only need
@@ -471,12 +473,6 @@ class HttpTransport:
                 headers={"User-Agent": USER_AGENT},
                 trust_env=False,
             )
-        if self._slots is None:
-            connector = getattr(self._session, "connector", None)
-            # A caller's session: as many as its own pool holds (0 there means no limit).
-            limit = self._max_connections if self._owns_session else getattr(connector, "limit", 0)
-            if limit:
-                self._slots = asyncio.Semaphore(limit)
         return self._session
 
     async def aclose(self) -> None:
@@ -825,17 +821,19 @@ class HttpTransport:
                     timeout=timeout,
                     allow_redirects=False,
                 )
-            except BaseException as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 if slots is not None:
                     slots.release()
-                if not isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
-                    raise
                 error = map_client_exception(exc, vendor=self.profile.name, method=method, url=url)
                 delay = self._delay_after_failure(method, url, None, error, attempts)
                 if delay is None:
                     raise error from None
                 await anyio.sleep(delay)
                 continue
+            except BaseException:  # cancelled while connecting: the slot is not ours to keep
+                if slots is not None:
+                    slots.release()
+                raise
             if resp.status != 429:
                 self.rate_limiter.record_answer()
             if resp.status < 400:

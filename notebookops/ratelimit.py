@@ -35,8 +35,8 @@ _MIN_SAMPLE = 10
 #: is found again; the next 429 sets it back). Slow on purpose: from the learnt 90% the pace
 #: passes the vendor's rate after ~20 s, and its token bucket takes a while more to run dry, so
 #: the burst of 429s that sets it back (about one round trip's worth of requests) comes every
-#: half minute or so. At 2% a second it came every ~8 s: 0.7-1.4% of requests refused in a
-#: model of 500 waits against a 200/s bucket (tests/core/test_ratelimit.py), 0.15-0.2% now.
+#: half minute or so. At 2% a second it came every ~8 s, and the model of 500 waits against a
+#: 200/s bucket in tests/core/test_ratelimit.py refuses more than 1% of requests in some cases.
 _PROBE = 1.005
 
 

@@ -41,7 +41,6 @@ from notebookops.backend import StateTable
 from notebookops.backends.deepnote import DEEPNOTE_STATES, DeepnoteBackend, _sharing
 from notebookops.backends.deepnote._requests import MAX_PAGE_SIZE
 from notebookops.backends.deepnote._sharing import ListedRun, SharedRunPolls, page_size_for
-from notebookops.backends.deepnote._wire import RunStarted
 from notebookops.errors import NotebookOpsError
 from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
@@ -583,7 +582,7 @@ def test_start_answers_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -
     )
 
     def start(run_id: str, at: float) -> None:
-        shared.started(handle(run_id), RunStarted(run_id, "pending"), answer, at)
+        shared.started(handle(run_id), "pending", answer, at)
 
     for index in range(5):
         start(f"r{index}", 10.0)

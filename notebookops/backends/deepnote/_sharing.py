@@ -58,7 +58,7 @@ from ...errors import APIError, NotebookOpsError, ResponseDecodeError
 from ...models import RunHandle, RunState
 from ...orchestration import is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
-from ._wire import RunStarted, RunSummary
+from ._wire import RunSummary
 
 __all__ = ["IDLE_AFTER", "MAX_PAGES", "ListedRun", "SharedRunPolls", "page_size_for"]
 
@@ -293,8 +293,8 @@ class SharedRunPolls:
         #: built outside an event loop, where there is no clock to read).
         self._swept: float | None = None
         #: Start answers not yet used by a first read, oldest first: run id -> (when the start
-        #: was sent, the run as the answer reported it).
-        self._starts: OrderedDict[str, tuple[float, ListedRun]] = OrderedDict()
+        #: was sent, the run's state and status then, the answer).
+        self._starts: OrderedDict[str, tuple[float, RunState, str, HttpResponse]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<SharedRunPolls notebooks={len(self._groups)} window={self._window:g}s>"
@@ -305,31 +305,18 @@ class SharedRunPolls:
         return _clock()
 
     def started(
-        self, handle: RunHandle, started: RunStarted, answer: HttpResponse, sent_at: float
+        self, handle: RunHandle, status: str | None, answer: HttpResponse, sent_at: float
     ) -> None:
-        """Keep a start's answer (``sent_at``: when the POST was sent) to serve the run's
-        first read. An answer without a status, or already terminal, is not kept: that read
-        must go to the run itself."""
-        if started.status is None:
+        """Keep a start's answer (the run's ``status`` in it; ``sent_at``: when the POST was
+        sent) to serve the run's first read. An answer without a status, or already terminal,
+        is not kept: that read must go to the run itself."""
+        if status is None:
             return
-        state = self._states(started.status)
+        state = self._states(status)
         if state.is_terminal:
             return
-        raw = answer.json()
-        summary = RunSummary(
-            run_id=started.run_id,
-            status=started.status,
-            notebook_id=handle.notebook_id,
-            created_at=started.created_at,
-        )
-        listed = ListedRun(
-            summary=summary,
-            state=state,
-            project_id=handle.extra.get("project_id"),
-            raw=raw if isinstance(raw, dict) else {},
-        )
         starts = self._starts
-        starts[started.run_id] = (sent_at, listed)
+        starts[handle.run_id] = (sent_at, state, status, answer)
         # Oldest first: whatever is past the window at the front can never serve a read.
         cutoff = sent_at - self._window
         while starts:
@@ -337,6 +324,24 @@ class SharedRunPolls:
             if oldest >= cutoff and len(starts) <= _KEEP_STARTS:
                 break
             starts.popitem(last=False)
+
+    @staticmethod
+    def _listed_from_start(
+        handle: RunHandle, state: RunState, status: str, answer: HttpResponse
+    ) -> ListedRun:
+        raw = answer.json()  # built only when used: most starts' answers never are
+        summary = RunSummary(
+            run_id=handle.run_id,
+            status=status,
+            notebook_id=handle.notebook_id,
+            created_at=handle.created_at,
+        )
+        return ListedRun(
+            summary=summary,
+            state=state,
+            project_id=handle.extra.get("project_id"),
+            raw=raw if isinstance(raw, dict) else {},
+        )
 
     def waited_on(self, notebook_id: str) -> int:
         """How many runs of the notebook are being waited on (for diagnostics and tests)."""
@@ -366,7 +371,7 @@ class SharedRunPolls:
         if watched.beyond_page or group.listable < 2:
             return None
         if start is not None and now - start[0] <= self._window:
-            return start[1]
+            return self._listed_from_start(handle, *start[1:])
         page = await self._page(notebook_id, group)
         if page is None:
             return None

@@ -169,12 +169,11 @@ class DeepnoteBackend(BaseBackend):
     are being waited on, and polled often enough for one request to answer several reads,
     their status reads share the notebook's runs list (``GET /v2/notebooks/{id}/runs``, a page
     of up to 100, followed to up to 10 pages while runs waited on may be further down) instead
-    of one ``GET /v2/runs/{id}`` each. A read joins a list request
-    in flight or reuses one sent at most ``share_window`` seconds ago, so a status may be that
-    much older than the read; a run's first read within that window is answered by its start's
-    own answer (pending), so a burst of starts costs no reads. A run the list reports
-    finished, or does not report (e.g. one
-    older than the page), is read on its own, so a finished run always carries its outputs. A
+    of one ``GET /v2/runs/{id}`` each. A read joins a list request in flight or reuses one sent
+    at most ``share_window`` seconds ago, so a status may be that much older than the read; a
+    run's first read within that window is answered by its start's own answer (pending), so a
+    burst of starts costs no reads. A run the list reports finished, or does not report (e.g.
+    one older than the page), is read on its own, so a finished run always carries its outputs. A
     run counts as waited on from its first ``get_run`` until it is read finished or goes 300 s
     unread. If the list is refused (a key without access to it), that notebook's runs are read
     one by one, with one warning.
@@ -628,7 +627,7 @@ class DeepnoteBackend(BaseBackend):
             started.run_id, request.notebook, started.created_at, options.project_id
         )
         if self._polls is not None:
-            self._polls.started(handle, started, answer, sent_at)
+            self._polls.started(handle, started.status, answer, sent_at)
         return handle
 
     async def get_run(self, handle: RunHandle) -> Run:
