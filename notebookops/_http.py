@@ -29,6 +29,7 @@ import attrs
 import yarl
 
 from . import __version__
+from ._deadline import effective_deadline
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
 from .errors import (
@@ -702,7 +703,7 @@ class HttpTransport:
     def _fits_deadline(delay: float) -> bool:
         """False when sleeping ``delay`` would run past the caller's deadline: better to raise
         the real error now than a timeout later."""
-        deadline = anyio.current_effective_deadline()
+        deadline = effective_deadline()
         return deadline == math.inf or anyio.current_time() + delay < deadline
 
     async def _send(

@@ -12,6 +12,11 @@ This module knows nothing about vendors: it talks to :class:`NotebookBackend` an
 * if the caller is cancelled, the remote run is cancelled best-effort in a shielded scope with
   its own short deadline (unless ``cancel_on_interrupt=False``), then the cancellation
   propagates. Cancellation is never swallowed.
+
+Shielding covers every way a task is cancelled: anyio cancel scopes, and on asyncio also
+``Task.cancel()`` itself (``asyncio.timeout``, ``wait_for``, a failing ``TaskGroup`` sibling),
+which anyio's shield cannot stop. On asyncio a shielded section runs as a task of its own, and
+a cancellation that arrives meanwhile is delivered again once it is over.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ from collections.abc import (
     AsyncGenerator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import attrs
 
+from . import _deadline
 from .backend import NotebookBackend, StreamingBackend
 from .errors import (
     ConfigurationError,
@@ -81,6 +88,7 @@ _DEFAULT_POLL: PollPolicy | None = None
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 def _default_poll() -> PollPolicy:
@@ -92,20 +100,86 @@ def _default_poll() -> PollPolicy:
     return _DEFAULT_POLL
 
 
+def _running_asyncio() -> Any:
+    """The asyncio module when the running event loop is asyncio's, else None (trio)."""
+    # Not imported here: importing asyncio costs more than this whole package, and when
+    # nothing has imported it, the running loop is not asyncio's.
+    aio: Any = sys.modules.get("asyncio")
+    if aio is not None and anyio.get_cancelled_exc_class() is aio.CancelledError:
+        return aio
+    return None
+
+
 def _loop_clock() -> tuple[Clock, Sleep]:
     """The running event loop's clock and sleep, looked up once per wait.
 
     anyio's module-level ``current_time`` and ``sleep`` find the running backend on every
     call, which costs more than the rest of a poll's bookkeeping. On asyncio they come down
     to ``loop.time`` and ``asyncio.sleep``, so those are used directly; anything else (trio)
-    goes through anyio. Cancel scopes are unaffected: they wrap the same awaits either way.
+    goes through anyio.
     """
-    # Not imported here: importing asyncio costs more than this whole package, and when
-    # nothing has imported it, the running loop is not asyncio's.
-    aio: Any = sys.modules.get("asyncio")
-    if aio is not None and anyio.get_cancelled_exc_class() is aio.CancelledError:
+    aio = _running_asyncio()
+    if aio is not None:
         return aio.get_running_loop().time, aio.sleep
     return anyio.current_time, anyio.sleep
+
+
+async def _shielded(
+    timeout: float, work: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> tuple[bool, T | None]:
+    """Await ``work(*args)`` to its end whatever happens to the caller, for up to ``timeout``
+    seconds: ``(True, result)``, or ``(False, None)`` if the time ran out first (the work is
+    then cancelled). The work's own errors propagate.
+
+    A caller cancelled meanwhile is cancelled again as soon as this returns, so that no
+    cancellation is lost. On asyncio the work runs as a task of its own: anyio's shield only
+    holds off anyio cancel scopes, and ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
+    a task group) would otherwise abort the work mid-request.
+    """
+    aio = _running_asyncio()
+    if aio is None:
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout):
+            return True, await work(*args)
+        return False, None
+    loop = aio.get_running_loop()
+    caller = aio.current_task()
+    requests_before = caller.cancelling()
+    deadline = loop.time() + timeout
+    task = loop.create_task(work(*args))
+    # The transport's retries see the section's own deadline, not the caller's.
+    _deadline.push(task, deadline)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_at(deadline, expire)
+    interruption: BaseException | None = None
+    # anyio's shield as well: an anyio scope re-delivers its cancellation on every loop
+    # iteration until the task leaves it, which would make the loop below spin.
+    with anyio.CancelScope(shield=True):
+        try:
+            while not task.done():
+                try:
+                    await aio.shield(task)
+                except aio.CancelledError as error:
+                    if not task.done():
+                        interruption = error
+        finally:
+            timer.cancel()
+            _deadline.pop(task, None)
+    if caller.cancelling() > requests_before:
+        # A Task.cancel() absorbed above: ask again, uncancelling first so that the count
+        # of requests is unchanged (asyncio.timeout tells its own cancellation by it).
+        caller.uncancel()
+        caller.cancel(interruption.args[0] if interruption and interruption.args else None)
+    if task.cancelled():
+        if expired:
+            return False, None
+        raise aio.CancelledError("notebookops: a shielded section was cancelled from outside")
+    return True, task.result()
 
 
 def is_transient(error: BaseException) -> bool:
@@ -256,6 +330,28 @@ async def _poll(
         await sleep(delay)
 
 
+async def _stream(
+    backend: NotebookBackend,
+    handle: RunHandle,
+    poll: PollPolicy,
+    tracker: _Tracker,
+    on_update: UpdateCallback | None,
+) -> Run:
+    """:func:`_poll`'s counterpart for a backend that pushes updates (it polls only if the
+    stream ends early). Returns the first terminal Run."""
+    last_key: tuple[object, ...] | None = None
+    async with aclosing(_observe(backend, handle, poll, tracker)) as runs:
+        async for run in runs:
+            tracker.last_run = run
+            key = _change_key(run)
+            if on_update is not None and key != last_key:
+                await _invoke(on_update, run)
+            last_key = key
+            if run.state.is_terminal:
+                return run
+    raise AssertionError("unreachable: _observe ends only after a terminal Run")  # pragma: no cover
+
+
 @attrs.define
 class _Tracker:
     last_run: Run | None = None
@@ -297,10 +393,8 @@ async def start_run(
     ``start_timeout``; if that expires, the outcome is unknown and StartOutcomeUnknown says so.
     """
     _positive("start_timeout", start_timeout)
-    handle: RunHandle | None = None
-    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + start_timeout):
-        handle = await backend.start_run(request)
-    if handle is None:
+    finished, handle = await _shielded(start_timeout, backend.start_run, request)
+    if not finished or handle is None:
         raise StartOutcomeUnknown(
             f"starting {request.notebook!r} on {backend.name} did not finish within "
             f"{start_timeout:g}s; the run may or may not have started",
@@ -315,29 +409,26 @@ async def _cancel_best_effort(
 ) -> BaseException | None:
     """Cancel the remote run, shielded from outer cancellation, within ``cancel_timeout``.
     Returns the error if it failed (None on success)."""
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + cancel_timeout
-        try:
-            await backend.cancel_run(handle)
-        except Exception as error:
-            logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
-            return error
-        logger.info("cancelled %s run %s", handle.backend, handle.run_id)
-        return None
-    return TimeoutError(f"cancel did not complete within {cancel_timeout:g}s")
+    try:
+        finished, _ = await _shielded(cancel_timeout, backend.cancel_run, handle)
+    except Exception as error:
+        logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
+        return error
+    if not finished:
+        return TimeoutError(f"cancel did not complete within {cancel_timeout:g}s")
+    logger.info("cancelled %s run %s", handle.backend, handle.run_id)
+    return None
 
 
 async def _final_read(
     backend: NotebookBackend, handle: RunHandle, last: Run | None, budget: float
 ) -> Run | None:
     """One shielded, bounded status read after cancelling, to report the state honestly."""
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + budget
-        try:
-            return await backend.get_run(handle)
-        except Exception:
-            return last
-    return last
+    try:
+        finished, run = await _shielded(budget, backend.get_run, handle)
+    except Exception:
+        return last
+    return run if finished and run is not None else last
 
 
 def _outcome(run: Run, raise_on_failure: bool) -> Run:
@@ -372,20 +463,26 @@ async def _follow(
         if on_start is not None:
             await _invoke(on_start, handle)
         final: Run | None = None
-        with anyio.CancelScope(deadline=deadline):
-            if not _streams(backend):
-                final = await _poll(backend, handle, poll, tracker, on_update)
-            else:
-                last_key: tuple[object, ...] | None = None
-                async with aclosing(_observe(backend, handle, poll, tracker)) as runs:
-                    async for run in runs:
-                        tracker.last_run = run
-                        key = _change_key(run)
-                        if on_update is not None and key != last_key:
-                            await _invoke(on_update, run)
-                        last_key = key
-                        if run.state.is_terminal:
-                            final = run
+        follow = _stream if _streams(backend) else _poll
+        aio = _running_asyncio()
+        if aio is None:
+            with anyio.CancelScope(deadline=deadline):
+                final = await follow(backend, handle, poll, tracker, on_update)
+        else:
+            # asyncio's own timeout costs a wait a fraction of anyio's scope (whose task
+            # state, sets and timer stay alive as long as the wait), which adds up over
+            # thousands of waits. The transport learns the deadline from _deadline.
+            expiry = aio.timeout_at(None if deadline == math.inf else deadline)
+            task = aio.current_task()
+            previous = _deadline.push(task, deadline)
+            try:
+                async with expiry:
+                    final = await follow(backend, handle, poll, tracker, on_update)
+            except TimeoutError:
+                if not expiry.expired():
+                    raise
+            finally:
+                _deadline.pop(task, previous)
         if final is not None:
             return _outcome(final, raise_on_failure)
         # The deadline passed.
@@ -478,6 +575,8 @@ async def run_and_wait(
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
     handle = await start_run(backend, request, start_timeout=start_timeout)
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
+    # Not needed while waiting: thousands of waits in flight each keep less alive.
+    del request
     return await _follow(
         backend,
         handle,

@@ -193,6 +193,28 @@ async def test_retry_that_would_pass_the_deadline_raises_now(server: EchoServer)
             await t.aclose()
 
 
+async def test_retry_that_would_pass_an_orchestration_deadline_raises_now(
+    server: EchoServer,
+) -> None:
+    # run_and_wait's deadline on asyncio is asyncio.timeout_at, which anyio cannot see.
+    from notebookops import _deadline
+
+    patient = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_retry_after=60)
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=patient)
+    server.faults.status(429, {"message": "later"}, headers={"Retry-After": "30"})
+    task = asyncio.current_task()
+    previous = _deadline.push(task, anyio.current_time() + 2)
+    try:
+        started = anyio.current_time()
+        with pytest.raises(errors.RateLimited) as caught:
+            await t.request("GET", "/echo")
+        assert caught.value.retry_after == 30
+        assert anyio.current_time() - started < 1
+    finally:
+        _deadline.pop(task, previous)
+        await t.aclose()
+
+
 async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
     t = HttpTransport(
         VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, timeout=0.05

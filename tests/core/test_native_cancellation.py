@@ -1,0 +1,237 @@
+"""Shielding and deadlines under asyncio's own cancellation (``Task.cancel()``).
+
+anyio's shield holds off anyio cancel scopes only. Services on plain asyncio cancel with
+``asyncio.timeout``, ``wait_for``, ``TaskGroup`` and ``Task.cancel()``, and a start aborted
+by one of those mid-request would orphan a run the vendor may have accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from notebookops import (
+    PollPolicy,
+    Run,
+    RunHandle,
+    RunRequest,
+    RunState,
+    RunTimeout,
+    StartOutcomeUnknown,
+    _deadline,
+    orchestration,
+    run_and_wait,
+    start_run,
+    wait_for_run,
+)
+from notebookops.testing import FakeBackend, FakeScript
+
+FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
+LONG = FakeScript(states=("pending", "running"))
+START_TAKES = 0.05
+
+
+class SlowStartBackend(FakeBackend):
+    """Its start takes a while, as a POST to a vendor does; its cancel can be made slow."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cancel_takes = 0.0
+        self.deadlines_seen: dict[str, float] = {}
+
+    async def start_run(self, request: RunRequest) -> RunHandle:
+        self.deadlines_seen["start"] = _deadline.effective_deadline()
+        await asyncio.sleep(START_TAKES)
+        return await super().start_run(request)
+
+    async def get_run(self, handle: RunHandle) -> Run:
+        self.deadlines_seen["read"] = _deadline.effective_deadline()
+        return await super().get_run(handle)
+
+    async def cancel_run(self, handle: RunHandle) -> None:
+        await asyncio.sleep(self.cancel_takes)
+        await super().cancel_run(handle)
+
+
+@pytest.fixture
+async def slow() -> Any:
+    async with SlowStartBackend(default_script=LONG) as backend:
+        yield backend
+
+
+def _only_run(backend: FakeBackend) -> Any:
+    (fake,) = backend.runs.values()
+    return fake
+
+
+async def test_task_cancel_during_start_finishes_the_start_then_cancels_the_run(
+    slow: SlowStartBackend,
+) -> None:
+    task = asyncio.create_task(run_and_wait(slow, "nb", poll=FAST))
+    await asyncio.sleep(START_TAKES / 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.start_count == 1
+    assert slow.cancel_calls == 1
+    assert _only_run(slow).cancelled
+
+
+async def test_asyncio_timeout_during_start_still_raises_timeout_error(
+    slow: SlowStartBackend,
+) -> None:
+    # asyncio.timeout tells its own cancellation by the task's count of cancel requests:
+    # the shield must leave that count as it found it, or this would be a CancelledError.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(START_TAKES / 5):
+            await run_and_wait(slow, "nb", poll=FAST)
+    assert slow.start_count == 1
+    assert slow.cancel_calls == 1
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_wait_for_during_polling_cancels_the_run(slow: SlowStartBackend) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run_and_wait(slow, "nb", poll=FAST), START_TAKES * 3)
+    assert slow.cancel_calls == 1
+    assert _only_run(slow).cancelled
+
+
+async def test_task_group_sibling_failure_during_start_cancels_the_run(
+    slow: SlowStartBackend,
+) -> None:
+    async def fail_soon() -> None:
+        await asyncio.sleep(START_TAKES / 5)
+        raise LookupError("sibling failed")
+
+    async def both() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run_and_wait(slow, "nb", poll=FAST))
+            group.create_task(fail_soon())
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await both()
+    assert caught.group_contains(LookupError)
+    assert slow.start_count == 1
+    assert slow.cancel_calls == 1
+
+
+async def test_a_second_cancel_does_not_abort_the_remote_cancel(slow: SlowStartBackend) -> None:
+    slow.cancel_takes = START_TAKES
+    task = asyncio.create_task(run_and_wait(slow, "nb", poll=FAST))
+    await asyncio.sleep(START_TAKES * 2)  # started, now polling
+    task.cancel()
+    await asyncio.sleep(START_TAKES / 5)  # inside the remote cancel
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _only_run(slow).cancelled
+
+
+async def test_public_start_run_returns_the_handle_then_the_cancellation_lands(
+    slow: SlowStartBackend,
+) -> None:
+    handles: list[RunHandle] = []
+    reached_after_sleep = False
+
+    async def caller() -> None:
+        nonlocal reached_after_sleep
+        handles.append(await start_run(slow, RunRequest(notebook="nb")))
+        await asyncio.sleep(1)
+        reached_after_sleep = True
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(START_TAKES / 5)
+    task.cancel("shutting down")
+    with pytest.raises(asyncio.CancelledError, match="shutting down"):
+        await task
+    assert len(handles) == 1
+    assert handles[0].run_id in slow.runs
+    assert not reached_after_sleep
+
+
+async def test_start_timeout_under_native_cancellation_reports_unknown_outcome() -> None:
+    async with SlowStartBackend() as backend:
+        with pytest.raises(StartOutcomeUnknown):
+            await run_and_wait(backend, "nb", poll=FAST, start_timeout=START_TAKES / 5)
+        assert backend.start_count == 0  # the start was abandoned at its limit
+
+
+async def test_start_errors_propagate_through_the_shield() -> None:
+    async with FakeBackend() as backend:
+        backend.faults.start_errors.append(LookupError("boom"))
+        with pytest.raises(LookupError, match="boom"):
+            await run_and_wait(backend, "nb", poll=FAST)
+
+
+async def test_a_shielded_section_cancelled_from_outside_is_a_cancellation() -> None:
+    # asyncio.run cancels every task at shutdown, the section's own task included.
+    started = asyncio.Event()
+
+    async def work() -> int:
+        started.set()
+        await asyncio.sleep(10)
+        return 1
+
+    section = asyncio.create_task(orchestration._shielded(5.0, work))
+    await started.wait()
+    inner = next(
+        task
+        for task in asyncio.all_tasks()
+        if task is not section and task is not asyncio.current_task()
+    )
+    inner.cancel()
+    with pytest.raises(asyncio.CancelledError, match="cancelled from outside"):
+        await section
+
+
+async def test_the_transport_sees_orchestration_deadlines(slow: SlowStartBackend) -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    slow.default_script = FakeScript(states=("running", "success"))
+    run = await run_and_wait(slow, "nb", poll=FAST, timeout=50, start_timeout=20)
+    assert run.state is RunState.SUCCEEDED
+    assert before + 20 <= slow.deadlines_seen["start"] <= loop.time() + 20
+    assert before + 50 <= slow.deadlines_seen["read"] <= loop.time() + 50
+    assert _deadline.effective_deadline() == math.inf
+    assert not _deadline._BY_TASK  # nothing left behind
+
+
+async def test_nested_waits_restore_the_outer_deadline(slow: SlowStartBackend) -> None:
+    slow.default_script = FakeScript(states=("success",))
+    seen: list[float] = []
+
+    async def inner_wait(run: Run) -> None:
+        await run_and_wait(slow, "other", poll=FAST, timeout=5)
+        seen.append(_deadline.effective_deadline())
+
+    outer = await run_and_wait(slow, "nb", poll=FAST, timeout=60, on_update=inner_wait)
+    assert outer.state is RunState.SUCCEEDED
+    assert seen
+    assert seen[0] > asyncio.get_running_loop().time() + 30  # the outer wait's, not 5 s
+
+
+async def test_anyio_deadline_still_counts_for_the_transport() -> None:
+    with anyio.fail_after(7):
+        assert _deadline.effective_deadline() <= anyio.current_time() + 7
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_deadline_passes_cancel_and_report(slow: SlowStartBackend) -> None:
+    with pytest.raises(RunTimeout) as caught:
+        await run_and_wait(slow, "nb", poll=FAST, timeout=START_TAKES * 2)
+    assert caught.value.cancelled
+    assert caught.value.handle is not None
+    assert _only_run(slow).cancelled
+
+
+async def test_wait_for_run_without_timeout_never_arms_a_timer(slow: SlowStartBackend) -> None:
+    handle = await start_run(slow, RunRequest(notebook="nb"))
+    slow.runs[handle.run_id].script = FakeScript(states=("running", "success"))
+    run = await wait_for_run(slow, handle, poll=FAST, timeout=None)
+    assert run.state is RunState.SUCCEEDED
