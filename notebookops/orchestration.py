@@ -21,6 +21,7 @@ a cancellation that arrives meanwhile is delivered again once it is over.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import math
@@ -84,6 +85,7 @@ UpdateCallback = Callable[[Run], Awaitable[None] | None]
 StartCallback = Callable[[RunHandle], Awaitable[None] | None]
 
 _RNG = random.Random()
+_NO_CONTEXT = contextvars.Context()
 _DEFAULT_POLL: PollPolicy | None = None
 
 Clock = Callable[[], float]
@@ -155,7 +157,9 @@ async def _shielded(
         expired = True
         task.cancel()
 
-    timer = loop.call_at(deadline, expire)
+    # An empty context: expire needs none, and a cancelled timer stays in the loop's heap
+    # (with its context) until its time comes, long after the start is over.
+    timer = loop.call_at(deadline, expire, context=_NO_CONTEXT)
     interruption: BaseException | None = None
     # anyio's shield as well: an anyio scope re-delivers its cancellation on every loop
     # iteration until the task leaves it, which would make the loop below spin.
