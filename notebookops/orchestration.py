@@ -36,7 +36,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import aclosing
+from contextlib import ExitStack, aclosing
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -161,22 +161,29 @@ async def _shielded(
     # (with its context) until its time comes, long after the start is over.
     timer = loop.call_at(deadline, expire, context=_NO_CONTEXT)
     interruption: BaseException | None = None
-    # anyio's shield as well: an anyio scope re-delivers its cancellation on every loop
-    # iteration until the task leaves it, which would make the loop below spin.
-    with anyio.CancelScope(shield=True):
+    anyio_shielded = False
+    with ExitStack() as anyio_shield:
         try:
             while not task.done():
                 try:
                     await aio.shield(task)
                 except aio.CancelledError as error:
-                    if not task.done():
-                        interruption = error
+                    if task.done():
+                        break
+                    interruption = error
+                    if not anyio_shielded and anyio.current_effective_deadline() == -math.inf:
+                        # An anyio scope: it re-delivers its cancellation on every loop
+                        # iteration until the task leaves it, which would make this loop
+                        # spin. Entered only now: its task state would outlive the section.
+                        anyio_shield.enter_context(anyio.CancelScope(shield=True))
+                        anyio_shielded = True
         finally:
             timer.cancel()
             _deadline.pop(task, None)
-    if caller.cancelling() > requests_before:
-        # A Task.cancel() absorbed above: ask again, uncancelling first so that the count
-        # of requests is unchanged (asyncio.timeout tells its own cancellation by it).
+    # An anyio scope delivers its cancellation again by itself once the section is over;
+    # a Task.cancel() absorbed above is asked for again here, uncancelling first so that
+    # the count of requests is unchanged (asyncio.timeout tells its own cancellation by it).
+    if caller.cancelling() > requests_before and anyio.current_effective_deadline() != -math.inf:
         caller.uncancel()
         caller.cancel(interruption.args[0] if interruption and interruption.args else None)
     if task.cancelled():
@@ -305,10 +312,17 @@ async def _poll(
     """:func:`_observe`'s polling loop with :func:`_follow`'s handling of each read folded in:
     the same reads, retries, logs and ``on_update`` calls, without an async generator and
     its closing between every read and the caller (the per-request cost of a wait matters
-    when thousands run at once). Returns the first terminal Run."""
-    clock, sleep = _loop_clock()
+    when thousands run at once). Returns the first terminal Run.
+
+    On asyncio it sleeps on a bare future and timer, as ``asyncio.sleep`` does, but with no
+    coroutine of its own nor a copy of the task's context per sleep: with thousands of waits
+    asleep at once, every object a sleeping wait keeps alive is walked by each full garbage
+    collection."""
+    aio = _running_asyncio()
+    loop = aio.get_running_loop() if aio is not None else None
+    del aio  # a sleeping wait keeps no more than it needs
     attempt = 0
-    began = clock()
+    began = _now(loop)
     last_key: tuple[object, ...] | None = None
     while True:
         try:
@@ -317,7 +331,7 @@ async def _poll(
             if not is_transient(error):
                 raise
             tracker.last_error = error
-            delay = _retry_delay(error, handle, poll, attempt, clock() - began)
+            delay = _retry_delay(error, handle, poll, attempt, _now(loop) - began)
         else:
             # Outside the try: an error raised by on_update is the caller's, never a
             # transient read error to retry.
@@ -329,9 +343,32 @@ async def _poll(
             last_key = key
             if run.state.is_terminal:
                 return run
-            delay = poll.delay(attempt, _RNG, elapsed=clock() - began)
+            delay = poll.delay(attempt, _RNG, elapsed=_now(loop) - began)
         attempt += 1
-        await sleep(delay)
+        if loop is None:
+            await anyio.sleep(delay)
+            continue
+        waiter = loop.create_future()
+        timer = loop.call_later(delay, _wake, waiter, context=_NO_CONTEXT)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+
+def _now(loop: Any) -> float:
+    return loop.time() if loop is not None else anyio.current_time()
+
+
+def _wake(waiter: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _expire(tracker: _Tracker, task: Any) -> None:
+    """The wait's deadline timer (asyncio): cancel the task, noting that the deadline did."""
+    tracker.expired = True
+    task.cancel()
 
 
 async def _stream(
@@ -360,6 +397,8 @@ async def _stream(
 class _Tracker:
     last_run: Run | None = None
     last_error: BaseException | None = None
+    #: Set by the deadline's timer when it cancels the wait (asyncio only).
+    expired: bool = False
 
 
 async def watch(
@@ -473,19 +512,33 @@ async def _follow(
             with anyio.CancelScope(deadline=deadline):
                 final = await follow(backend, handle, poll, tracker, on_update)
         else:
-            # asyncio's own timeout costs a wait a fraction of anyio's scope (whose task
-            # state, sets and timer stay alive as long as the wait), which adds up over
-            # thousands of waits. The transport learns the deadline from _deadline.
-            expiry = aio.timeout_at(None if deadline == math.inf else deadline)
+            # What asyncio.timeout_at does, with a third of the objects alive for as long as
+            # the wait (anyio's scope keeps twice as many): a timer with no context of its
+            # own that cancels the task, told apart from any other cancellation, as
+            # asyncio.timeout tells it, by the task's count of cancel requests. Each full
+            # garbage collection walks these objects for every wait in flight. The
+            # transport learns the deadline from _deadline.
             task = aio.current_task()
+            requests_before = task.cancelling()
+            timer = None
+            if deadline != math.inf:
+                timer = aio.get_running_loop().call_at(
+                    deadline, _expire, tracker, task, context=_NO_CONTEXT
+                )
             previous = _deadline.push(task, deadline)
             try:
-                async with expiry:
-                    final = await follow(backend, handle, poll, tracker, on_update)
-            except TimeoutError:
-                if not expiry.expired():
+                final = await follow(backend, handle, poll, tracker, on_update)
+            except aio.CancelledError:
+                if not tracker.expired:
                     raise
+                tracker.expired = False
+                if task.uncancel() > requests_before:
+                    raise  # cancelled by someone else too: that wins
             finally:
+                if timer is not None:
+                    timer.cancel()
+                if tracker.expired:  # the timer fired, but the wait ended otherwise
+                    task.uncancel()
                 _deadline.pop(task, previous)
         if final is not None:
             return _outcome(final, raise_on_failure)

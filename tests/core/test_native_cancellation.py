@@ -235,3 +235,80 @@ async def test_wait_for_run_without_timeout_never_arms_a_timer(slow: SlowStartBa
     slow.runs[handle.run_id].script = FakeScript(states=("running", "success"))
     run = await wait_for_run(slow, handle, poll=FAST, timeout=None)
     assert run.state is RunState.SUCCEEDED
+
+
+async def test_an_anyio_scope_cancelling_a_start_does_not_spin_the_shield(
+    slow: SlowStartBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # anyio re-delivers a scope's cancellation on every loop iteration; without anyio's own
+    # shield entered on the first one, the section would wake for each until the start ends.
+    shields = 0
+    real_shield = asyncio.shield
+
+    def counting_shield(task: Any) -> Any:
+        nonlocal shields
+        shields += 1
+        return real_shield(task)
+
+    monkeypatch.setattr(asyncio, "shield", counting_shield)
+    with anyio.move_on_after(START_TAKES / 5) as scope:
+        await run_and_wait(slow, "nb", poll=FAST)
+    assert scope.cancelled_caught
+    assert shields <= 4  # the start's two waits, the remote cancel's one (plus slack)
+    assert slow.start_count == 1
+    assert slow.cancel_calls == 1
+    await asyncio.sleep(0)  # no cancellation left pending once the scope is gone
+
+
+async def test_native_and_anyio_cancellation_together_still_propagate(
+    slow: SlowStartBackend,
+) -> None:
+    async def wait_in_scope() -> None:
+        with anyio.move_on_after(START_TAKES / 5):
+            await run_and_wait(slow, "nb", poll=FAST)
+        await asyncio.sleep(1)  # a native cancel is still owed: must not get here
+
+    task = asyncio.create_task(wait_in_scope())
+    await asyncio.sleep(START_TAKES / 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.start_count == 1
+
+
+class HangingReadBackend(FakeBackend):
+    """Status reads never answer; optionally a second cancellation arrives with the first."""
+
+    def __init__(self, *, cancel_again: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cancel_again = cancel_again
+
+    async def get_run(self, handle: RunHandle) -> Run:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if self.cancel_again:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_the_deadline_leaves_no_cancellation_behind() -> None:
+    async with HangingReadBackend(cancel_again=False, default_script=LONG) as backend:
+        with pytest.raises(RunTimeout) as caught:
+            await run_and_wait(backend, "nb", poll=FAST, timeout=0.05, cancel_timeout=0.05)
+        assert caught.value.cancelled
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+        await asyncio.sleep(0)  # and nothing pending
+
+
+async def test_another_cancellation_at_the_deadline_wins_over_the_timeout() -> None:
+    async with HangingReadBackend(cancel_again=True, default_script=LONG) as backend:
+        task = asyncio.create_task(
+            run_and_wait(backend, "nb", poll=FAST, timeout=0.05, cancel_timeout=0.05)
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert backend.cancel_calls == 1  # still cancelled remotely, as on any interruption
