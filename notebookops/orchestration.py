@@ -22,6 +22,7 @@ a cancellation that arrives meanwhile is delivered again once it is over.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import logging
 import math
@@ -36,7 +37,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import ExitStack, aclosing
+from contextlib import aclosing
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -86,6 +87,8 @@ StartCallback = Callable[[RunHandle], Awaitable[None] | None]
 
 _RNG = random.Random()
 _NO_CONTEXT = contextvars.Context()
+#: The message a shielded section's own time limit cancels its task with.
+_EXPIRED = "notebookops: shielded section timed out"
 _DEFAULT_POLL: PollPolicy | None = None
 
 Clock = Callable[[], float]
@@ -150,36 +153,35 @@ async def _shielded(
     task = loop.create_task(work(*args))
     # The transport's retries see the section's own deadline, not the caller's.
     _deadline.push(task, deadline)
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    # An empty context: expire needs none, and a cancelled timer stays in the loop's heap
-    # (with its context) until its time comes, long after the start is over.
-    timer = loop.call_at(deadline, expire, context=_NO_CONTEXT)
+    # An empty context: a cancelled timer stays in the loop's heap (with its context) until
+    # its time comes, long after the section is over.
+    timer = loop.call_at(deadline, task.cancel, _EXPIRED, context=_NO_CONTEXT)
     interruption: BaseException | None = None
-    anyio_shielded = False
-    with ExitStack() as anyio_shield:
-        try:
-            while not task.done():
-                try:
-                    await aio.shield(task)
-                except aio.CancelledError as error:
-                    if task.done():
-                        break
-                    interruption = error
-                    if not anyio_shielded and anyio.current_effective_deadline() == -math.inf:
-                        # An anyio scope: it re-delivers its cancellation on every loop
-                        # iteration until the task leaves it, which would make this loop
-                        # spin. Entered only now: its task state would outlive the section.
-                        anyio_shield.enter_context(anyio.CancelScope(shield=True))
-                        anyio_shielded = True
-        finally:
-            timer.cancel()
-            _deadline.pop(task, None)
+    anyio_shield: anyio.CancelScope | None = None
+    try:
+        while not task.done():
+            # What asyncio.shield does, with fewer objects: a start is made for every run.
+            waiter = loop.create_future()
+            wake = functools.partial(_wake_for, waiter)
+            task.add_done_callback(wake, context=_NO_CONTEXT)
+            try:
+                await waiter
+            except aio.CancelledError as error:
+                task.remove_done_callback(wake)
+                if task.done():
+                    break
+                interruption = error
+                if anyio_shield is None and anyio.current_effective_deadline() == -math.inf:
+                    # An anyio scope: it re-delivers its cancellation on every loop
+                    # iteration until the task leaves it, which would make this loop spin.
+                    # Entered only now: its task state would outlive the section.
+                    anyio_shield = anyio.CancelScope(shield=True)
+                    anyio_shield.__enter__()
+    finally:
+        timer.cancel()
+        _deadline.pop(task, None)
+        if anyio_shield is not None:
+            anyio_shield.__exit__(None, None, None)
     # An anyio scope delivers its cancellation again by itself once the section is over;
     # a Task.cancel() absorbed above is asked for again here, uncancelling first so that
     # the count of requests is unchanged (asyncio.timeout tells its own cancellation by it).
@@ -187,8 +189,11 @@ async def _shielded(
         caller.uncancel()
         caller.cancel(interruption.args[0] if interruption and interruption.args else None)
     if task.cancelled():
-        if expired:
-            return False, None
+        try:
+            task.result()
+        except aio.CancelledError as cancelled:
+            if cancelled.args[:1] == (_EXPIRED,):
+                return False, None
         raise aio.CancelledError("notebookops: a shielded section was cancelled from outside")
     return True, task.result()
 
@@ -363,6 +368,11 @@ def _now(loop: Any) -> float:
 def _wake(waiter: Any) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _wake_for(waiter: Any, _done: object) -> None:
+    # A done-callback may already be scheduled when the waiter is cancelled: check first.
+    _wake(waiter)
 
 
 def _expire(tracker: _Tracker, task: Any) -> None:

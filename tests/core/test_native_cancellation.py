@@ -312,3 +312,29 @@ async def test_another_cancellation_at_the_deadline_wins_over_the_timeout() -> N
         with pytest.raises(asyncio.CancelledError):
             await task
         assert backend.cancel_calls == 1  # still cancelled remotely, as on any interruption
+
+
+async def test_a_cancel_landing_as_the_section_ends_is_delivered_without_loop_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The caller is cancelled in the same loop iteration as the section's task finishes,
+    # after the task has scheduled its done-callbacks: the callback meets a cancelled waiter.
+    caller: asyncio.Task[Any] | None = None
+
+    async def work() -> str:
+        assert caller is not None
+        asyncio.get_running_loop().call_soon(caller.cancel)
+        return "done"
+
+    results: list[object] = []
+
+    async def section() -> None:
+        results.append(await orchestration._shielded(5.0, work))
+        await asyncio.sleep(1)  # the cancellation is owed here
+
+    caller = asyncio.create_task(section())
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0)
+    assert results == [(True, "done")]
+    assert not [r for r in caplog.records if r.name == "asyncio"]
