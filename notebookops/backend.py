@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 
-__all__ = ["BaseBackend", "NotebookBackend", "StateTable", "StreamingBackend"]
+__all__ = [
+    "BaseBackend",
+    "ChangeWatchingBackend",
+    "NotebookBackend",
+    "StateTable",
+    "StreamingBackend",
+]
 
 logger = logging.getLogger("notebookops.backend")
 
@@ -64,6 +70,24 @@ class StreamingBackend(NotebookBackend, Protocol):
 
     def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         """Yield a Run each time the run changes; end after a terminal state."""
+        ...
+
+
+@runtime_checkable
+class ChangeWatchingBackend(NotebookBackend, Protocol):
+    """A polled backend that can wait for a run to change on the caller's poll schedule.
+
+    ``run_and_wait`` calls ``next_change`` instead of sleeping and calling ``get_run`` itself.
+    A backend whose reads of many runs can share one request (Deepnote's runs list) wakes a
+    wait only when its run changed, instead of once per read.
+    """
+
+    async def next_change(
+        self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
+    ) -> Run:
+        """The run's next read that differs from ``last`` (another state or vendor status) or
+        is terminal. Reads are due as ``next_delay()`` says, one call per read; transient
+        read errors are raised for the caller's retry schedule."""
         ...
 
 

@@ -319,6 +319,10 @@ async def _poll(
     its closing between every read and the caller (the per-request cost of a wait matters
     when thousands run at once). Returns the first terminal Run.
 
+    A backend with ``next_change`` (:class:`~notebookops.backend.ChangeWatchingBackend`) is
+    handed the poll schedule after the first read and returns only changes: waits that share
+    reads then sleep until their run changes instead of waking for every read.
+
     On asyncio it sleeps on a bare future and timer, as ``asyncio.sleep`` does, but with no
     coroutine of its own nor a copy of the task's context per sleep: with thousands of waits
     asleep at once, every object a sleeping wait keeps alive is walked by each full garbage
@@ -326,20 +330,37 @@ async def _poll(
     aio = _running_asyncio()
     loop = aio.get_running_loop() if aio is not None else None
     del aio  # a sleeping wait keeps no more than it needs
+    next_change: Callable[[RunHandle, Run, Callable[[], float]], Awaitable[Run]] | None = getattr(
+        backend, "next_change", None
+    )
     attempt = 0
     began = _now(loop)
     last_key: tuple[object, ...] | None = None
+    retrying = False
+
+    def next_delay() -> float:
+        nonlocal attempt
+        delay = poll.delay(attempt, _RNG, elapsed=_now(loop) - began)
+        attempt += 1
+        return delay
+
     while True:
         try:
-            run = await backend.get_run(handle)
+            if next_change is not None and tracker.last_run is not None and not retrying:
+                run = await next_change(handle, tracker.last_run, next_delay)
+            else:
+                run = await backend.get_run(handle)
         except Exception as error:  # never BaseException: cancellation must propagate
             if not is_transient(error):
                 raise
             tracker.last_error = error
             delay = _retry_delay(error, handle, poll, attempt, _now(loop) - began)
+            attempt += 1
+            retrying = True
         else:
             # Outside the try: an error raised by on_update is the caller's, never a
             # transient read error to retry.
+            retrying = False
             tracker.last_error = None
             tracker.last_run = run
             key = _change_key(run)
@@ -348,8 +369,9 @@ async def _poll(
             last_key = key
             if run.state.is_terminal:
                 return run
-            delay = poll.delay(attempt, _RNG, elapsed=_now(loop) - began)
-        attempt += 1
+            if next_change is not None:
+                continue  # it sleeps on the schedule itself
+            delay = next_delay()
         if loop is None:
             await anyio.sleep(delay)
             continue

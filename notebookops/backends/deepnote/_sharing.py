@@ -31,6 +31,16 @@ existed, miss their runs, and each fall back to a read of its own.
 The list carries no snapshot and no error text, so a run the list reports finished (or does
 not report at all) is still read on its own, and a finished run always has its outputs.
 
+Shared waits (``wait``, behind ``DeepnoteBackend.next_change``): ``run_and_wait`` hands each
+wait's poll schedule to the backend, and the waits on one notebook sleep until the list shows
+their run changed, instead of each waking on its own schedule to read a shared answer. One of
+them, the leader, sleeps until the earliest wait is due, reads the list once for all, moves
+every due wait that is unchanged on to its next poll time without waking it, and wakes only
+the waits whose run changed, finished or went missing. When the leader's own run changes (or
+its wait is cancelled), it wakes another wait to lead. Requests are the same as with shared
+reads; what goes away is a wake-up, a read of the shared answer and a new timer per wait per
+poll, which cost more CPU than the requests they saved.
+
 Cancellation: the list request is performed by whichever caller needs it first, and the others
 wait for its answer. If that caller is cancelled, its request is abandoned and one of those
 still waiting sends it again. The alternative, shielding the request from the cancellation,
@@ -61,7 +71,15 @@ from ...orchestration import is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
 from ._wire import RunSummary
 
-__all__ = ["IDLE_AFTER", "MAX_PAGES", "ListedRun", "SharedRunPolls", "page_size_for"]
+__all__ = [
+    "IDLE_AFTER",
+    "MAX_PAGES",
+    "NOT_SHARED",
+    "READ_NOW",
+    "ListedRun",
+    "SharedRunPolls",
+    "page_size_for",
+]
 
 logger = logging.getLogger("notebookops.deepnote")
 
@@ -84,6 +102,28 @@ MIN_PAGE: Final = 20
 PAGE_HEADROOM: Final = 10
 #: Start answers kept for a first read (bounded: runs started and never waited on).
 _KEEP_STARTS: Final = 10_000
+
+
+class _Outcome:
+    """A named sentinel (its repr shows in test failures and debuggers)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: ``wait``: the run is due and must be read on its own now (the list reports it finished,
+#: not at all, or nobody else waits on the notebook).
+READ_NOW: Final = _Outcome("READ_NOW")
+#: ``wait``: the list cannot serve this run (sharing is off for the notebook, or the run is
+#: beyond the pages it shows): poll it on its own schedule.
+NOT_SHARED: Final = _Outcome("NOT_SHARED")
+#: How early, as a share of the wait before it, a list read may count as a wait's next read.
+_EARLY: Final = 0.25
+#: A waiter's outcome: lead the notebook's polls from now on.
+_LEAD: Final = _Outcome("LEAD")
 #: Pages one list request may read (of MAX_PAGE_SIZE rows each): 1,000 runs of one notebook.
 MAX_PAGES: Final = 10
 
@@ -216,6 +256,29 @@ class _Watched:
 
 
 @attrs.define(eq=False)
+class _Waiter:
+    """One wait sleeping in ``SharedRunPolls.wait`` until its run changes."""
+
+    run_id: str
+    created_at: datetime | None
+    #: The status the wait last saw: a row with another one wakes it.
+    status: str | None
+    #: The wait's poll schedule: seconds until its next read (each call is one read).
+    next_delay: Callable[[], float]
+    #: When (monotonic seconds) its next read is due, and the wait before it.
+    due: float
+    interval: float
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    #: ListedRun, READ_NOW, NOT_SHARED, _LEAD or a NotebookOpsError, once ``done`` is set.
+    outcome: object = None
+
+    def wake(self, outcome: object) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+
+@attrs.define(eq=False)
 class _Group:
     """The runs of one notebook being waited on, and its latest list request."""
 
@@ -228,6 +291,19 @@ class _Group:
     #: How long the last list request took.
     latency: float = _FIRST_LATENCY
     project_id: str | None = None
+    #: Waits sleeping in ``wait``, by run id, and whether one of them leads (or has been
+    #: woken to lead: nobody else may start leading meanwhile).
+    waiters: dict[str, _Waiter] = attrs.field(factory=dict)
+    leading: bool = False
+    #: Set to wake the leader early (a wait due sooner than it sleeps until has come).
+    alarm: anyio.Event | None = None
+    alarm_at: float = 0.0
+
+    def wake(self, waiter: _Waiter, outcome: object) -> None:
+        """Wake a sleeping wait with its outcome; it no longer counts as sleeping."""
+        if self.waiters.get(waiter.run_id) is waiter:
+            del self.waiters[waiter.run_id]
+        waiter.wake(outcome)
 
     def touch(self, run_id: str, now: float, created_at: datetime | None = None) -> _Watched:
         watched = self.runs.get(run_id)
@@ -397,6 +473,158 @@ class SharedRunPolls:
             return None
         return ListedRun(summary=summary, state=state, project_id=group.project_id, raw=row)
 
+    async def wait(
+        self, handle: RunHandle, status: str | None, next_delay: Callable[[], float]
+    ) -> object:
+        """Sleep until the notebook's shared list shows ``handle``'s run with a status other
+        than ``status`` (returns that ListedRun), or until the run must be read on its own:
+        READ_NOW (it is due, and the list reports it finished, not at all, or nobody else
+        waits on the notebook) or NOT_SHARED (the list cannot serve it: poll it alone).
+
+        ``next_delay()`` is the wait's poll schedule: reads are due when it says, and a due
+        read that finds the run unchanged moves it on without waking the wait. A list failure
+        is raised to the waits that were due (each its own instance).
+        """
+        notebook_id = handle.notebook_id
+        run_id = handle.run_id
+        now = _clock()
+        self._sweep(now)
+        if notebook_id in self._disabled:
+            return NOT_SHARED
+        group = self._groups.get(notebook_id)
+        if group is None:
+            group = self._groups[notebook_id] = _Group()
+        watched = group.touch(run_id, now, handle.created_at)
+        if watched.beyond_page or run_id in group.waiters:
+            return NOT_SHARED  # (two waits on one run: the second polls on its own)
+        delay = next_delay()
+        me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay)
+        group.waiters[run_id] = me
+        alarm = group.alarm
+        if alarm is not None and me.due < group.alarm_at:
+            alarm.set()
+        try:
+            while True:
+                if not group.leading:
+                    group.leading = True
+                    await self._lead(notebook_id, group, me)
+                else:
+                    await me.done.wait()
+                if me.outcome is not _LEAD:
+                    break
+                me.outcome = None  # woken to lead: the flag is ours already
+                me.done = anyio.Event()
+                group.leading = False
+        finally:
+            if group.waiters.get(run_id) is me:
+                del group.waiters[run_id]
+            if me.outcome is _LEAD:  # woken to lead, but cancelled before it could
+                group.leading = False
+                self._promote(group)
+        if isinstance(me.outcome, NotebookOpsError):
+            raise me.outcome
+        return me.outcome
+
+    async def _lead(self, notebook_id: str, group: _Group, me: _Waiter) -> None:
+        """Poll the notebook's list for its waits until ``me`` is woken; then (or when
+        cancelled) hand the lead to another wait."""
+        try:
+            while not me.done.is_set():
+                now = _clock()
+                first_due = min(waiter.due for waiter in group.waiters.values())
+                if first_due > now:
+                    alarm = group.alarm = anyio.Event()
+                    group.alarm_at = first_due
+                    with anyio.move_on_after(first_due - now):
+                        await alarm.wait()
+                    group.alarm = None
+                    continue
+                await self._serve(notebook_id, group, now)
+        finally:
+            group.alarm = None
+            group.leading = False
+            self._promote(group)
+
+    @staticmethod
+    def _promote(group: _Group) -> None:
+        """Wake one sleeping wait of the group to lead its polls, if there is one."""
+        if group.leading:
+            return
+        for waiter in group.waiters.values():
+            if not waiter.done.is_set():
+                group.leading = True
+                waiter.wake(_LEAD)
+                return
+
+    async def _serve(self, notebook_id: str, group: _Group, now: float) -> None:
+        """One round of the leader: read the list for the waits due now (or within the
+        window), wake those it concerns, move the rest on to their next poll time."""
+        due = [waiter for waiter in group.waiters.values() if self._is_due(waiter, now)]
+        if len(group.waiters) < 2:
+            for waiter in due:  # alone on the notebook: a list request would replace one read
+                group.wake(waiter, READ_NOW)
+            return
+        try:
+            page = await self._page(notebook_id, group, worth_it=True)
+            # A page sized for fewer runs than now wait (a burst registers one at a time).
+            if (
+                page is not None
+                and page.size < MAX_PAGE_SIZE
+                and any(
+                    waiter.run_id not in page.rows and page.older_than_page(waiter.created_at)
+                    for waiter in due
+                )
+            ):
+                page = await self._page(notebook_id, group, at_least=MAX_PAGE_SIZE, worth_it=True)
+        except NotebookOpsError as error:
+            for waiter in due:
+                group.wake(waiter, _clone(error))
+            return
+        if page is None:  # the list refused us for good: everyone polls alone from now on
+            for waiter in list(group.waiters.values()):
+                group.wake(waiter, NOT_SHARED)
+            return
+        now = _clock()
+        for waiter in list(group.waiters.values()):
+            if waiter.done.is_set():  # woken to lead, not yet leading
+                continue
+            is_due = self._is_due(waiter, now)
+            row = page.rows.get(waiter.run_id)
+            if row is None:
+                if is_due:
+                    if page.size >= MAX_PAGE_SIZE and page.older_than_page(waiter.created_at):
+                        watched = group.runs.get(waiter.run_id)
+                        if watched is not None:
+                            group.set_beyond_page(waiter.run_id, watched)
+                    group.wake(waiter, READ_NOW)
+                continue  # (not due: a run newer than the page, most likely)
+            # Most rows are unchanged: look at the status alone, decode only to wake.
+            status = row.get("status")
+            state = self._states(status) if isinstance(status, str) else None
+            if state is not None and state.is_terminal:
+                group.wake(waiter, READ_NOW)  # for its outputs, and as early as the list tells
+            elif state is None or status != waiter.status:
+                try:
+                    summary = structure(row, RunSummary, page.response)
+                except ResponseDecodeError as error:
+                    group.wake(waiter, error)
+                    continue
+                state = self._states(summary.status)
+                listed = ListedRun(
+                    summary=summary, state=state, project_id=group.project_id, raw=row
+                )
+                group.wake(waiter, READ_NOW if state.is_terminal else listed)
+            elif is_due:
+                group.touch(waiter.run_id, now)
+                waiter.interval = waiter.next_delay()
+                waiter.due = now + waiter.interval
+
+    def _is_due(self, waiter: _Waiter, now: float) -> bool:
+        """Whether a list read now counts as the wait's next read: it is due within the
+        window, or within a quarter of the wait before it (reading a little early lets one
+        list request serve waits whose jittered schedules drifted apart)."""
+        return waiter.due - now <= max(self._window, _EARLY * waiter.interval)
+
     def read_alone(self, handle: RunHandle, *, finished: bool, project_id: str | None) -> None:
         """The run was read on its own (``GET /v2/runs/{id}``). Finished, it is no longer
         waited on; its project id serves the web URL of the notebook's listed runs."""
@@ -410,10 +638,13 @@ class SharedRunPolls:
             if not group.runs:
                 del self._groups[handle.notebook_id]
 
-    async def _page(self, notebook_id: str, group: _Group, *, at_least: int = 0) -> _Page | None:
+    async def _page(
+        self, notebook_id: str, group: _Group, *, at_least: int = 0, worth_it: bool = False
+    ) -> _Page | None:
         """A fresh enough list answer for the group: joined, reused or requested. None when
-        a new request would not be shared enough to pay, or the list refused us for good
-        (sharing is then off for the notebook). ``at_least``: the smallest page size to use."""
+        a new request would not be shared enough to pay (unless ``worth_it``: the caller knows
+        it is), or the list refused us for good (sharing is then off for the notebook).
+        ``at_least``: the smallest page size to use."""
         while True:
             observation = group.current
             if observation is not None and observation.size < at_least:
@@ -428,7 +659,7 @@ class SharedRunPolls:
                 or observation.error is not None
                 or _clock() - observation.sent_at > self._window
             ):
-                if group.rate * max(self._window, group.latency) < 1:
+                if not worth_it and group.rate * max(self._window, group.latency) < 1:
                     return None  # too few reads expected to share a request: not worth it
                 observation = await self._send(notebook_id, group, at_least)
                 mine = True
@@ -513,8 +744,12 @@ class SharedRunPolls:
         self._swept = now
         cutoff = now - IDLE_AFTER
         for notebook_id, group in list(self._groups.items()):
-            for run_id in [r for r, watched in group.runs.items() if watched.last_read < cutoff]:
+            for run_id in [
+                r
+                for r, watched in group.runs.items()
+                if watched.last_read < cutoff and r not in group.waiters
+            ]:
                 group.drop(run_id)
             group.recount()
-            if not group.runs:
+            if not group.runs and not group.waiters:
                 del self._groups[notebook_id]

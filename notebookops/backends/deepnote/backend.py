@@ -76,7 +76,7 @@ from ._requests import (
     outputs_from_snapshot,
     run_error_info,
 )
-from ._sharing import SharedRunPolls
+from ._sharing import NOT_SHARED, READ_NOW, ListedRun, SharedRunPolls
 from ._wire import (
     Me,
     Notebook,
@@ -177,6 +177,12 @@ class DeepnoteBackend(BaseBackend):
     run counts as waited on from its first ``get_run`` until it is read finished or goes 300 s
     unread. If the list is refused (a key without access to it), that notebook's runs are read
     one by one, with one warning.
+
+    Under ``run_and_wait`` (which calls :meth:`next_change`), waits on one notebook go further:
+    they sleep until the list shows their run changed. One of them reads the list when the
+    earliest is due and moves every unchanged wait on to its next poll without waking it; a
+    read counts for a wait due within a quarter of its poll interval, so jittered schedules
+    share one request. A run the list shows finished is read at once, ahead of its schedule.
 
     Rate limiting: every request goes through one :class:`notebookops.RateLimiter`, which learns
     Deepnote's rate from its 429 answers. ``max_rate`` caps it; ``rate_limiter`` shares one
@@ -647,17 +653,56 @@ class DeepnoteBackend(BaseBackend):
         if self._polls is not None:
             listed = await self._polls.read(handle)
             if listed is not None:
-                return Run(
-                    handle=handle,
-                    state=listed.state,
-                    vendor_state=listed.summary.status,
-                    created_at=listed.summary.created_at or handle.created_at,
-                    web_url=self._web_url(
-                        listed.project_id or handle.extra.get("project_id"),
-                        listed.summary.notebook_id or handle.notebook_id,
-                    ),
-                    raw=listed.raw,
-                )
+                return self._listed_run(handle, listed)
+        return await self._read_alone(handle)
+
+    async def next_change(
+        self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
+    ) -> Run:
+        """The run's next read that differs from ``last`` (another state or vendor status) or
+        is terminal, with reads due as ``next_delay()`` says (each call is one read).
+
+        ``run_and_wait`` uses this instead of sleeping and calling :meth:`get_run` itself:
+        with shared polls, waits on one notebook then sleep until the shared runs list shows
+        their run changed, and one list read moves every unchanged wait on to its next poll
+        without waking it (see the class docs). Otherwise it is exactly that sleep-and-read
+        loop. Transient read errors are raised, for the caller's retry schedule.
+        """
+        self._check_handle(handle)
+        shared = self._polls is not None and handle.extra.get("mode") != V1_SUBMITTED
+        while True:
+            outcome: object = NOT_SHARED
+            if shared:
+                assert self._polls is not None
+                outcome = await self._polls.wait(handle, last.vendor_state, next_delay)
+            if isinstance(outcome, ListedRun):
+                return self._listed_run(handle, outcome)
+            if outcome is READ_NOW:
+                run = await self._read_alone(handle)
+            else:
+                await anyio.sleep(next_delay())
+                run = await self.get_run(handle)
+            if run.state.is_terminal or (run.state, run.vendor_state) != (
+                last.state,
+                last.vendor_state,
+            ):
+                return run
+
+    def _listed_run(self, handle: RunHandle, listed: ListedRun) -> Run:
+        return Run(
+            handle=handle,
+            state=listed.state,
+            vendor_state=listed.summary.status,
+            created_at=listed.summary.created_at or handle.created_at,
+            web_url=self._web_url(
+                listed.project_id or handle.extra.get("project_id"),
+                listed.summary.notebook_id or handle.notebook_id,
+            ),
+            raw=listed.raw,
+        )
+
+    async def _read_alone(self, handle: RunHandle) -> Run:
+        """``GET /v2/runs/{id}``: the run's own read, with its outputs once it finished."""
         details = await self._read_run(handle.run_id)
         state = self._states(details.status)
         if self._polls is not None:

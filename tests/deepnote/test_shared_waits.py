@@ -1,0 +1,582 @@
+"""Shared waits: waits on one notebook sleep until the shared runs list shows their run changed.
+
+The coordinator alone (``SharedRunPolls.wait`` with a scripted list fetcher and short real
+schedules: the leader, hand-off, errors), ``run_and_wait`` with a backend that watches for
+changes, and whole waits on the loopback fake server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import anyio
+import pytest
+
+from notebookops import (
+    PermissionDenied,
+    PollPolicy,
+    ResponseDecodeError,
+    Run,
+    RunHandle,
+    RunRequest,
+    RunState,
+    RunTimeout,
+    ServerError,
+    run_and_wait,
+    wait_for_run,
+)
+from notebookops._http import HttpResponse
+from notebookops.backend import ChangeWatchingBackend, StateTable
+from notebookops.backends.deepnote import DEEPNOTE_STATES, _sharing
+from notebookops.backends.deepnote._sharing import (
+    NOT_SHARED,
+    READ_NOW,
+    ListedRun,
+    SharedRunPolls,
+)
+from notebookops.errors import NotebookOpsError
+from notebookops.testing import FakeBackend, FakeScript
+from notebookops.testing._server import Fault
+from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
+
+API = "https://api.deepnote.com"
+NOW = "2026-07-30T08:00:00Z"
+TICK = 0.01
+
+
+def handle(run_id: str) -> RunHandle:
+    return RunHandle(backend="deepnote", run_id=run_id, notebook_id="nb1")
+
+
+def row(run_id: str, status: str = "running") -> dict[str, Any]:
+    return {"runId": run_id, "notebookId": "nb1", "status": status, "createdAt": NOW}
+
+
+class ScriptedList:
+    """A runs-list fetcher whose rows a test changes as it goes; counts its requests."""
+
+    def __init__(self, *run_ids: str) -> None:
+        self.statuses = dict.fromkeys(run_ids, "running")
+        self.error: NotebookOpsError | None = None
+        self.calls = 0
+        self.gate: anyio.Event | None = None
+
+    async def __call__(
+        self, notebook_id: str, page_size: int, page_token: str | None
+    ) -> HttpResponse:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        body = {
+            "runs": [
+                row(run_id, status) if status != "garbled" else {"runId": run_id, "status": 7}
+                for run_id, status in self.statuses.items()
+                if status != "absent"
+            ],
+            "pagination": {"nextPageToken": None, "hasMore": False},
+        }
+        return HttpResponse(
+            status=200,
+            headers={"content-type": "application/json"},
+            body=json.dumps(body).encode(),
+            method="GET",
+            url=f"{API}/v2/notebooks/{notebook_id}/runs?pageSize={page_size}",
+            vendor="deepnote",
+        )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) for a condition the waits under test bring about on their own."""
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - a condition, not an event, is what is shared
+            await anyio.sleep(TICK)
+
+
+def coordinator(lister: ScriptedList, window: float = TICK / 2) -> SharedRunPolls:
+    return SharedRunPolls(lister, StateTable("deepnote", DEEPNOTE_STATES), window=window)
+
+
+class Schedule:
+    """A wait's poll schedule: a fixed delay, counting the reads it was asked for."""
+
+    def __init__(self, delay: float = TICK) -> None:
+        self.delay = delay
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.delay
+
+
+def _wait_all(
+    shared: SharedRunPolls, schedules: dict[str, Schedule], results: dict[str, object]
+) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """A wait on each run id it is started with, recording what ``wait`` returned."""
+
+    async def one(run_id: str) -> None:
+        results[run_id] = await shared.wait(handle(run_id), "running", schedules[run_id])
+
+    return one
+
+
+async def test_unchanged_waits_are_moved_on_without_waking() -> None:
+    lister = ScriptedList("r1", "r2", "r3")
+    shared = coordinator(lister)
+    schedules = {run_id: Schedule() for run_id in ("r1", "r2", "r3")}
+    results: dict[str, object] = {}
+    one = _wait_all(shared, schedules, results)
+    async with anyio.create_task_group() as group:
+        for run_id in schedules:
+            group.start_soon(one, run_id)
+        await until(lambda: lister.calls >= 5)
+        assert results == {}  # nobody woken: their runs did not change
+        lister.statuses["r2"] = "success"
+        lister.statuses["r3"] = "success"
+        lister.statuses["r1"] = "success"
+    assert results == {"r1": READ_NOW, "r2": READ_NOW, "r3": READ_NOW}
+    # Every read of every wait was one shared list request: one per round, not per wait.
+    assert all(schedule.reads >= 5 for schedule in schedules.values())
+    assert lister.calls <= max(schedule.reads for schedule in schedules.values()) + 1
+
+
+async def test_a_changed_status_wakes_its_wait_with_the_row() -> None:
+    lister = ScriptedList("r1", "r2")
+    shared = coordinator(lister)
+    schedules = {"r1": Schedule(), "r2": Schedule()}
+    results: dict[str, object] = {}
+    one = _wait_all(shared, schedules, results)
+    async with anyio.create_task_group() as group:
+        for run_id in schedules:
+            group.start_soon(one, run_id)
+        await anyio.sleep(TICK * 3)
+        lister.statuses["r2"] = "pending"  # another live status
+        await until(lambda: "r2" in results)
+        assert "r1" not in results
+        lister.statuses["r1"] = "failed"
+    listed = results["r2"]
+    assert isinstance(listed, ListedRun)
+    assert (listed.summary.run_id, listed.summary.status) == ("r2", "pending")
+    assert listed.state is RunState.PENDING
+    assert results["r1"] is READ_NOW
+
+
+async def test_the_lead_passes_on_when_the_leaders_run_finishes() -> None:
+    lister = ScriptedList("r1", "r2", "r3")
+    shared = coordinator(lister)
+    schedules = {run_id: Schedule() for run_id in ("r1", "r2", "r3")}
+    results: dict[str, object] = {}
+    one = _wait_all(shared, schedules, results)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "r1")  # the first wait leads
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(one, "r2")
+        group.start_soon(one, "r3")
+        await anyio.sleep(TICK * 3)
+        lister.statuses["r1"] = "success"
+        await until(lambda: "r1" in results)
+        calls = lister.calls
+        await anyio.sleep(TICK * 5)
+        assert lister.calls > calls  # somebody else leads now
+        assert shared.waited_on("nb1") >= 2
+        lister.statuses["r2"] = lister.statuses["r3"] = "success"
+    assert results == {"r1": READ_NOW, "r2": READ_NOW, "r3": READ_NOW}
+
+
+async def test_a_cancelled_leader_hands_the_lead_to_a_sleeping_wait() -> None:
+    lister = ScriptedList("r1", "r2", "r3")
+    shared = coordinator(lister)
+    schedules = {run_id: Schedule() for run_id in ("r1", "r2", "r3")}
+    results: dict[str, object] = {}
+    leader = anyio.CancelScope()
+    one = _wait_all(shared, schedules, results)
+
+    async def lead() -> None:
+        with leader:
+            await shared.wait(handle("r1"), "running", schedules["r1"])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(lead)
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(one, "r2")
+        group.start_soon(one, "r3")
+        await anyio.sleep(TICK * 3)
+        leader.cancel()
+        await anyio.sleep(TICK * 3)
+        reads, calls = schedules["r2"].reads, lister.calls
+        await anyio.sleep(TICK * 5)
+        # Still served by the list, led by one of the two left.
+        assert schedules["r2"].reads > reads
+        assert lister.calls > calls
+        assert results == {}
+        lister.statuses["r2"] = lister.statuses["r3"] = "success"
+    assert leader.cancelled_caught
+    assert results == {"r2": READ_NOW, "r3": READ_NOW}
+
+
+async def test_a_wait_cancelled_while_lead_was_passed_to_it_passes_it_on() -> None:
+    run_ids = ("r1", "r2", "r3", "r4")
+    lister = ScriptedList(*run_ids)
+    shared = coordinator(lister)
+    schedules = {run_id: Schedule() for run_id in run_ids}
+    results: dict[str, object] = {}
+    scopes = {run_id: anyio.CancelScope() for run_id in ("r1", "r2")}
+    one = _wait_all(shared, schedules, results)
+
+    async def cancellable(run_id: str) -> None:
+        with scopes[run_id]:
+            await shared.wait(handle(run_id), "running", schedules[run_id])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancellable, "r1")
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(cancellable, "r2")
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(one, "r3")
+        group.start_soon(one, "r4")
+        await anyio.sleep(TICK * 2)
+        # Cancel the leader and the next in line in the same moment: r2 is woken to lead
+        # and cancelled before it runs; the lead must reach r3 or r4.
+        scopes["r1"].cancel()
+        scopes["r2"].cancel()
+        await anyio.sleep(TICK * 3)
+        reads = schedules["r3"].reads
+        await anyio.sleep(TICK * 5)
+        assert schedules["r3"].reads > reads
+        assert results == {}
+        lister.statuses["r3"] = lister.statuses["r4"] = "success"
+    assert results == {"r3": READ_NOW, "r4": READ_NOW}
+
+
+async def test_a_lone_wait_is_read_on_its_own_when_due() -> None:
+    lister = ScriptedList("r1")
+    shared = coordinator(lister)
+    schedule = Schedule(TICK * 3)
+    started = anyio.current_time()
+    assert await shared.wait(handle("r1"), "running", schedule) is READ_NOW
+    assert anyio.current_time() - started >= TICK * 3 * 0.9
+    assert lister.calls == 0  # a list request would only replace its one read
+    assert schedule.reads == 1
+
+
+async def test_a_transient_list_failure_reaches_the_due_waits_each_its_own() -> None:
+    lister = ScriptedList("r1", "r2")
+    error = ServerError(
+        "deepnote GET /v2/notebooks/nb1/runs returned 503",
+        status=503,
+        vendor="deepnote",
+        method="GET",
+        url=f"{API}/v2/notebooks/nb1/runs?pageSize=20",
+    )
+    lister.error = error
+    shared = coordinator(lister)
+    caught: dict[str, BaseException] = {}
+
+    async def one(run_id: str) -> None:
+        try:
+            await shared.wait(handle(run_id), "running", Schedule())
+        except ServerError as exc:
+            caught[run_id] = exc
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "r1")
+        group.start_soon(one, "r2")
+    assert set(caught) == {"r1", "r2"}
+    assert caught["r1"] is not caught["r2"]
+    assert caught["r1"] is not error
+    assert lister.calls == 1
+
+
+async def test_a_refused_list_sends_every_wait_to_its_own_schedule() -> None:
+    lister = ScriptedList("r1", "r2")
+    lister.error = PermissionDenied(
+        "forbidden", status=403, vendor="deepnote", method="GET", url=f"{API}/v2/x"
+    )
+    shared = coordinator(lister)
+    results: dict[str, object] = {}
+
+    async def one(run_id: str) -> None:
+        results[run_id] = await shared.wait(handle(run_id), "running", Schedule())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "r1")
+        group.start_soon(one, "r2")
+    assert results == {"r1": NOT_SHARED, "r2": NOT_SHARED}
+    assert await shared.wait(handle("r1"), "running", Schedule()) is NOT_SHARED
+    assert lister.calls == 1
+
+
+async def test_a_run_missing_from_the_list_is_read_on_its_own_when_due() -> None:
+    lister = ScriptedList("r1", "r2")
+    lister.statuses["r2"] = "absent"
+    shared = coordinator(lister)
+    results: dict[str, object] = {}
+    schedules = {"r1": Schedule(), "r2": Schedule()}
+    one = _wait_all(shared, schedules, results)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "r1")
+        group.start_soon(one, "r2")
+        await until(lambda: "r2" in results)
+        lister.statuses["r1"] = "success"
+    assert results == {"r1": READ_NOW, "r2": READ_NOW}
+
+
+async def test_a_garbled_row_wakes_its_wait_with_a_decode_error() -> None:
+    lister = ScriptedList("r1", "r2")
+    lister.statuses["r2"] = "garbled"
+    shared = coordinator(lister)
+    caught: list[BaseException] = []
+    results: dict[str, object] = {}
+
+    async def garbled() -> None:
+        try:
+            await shared.wait(handle("r2"), "running", Schedule())
+        except ResponseDecodeError as error:
+            caught.append(error)
+
+    async def fine() -> None:
+        results["r1"] = await shared.wait(handle("r1"), "running", Schedule())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(fine)
+        group.start_soon(garbled)
+        await until(lambda: bool(caught))
+        lister.statuses["r1"] = "success"
+    assert len(caught) == 1
+    assert results == {"r1": READ_NOW}
+
+
+async def test_a_second_wait_on_the_same_run_polls_on_its_own() -> None:
+    lister = ScriptedList("r1", "r2")
+    shared = coordinator(lister)
+    results: dict[str, object] = {}
+    async with anyio.create_task_group() as group:
+
+        async def first() -> None:
+            results["first"] = await shared.wait(handle("r1"), "running", Schedule())
+
+        group.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        assert await shared.wait(handle("r1"), "running", Schedule()) is NOT_SHARED
+        lister.statuses["r1"] = "success"
+    assert results == {"first": READ_NOW}
+
+
+async def test_one_list_read_serves_waits_due_a_little_later() -> None:
+    # Jitter spreads the waits' due times: a read counts for every wait due within a
+    # quarter of its interval, so the waits do not each pull their own list request.
+    lister = ScriptedList(*(f"r{i}" for i in range(8)))
+    shared = coordinator(lister, window=0.0)
+    schedules = {f"r{i}": Schedule(TICK * 4 * (1 + i / 40)) for i in range(8)}
+    results: dict[str, object] = {}
+    one = _wait_all(shared, schedules, results)
+    async with anyio.create_task_group() as group:
+        for run_id in schedules:
+            group.start_soon(one, run_id)
+        await anyio.sleep(TICK * 40)
+        for run_id in lister.statuses:
+            lister.statuses[run_id] = "success"
+    reads = sum(schedule.reads for schedule in schedules.values())
+    assert lister.calls * 4 <= reads, f"{lister.calls} list requests for {reads} reads"
+
+
+def test_a_read_is_due_within_the_window_or_a_quarter_of_its_interval() -> None:
+    shared = coordinator(ScriptedList(), window=0.5)
+    waiter = _sharing._Waiter("r1", None, "running", Schedule(), due=110.0, interval=20.0)
+    assert shared._is_due(waiter, 105.0)  # 5 s early: a quarter of 20 s
+    assert not shared._is_due(waiter, 104.0)
+    waiter.interval = 1.0
+    assert shared._is_due(waiter, 109.5)  # the window
+    assert not shared._is_due(waiter, 109.4)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+class ChangeWatchingFake(FakeBackend):
+    """A FakeBackend that waits for changes itself, like the Deepnote backend does."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.change_calls = 0
+        self.delays: list[float] = []
+        self.fail_next: list[Exception] = []
+
+    async def next_change(
+        self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
+    ) -> Run:
+        self.change_calls += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        while True:
+            delay = next_delay()
+            self.delays.append(delay)
+            await anyio.sleep(delay)
+            run = await self.get_run(handle)
+            if run.state.is_terminal or run.vendor_state != last.vendor_state:
+                return run
+
+
+FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
+
+
+async def test_run_and_wait_hands_its_schedule_to_a_change_watching_backend() -> None:
+    script = FakeScript(states=("pending", "running", "running", "running", "success"))
+    async with ChangeWatchingFake(default_script=script) as backend:
+        assert isinstance(backend, ChangeWatchingBackend)
+        seen: list[str | None] = []
+        run = await run_and_wait(
+            backend, "nb", poll=FAST, on_update=lambda r: seen.append(r.vendor_state)
+        )
+    assert run.state is RunState.SUCCEEDED
+    assert seen == ["pending", "running", "success"]
+    assert backend.change_calls == 2  # pending -> running, running -> success
+    # The PollPolicy's schedule, one delay per read.
+    assert backend.delays == pytest.approx([0.001, 0.0015, 0.00225, 0.003375])
+
+
+async def test_a_transient_error_from_next_change_is_retried_with_a_plain_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script = FakeScript(states=("pending", "running", "success"))
+    async with ChangeWatchingFake(default_script=script) as backend:
+        backend.fail_next.append(
+            ServerError("HTTP 503", status=503, vendor="fake", method="GET", url="fake://")
+        )
+        run = await run_and_wait(backend, "nb", poll=FAST)
+    assert run.state is RunState.SUCCEEDED
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_fatal_error_from_next_change_carries_the_handle() -> None:
+    async with ChangeWatchingFake(default_script=FakeScript(states=("running",))) as backend:
+        backend.fail_next.append(
+            PermissionDenied("HTTP 403", status=403, vendor="fake", method="GET", url="fake://")
+        )
+        with pytest.raises(PermissionDenied) as caught:
+            await run_and_wait(backend, "nb", poll=FAST)
+    assert caught.value.handle is not None
+
+
+# --------------------------------------------------------------------------- loopback
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeDeepnoteServer]:
+    async with fake_deepnote() as fake:
+        yield fake
+
+
+FLEET_POLL = PollPolicy(initial=0.02, multiplier=1.5, maximum=0.05, jitter=0.1)
+
+
+def _requests(server: FakeDeepnoteServer, since: int) -> tuple[int, int]:
+    gets = [r for r in server.requests[since:] if r.method == "GET"]
+    lists = sum(1 for r in gets if r.path.endswith("/runs"))
+    return len(gets) - lists, lists
+
+
+async def test_twenty_waits_wake_only_when_their_run_changes(
+    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.4))
+    woken: list[str] = []
+    real_wait = SharedRunPolls.wait
+
+    async def counting_wait(self: SharedRunPolls, *args: Any) -> object:
+        outcome = await real_wait(self, *args)
+        woken.append(repr(outcome))
+        return outcome
+
+    monkeypatch.setattr(SharedRunPolls, "wait", counting_wait)
+    before = len(server.requests)
+    updates: list[str | None] = []
+    async with server.backend(share_window=0.05) as backend:
+
+        async def one() -> Run:
+            return await run_and_wait(
+                backend,
+                notebook.id,
+                poll=FLEET_POLL,
+                timeout=30,
+                on_update=lambda r: updates.append(r.vendor_state),
+            )
+
+        runs: list[Run] = []
+
+        async def collect() -> None:
+            runs.append(await one())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(collect)
+    singles, lists = _requests(server, before)
+    assert len(runs) == 20
+    assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
+    # A wait is woken for each change of its run and to be read finished, never for a read
+    # that found it unchanged: a handful of wake-ups per wait, whatever the poll count.
+    assert len(woken) <= 20 * 3, woken
+    assert singles <= 20 + 2  # one read per finished run, for its outputs
+    assert lists > 0
+    assert updates.count("success") == 20
+
+
+async def test_a_deadline_ends_one_wait_and_not_the_others(server: FakeDeepnoteServer) -> None:
+    slow = server.add_notebook(script=RunScript.long())
+    async with server.backend(share_window=0.05) as backend:
+        handles = [await backend.start_run(RunRequest(slow.id)) for _ in range(3)]
+        ended: list[RunTimeout] = []
+
+        async def wait(h: RunHandle, timeout: float) -> None:
+            with pytest.raises(RunTimeout) as caught:
+                await wait_for_run(
+                    backend, h, poll=FLEET_POLL, timeout=timeout, on_timeout="detach"
+                )
+            ended.append(caught.value)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait, handles[0], 0.15)
+            group.start_soon(wait, handles[1], 0.6)
+            group.start_soon(wait, handles[2], 0.6)
+            await anyio.sleep(0.3)
+            assert [error.handle for error in ended] == [handles[0]]
+            assert backend._polls is not None
+            # The other two are still served by the list, led by one of them now.
+            lists = sum(1 for r in server.requests if r.path.endswith("/runs"))
+            await anyio.sleep(0.15)
+            assert sum(1 for r in server.requests if r.path.endswith("/runs")) > lists
+    assert len(ended) == 3
+    assert all(not error.cancelled for error in ended)
+
+
+async def test_a_list_failure_mid_wait_is_retried(server: FakeDeepnoteServer) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.3))
+    async with server.backend(share_window=0.05) as backend:
+        server.faults.add(Fault("status", status=503, method="GET", path=r"/v2/notebooks/.*/runs"))
+        runs: list[Run] = []
+
+        async def one() -> None:
+            runs.append(await run_and_wait(backend, notebook.id, poll=FLEET_POLL, timeout=30))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(one)
+    assert len(runs) == 5
+    assert all(run.state is RunState.SUCCEEDED for run in runs)
+
+
+async def test_share_polls_false_waits_on_its_own_schedule(server: FakeDeepnoteServer) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.2))
+    before = len(server.requests)
+    async with server.backend(share_polls=False) as backend:
+        runs = [
+            await run_and_wait(backend, notebook.id, poll=FLEET_POLL, timeout=30) for _ in range(2)
+        ]
+    singles, lists = _requests(server, before)
+    assert all(run.state is RunState.SUCCEEDED for run in runs)
+    assert lists == 0
+    assert singles >= 4  # several reads each, on the schedule
