@@ -187,6 +187,18 @@ def scenario_overhead(args: argparse.Namespace) -> list[Section]:
             sections.append(
                 _overhead_size(url, 1000, args.overhead_repeats, notebooks=1, variants=ONE_NOTEBOOK)
             )
+    if not args.quick and not args.sizes:
+        # Longer runs: each wait polls ~16 times, so shared waits have more reads to pool.
+        with process("server.py", "--duration", str(LONG_RUN), "--spread", "0.2") as url:
+            sections.append(
+                _overhead_size(
+                    url,
+                    1000,
+                    min(args.overhead_repeats, LONG_REPEATS),
+                    variants=ONE_NOTEBOOK,
+                    duration=LONG_RUN,
+                )
+            )
     sections.append(_overhead_micro(args))
     return sections
 
@@ -213,6 +225,9 @@ def _overhead_micro(args: argparse.Namespace) -> Section:
 
 
 ONE_NOTEBOOK = ("lib", "shared", "lib-noshare", "floor")
+#: Scenario 1's longer runs (seconds), and their repeats (each client run takes ~35 s).
+LONG_RUN = 30
+LONG_REPEATS = 2
 
 
 def _overhead_size(
@@ -222,6 +237,7 @@ def _overhead_size(
     *,
     notebooks: int | None = None,
     variants: tuple[str, ...] = VARIANTS,
+    duration: float = 3,
 ) -> Section:
     if notebooks is None:
         notebooks = max(1, n // 100)
@@ -230,6 +246,10 @@ def _overhead_size(
         key = f"overhead-{n}-on-{notebooks}"
         where = f" on {notebooks} notebook{'s' if notebooks > 1 else ''}"
         label = f"N={n:,}{where}"
+    if duration != 3:
+        key += f"-{duration:g}s"
+        where += f", {duration:g} s runs"
+        label += f", {duration:g} s runs"
     section = Section(key, f"Scenario 1: overhead, N = {n:,} concurrent waits{where}")
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for rep in range(repeats):
@@ -291,7 +311,7 @@ def _overhead_size(
         )
     section.add(
         f"{n:,} waits started at once ({notebooks} notebook(s), {n // notebooks} runs each); "
-        f"runs last 3 s +/- 20%; PollPolicy defaults (20% of the time waited, 1-60 s, "
+        f"runs last {duration:g} s +/- 20%; PollPolicy defaults (20% of the time waited, 1-60 s, "
         f"+/-10%); median of {repeats} repeat(s), ratios are medians of per-repeat ratios to "
         "the one-read-per-wait floor measured in the same repeat. The shared-poll rows make "
         "far fewer requests, so compare them with each other; the rows below them make "
