@@ -360,7 +360,7 @@ def _overhead_size(
         f"(`share_polls=False`) against {gc_ms['floor']:.3f} ms for the floor; a full "
         "collection walks every object alive, so its cost per run grows with the waits in "
         "flight, and a library wait keeps more objects alive (its coroutines, its deadline's "
-        "cancel scope) than the floor's bare loop."
+        "timer) than the floor's bare loop, and its start makes more (a task of its own)."
     )
     same_run = paired("lib-noshare", cpu)
     same_request = paired("lib-noshare", per_request)
