@@ -427,6 +427,18 @@ class SharedRunPolls:
         group = self._groups.get(notebook_id)
         return len(group.runs) if group is not None else 0
 
+    def _group_for(self, handle: RunHandle, now: float) -> tuple[_Group, _Watched] | None:
+        """The notebook's group, with ``handle``'s run recorded as read ``now`` (after idle
+        runs are swept); None when sharing is off for the notebook."""
+        self._sweep(now)
+        notebook_id = handle.notebook_id
+        if notebook_id in self._disabled:
+            return None
+        group = self._groups.get(notebook_id)
+        if group is None:
+            group = self._groups[notebook_id] = _Group()
+        return group, group.touch(handle.run_id, now, handle.created_at)
+
     async def read(self, handle: RunHandle) -> ListedRun | None:
         """Record that ``handle`` is being waited on and, when the shared list reports it still
         in progress, return that row. None means: read the run on its own (alone on its
@@ -439,13 +451,10 @@ class SharedRunPolls:
         """
         notebook_id = handle.notebook_id
         now = _clock()
-        self._sweep(now)
-        if notebook_id in self._disabled:
+        found = self._group_for(handle, now)
+        if found is None:
             return None
-        group = self._groups.get(notebook_id)
-        if group is None:
-            group = self._groups[notebook_id] = _Group()
-        watched = group.touch(handle.run_id, now, handle.created_at)
+        group, watched = found
         start = self._starts.pop(handle.run_id, None) if self._starts else None
         if watched.beyond_page or group.listable < 2:
             return None
@@ -488,13 +497,10 @@ class SharedRunPolls:
         notebook_id = handle.notebook_id
         run_id = handle.run_id
         now = _clock()
-        self._sweep(now)
-        if notebook_id in self._disabled:
+        found = self._group_for(handle, now)
+        if found is None:
             return NOT_SHARED
-        group = self._groups.get(notebook_id)
-        if group is None:
-            group = self._groups[notebook_id] = _Group()
-        watched = group.touch(run_id, now, handle.created_at)
+        group, watched = found
         if watched.beyond_page or run_id in group.waiters:
             return NOT_SHARED  # (two waits on one run: the second polls on its own)
         delay = next_delay()

@@ -669,12 +669,11 @@ class DeepnoteBackend(BaseBackend):
         loop. Transient read errors are raised, for the caller's retry schedule.
         """
         self._check_handle(handle)
-        shared = self._polls is not None and handle.extra.get("mode") != V1_SUBMITTED
+        polls = self._polls if handle.extra.get("mode") != V1_SUBMITTED else None
         while True:
             outcome: object = NOT_SHARED
-            if shared:
-                assert self._polls is not None
-                outcome = await self._polls.wait(handle, last.vendor_state, next_delay)
+            if polls is not None:
+                outcome = await polls.wait(handle, last.vendor_state, next_delay)
             if isinstance(outcome, ListedRun):
                 return self._listed_run(handle, outcome)
             if outcome is READ_NOW:
