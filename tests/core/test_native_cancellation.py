@@ -230,11 +230,25 @@ async def test_deadline_passes_cancel_and_report(slow: SlowStartBackend) -> None
     assert _only_run(slow).cancelled
 
 
-async def test_wait_for_run_without_timeout_never_arms_a_timer(slow: SlowStartBackend) -> None:
+async def test_wait_for_run_without_timeout_never_arms_a_timer(
+    slow: SlowStartBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     handle = await start_run(slow, RunRequest(notebook="nb"))
     slow.runs[handle.run_id].script = FakeScript(states=("running", "success"))
+    loop = asyncio.get_running_loop()
+    real_call_at = loop.call_at
+    armed: list[object] = []
+
+    def recording_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        armed.append(callback)
+        return real_call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
     run = await wait_for_run(slow, handle, poll=FAST, timeout=None)
     assert run.state is RunState.SUCCEEDED
+    assert orchestration._expire not in armed
+    run = await wait_for_run(slow, handle, poll=FAST, timeout=60)
+    assert orchestration._expire in armed  # the recording does see a deadline's timer
 
 
 async def test_an_anyio_scope_cancelling_a_start_does_not_spin_the_shield(
