@@ -454,9 +454,13 @@ class HttpTransport:
         # URLs under base_url passed check_base_url already: the per-request checks only need
         # to parse URLs elsewhere (redirect targets, absolute snapshot links).
         self._trusted_prefix = self.base_url + "/"
-        self._default_timeout = aiohttp.ClientTimeout(
-            total=self.timeout, connect=self.connect_timeout
-        )
+        # Only the connect phase is timed by aiohttp. Its total timeout swallows a
+        # cancellation that lands in the same loop iteration as its own expiry (it enters one
+        # timer twice and uncancels the task twice, so the second uncancel eats the other
+        # request: aio-libs/aiohttp#5979 is the same family), and a wait's deadline would
+        # then be lost. _send times the whole request with asyncio.timeout instead, which
+        # tells its own expiry from other cancellations.
+        self._connect_only = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout)
 
     def __repr__(self) -> str:
         return f"HttpTransport(vendor={self.profile.name!r}, base_url={self.base_url!r})"
@@ -716,11 +720,7 @@ class HttpTransport:
         timeout: float | None,
     ) -> HttpResponse:
         session = self._ensure_session()
-        client_timeout = (
-            self._default_timeout
-            if not timeout
-            else aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout)
-        )
+        limit = timeout or self.timeout
         started = time.perf_counter()
         slots = self._slots
         for _hop in range(_MAX_REDIRECTS + 1):
@@ -728,14 +728,17 @@ class HttpTransport:
             if slots is not None:
                 await slots.acquire()
             try:
-                async with session.request(
-                    method,
-                    yarl.URL(url, encoded=True),
-                    json=json,
-                    headers=self._headers_for(url, headers),
-                    timeout=client_timeout,
-                    allow_redirects=False,
-                ) as resp:
+                async with (
+                    asyncio.timeout(limit),
+                    session.request(
+                        method,
+                        yarl.URL(url, encoded=True),
+                        json=json,
+                        headers=self._headers_for(url, headers),
+                        timeout=self._connect_only,
+                        allow_redirects=False,
+                    ) as resp,
+                ):
                     body = await resp.read()
                     status = resp.status
                     response_headers = {k.lower(): v for k, v in resp.headers.items()}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import anyio
@@ -196,7 +198,7 @@ async def test_retry_that_would_pass_the_deadline_raises_now(server: EchoServer)
 async def test_retry_that_would_pass_an_orchestration_deadline_raises_now(
     server: EchoServer,
 ) -> None:
-    # run_and_wait's deadline on asyncio is asyncio.timeout_at, which anyio cannot see.
+    # run_and_wait's deadline on asyncio is a timer of its own, which anyio cannot see.
     from notebookops import _deadline
 
     patient = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_retry_after=60)
@@ -223,6 +225,49 @@ async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
         with pytest.raises(errors.RequestTimeout):
             await t.request("GET", "/slow")
         assert server.hits == FAST.max_attempts
+    finally:
+        await t.aclose()
+
+
+async def test_a_cancellation_in_the_same_moment_as_the_request_timeout_gets_through(
+    server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's total timeout enters one timer twice and uncancels the task twice when it
+    # fires. A Task.cancel() in the same loop iteration (a wait's deadline falling as a
+    # status read times out) came out as a RequestTimeout: the cancellation was lost and the
+    # wait polled on past its deadline. A coarse loop clock makes the two timers coincide.
+    loop = asyncio.get_running_loop()
+    quantum = 1 / 16  # exact in binary: timer times compare equal
+    real_time = loop.time
+    monkeypatch.setattr(loop, "time", lambda: math.floor(real_time() / quantum) * quantum)
+    whens: list[float] = []
+    real_call_at = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        whens.append(when)
+        return real_call_at(when, callback, *args, context=context)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    limit = 4 * quantum
+    t = HttpTransport(
+        VendorProfile("acme"),
+        base_url=server.url,
+        token=TOKEN,
+        retry=RetryPolicy(max_attempts=1),
+        timeout=limit,
+    )
+    try:
+        for _attempt in range(5):
+            whens.clear()
+            request = asyncio.create_task(t.request("GET", "/slow"))
+            moment = loop.time() + limit
+            loop.call_at(moment, request.cancel)
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            if whens.count(moment) >= 2:
+                break  # the request's own timer was due in the same moment: the case at hand
+        else:
+            pytest.fail("the cancel and the request timeout never coincided")
     finally:
         await t.aclose()
 
