@@ -304,6 +304,8 @@ async def _observe(
             tracker.last_error = error
             delay = _retry_delay(error, handle, poll, attempt, clock() - began)
         attempt += 1
+        if tracker.expired:
+            raise _DeadlineMissed
         await sleep(delay)
 
 
@@ -369,9 +371,12 @@ async def _poll(
             last_key = key
             if run.state.is_terminal:
                 return run
-            if next_change is not None:
+            if next_change is None:
+                delay = next_delay()
+            elif not tracker.expired:
                 continue  # it sleeps on the schedule itself
-            delay = next_delay()
+        if tracker.expired:
+            raise _DeadlineMissed
         if loop is None:
             await anyio.sleep(delay)
             continue
@@ -395,6 +400,12 @@ def _wake(waiter: Any) -> None:
 def _wake_for(waiter: Any, _done: object) -> None:
     # A done-callback may already be scheduled when the waiter is cancelled: check first.
     _wake(waiter)
+
+
+class _DeadlineMissed(Exception):
+    """Raised by a wait that finds its deadline passed without having been cancelled by it:
+    code on the way swallowed the timer's cancellation. The wait then ends at its next read
+    instead of polling on past the deadline."""
 
 
 def _expire(tracker: _Tracker, task: Any) -> None:
@@ -566,10 +577,15 @@ async def _follow(
                 tracker.expired = False
                 if task.uncancel() > requests_before:
                     raise  # cancelled by someone else too: that wins
+            except _DeadlineMissed:
+                pass  # the finally below settles the count
             finally:
                 if timer is not None:
                     timer.cancel()
-                if tracker.expired:  # the timer fired, but the wait ended otherwise
+                # The timer fired, but its cancellation never reached the wait: something
+                # swallowed it, having taken its request back (as aiohttp's timer does) or
+                # not. A request still counted is the timer's: take it back.
+                if tracker.expired and task.cancelling() > requests_before:
                     task.uncancel()
                 _deadline.pop(task, previous)
         if final is not None:
