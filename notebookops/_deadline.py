@@ -1,8 +1,8 @@
 """The deadline a request runs under, as the transport sees it.
 
-On asyncio, orchestration bounds its waits with ``asyncio.timeout_at`` and its shielded
-sections with a timer on a task of their own, and anyio's ``current_effective_deadline`` sees
-neither. Orchestration therefore also records its deadline here, per task, so that the
+On asyncio, orchestration bounds its waits with a timer that cancels the task and its
+shielded sections with a timer on a task of their own, and anyio's
+``current_effective_deadline`` sees neither. Orchestration therefore also records its deadline here, per task, so that the
 transport can still decline a retry that would end after it (and raise the real error instead
 of a timeout).
 
