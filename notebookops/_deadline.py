@@ -2,9 +2,9 @@
 
 On asyncio, orchestration bounds its waits with a timer that cancels the task and its
 shielded sections with a timer on a task of their own, and anyio's
-``current_effective_deadline`` sees neither. Orchestration therefore also records its deadline here, per task, so that the
-transport can still decline a retry that would end after it (and raise the real error instead
-of a timeout).
+``current_effective_deadline`` sees neither. Orchestration therefore also records its
+deadline here, per task, so that the transport can still decline a retry that would end
+after it (and raise the real error instead of a timeout).
 
 A plain dict keyed by task, not a ContextVar: setting a ContextVar allocates a new context
 mapping and a token per wait, objects the cyclic GC then walks for as long as the wait lasts.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -601,7 +602,16 @@ async def test_kernel_config_is_validated_locally(kwargs: dict[str, Any]) -> Non
         assert not mocked.requests
 
 
-async def test_kernel_execute_blocking() -> None:
+async def test_kernel_execute_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def recording_timeout(delay: float | None) -> asyncio.Timeout:
+        limits.append(delay)
+        return real_timeout(delay)
+
+    # The transport times whole requests with asyncio.timeout (aiohttp times the connect only).
+    monkeypatch.setattr(asyncio, "timeout", recording_timeout)
     with aioresponses() as mocked:
         mocked.post(f"{NB}kernel/execute/", payload=RESULT)
         async with make_backend() as backend:
@@ -616,7 +626,9 @@ async def test_kernel_execute_blocking() -> None:
             json={"code": "1 + 1", "return_variables": True, "timeout": 12.5},
         )
     # The HTTP timeout leaves room for the cell's own timeout plus kernel provisioning.
-    assert call.kwargs["timeout"].total > 12.5
+    assert limits[0] is not None
+    assert limits[0] > 12.5
+    assert call.kwargs["timeout"].total is None
     assert result.status == "ok"
     assert result.variables is not None
     assert result.variables["x"].type == "int"
