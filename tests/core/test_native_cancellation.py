@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -359,61 +359,62 @@ async def test_a_cancel_landing_as_the_section_ends_is_delivered_without_loop_er
 # --------------------------------------------------------------------------- swallowed deadlines
 
 
-def _swallow(takes_back: bool) -> ConnectionLost:
-    """What a request does with a cancellation it swallows: it reports a transport error in
-    its place, and takes the cancel request back (aiohttp's timer, when its own timeout
-    fires in the same loop iteration) or not (a plain ``except CancelledError``)."""
-    if takes_back:
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
-    return ConnectionLost("timed out waiting for the response", vendor="fake")
-
-
-class SwallowingReadBackend(FakeBackend):
-    """Its third status read hangs until cancelled, then swallows the cancellation."""
+class SwallowingBackend(FakeBackend):
+    """A backend whose request, once, hangs until cancelled and then swallows the
+    cancellation: it reports a transport error in its place, and takes the cancel request
+    back (aiohttp's timer, when its own timeout fires in the same loop iteration) or not (a
+    plain ``except CancelledError``)."""
 
     def __init__(self, *, takes_back: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.takes_back = takes_back
         self.swallowed = 0
+
+    async def hang_then_swallow(self) -> NoReturn:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+            if self.takes_back:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise ConnectionLost("timed out waiting for the response", vendor="fake") from None
+        raise AssertionError("unreachable")
+
+
+class SwallowingReadBackend(SwallowingBackend):
+    """Its third status read is the one that swallows the cancellation."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.reads_after = 0
 
     async def get_run(self, handle: RunHandle) -> Run:
         if self.swallowed:
             self.reads_after += 1
-        if self.status_reads == 2 and not self.swallowed:
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                self.swallowed += 1
-                raise _swallow(self.takes_back) from None
+        elif self.status_reads == 2:
+            await self.hang_then_swallow()
         return await super().get_run(handle)
 
 
-class SwallowingStreamBackend(FakeBackend):
-    """Streams one update, then hangs until cancelled and swallows the cancellation."""
+class SwallowingStreamBackend(SwallowingBackend):
+    """Streams one update, then swallows the cancellation."""
 
-    def __init__(self, *, takes_back: bool, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(streaming=True, **kwargs)
-        self.takes_back = takes_back
-        self.swallowed = 0
 
     async def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         yield await super().get_run(handle)
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            self.swallowed += 1
-            raise _swallow(self.takes_back) from None
+        await self.hang_then_swallow()
 
 
 @pytest.mark.parametrize("takes_back", [True, False], ids=["taken-back", "left-counted"])
 @pytest.mark.parametrize("backend_type", [SwallowingReadBackend, SwallowingStreamBackend])
 async def test_a_deadline_whose_cancellation_is_swallowed_still_ends_the_wait(
-    backend_type: type[FakeBackend], takes_back: bool
+    backend_type: type[SwallowingBackend], takes_back: bool
 ) -> None:
     # Before the fix the wait polled on past its deadline, for as long as the run lasted.
     slow_poll = PollPolicy(initial=5.0, maximum=5.0, jitter=0)  # a sleep would show
-    async with backend_type(takes_back=takes_back, default_script=LONG) as backend:  # type: ignore[call-arg]
+    async with backend_type(takes_back=takes_back, default_script=LONG) as backend:
         began = asyncio.get_running_loop().time()
         async with asyncio.timeout(3):
             with pytest.raises(RunTimeout) as caught:
@@ -428,7 +429,7 @@ async def test_a_deadline_whose_cancellation_is_swallowed_still_ends_the_wait(
             assert task is not None
             assert task.cancelling() == 0  # the timer's request taken back exactly once
         assert asyncio.get_running_loop().time() - began < 1.0
-        assert backend.swallowed == 1  # type: ignore[attr-defined]
+        assert backend.swallowed == 1
         assert caught.value.cancelled
         assert backend.cancel_calls == 1
         if isinstance(backend, SwallowingReadBackend):
