@@ -82,6 +82,12 @@ class ChangeWatchingBackend(NotebookBackend, Protocol):
     wait only when its run changed, instead of once per read.
     """
 
+    def watches_changes(self, handle: RunHandle) -> bool:
+        """Whether :meth:`next_change` does better for this run than the caller's own
+        sleep-and-read (its reads are shared). When it would be that same loop, the caller
+        keeps its own, which keeps less alive per sleeping wait."""
+        ...
+
     async def next_change(
         self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
     ) -> Run:

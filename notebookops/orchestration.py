@@ -44,7 +44,7 @@ import anyio
 import attrs
 
 from . import _deadline
-from .backend import NotebookBackend, StreamingBackend
+from .backend import ChangeWatchingBackend, NotebookBackend, StreamingBackend
 from .errors import (
     ConfigurationError,
     NotebookOpsError,
@@ -216,7 +216,7 @@ def _positive(name: str, value: float | None, *, allow_none: bool = False) -> No
         return
     if (
         isinstance(value, bool)
-        or not isinstance(value, int | float)
+        or not isinstance(value, (int, float))  # a tuple: a union is slower to check
         or not math.isfinite(value)
         or value <= 0
     ):
@@ -321,7 +321,7 @@ async def _poll(
     its closing between every read and the caller (the per-request cost of a wait matters
     when thousands run at once). Returns the first terminal Run.
 
-    A backend with ``next_change`` (:class:`~notebookops.backend.ChangeWatchingBackend`) is
+    A :class:`~notebookops.backend.ChangeWatchingBackend` that watches this run's changes is
     handed the poll schedule after the first read and returns only changes: waits that share
     reads then sleep until their run changes instead of waking for every read.
 
@@ -332,9 +332,9 @@ async def _poll(
     aio = _running_asyncio()
     loop = aio.get_running_loop() if aio is not None else None
     del aio  # a sleeping wait keeps no more than it needs
-    next_change: Callable[[RunHandle, Run, Callable[[], float]], Awaitable[Run]] | None = getattr(
-        backend, "next_change", None
-    )
+    next_change: Callable[[RunHandle, Run, Callable[[], float]], Awaitable[Run]] | None = None
+    if isinstance(backend, ChangeWatchingBackend) and backend.watches_changes(handle):
+        next_change = backend.next_change
     attempt = 0
     began = _now(loop)
     last_key: tuple[object, ...] | None = None
@@ -677,7 +677,7 @@ async def run_and_wait(
     """
     request = _as_request(notebook, inputs, blocks, options)
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
-    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    deadline = math.inf if timeout is None else _loop_clock()[0]() + timeout
     handle = await start_run(backend, request, start_timeout=start_timeout)
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
     # Not needed while waiting: thousands of waits in flight each keep less alive.
@@ -716,7 +716,7 @@ async def wait_for_run(
     if not isinstance(handle, RunHandle):
         raise ConfigurationError(f"expected a RunHandle, got {type(handle).__name__}")
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
-    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    deadline = math.inf if timeout is None else _loop_clock()[0]() + timeout
     return await _follow(
         backend,
         handle,

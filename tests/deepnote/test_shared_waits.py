@@ -405,6 +405,10 @@ class ChangeWatchingFake(FakeBackend):
         self.change_calls = 0
         self.delays: list[float] = []
         self.fail_next: list[Exception] = []
+        self.watching = True
+
+    def watches_changes(self, handle: RunHandle) -> bool:
+        return self.watching
 
     async def next_change(
         self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
@@ -437,6 +441,16 @@ async def test_run_and_wait_hands_its_schedule_to_a_change_watching_backend() ->
     assert backend.change_calls == 2  # pending -> running, running -> success
     # The PollPolicy's schedule, one delay per read.
     assert backend.delays == pytest.approx([0.001, 0.0015, 0.00225, 0.003375])
+
+
+async def test_a_backend_not_watching_a_run_is_polled_by_run_and_wait_itself() -> None:
+    script = FakeScript(states=("pending", "running", "running", "success"))
+    async with ChangeWatchingFake(default_script=script) as backend:
+        backend.watching = False
+        run = await run_and_wait(backend, "nb", poll=FAST)
+    assert run.state is RunState.SUCCEEDED
+    assert backend.change_calls == 0
+    assert backend.delays == []
 
 
 async def test_a_transient_error_from_next_change_is_retried_with_a_plain_read(
@@ -569,10 +583,19 @@ async def test_a_list_failure_mid_wait_is_retried(server: FakeDeepnoteServer) ->
     assert all(run.state is RunState.SUCCEEDED for run in runs)
 
 
-async def test_share_polls_false_waits_on_its_own_schedule(server: FakeDeepnoteServer) -> None:
+async def test_share_polls_false_waits_on_its_own_schedule(
+    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     notebook = server.add_notebook(script=RunScript.succeed(0.2))
     before = len(server.requests)
     async with server.backend(share_polls=False) as backend:
+        assert not backend.watches_changes(handle("r1"))
+
+        async def unexpected(*args: object) -> Run:
+            raise AssertionError("next_change is only for shared reads")
+
+        # run_and_wait's own sleep-and-read loop keeps less alive per sleeping wait.
+        monkeypatch.setattr(backend, "next_change", unexpected)
         runs = [
             await run_and_wait(backend, notebook.id, poll=FLEET_POLL, timeout=30) for _ in range(2)
         ]
@@ -580,3 +603,14 @@ async def test_share_polls_false_waits_on_its_own_schedule(server: FakeDeepnoteS
     assert all(run.state is RunState.SUCCEEDED for run in runs)
     assert lists == 0
     assert singles >= 4  # several reads each, on the schedule
+
+
+async def test_shared_polls_watch_v2_runs_but_not_v1_submissions(
+    server: FakeDeepnoteServer,
+) -> None:
+    async with server.backend() as backend:
+        assert backend.watches_changes(handle("r1"))
+        v1 = RunHandle(
+            backend="deepnote", run_id="r1", notebook_id="nb1", extra={"mode": "v1-submitted"}
+        )
+        assert not backend.watches_changes(v1)

@@ -656,6 +656,11 @@ class DeepnoteBackend(BaseBackend):
                 return self._listed_run(handle, listed)
         return await self._read_alone(handle)
 
+    def watches_changes(self, handle: RunHandle) -> bool:
+        """Whether :meth:`next_change` shares this run's reads: with shared polls, for a run
+        started through v2 (a v1 submission cannot be read at all)."""
+        return self._polls is not None and handle.extra.get("mode") != V1_SUBMITTED
+
     async def next_change(
         self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
     ) -> Run:
