@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ class EchoServer(FakeServer):
         self.hits = 0
         self.in_flight = self.most_in_flight = 0
         self.other_url = ""
+        #: Set at teardown: a slow handler still running would hold the server's shutdown.
+        self.release = asyncio.Event()
 
     def setup_routes(self, app: web.Application) -> None:
         async def echo(request: web.Request) -> web.Response:
@@ -44,7 +47,8 @@ class EchoServer(FakeServer):
 
         async def slow(request: web.Request) -> web.Response:
             self.hits += 1
-            await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 1)
             return web.json_response({})
 
         async def pause(request: web.Request) -> web.Response:
@@ -104,6 +108,7 @@ async def server() -> AsyncIterator[EchoServer]:
         # "localhost" vs "127.0.0.1": a different origin on the same machine.
         srv.other_url = other.url.replace("127.0.0.1", "localhost")
         yield srv
+        srv.release.set()
 
 
 @pytest.fixture
