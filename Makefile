@@ -16,9 +16,10 @@ setup: $(BIN)/python
 demo: setup
 	$(BIN)/python examples/local_run.py
 
-# Run the test suite (sets up the virtualenv first).
+# Run the test suite (sets up the virtualenv first), one worker per core: the tests are
+# independent (loopback servers on ephemeral ports, no shared files).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 
 lint: setup
