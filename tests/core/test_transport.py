@@ -56,7 +56,9 @@ class EchoServer(FakeServer):
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             try:
-                await asyncio.sleep(0.15)
+                # Long against the tests' connect timeout (0.25 s), so that a busy machine
+                # (a worker per core) cannot make a real connect look like a pool wait.
+                await asyncio.sleep(0.4)
             finally:
                 self.in_flight -= 1
             return web.json_response({})
@@ -280,14 +282,14 @@ async def test_a_cancellation_in_the_same_moment_as_the_request_timeout_gets_thr
 async def test_requests_beyond_the_pool_wait_their_turn_without_timing_out(
     server: EchoServer,
 ) -> None:
-    """Six requests on two connections: four wait 0.15-0.3 s for one, longer than the connect
+    """Six requests on two connections: four wait 0.4-0.8 s for one, longer than the connect
     timeout. That wait is not a timeout (aiohttp's own pool would have counted it as one)."""
     t = HttpTransport(
         VendorProfile("acme"),
         base_url=server.url,
         token=TOKEN,
         retry=RetryPolicy(max_attempts=1),
-        connect_timeout=0.05,
+        connect_timeout=0.25,
         max_connections=2,
     )
     try:
@@ -307,7 +309,7 @@ async def test_a_callers_session_is_gated_by_its_own_pool(server: EchoServer) ->
             base_url=server.url,
             token=TOKEN,
             session=session,
-            connect_timeout=0.05,
+            connect_timeout=0.25,
             retry=RetryPolicy(max_attempts=1),
         )
         async with anyio.create_task_group() as group:
