@@ -226,7 +226,13 @@ async def test_retry_that_would_pass_an_orchestration_deadline_raises_now(
 
 async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
     t = HttpTransport(
-        VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, timeout=0.05
+        # Long enough that every attempt reaches the server on a busy machine; /slow holds
+        # each one for a second, until teardown releases it.
+        VendorProfile("acme"),
+        base_url=server.url,
+        token=TOKEN,
+        retry=FAST,
+        timeout=0.3,
     )
     try:
         with pytest.raises(errors.RequestTimeout):
