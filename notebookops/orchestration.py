@@ -216,7 +216,7 @@ def _positive(name: str, value: float | None, *, allow_none: bool = False) -> No
         return
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))  # a tuple: a union is slower to check
+        or not isinstance(value, int | float)
         or not math.isfinite(value)
         or value <= 0
     ):
@@ -680,7 +680,7 @@ async def run_and_wait(
     """
     request = _as_request(notebook, inputs, blocks, options)
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
-    deadline = math.inf if timeout is None else _loop_clock()[0]() + timeout
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
     handle = await start_run(backend, request, start_timeout=start_timeout)
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
     # Not needed while waiting: thousands of waits in flight each keep less alive.
@@ -719,7 +719,7 @@ async def wait_for_run(
     if not isinstance(handle, RunHandle):
         raise ConfigurationError(f"expected a RunHandle, got {type(handle).__name__}")
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
-    deadline = math.inf if timeout is None else _loop_clock()[0]() + timeout
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
     return await _follow(
         backend,
         handle,

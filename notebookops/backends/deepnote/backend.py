@@ -674,7 +674,7 @@ class DeepnoteBackend(BaseBackend):
         loop. Transient read errors are raised, for the caller's retry schedule.
         """
         self._check_handle(handle)
-        polls = self._polls if handle.extra.get("mode") != V1_SUBMITTED else None
+        polls = self._polls if self.watches_changes(handle) else None
         while True:
             outcome: object = NOT_SHARED
             if polls is not None:
