@@ -97,6 +97,15 @@ async def until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(TICK)
 
 
+@pytest.fixture(autouse=True, params=["future", "anyio-event"])
+def sleeping_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: sleeping waits on a bare asyncio future (asyncio), and on an anyio
+    Event (what they use on any other anyio backend; trio is not installed here)."""
+    if request.param == "anyio-event":
+        monkeypatch.setattr(_sharing, "_asyncio_loop", lambda: None)
+    return str(request.param)
+
+
 def coordinator(lister: ScriptedList, window: float = TICK / 2) -> SharedRunPolls:
     return SharedRunPolls(lister, StateTable("deepnote", DEEPNOTE_STATES), window=window)
 
@@ -273,7 +282,9 @@ async def test_a_transient_list_failure_reaches_the_due_waits_each_its_own() -> 
         url=f"{API}/v2/notebooks/nb1/runs?pageSize=20",
     )
     lister.error = error
-    shared = coordinator(lister)
+    # Both waits must be due at the failed read however far apart they start (a full garbage
+    # collection between the two starts once took 46 ms): a window of a second makes them so.
+    shared = coordinator(lister, window=1.0)
     caught: dict[str, BaseException] = {}
 
     async def one(run_id: str) -> None:

@@ -67,7 +67,7 @@ from ..._http import HttpResponse
 from ...backend import StateTable
 from ...errors import APIError, NotebookOpsError, ResponseDecodeError
 from ...models import RunHandle, RunState
-from ...orchestration import is_transient
+from ...orchestration import _running_asyncio, is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
 from ._wire import RunSummary
 
@@ -133,6 +133,12 @@ def _clock() -> float:
     # of its own readings matter, so the monotonic clock (what asyncio's loop reads) serves
     # without anyio's per-call lookup of the running event loop: read about 10 times a wait.
     return time.monotonic()
+
+
+def _asyncio_loop() -> Any:
+    """The running asyncio event loop, or None on another anyio backend."""
+    aio = _running_asyncio()
+    return aio.get_running_loop() if aio is not None else None
 
 
 def page_size_for(waited_on: int) -> int:
@@ -268,14 +274,28 @@ class _Waiter:
     #: When (monotonic seconds) its next read is due, and the wait before it.
     due: float
     interval: float
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    #: ListedRun, READ_NOW, NOT_SHARED, _LEAD or a NotebookOpsError, once ``done`` is set.
+    #: Whether it has been woken (``outcome`` is then set).
+    woken: bool = False
+    #: ListedRun, READ_NOW, NOT_SHARED, _LEAD or a NotebookOpsError, once woken.
     outcome: object = None
+    #: What the wait sleeps on while it sleeps: a bare future on asyncio, an anyio Event
+    #: elsewhere. An anyio Event is five objects (its asyncio Event, a deque, a future and
+    #: two coroutines while waited on), each walked by every full garbage collection for
+    #: every wait asleep, and thousands sleep at once.
+    signal: Any = None
 
     def wake(self, outcome: object) -> None:
-        if not self.done.is_set():
-            self.outcome = outcome
-            self.done.set()
+        if self.woken:
+            return
+        self.woken = True
+        self.outcome = outcome
+        signal = self.signal
+        if signal is None:
+            return
+        if isinstance(signal, anyio.Event):
+            signal.set()
+        elif not signal.done():  # (cancelled with its wait)
+            signal.set_result(None)
 
 
 @attrs.define(eq=False)
@@ -503,6 +523,8 @@ class SharedRunPolls:
         group, watched = found
         if watched.beyond_page or run_id in group.waiters:
             return NOT_SHARED  # (two waits on one run: the second polls on its own)
+        del found, watched  # a sleeping wait keeps no more than it needs
+        loop = _asyncio_loop()
         delay = next_delay()
         me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay)
         group.waiters[run_id] = me
@@ -514,12 +536,19 @@ class SharedRunPolls:
                 if not group.leading:
                     group.leading = True
                     await self._lead(notebook_id, group, me)
-                else:
-                    await me.done.wait()
+                elif not me.woken:
+                    # Awaited here rather than in a method of the waiter: one coroutine less
+                    # alive per sleeping wait.
+                    if loop is not None:
+                        me.signal = loop.create_future()
+                        await me.signal
+                    else:
+                        me.signal = anyio.Event()
+                        await me.signal.wait()
                 if me.outcome is not _LEAD:
                     break
-                me.outcome = None  # woken to lead: the flag is ours already
-                me.done = anyio.Event()
+                # Woken to lead: the flag is ours already.
+                me.outcome, me.woken, me.signal = None, False, None
                 group.leading = False
         finally:
             if group.waiters.get(run_id) is me:
@@ -535,7 +564,7 @@ class SharedRunPolls:
         """Poll the notebook's list for its waits until ``me`` is woken; then (or when
         cancelled) hand the lead to another wait."""
         try:
-            while not me.done.is_set():
+            while not me.woken:
                 now = _clock()
                 first_due = min(waiter.due for waiter in group.waiters.values())
                 if first_due > now:
@@ -557,7 +586,7 @@ class SharedRunPolls:
         if group.leading:
             return
         for waiter in group.waiters.values():
-            if not waiter.done.is_set():
+            if not waiter.woken:
                 group.leading = True
                 waiter.wake(_LEAD)
                 return
@@ -592,7 +621,7 @@ class SharedRunPolls:
             return
         now = _clock()
         for waiter in list(group.waiters.values()):
-            if waiter.done.is_set():  # woken to lead, not yet leading
+            if waiter.woken:  # woken to lead, not yet leading
                 continue
             is_due = self._is_due(waiter, now)
             row = page.rows.get(waiter.run_id)
