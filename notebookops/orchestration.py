@@ -333,34 +333,28 @@ async def _poll(
     loop = aio.get_running_loop() if aio is not None else None
     del aio  # a sleeping wait keeps no more than it needs
     # Duck-typed: isinstance against a runtime-checkable Protocol costs ~20 µs, a sixth of
-    # this loop's whole cost per run.
+    # this loop's whole cost per run. Neither bound method is kept: each would be one more
+    # object alive per sleeping wait.
     watches_changes: Callable[[RunHandle], bool] | None = getattr(backend, "watches_changes", None)
-    next_change: Callable[[RunHandle, Run, Callable[[], float]], Awaitable[Run]] | None = None
-    if watches_changes is not None and watches_changes(handle):
-        next_change = cast(ChangeWatchingBackend, backend).next_change
-    attempt = 0
-    began = _now(loop)
+    hand_over = watches_changes is not None and watches_changes(handle)
+    del watches_changes
+    schedule = _Schedule(poll, loop)
     last_key: tuple[object, ...] | None = None
     retrying = False
-
-    def next_delay() -> float:
-        nonlocal attempt
-        delay = poll.delay(attempt, _RNG, elapsed=_now(loop) - began)
-        attempt += 1
-        return delay
-
     while True:
         try:
-            if next_change is not None and tracker.last_run is not None and not retrying:
-                run = await next_change(handle, tracker.last_run, next_delay)
+            if hand_over and tracker.last_run is not None and not retrying:
+                run = await cast(ChangeWatchingBackend, backend).next_change(
+                    handle, tracker.last_run, schedule.next_delay
+                )
             else:
                 run = await backend.get_run(handle)
         except Exception as error:  # never BaseException: cancellation must propagate
             if not is_transient(error):
                 raise
             tracker.last_error = error
-            delay = _retry_delay(error, handle, poll, attempt, _now(loop) - began)
-            attempt += 1
+            delay = _retry_delay(error, handle, poll, schedule.attempt, schedule.elapsed())
+            schedule.attempt += 1
             retrying = True
         else:
             # Outside the try: an error raised by on_update is the caller's, never a
@@ -374,8 +368,8 @@ async def _poll(
             last_key = key
             if run.state.is_terminal:
                 return run
-            if next_change is None:
-                delay = next_delay()
+            if not hand_over:
+                delay = schedule.next_delay()
             elif not tracker.expired:
                 continue  # it sleeps on the schedule itself
         if tracker.expired:
@@ -393,6 +387,29 @@ async def _poll(
 
 def _now(loop: Any) -> float:
     return loop.time() if loop is not None else anyio.current_time()
+
+
+class _Schedule:
+    """A polling wait's schedule: the delay before each next read, from its PollPolicy and
+    the time waited so far. A slotted object and one bound method when handed to
+    ``next_change``, where a closure would be six objects alive per sleeping wait."""
+
+    __slots__ = ("attempt", "began", "loop", "poll")
+
+    def __init__(self, poll: PollPolicy, loop: Any) -> None:
+        self.poll = poll
+        self.loop = loop
+        self.began = _now(loop)
+        self.attempt = 0
+
+    def elapsed(self) -> float:
+        return _now(self.loop) - self.began
+
+    def next_delay(self) -> float:
+        """The delay before the next read (each call is one read)."""
+        delay = self.poll.delay(self.attempt, _RNG, elapsed=_now(self.loop) - self.began)
+        self.attempt += 1
+        return delay
 
 
 def _wake(waiter: Any) -> None:
@@ -684,7 +701,7 @@ async def run_and_wait(
     handle = await start_run(backend, request, start_timeout=start_timeout)
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
     # Not needed while waiting: thousands of waits in flight each keep less alive.
-    del request
+    del request, notebook, inputs, blocks, options
     return await _follow(
         backend,
         handle,
