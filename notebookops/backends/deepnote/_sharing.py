@@ -620,39 +620,41 @@ class SharedRunPolls:
                 group.wake(waiter, NOT_SHARED)
             return
         now = _clock()
+        rows = page.rows
         for waiter in list(group.waiters.values()):
             if waiter.woken:  # woken to lead, not yet leading
                 continue
-            is_due = self._is_due(waiter, now)
-            row = page.rows.get(waiter.run_id)
+            row = rows.get(waiter.run_id)
+            status = row.get("status") if row is not None else None
+            # Most rows are unchanged, and this loop visits every wait at every list read:
+            # an unchanged status (a string, or the wait would not be asleep on it) needs no
+            # decoding and no state lookup; it was not terminal, or the wait would be awake.
+            if status is not None and status == waiter.status:
+                if self._is_due(waiter, now):
+                    group.touch(waiter.run_id, now)
+                    waiter.interval = waiter.next_delay()
+                    waiter.due = now + waiter.interval
+                continue
             if row is None:
-                if is_due:
+                if self._is_due(waiter, now):
                     if page.size >= MAX_PAGE_SIZE and page.older_than_page(waiter.created_at):
                         watched = group.runs.get(waiter.run_id)
                         if watched is not None:
                             group.set_beyond_page(waiter.run_id, watched)
                     group.wake(waiter, READ_NOW)
                 continue  # (not due: a run newer than the page, most likely)
-            # Most rows are unchanged: look at the status alone, decode only to wake.
-            status = row.get("status")
             state = self._states(status) if isinstance(status, str) else None
             if state is not None and state.is_terminal:
                 group.wake(waiter, READ_NOW)  # for its outputs, and as early as the list tells
-            elif state is None or status != waiter.status:
-                try:
-                    summary = structure(row, RunSummary, page.response)
-                except ResponseDecodeError as error:
-                    group.wake(waiter, error)
-                    continue
-                state = self._states(summary.status)
-                listed = ListedRun(
-                    summary=summary, state=state, project_id=group.project_id, raw=row
-                )
-                group.wake(waiter, READ_NOW if state.is_terminal else listed)
-            elif is_due:
-                group.touch(waiter.run_id, now)
-                waiter.interval = waiter.next_delay()
-                waiter.due = now + waiter.interval
+                continue
+            try:
+                summary = structure(row, RunSummary, page.response)
+            except ResponseDecodeError as error:
+                group.wake(waiter, error)
+                continue
+            state = self._states(summary.status)
+            listed = ListedRun(summary=summary, state=state, project_id=group.project_id, raw=row)
+            group.wake(waiter, READ_NOW if state.is_terminal else listed)
 
     def _is_due(self, waiter: _Waiter, now: float) -> bool:
         """Whether a list read now counts as the wait's next read: it is due within the
