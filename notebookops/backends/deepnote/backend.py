@@ -769,7 +769,13 @@ class DeepnoteBackend(BaseBackend):
     async def _read_run(self, run_id: str) -> RunDetails:
         delivery = self._delivery
         try:
-            return await self.get_run_details(run_id, snapshot_delivery=delivery)
+            # get_run_details without its argument checks and its coroutine (one read per
+            # wait per poll): the delivery is one of the known literals, safe in a query.
+            response = await self._transport.request(
+                "GET",
+                f"/v2/runs/{path_segment(run_id, what='run id')}?snapshotDelivery={delivery}",
+            )
+            return decode_run(response)
         except BadRequest:
             if delivery != "blocks":
                 raise
