@@ -583,6 +583,42 @@ async def test_the_limiter_hears_every_answer_but_429s(server: EchoServer) -> No
         await t.aclose()
 
 
+async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
+    server: EchoServer,
+) -> None:
+    """The transport books each attempt's slot with the limiter (RateLimiter's own acquire is
+    inlined), and a subclass that changes ``acquire`` is still called for every attempt."""
+    paced = HttpTransport(
+        VendorProfile("acme"),
+        base_url=server.url,
+        token=TOKEN,
+        retry=FAST,
+        rate_limiter=RateLimiter(max_rate=100),
+    )
+
+    class Counting(RateLimiter):
+        calls = 0
+
+        async def acquire(self) -> None:
+            Counting.calls += 1
+            await super().acquire()
+
+    counted = HttpTransport(
+        VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, rate_limiter=Counting()
+    )
+    try:
+        started = anyio.current_time()
+        for _ in range(3):
+            await paced.request("GET", "/echo")
+        assert anyio.current_time() - started >= 2 / 100 - 0.001
+        server.faults.status(503, {"message": "busy"}, path="/echo")
+        await counted.request("GET", "/echo")
+        assert Counting.calls == 2  # the 503 and its retry
+    finally:
+        await paced.aclose()
+        await counted.aclose()
+
+
 async def test_429s_stop_being_retried_when_the_wait_budget_is_spent(
     server: EchoServer,
 ) -> None:
