@@ -339,13 +339,12 @@ async def _poll(
     hand_over = watches_changes is not None and watches_changes(handle)
     del watches_changes
     schedule = _Schedule(poll, loop)
-    last_key: tuple[object, ...] | None = None
     retrying = False
     while True:
         try:
             if hand_over and tracker.last_run is not None and not retrying:
                 run = await cast(ChangeWatchingBackend, backend).next_change(
-                    handle, tracker.last_run, schedule.next_delay
+                    handle, tracker.last_run, schedule
                 )
             else:
                 run = await backend.get_run(handle)
@@ -361,15 +360,18 @@ async def _poll(
             # transient read error to retry.
             retrying = False
             tracker.last_error = None
-            tracker.last_run = run
-            key = _change_key(run)
-            if on_update is not None and key != last_key:
+            # The previous read is the tracker's: no change key is kept between reads (one
+            # object fewer alive per sleeping wait, none made when nobody listens).
+            previous, tracker.last_run = tracker.last_run, run
+            if on_update is not None and (
+                previous is None or _change_key(run) != _change_key(previous)
+            ):
                 await _invoke(on_update, run)
-            last_key = key
+            del previous
             if run.state.is_terminal:
                 return run
             if not hand_over:
-                delay = schedule.next_delay()
+                delay = schedule()
             elif not tracker.expired:
                 continue  # it sleeps on the schedule itself
         if tracker.expired:
@@ -390,9 +392,10 @@ def _now(loop: Any) -> float:
 
 
 class _Schedule:
-    """A polling wait's schedule: the delay before each next read, from its PollPolicy and
-    the time waited so far. A slotted object and one bound method when handed to
-    ``next_change``, where a closure would be six objects alive per sleeping wait."""
+    """A polling wait's schedule: calling it gives the delay before the next read, from its
+    PollPolicy and the time waited so far. Handed to ``next_change`` as the wait's
+    ``next_delay`` itself (a bound method would be one more object, a closure six, alive per
+    sleeping wait)."""
 
     __slots__ = ("attempt", "began", "loop", "poll")
 
@@ -405,7 +408,7 @@ class _Schedule:
     def elapsed(self) -> float:
         return _now(self.loop) - self.began
 
-    def next_delay(self) -> float:
+    def __call__(self) -> float:
         """The delay before the next read (each call is one read)."""
         delay = self.poll.delay(self.attempt, _RNG, elapsed=_now(self.loop) - self.began)
         self.attempt += 1
