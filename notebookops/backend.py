@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
-from typing import Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, cast, runtime_checkable
 
 from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
@@ -21,6 +21,8 @@ __all__ = [
 logger = logging.getLogger("notebookops.backend")
 
 OptionsT = TypeVar("OptionsT")
+#: The default options instance of each options class (see ``BaseBackend._options``).
+_DEFAULT_OPTIONS: dict[type[Any], Any] = {}
 
 
 @runtime_checkable
@@ -187,7 +189,12 @@ class BaseBackend:
     def _options(self, request: RunRequest, expected: type[OptionsT]) -> OptionsT:
         """``request.options``, or ``expected()`` when absent; the wrong type is refused."""
         if request.options is None:
-            return expected()
+            # Options classes are frozen, with immutable defaults: one default instance serves
+            # every run (built per start, it was a sizeable share of a start's own cost).
+            default = _DEFAULT_OPTIONS.get(expected)
+            if default is None:
+                default = _DEFAULT_OPTIONS[expected] = expected()
+            return cast(OptionsT, default)
         if not isinstance(request.options, expected):
             raise ConfigurationError(
                 f"{self.name} expects options of type {expected.__name__}, "
