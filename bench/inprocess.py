@@ -1,0 +1,523 @@
+"""In-process, deterministic measurements of the library's own cost per wait.
+
+``bench/run.py`` measures what a user sees: a client process against a server process on
+loopback. On a small shared machine its CPU figures move by 10-20% from one run to the next,
+too much to tell whether a change saved 3%. This harness takes the network and the clock out:
+
+* the Deepnote API is an in-memory fake giving the same answers as ``bench/server.py``
+  (``HttpTransport._send`` is replaced for the library; the floors call the fake directly),
+  each answer one event-loop turn away, as a socket's would be;
+* the event loop runs on a virtual clock that jumps to the next timer whenever nothing is
+  ready, so every run makes the same requests at the same (virtual) times, however fast the
+  machine is at the moment, and runs of seconds take milliseconds.
+
+Workloads (``--variant``), N waits started at once on N/100 notebooks, runs of 3 s +/- 20% and
+the default PollPolicy, as in scenario 1 of ``bench/run.py``:
+
+* ``lib``: ``run_and_wait`` on a ``DeepnoteBackend`` with its defaults (shared polls);
+* ``lib-noshare``: the same with ``share_polls=False``;
+* ``shared-floor``: a hand-written shared-poll loop (one runs-list read per notebook for all
+  of its waits, one run read per finished run), with no abstraction at all;
+* ``floor``: a hand-written loop making one read per wait per poll.
+
+Measurements (``MODE``):
+
+``cpu``
+    Client CPU per run, the fake's own CPU subtracted, plus requests per run and the cyclic
+    GC's share. Still subject to the machine's noise, but with no server competing for it.
+``objects``
+    GC-tracked objects alive per wait, by type, with every wait asleep (or, ``--when
+    starting``, during the burst of starts, most of them queued for a connection): each full
+    garbage collection walks all of them, for every wait in flight. Exact.
+``instructions``
+    Instructions executed per run under valgrind's callgrind (needs ``valgrind``): the
+    workload is run with N and with 2N waits and the difference divided by N, which cancels
+    start-up and imports. Repeats agree to about 0.5%.
+
+Examples::
+
+    .venv/bin/python bench/inprocess.py instructions --variant lib --n 1000
+    .venv/bin/python bench/inprocess.py objects --variant lib-noshare
+    .venv/bin/python bench/inprocess.py cpu --variant shared-floor --n 10000
+
+Figures from here are for comparing two versions of the library with each other (run both,
+the same way); the targets are judged by ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gc
+import json
+import random
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+DURATION, SPREAD = 3.0, 0.2
+TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
+#: PollPolicy's defaults, as in bench/client.py.
+POLL_INITIAL, POLL_MAXIMUM, POLL_JITTER, POLL_PROPORTION = 1.0, 60.0, 0.1, 0.2
+_BLOCKS = [
+    {
+        "id": "block-1",
+        "type": "code",
+        "outputs": [{"output_type": "stream", "name": "stdout", "text": "done\n"}],
+        "metadata": {},
+    }
+]
+
+
+# --------------------------------------------------------------------------- virtual time
+
+
+class VirtualClock:
+    """The one clock everything reads: the loop, ``time.monotonic`` and the fake."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = VirtualClock()
+
+
+class _IdleSelector(selectors.SelectSelector):
+    """A selector that never waits: asked to wait ``timeout`` seconds for I/O (there is none,
+    the fake answers in-process), it moves the clock on by that much instead."""
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("nothing is scheduled and nothing can happen: a wait is stuck")
+        if timeout > 0:
+            CLOCK.now += timeout
+        return []
+
+
+def run_virtual(main: Coroutine[Any, Any, Any]) -> Any:
+    # The loop and the library read time.monotonic (loop.time() is time.monotonic()); the
+    # library binds it when called, the rate limiter when built, so patch it before either.
+    time.monotonic = CLOCK
+    loop = asyncio.SelectorEventLoop(_IdleSelector())
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
+# --------------------------------------------------------------------------- the fake API
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FakeDeepnote:
+    """The answers of bench/server.py, computed in-process; counts requests and its own CPU."""
+
+    def __init__(self, seed: int = 3) -> None:
+        self.rng = random.Random(seed)
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.by_notebook: dict[str, list[dict[str, Any]]] = {}
+        self.cpu = 0.0
+        self.requests = 0
+
+    def _summary(self, run: dict[str, Any], now: float) -> dict[str, Any]:
+        done = now >= run["end"]
+        return {
+            "runId": run["id"],
+            "notebookId": run["notebook"],
+            "status": "success" if done else "running",
+            "createdAt": run["created"],
+            "completedAt": run["ended"] if done else None,
+        }
+
+    def answer(self, method: str, url: str, body: Any) -> tuple[int, bytes]:
+        began = time.process_time()
+        try:
+            self.requests += 1
+            return self._answer(method, url, body)
+        finally:
+            self.cpu += time.process_time() - began
+
+    def _answer(self, method: str, url: str, body: Any) -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        now = CLOCK.now
+        if method == "POST":
+            inputs = body.get("inputs") or {}
+            if "bench_duration" in inputs:
+                duration = float(inputs["bench_duration"])
+            else:
+                duration = DURATION * (1 + SPREAD * self.rng.uniform(-1, 1))
+            created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=now)
+            run = {
+                "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                "notebook": body["notebookId"],
+                "created": _iso(created),
+                "ended": _iso(created + timedelta(seconds=duration)),
+                "end": now + duration,
+            }
+            self.runs[run["id"]] = run
+            self.by_notebook.setdefault(run["notebook"], []).append(run)
+            answer = {"runId": run["id"], "status": "pending", "createdAt": run["created"]}
+            return 202, json.dumps(answer).encode()
+        if parts.path.startswith("/v2/runs/"):
+            run = self.runs[parts.path.rsplit("/", 1)[1]]
+            data = self._summary(run, now)
+            done = data["status"] == "success"
+            data.update(
+                projectId="project-1",
+                error=None,
+                snapshotStatus="available" if done else "pending",
+                snapshotContent=None,
+                snapshotDownloadUrl=None,
+            )
+            if done:
+                data["snapshotBlocks"] = _BLOCKS
+            return 200, json.dumps({"run": data}).encode()
+        query = parse_qs(parts.query)
+        runs = self.by_notebook.get(parts.path.split("/")[3], [])
+        size = min(100, int(query.get("pageSize", ["20"])[0]))
+        offset = int(query.get("pageToken", ["0"])[0])
+        page = runs[::-1][offset : offset + size]
+        more = offset + size < len(runs)
+        answer = {
+            "runs": [self._summary(run, now) for run in page],
+            "pagination": {"nextPageToken": str(offset + size) if more else None, "hasMore": more},
+        }
+        return 200, json.dumps(answer).encode()
+
+
+FAKE = FakeDeepnote()
+WARM_UP = ("warm-up", {"bench_duration": "0.01"})
+
+
+#: The floors' gate in front of their connections, as in bench/client.py (the library's is
+#: the transport's own, 100 connections by default).
+FLOOR_SLOTS = asyncio.Semaphore(100)
+
+
+async def _request(method: str, url: str, body: Any = None) -> Any:
+    """A floor's request: a connection slot, one loop turn, the fake's answer, json.loads."""
+    async with FLOOR_SLOTS:
+        await asyncio.sleep(0)
+        _status, answer = FAKE.answer(method, url, body)
+    return json.loads(answer)
+
+
+def _poll_delay(rng: random.Random, elapsed: float) -> float:
+    base = min(POLL_MAXIMUM, max(POLL_INITIAL, POLL_PROPORTION * elapsed))
+    return min(POLL_MAXIMUM, base * rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+
+def _body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"notebookId": notebook, "detached": True}
+    if inputs:
+        body["inputs"] = inputs
+    return body
+
+
+Wait = Callable[[str, "dict[str, str] | None"], Awaitable[bool]]
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+async def _with_library(share: bool, work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    from notebookops import RunRequest, RunState, run_and_wait
+    from notebookops._http import HttpResponse, HttpTransport
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    headers = {"content-type": "application/json"}
+
+    async def send(self: HttpTransport, method: str, url: str, **options: Any) -> HttpResponse:
+        # The transport's FIFO gate in front of its connections, as in the real _send: a
+        # burst of starts queues there.
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            await asyncio.sleep(0)
+            status, body = FAKE.answer(method, url, options.get("json"))
+        finally:
+            if slots is not None:
+                slots.release()
+        return HttpResponse(status, headers, body, method, url, "deepnote")
+
+    HttpTransport._send = send  # type: ignore[method-assign]
+    import notebookops.orchestration as orchestration
+
+    orchestration._RNG.seed(2)
+    async with DeepnoteBackend(
+        "bench-token", base_url="http://127.0.0.1:9", allow_http=True, share_polls=share
+    ) as backend:
+
+        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+            run = await run_and_wait(
+                backend, RunRequest(notebook=notebook, inputs=inputs or {}), timeout=1800
+            )
+            return run.state is RunState.SUCCEEDED
+
+        return await work(one)
+
+
+async def _with_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    rng = random.Random(4)
+
+    async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+        run_id = (await _request("POST", "http://x/v2/runs", _body(notebook, inputs)))["runId"]
+        began = CLOCK.now
+        while True:
+            run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))[
+                "run"
+            ]
+            if run["status"] in TERMINAL:
+                return bool(run["status"] == "success")
+            await asyncio.sleep(_poll_delay(rng, CLOCK.now - began))
+
+    return await work(one)
+
+
+class _Poller:
+    """bench/client.py's SharedPoller against the in-memory fake."""
+
+    def __init__(self, notebook: str, rng: random.Random) -> None:
+        self.notebook = notebook
+        self.rng = rng
+        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.began: dict[str, float] = {}
+        self.next_read = 0.0
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def wait(self, run_id: str) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[run_id] = future
+        self.began[run_id] = CLOCK.now
+        first = CLOCK.now + _poll_delay(self.rng, 0.0)
+        if self.task is None or self.task.done():
+            self.next_read = first
+            self.task = asyncio.create_task(self._loop())
+        elif first < self.next_read:
+            self.next_read = first
+            self.wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while self.waiters:
+            delay = self.next_read - CLOCK.now
+            if delay > 0:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                if self.next_read > CLOCK.now:
+                    continue
+            pending = set(self.waiters)
+            finished = []
+            page = await _request("GET", f"http://x/v2/notebooks/{self.notebook}/runs?pageSize=100")
+            for run in page["runs"]:
+                if run["runId"] in pending:
+                    pending.discard(run["runId"])
+                    if run["status"] in TERMINAL:
+                        finished.append(run["runId"])
+            youngest = max(self.began.values(), default=CLOCK.now)
+            self.next_read = CLOCK.now + _poll_delay(self.rng, CLOCK.now - youngest)
+            if finished:
+                await asyncio.gather(*(self._finish(run_id) for run_id in finished))
+
+    async def _finish(self, run_id: str) -> None:
+        run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))["run"]
+        self.began.pop(run_id, None)
+        self.waiters.pop(run_id).set_result(run)
+
+
+async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    rng = random.Random(4)
+    pollers: dict[str, _Poller] = {}
+
+    async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+        run_id = (await _request("POST", "http://x/v2/runs", _body(notebook, inputs)))["runId"]
+        poller = pollers.get(notebook) or pollers.setdefault(notebook, _Poller(notebook, rng))
+        run = await poller.wait(run_id)
+        return bool(run["status"] == "success")
+
+    return await work(one)
+
+
+def _library() -> str:
+    """Which checkout of the library is measured (PYTHONPATH picks another one)."""
+    import notebookops
+
+    return str(Path(notebookops.__file__).resolve().parent.parent)
+
+
+def _workload(variant: str, work: Callable[[Wait], Awaitable[Any]]) -> Awaitable[Any]:
+    if variant == "lib":
+        return _with_library(True, work)
+    if variant == "lib-noshare":
+        return _with_library(False, work)
+    if variant == "shared-floor":
+        return _with_shared_floor(work)
+    return _with_floor(work)
+
+
+VARIANTS = ("lib", "lib-noshare", "shared-floor", "floor")
+
+
+def _waits(one: Wait, n: int, notebooks: int) -> Awaitable[list[bool]]:
+    return asyncio.gather(*(one(f"notebook-{i % notebooks}", None) for i in range(n)))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure_cpu(variant: str, n: int) -> dict[str, Any]:
+    notebooks = max(1, n // 100)
+    gc_seconds = [0.0]
+    began = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.process_time()
+        else:
+            gc_seconds[0] += time.process_time() - began[0]
+
+    async def work(one: Wait) -> dict[str, Any]:
+        if not await one(*WARM_UP):
+            raise SystemExit("the warm-up wait failed")
+        FAKE.cpu, FAKE.requests = 0.0, 0
+        gc.collect()
+        gc.callbacks.append(on_gc)
+        cpu = time.process_time()
+        results = await _waits(one, n, notebooks)
+        cpu = time.process_time() - cpu - FAKE.cpu
+        gc.callbacks.remove(on_gc)
+        if not all(results):
+            raise SystemExit(f"{results.count(False)} runs did not succeed")
+        return {
+            "variant": variant,
+            "n": n,
+            "library": _library() if variant.startswith("lib") else None,
+            "cpu_us_per_run": round(cpu / n * 1e6, 1),
+            "of_which_gc_us_per_run": round(gc_seconds[0] / n * 1e6, 1),
+            "fake_server_us_per_run": round(FAKE.cpu / n * 1e6, 1),
+            "requests_per_run": round(FAKE.requests / n, 3),
+        }
+
+    return dict(run_virtual(_workload(variant, work)))
+
+
+def measure_objects(variant: str, n: int, when: str = "asleep") -> dict[str, Any]:
+    """Objects alive per wait, minus those alive before the first wait (modules, the backend,
+    the session): ``asleep``, 2 virtual seconds in (every wait asleep, none finished), or
+    ``starting``, two loop turns into the burst of starts (all but the first 200 waiting for
+    a connection)."""
+    notebooks = max(1, n // 100)
+    counts: dict[str, int] = {}
+
+    def census() -> collections.Counter[str]:
+        gc.collect()
+        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    async def work(one: Wait) -> None:
+        if not await one(*WARM_UP):
+            raise SystemExit("the warm-up wait failed")
+        before = census()
+
+        async def snapshot() -> None:
+            if when == "asleep":
+                await asyncio.sleep(2.0)
+            else:
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            after = census()
+            counts.update({k: after[k] - before.get(k, 0) for k in after})
+
+        spy = asyncio.ensure_future(snapshot())
+        await _waits(one, n, notebooks)
+        await spy
+
+    run_virtual(_workload(variant, work))
+    per_wait = {k: round(v / n, 2) for k, v in counts.items() if abs(v) >= n * 0.05}
+    return {
+        "variant": variant,
+        "n": n,
+        "library": _library() if variant.startswith("lib") else None,
+        "when": when,
+        "objects_per_wait": round(sum(counts.values()) / n, 1),
+        "by_type": dict(sorted(per_wait.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def measure_instructions(variant: str, n: int) -> dict[str, Any]:
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("instructions needs valgrind (apt install valgrind)")
+
+    def start(size: int) -> subprocess.Popen[str]:
+        command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        command += [sys.executable, __file__, "cpu", "--variant", variant, "--n", str(size)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    library = []
+
+    def collected(process: subprocess.Popen[str]) -> int:
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"the workload failed under valgrind:\n{stderr[-2000:]}")
+        library.append(json.loads(stdout.strip().splitlines()[-1])["library"])
+        for line in stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.rsplit(":", 1)[1].strip())
+        raise SystemExit(f"no instruction count in valgrind's output:\n{stderr[-2000:]}")
+
+    # Side by side: instruction counts do not depend on what else runs.
+    once, twice = start(n), start(2 * n)
+    once_count, twice_count = collected(once), collected(twice)
+    return {
+        "variant": variant,
+        "n": n,
+        "library": library[0],
+        "instructions_per_run": round((twice_count - once_count) / n),
+    }
+
+
+MODES: dict[str, Callable[..., dict[str, Any]]] = {
+    "cpu": measure_cpu,
+    "objects": measure_objects,
+    "instructions": measure_instructions,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("--variant", choices=VARIANTS, default="lib")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument(
+        "--when",
+        choices=("asleep", "starting"),
+        default="asleep",
+        help="objects: count them with every wait asleep, or during the burst of starts",
+    )
+    args = parser.parse_args()
+    extra = {"when": args.when} if args.mode == "objects" else {}
+    print(json.dumps(MODES[args.mode](args.variant, args.n, **extra)))
+
+
+if __name__ == "__main__":
+    main()
