@@ -76,6 +76,9 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS: Final = 5
 _REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters quote() never encodes (RFC 3986 unreserved): a segment made only of them is
+#: already encoded.
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -135,6 +138,8 @@ def path_segment(value: str, *, what: str = "identifier") -> str:
     ``/``, ``?``, ``#`` and ``%`` are encoded; empty values, ``.``/``..`` and control characters
     are refused with ConfigurationError (no vendor id legitimately contains them).
     """
+    if type(value) is str and _UNRESERVED.fullmatch(value) and value not in (".", ".."):
+        return value  # what nearly every id looks like, and what quote() would return
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
     if value in (".", "..") or _CONTROL.search(value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import pickle
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -307,6 +308,22 @@ def test_path_segment_encodes(value: str, expected: str) -> None:
 def test_path_segment_refuses(value: str) -> None:
     with pytest.raises(errors.ConfigurationError):
         path_segment(value, what="run id")
+
+
+@given(st.one_of(st.text(), st.from_regex(r"[A-Za-z0-9._~-]{1,12}", fullmatch=True)))
+def test_path_segment_is_quote_where_it_accepts(value: str) -> None:
+    """The fast path for plain ids gives exactly what percent-encoding gives, and refuses
+    the same values."""
+    try:
+        encoded = path_segment(value)
+    except errors.ConfigurationError:
+        assert (
+            value in ("", ".", "..")
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+            or (any(0xD800 <= ord(c) <= 0xDFFF for c in value))
+        )
+        return
+    assert encoded == quote(value, safe="")
 
 
 @given(st.text(min_size=1))

@@ -717,9 +717,15 @@ class DeepnoteBackend(BaseBackend):
             self._polls.read_alone(
                 handle, finished=state.is_terminal, project_id=details.project_id
             )
-        if state.is_terminal and details.snapshot_status == "pending":
-            details = await self._await_snapshot(handle.run_id, details)
-        outputs, snapshot_error = await self._outputs(details, state, handle)
+        if state.is_terminal:
+            if details.snapshot_status == "pending":
+                details = await self._await_snapshot(handle.run_id, details)
+            outputs, snapshot_error = await self._outputs(details, state, handle)
+            error = run_error_info(details, state, outputs, snapshot_error)
+        elif details.snapshot_blocks is not None:  # a live run's outputs so far
+            outputs, error = (await self._outputs(details, state, handle))[0], None
+        else:  # most reads: a run in progress, nothing to fetch or explain
+            outputs, error = [], None
         project_id = details.project_id or handle.extra.get("project_id")
         return Run(
             handle=handle,
@@ -728,7 +734,7 @@ class DeepnoteBackend(BaseBackend):
             created_at=details.created_at or handle.created_at,
             finished_at=details.finished_at,
             outputs=tuple(outputs),
-            error=run_error_info(details, state, outputs, snapshot_error),
+            error=error,
             web_url=self._web_url(project_id, details.notebook_id or handle.notebook_id),
             raw=details.raw,
         )
