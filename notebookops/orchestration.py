@@ -151,11 +151,13 @@ async def _shielded(
     requests_before = caller.cancelling()
     deadline = loop.time() + timeout
     task = loop.create_task(work(*args))
+    del work, args  # the task has them: fewer objects alive per start queued for a connection
     # The transport's retries see the section's own deadline, not the caller's.
     _deadline.push(task, deadline)
     # An empty context: a cancelled timer stays in the loop's heap (with its context) until
-    # its time comes, long after the section is over.
-    timer = loop.call_at(deadline, task.cancel, _EXPIRED, context=_NO_CONTEXT)
+    # its time comes, long after the section is over. A plain function, not task.cancel: a
+    # bound method would be one more object per start.
+    timer = loop.call_at(deadline, _cancel_expired, task, context=_NO_CONTEXT)
     interruption: BaseException | None = None
     anyio_shield: anyio.CancelScope | None = None
     try:
@@ -415,6 +417,11 @@ class _Schedule:
         return delay
 
 
+def _cancel_expired(task: Any) -> None:
+    """A shielded section's time limit: cancel its task, saying why."""
+    task.cancel(_EXPIRED)
+
+
 def _wake(waiter: Any) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -502,7 +509,18 @@ async def start_run(
     ``start_timeout``; if that expires, the outcome is unknown and StartOutcomeUnknown says so.
     """
     _positive("start_timeout", start_timeout)
-    finished, handle = await _shielded(start_timeout, backend.start_run, request)
+    outcome = await _shielded(start_timeout, backend.start_run, request)
+    return _started(backend, request, start_timeout, outcome)
+
+
+def _started(
+    backend: NotebookBackend,
+    request: RunRequest,
+    start_timeout: float,
+    outcome: tuple[bool, RunHandle | None],
+) -> RunHandle:
+    """The handle of a start :func:`_shielded` finished, or StartOutcomeUnknown."""
+    finished, handle = outcome
     if not finished or handle is None:
         raise StartOutcomeUnknown(
             f"starting {request.notebook!r} on {backend.name} did not finish within "
@@ -701,7 +719,12 @@ async def run_and_wait(
     request = _as_request(notebook, inputs, blocks, options)
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    handle = await start_run(backend, request, start_timeout=start_timeout)
+    # start_run's steps, without a coroutine of its own (one more per start queued for a
+    # connection).
+    _positive("start_timeout", start_timeout)
+    outcome = await _shielded(start_timeout, backend.start_run, request)
+    handle = _started(backend, request, start_timeout, outcome)
+    del outcome
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
     # Not needed while waiting: thousands of waits in flight each keep less alive.
     del request, notebook, inputs, blocks, options
