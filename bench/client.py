@@ -283,23 +283,21 @@ class SharedPoller:
 
     The cadence is PollPolicy's, driven by the youngest wait (a newcomer brings the next read
     forward to at most the policy's first delay). Finished runs get one ``GET /v2/runs/{id}``
-    each, for the outputs the list does not carry.
+    each, for the outputs the list does not carry. ``get_json(url)`` makes one GET and
+    returns its decoded body (``bench/inprocess.py`` passes one for its in-memory fake).
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        slots: asyncio.Semaphore,
+        get_json: Callable[[str], Awaitable[Any]],
         url: str,
         notebook: str,
         rng: random.Random,
     ) -> None:
-        self.session = session
-        self.slots = slots
+        self.get_json = get_json
         self.url = url
         self.notebook = notebook
         self.rng = rng
-        self.auth = {"Authorization": f"Bearer {TOKEN}"}
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.began: dict[str, float] = {}
         self.next_read = 0.0
@@ -351,9 +349,7 @@ class SharedPoller:
         token: str | None = None
         while pending:
             query = "pageSize=100" + (f"&pageToken={token}" if token else "")
-            list_url = f"{self.url}/v2/notebooks/{self.notebook}/runs?{query}"
-            async with self.slots, self.session.get(list_url, headers=self.auth) as response:
-                page = await _read_json(response)
+            page = await self.get_json(f"{self.url}/v2/notebooks/{self.notebook}/runs?{query}")
             for run in page["runs"]:
                 run_id = run["runId"]
                 if run_id in pending:
@@ -366,9 +362,7 @@ class SharedPoller:
         return finished
 
     async def _finish(self, run_id: str) -> None:
-        status_url = f"{self.url}/v2/runs/{run_id}?snapshotDelivery=blocks"
-        async with self.slots, self.session.get(status_url, headers=self.auth) as response:
-            run = (await _read_json(response))["run"]
+        run = (await self.get_json(f"{self.url}/v2/runs/{run_id}?snapshotDelivery=blocks"))["run"]
         future = self.waiters.pop(run_id)
         self.began.pop(run_id, None)
         if not future.done():
@@ -380,8 +374,13 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     slots = asyncio.Semaphore(MAX_CONNECTIONS)
     async with _session() as session:
+
+        async def get_json(target: str) -> Any:
+            async with slots, session.get(target, headers=auth) as response:
+                return await _read_json(response)
+
         names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
-        pollers = {name: SharedPoller(session, slots, url, name, rng) for name in names}
+        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             body = _body(notebook, inputs)

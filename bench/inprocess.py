@@ -64,10 +64,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+# bench/client.py's floors and schedule, on the in-memory fake instead of aiohttp.
+from client import TERMINAL, SharedPoller, poll_delay
+from client import _body as body_for
+
 DURATION, SPREAD = 3.0, 0.2
-TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
-#: PollPolicy's defaults, as in bench/client.py.
-POLL_INITIAL, POLL_MAXIMUM, POLL_JITTER, POLL_PROPORTION = 1.0, 60.0, 0.1, 0.2
 _BLOCKS = [
     {
         "id": "block-1",
@@ -217,18 +218,6 @@ async def _request(method: str, url: str, body: Any = None) -> Any:
     return json.loads(answer)
 
 
-def _poll_delay(rng: random.Random, elapsed: float) -> float:
-    base = min(POLL_MAXIMUM, max(POLL_INITIAL, POLL_PROPORTION * elapsed))
-    return min(POLL_MAXIMUM, base * rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
-
-
-def _body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"notebookId": notebook, "detached": True}
-    if inputs:
-        body["inputs"] = inputs
-    return body
-
-
 Wait = Callable[[str, "dict[str, str] | None"], Awaitable[bool]]
 
 
@@ -277,7 +266,7 @@ async def _with_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     rng = random.Random(4)
 
     async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-        run_id = (await _request("POST", "http://x/v2/runs", _body(notebook, inputs)))["runId"]
+        run_id = (await _request("POST", "http://x/v2/runs", body_for(notebook, inputs)))["runId"]
         began = CLOCK.now
         while True:
             run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))[
@@ -285,73 +274,23 @@ async def _with_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
             ]
             if run["status"] in TERMINAL:
                 return bool(run["status"] == "success")
-            await asyncio.sleep(_poll_delay(rng, CLOCK.now - began))
+            await asyncio.sleep(poll_delay(rng, CLOCK.now - began))
 
     return await work(one)
 
 
-class _Poller:
-    """bench/client.py's SharedPoller against the in-memory fake."""
-
-    def __init__(self, notebook: str, rng: random.Random) -> None:
-        self.notebook = notebook
-        self.rng = rng
-        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.began: dict[str, float] = {}
-        self.next_read = 0.0
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def wait(self, run_id: str) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[run_id] = future
-        self.began[run_id] = CLOCK.now
-        first = CLOCK.now + _poll_delay(self.rng, 0.0)
-        if self.task is None or self.task.done():
-            self.next_read = first
-            self.task = asyncio.create_task(self._loop())
-        elif first < self.next_read:
-            self.next_read = first
-            self.wake.set()
-        return await future
-
-    async def _loop(self) -> None:
-        while self.waiters:
-            delay = self.next_read - CLOCK.now
-            if delay > 0:
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), delay)
-                except TimeoutError:
-                    pass
-                if self.next_read > CLOCK.now:
-                    continue
-            pending = set(self.waiters)
-            finished = []
-            page = await _request("GET", f"http://x/v2/notebooks/{self.notebook}/runs?pageSize=100")
-            for run in page["runs"]:
-                if run["runId"] in pending:
-                    pending.discard(run["runId"])
-                    if run["status"] in TERMINAL:
-                        finished.append(run["runId"])
-            youngest = max(self.began.values(), default=CLOCK.now)
-            self.next_read = CLOCK.now + _poll_delay(self.rng, CLOCK.now - youngest)
-            if finished:
-                await asyncio.gather(*(self._finish(run_id) for run_id in finished))
-
-    async def _finish(self, run_id: str) -> None:
-        run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))["run"]
-        self.began.pop(run_id, None)
-        self.waiters.pop(run_id).set_result(run)
-
-
 async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     rng = random.Random(4)
-    pollers: dict[str, _Poller] = {}
+    pollers: dict[str, SharedPoller] = {}
+
+    async def get_json(url: str) -> Any:
+        return await _request("GET", url)
 
     async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-        run_id = (await _request("POST", "http://x/v2/runs", _body(notebook, inputs)))["runId"]
-        poller = pollers.get(notebook) or pollers.setdefault(notebook, _Poller(notebook, rng))
+        run_id = (await _request("POST", "http://x/v2/runs", body_for(notebook, inputs)))["runId"]
+        poller = pollers.get(notebook)
+        if poller is None:
+            poller = pollers[notebook] = SharedPoller(get_json, "http://x", notebook, rng)
         run = await poller.wait(run_id)
         return bool(run["status"] == "success")
 
