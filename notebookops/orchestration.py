@@ -115,6 +115,12 @@ def _running_asyncio() -> Any:
     return None
 
 
+def _running_loop() -> Any:
+    """The running asyncio event loop, or None on another anyio backend (trio)."""
+    aio = _running_asyncio()
+    return aio.get_running_loop() if aio is not None else None
+
+
 def _loop_clock() -> tuple[Clock, Sleep]:
     """The running event loop's clock and sleep, looked up once per wait.
 
@@ -331,9 +337,7 @@ async def _poll(
     coroutine of its own nor a copy of the task's context per sleep: with thousands of waits
     asleep at once, every object a sleeping wait keeps alive is walked by each full garbage
     collection."""
-    aio = _running_asyncio()
-    loop = aio.get_running_loop() if aio is not None else None
-    del aio  # a sleeping wait keeps no more than it needs
+    loop = _running_loop()
     # Duck-typed: isinstance against a runtime-checkable Protocol costs ~20 µs, a sixth of
     # this loop's whole cost per run. Neither bound method is kept: each would be one more
     # object alive per sleeping wait.
@@ -412,7 +416,7 @@ class _Schedule:
 
     def __call__(self) -> float:
         """The delay before the next read (each call is one read)."""
-        delay = self.poll.delay(self.attempt, _RNG, elapsed=_now(self.loop) - self.began)
+        delay = self.poll.delay(self.attempt, _RNG, elapsed=self.elapsed())
         self.attempt += 1
         return delay
 

@@ -102,7 +102,7 @@ def sleeping_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Every test twice: sleeping waits on a bare asyncio future (asyncio), and on an anyio
     Event (what they use on any other anyio backend; trio is not installed here)."""
     if request.param == "anyio-event":
-        monkeypatch.setattr(_sharing, "_asyncio_loop", lambda: None)
+        monkeypatch.setattr(_sharing, "_running_loop", lambda: None)
     return str(request.param)
 
 

@@ -67,7 +67,7 @@ from ..._http import HttpResponse
 from ...backend import StateTable
 from ...errors import APIError, NotebookOpsError, ResponseDecodeError
 from ...models import RunHandle, RunState
-from ...orchestration import _running_asyncio, is_transient
+from ...orchestration import _running_loop, is_transient
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
 from ._wire import RunSummary
 
@@ -133,12 +133,6 @@ def _clock() -> float:
     # of its own readings matter, so the monotonic clock (what asyncio's loop reads) serves
     # without anyio's per-call lookup of the running event loop: read about 10 times a wait.
     return time.monotonic()
-
-
-def _asyncio_loop() -> Any:
-    """The running asyncio event loop, or None on another anyio backend."""
-    aio = _running_asyncio()
-    return aio.get_running_loop() if aio is not None else None
 
 
 def page_size_for(waited_on: int) -> int:
@@ -524,7 +518,7 @@ class SharedRunPolls:
         if watched.beyond_page or run_id in group.waiters:
             return NOT_SHARED  # (two waits on one run: the second polls on its own)
         del found, watched  # a sleeping wait keeps no more than it needs
-        loop = _asyncio_loop()
+        loop = _running_loop()
         delay = next_delay()
         me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay)
         group.waiters[run_id] = me
