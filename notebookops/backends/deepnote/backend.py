@@ -136,6 +136,12 @@ def _limiter(rate_limiter: RateLimiter | None, max_rate: float | None) -> RateLi
     return rate_limiter
 
 
+def _run_path(run_id: str, delivery: SnapshotDelivery) -> str:
+    """``/v2/runs/{runId}?snapshotDelivery=...``: the delivery is one of the known literals
+    (checked by the caller), safe in a query as it is."""
+    return f"/v2/runs/{path_segment(run_id, what='run id')}?snapshotDelivery={delivery}"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -351,12 +357,7 @@ class DeepnoteBackend(BaseBackend):
             raise ConfigurationError(
                 f"snapshot_delivery must be one of {SNAPSHOT_DELIVERIES}, got {delivery!r}"
             )
-        response = await self._transport.request(
-            "GET",
-            f"/v2/runs/{path_segment(run_id, what='run id')}",
-            params={"snapshotDelivery": delivery},
-        )
-        return decode_run(response)
+        return decode_run(await self._transport.request("GET", _run_path(run_id, delivery)))
 
     async def fetch_snapshot(self, url: str) -> str:
         """Download a snapshot document (``snapshotDownloadUrl``). A URL on another origin (a
@@ -717,15 +718,13 @@ class DeepnoteBackend(BaseBackend):
             self._polls.read_alone(
                 handle, finished=state.is_terminal, project_id=details.project_id
             )
-        if state.is_terminal:
-            if details.snapshot_status == "pending":
-                details = await self._await_snapshot(handle.run_id, details)
+        if state.is_terminal and details.snapshot_status == "pending":
+            details = await self._await_snapshot(handle.run_id, details)
+        outputs: list[CellOutput] = []
+        snapshot_error: RunErrorInfo | None = None
+        # Most reads are of a run in progress without blocks: nothing to fetch or read.
+        if state.is_terminal or details.snapshot_blocks is not None:
             outputs, snapshot_error = await self._outputs(details, state, handle)
-            error = run_error_info(details, state, outputs, snapshot_error)
-        elif details.snapshot_blocks is not None:  # a live run's outputs so far
-            outputs, error = (await self._outputs(details, state, handle))[0], None
-        else:  # most reads: a run in progress, nothing to fetch or explain
-            outputs, error = [], None
         project_id = details.project_id or handle.extra.get("project_id")
         return Run(
             handle=handle,
@@ -734,7 +733,7 @@ class DeepnoteBackend(BaseBackend):
             created_at=details.created_at or handle.created_at,
             finished_at=details.finished_at,
             outputs=tuple(outputs),
-            error=error,
+            error=run_error_info(details, state, outputs, snapshot_error),
             web_url=self._web_url(project_id, details.notebook_id or handle.notebook_id),
             raw=details.raw,
         )
@@ -779,13 +778,9 @@ class DeepnoteBackend(BaseBackend):
     async def _read_run(self, run_id: str) -> RunDetails:
         delivery = self._delivery
         try:
-            # get_run_details without its argument checks and its coroutine (one read per
-            # wait per poll): the delivery is one of the known literals, safe in a query.
-            response = await self._transport.request(
-                "GET",
-                f"/v2/runs/{path_segment(run_id, what='run id')}?snapshotDelivery={delivery}",
-            )
-            return decode_run(response)
+            # get_run_details without its argument checks and its coroutine: one read per
+            # wait per poll.
+            return decode_run(await self._transport.request("GET", _run_path(run_id, delivery)))
         except BadRequest:
             if delivery != "blocks":
                 raise
