@@ -173,7 +173,7 @@ async def _measure_waits(url: str, n: int, notebooks: int, one: Wait) -> dict[st
     return {**meter.stop(), **tracker.summary(), "warm_up_cpu": warm_up_cpu}
 
 
-def _body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
+def run_body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
     body: dict[str, Any] = {"notebookId": notebook, "detached": True}
     if inputs:
         body["inputs"] = inputs
@@ -225,7 +225,7 @@ async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]
     try:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            started = await transport.request("POST", "/v2/runs", json=_body(notebook, inputs))
+            started = await transport.request("POST", "/v2/runs", json=run_body(notebook, inputs))
             path = f"/v2/runs/{started.json()['runId']}"
             began = loop.time()
             while True:
@@ -263,7 +263,7 @@ async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
     async with _session() as session:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            body = _body(notebook, inputs)
+            body = run_body(notebook, inputs)
             async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
                 run_id = (await _read_json(response))["runId"]
             status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
@@ -383,7 +383,7 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
         pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            body = _body(notebook, inputs)
+            body = run_body(notebook, inputs)
             async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
                 run_id = (await _read_json(response))["runId"]
             run = await pollers[notebook].wait(run_id)

@@ -64,19 +64,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-# bench/client.py's floors and schedule, on the in-memory fake instead of aiohttp.
-from client import TERMINAL, SharedPoller, poll_delay
-from client import _body as body_for
+# bench/client.py's floors and schedule and bench/server.py's runs and answers, in one
+# process on the in-memory fake instead of aiohttp and sockets.
+from client import TERMINAL, SharedPoller, poll_delay, run_body
+from measure import GCTimer
+from server import BenchRun, run_duration, runs_page
 
 DURATION, SPREAD = 3.0, 0.2
-_BLOCKS = [
-    {
-        "id": "block-1",
-        "type": "code",
-        "outputs": [{"output_type": "stream", "name": "stdout", "text": "done\n"}],
-        "metadata": {},
-    }
-]
 
 
 # --------------------------------------------------------------------------- virtual time
@@ -121,29 +115,15 @@ def run_virtual(main: Coroutine[Any, Any, Any]) -> Any:
 # --------------------------------------------------------------------------- the fake API
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class FakeDeepnote:
-    """The answers of bench/server.py, computed in-process; counts requests and its own CPU."""
+    """bench/server.py's runs and answers, in-process; counts requests and its own CPU."""
 
     def __init__(self, seed: int = 3) -> None:
         self.rng = random.Random(seed)
-        self.runs: dict[str, dict[str, Any]] = {}
-        self.by_notebook: dict[str, list[dict[str, Any]]] = {}
+        self.runs: dict[str, BenchRun] = {}
+        self.by_notebook: dict[str, list[BenchRun]] = {}
         self.cpu = 0.0
         self.requests = 0
-
-    def _summary(self, run: dict[str, Any], now: float) -> dict[str, Any]:
-        done = now >= run["end"]
-        return {
-            "runId": run["id"],
-            "notebookId": run["notebook"],
-            "status": "success" if done else "running",
-            "createdAt": run["created"],
-            "completedAt": run["ended"] if done else None,
-        }
 
     def answer(self, method: str, url: str, body: Any) -> tuple[int, bytes]:
         began = time.process_time()
@@ -157,48 +137,22 @@ class FakeDeepnote:
         parts = urlsplit(url)
         now = CLOCK.now
         if method == "POST":
-            inputs = body.get("inputs") or {}
-            if "bench_duration" in inputs:
-                duration = float(inputs["bench_duration"])
-            else:
-                duration = DURATION * (1 + SPREAD * self.rng.uniform(-1, 1))
+            duration = run_duration(body.get("inputs"), DURATION, SPREAD, self.rng)
+            # Ids and times from the seeded generator and the virtual clock: the same every run.
+            run_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=now)
-            run = {
-                "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-                "notebook": body["notebookId"],
-                "created": _iso(created),
-                "ended": _iso(created + timedelta(seconds=duration)),
-                "end": now + duration,
-            }
-            self.runs[run["id"]] = run
-            self.by_notebook.setdefault(run["notebook"], []).append(run)
-            answer = {"runId": run["id"], "status": "pending", "createdAt": run["created"]}
-            return 202, json.dumps(answer).encode()
+            run = BenchRun(run_id, body["notebookId"], created, duration)
+            self.runs[run.id] = run
+            self.by_notebook.setdefault(run.notebook, []).append(run)
+            return 202, json.dumps(run.started()).encode()
         if parts.path.startswith("/v2/runs/"):
             run = self.runs[parts.path.rsplit("/", 1)[1]]
-            data = self._summary(run, now)
-            done = data["status"] == "success"
-            data.update(
-                projectId="project-1",
-                error=None,
-                snapshotStatus="available" if done else "pending",
-                snapshotContent=None,
-                snapshotDownloadUrl=None,
-            )
-            if done:
-                data["snapshotBlocks"] = _BLOCKS
-            return 200, json.dumps({"run": data}).encode()
+            return 200, json.dumps({"run": run.details(now)}).encode()
         query = parse_qs(parts.query)
         runs = self.by_notebook.get(parts.path.split("/")[3], [])
-        size = min(100, int(query.get("pageSize", ["20"])[0]))
+        size = int(query.get("pageSize", ["20"])[0])
         offset = int(query.get("pageToken", ["0"])[0])
-        page = runs[::-1][offset : offset + size]
-        more = offset + size < len(runs)
-        answer = {
-            "runs": [self._summary(run, now) for run in page],
-            "pagination": {"nextPageToken": str(offset + size) if more else None, "hasMore": more},
-        }
-        return 200, json.dumps(answer).encode()
+        return 200, json.dumps(runs_page(runs, size, offset, now)).encode()
 
 
 FAKE = FakeDeepnote()
@@ -266,7 +220,7 @@ async def _with_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     rng = random.Random(4)
 
     async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-        run_id = (await _request("POST", "http://x/v2/runs", body_for(notebook, inputs)))["runId"]
+        run_id = (await _request("POST", "http://x/v2/runs", run_body(notebook, inputs)))["runId"]
         began = CLOCK.now
         while True:
             run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))[
@@ -287,7 +241,7 @@ async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
         return await _request("GET", url)
 
     async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-        run_id = (await _request("POST", "http://x/v2/runs", body_for(notebook, inputs)))["runId"]
+        run_id = (await _request("POST", "http://x/v2/runs", run_body(notebook, inputs)))["runId"]
         poller = pollers.get(notebook)
         if poller is None:
             poller = pollers[notebook] = SharedPoller(get_json, "http://x", notebook, rng)
@@ -326,14 +280,7 @@ def _waits(one: Wait, n: int, notebooks: int) -> Awaitable[list[bool]]:
 
 def measure_cpu(variant: str, n: int) -> dict[str, Any]:
     notebooks = max(1, n // 100)
-    gc_seconds = [0.0]
-    began = [0.0]
-
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            began[0] = time.process_time()
-        else:
-            gc_seconds[0] += time.process_time() - began[0]
+    on_gc = GCTimer()
 
     async def work(one: Wait) -> dict[str, Any]:
         if not await one(*WARM_UP):
@@ -352,7 +299,7 @@ def measure_cpu(variant: str, n: int) -> dict[str, Any]:
             "n": n,
             "library": _library() if variant.startswith("lib") else None,
             "cpu_us_per_run": round(cpu / n * 1e6, 1),
-            "of_which_gc_us_per_run": round(gc_seconds[0] / n * 1e6, 1),
+            "of_which_gc_us_per_run": round(sum(on_gc.seconds) / n * 1e6, 1),
             "fake_server_us_per_run": round(FAKE.cpu / n * 1e6, 1),
             "requests_per_run": round(FAKE.requests / n, 3),
         }
@@ -370,7 +317,10 @@ def measure_objects(variant: str, n: int, when: str = "asleep") -> dict[str, Any
 
     def census() -> collections.Counter[str]:
         gc.collect()
-        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+        # The fake's own runs are the server's state, in another process on loopback.
+        return collections.Counter(
+            type(o).__qualname__ for o in gc.get_objects() if type(o) is not BenchRun
+        )
 
     async def work(one: Wait) -> None:
         if not await one(*WARM_UP):

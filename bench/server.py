@@ -56,7 +56,7 @@ def _iso(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Run:
+class BenchRun:
     __slots__ = ("created_iso", "end", "ended_iso", "first_terminal", "id", "notebook", "reads")
 
     def __init__(self, run_id: str, notebook: str, created: datetime, duration: float) -> None:
@@ -68,7 +68,12 @@ class _Run:
         self.first_terminal: float | None = None
         self.reads = 0
 
+    def started(self) -> dict[str, Any]:
+        """The ``POST /v2/runs`` answer."""
+        return {"runId": self.id, "status": "pending", "createdAt": self.created_iso}
+
     def summary(self, now: float) -> dict[str, Any]:
+        """The run as the runs list shows it."""
         done = now >= self.end
         return {
             "runId": self.id,
@@ -77,6 +82,44 @@ class _Run:
             "createdAt": self.created_iso,
             "completedAt": self.ended_iso if done else None,
         }
+
+    def details(self, now: float) -> dict[str, Any]:
+        """The run as ``GET /v2/runs/{id}`` shows it (inside ``{"run": ...}``)."""
+        data = self.summary(now)
+        done = data["status"] == TERMINAL_STATUS
+        data.update(
+            {
+                "projectId": "project-1",
+                "error": None,
+                "snapshotStatus": "available" if done else "pending",
+                "snapshotContent": None,
+                "snapshotDownloadUrl": None,
+            }
+        )
+        if done:
+            data["snapshotBlocks"] = _SNAPSHOT_BLOCKS
+        return data
+
+
+def run_duration(inputs: object, duration: float, spread: float, rng: random.Random) -> float:
+    """A new run's length: the string input ``bench_duration`` if the POST gave one, else
+    ``duration`` +/- ``spread`` (a fraction)."""
+    requested = inputs.get("bench_duration") if isinstance(inputs, dict) else None
+    if isinstance(requested, str):
+        return max(0.0, float(requested))
+    return max(0.0, duration * (1 + spread * rng.uniform(-1, 1)))
+
+
+def runs_page(runs: list[BenchRun], size: int, offset: int, now: float) -> dict[str, Any]:
+    """``GET /v2/notebooks/{id}/runs``: ``runs`` (stored oldest first) newest first, one page
+    of at most ``size`` (at most 100) from ``offset``; the next offset is the page token."""
+    size = min(_PAGE_MAX, max(1, size))
+    newest_first = runs[::-1][offset : offset + size]
+    more = offset + size < len(runs)
+    return {
+        "runs": [run.summary(now) for run in newest_first],
+        "pagination": {"nextPageToken": str(offset + size) if more else None, "hasMore": more},
+    }
 
 
 class BenchServer:
@@ -90,8 +133,8 @@ class BenchServer:
         self.reset()
 
     def reset(self) -> None:
-        self.runs: dict[str, _Run] = {}
-        self.by_notebook: dict[str, list[_Run]] = {}
+        self.runs: dict[str, BenchRun] = {}
+        self.by_notebook: dict[str, list[BenchRun]] = {}
         self.counts: dict[str, int] = {"post": 0, "get": 0, "list": 0}
         self.limited: dict[str, int] = {"post": 0, "get": 0, "list": 0}
         self.first_request: float | None = None
@@ -142,18 +185,11 @@ class BenchServer:
         notebook = body.get("notebookId") if isinstance(body, dict) else None
         if not isinstance(notebook, str) or not notebook:
             return web.json_response({"message": "notebookId is required"}, status=400)
-        inputs = body.get("inputs") or {}
-        requested = inputs.get("bench_duration") if isinstance(inputs, dict) else None
-        if isinstance(requested, str):
-            duration = float(requested)
-        else:
-            duration = self.duration * (1 + self.spread * self.rng.uniform(-1, 1))
-        run = _Run(str(uuid.uuid4()), notebook, datetime.now(UTC), max(0.0, duration))
+        duration = run_duration(body.get("inputs"), self.duration, self.spread, self.rng)
+        run = BenchRun(str(uuid.uuid4()), notebook, datetime.now(UTC), duration)
         self.runs[run.id] = run
         self.by_notebook.setdefault(notebook, []).append(run)
-        return web.json_response(
-            {"runId": run.id, "status": "pending", "createdAt": run.created_iso}, status=202
-        )
+        return web.json_response(run.started(), status=202)
 
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         if not self._admit("get"):
@@ -165,21 +201,9 @@ class BenchServer:
             return web.json_response({"message": "Run not found"}, status=404)
         now = time.monotonic()
         run.reads += 1
-        data = run.summary(now)
-        done = data["status"] == TERMINAL_STATUS
-        if done and run.first_terminal is None:
+        data = run.details(now)
+        if data["status"] == TERMINAL_STATUS and run.first_terminal is None:
             run.first_terminal = now
-        data.update(
-            {
-                "projectId": "project-1",
-                "error": None,
-                "snapshotStatus": "available" if done else "pending",
-                "snapshotContent": None,
-                "snapshotDownloadUrl": None,
-            }
-        )
-        if done:
-            data["snapshotBlocks"] = _SNAPSHOT_BLOCKS
         return web.json_response({"run": data})
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
@@ -188,21 +212,9 @@ class BenchServer:
         if not self._authorized(request):
             return web.json_response({"message": "Unauthorized"}, status=401)
         runs = self.by_notebook.get(request.match_info["notebook_id"], [])
-        size = min(_PAGE_MAX, max(1, int(request.query.get("pageSize", "20"))))
+        size = int(request.query.get("pageSize", "20"))
         offset = int(request.query.get("pageToken", "0"))
-        # Stored oldest first; the API lists newest first.
-        newest_first = runs[::-1][offset : offset + size]
-        now = time.monotonic()
-        more = offset + size < len(runs)
-        return web.json_response(
-            {
-                "runs": [run.summary(now) for run in newest_first],
-                "pagination": {
-                    "nextPageToken": str(offset + size) if more else None,
-                    "hasMore": more,
-                },
-            }
-        )
+        return web.json_response(runs_page(runs, size, offset, time.monotonic()))
 
     # -- control routes
 
