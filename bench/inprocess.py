@@ -33,12 +33,18 @@ Measurements (``MODE``):
     Instructions executed per run under valgrind's callgrind (needs ``valgrind``): the
     workload is run with N and with 2N waits and the difference divided by N, which cancels
     start-up and imports. Repeats agree to about 0.5%.
+``breakdown``
+    ``instructions`` for a set of workloads cut short after one phase of a wait (the
+    ``lib-*`` and ``floor-*`` variants), differenced into the instructions per run of each
+    phase of a shared wait, the library's against the hand-written shared loop's: where the
+    library's extra cost is. Prints a Markdown table, then JSON.
 
 Examples::
 
     .venv/bin/python bench/inprocess.py instructions --variant lib --n 1000
     .venv/bin/python bench/inprocess.py objects --variant lib-noshare
     .venv/bin/python bench/inprocess.py cpu --variant shared-floor --n 10000
+    .venv/bin/python bench/inprocess.py breakdown --n 500
 
 Figures from here are for comparing two versions of the library with each other (run both,
 the same way); the targets are judged by ``bench/run.py``.
@@ -178,10 +184,9 @@ Wait = Callable[[str, "dict[str, str] | None"], Awaitable[bool]]
 # --------------------------------------------------------------------------- workloads
 
 
-async def _with_library(share: bool, work: Callable[[Wait], Awaitable[Any]]) -> Any:
-    from notebookops import RunRequest, RunState, run_and_wait
+def _patch_transport() -> None:
+    """Make the library's transport answer from the fake (once per process)."""
     from notebookops._http import HttpResponse, HttpTransport
-    from notebookops.backends.deepnote import DeepnoteBackend
 
     headers = {"content-type": "application/json"}
 
@@ -200,12 +205,23 @@ async def _with_library(share: bool, work: Callable[[Wait], Awaitable[Any]]) -> 
         return HttpResponse(status, headers, body, method, url, "deepnote")
 
     HttpTransport._send = send  # type: ignore[method-assign]
+
+
+def _backend(share: bool) -> Any:
+    from notebookops.backends.deepnote import DeepnoteBackend
+
+    _patch_transport()
+    return DeepnoteBackend(
+        "bench-token", base_url="http://127.0.0.1:9", allow_http=True, share_polls=share
+    )
+
+
+async def _with_library(share: bool, work: Callable[[Wait], Awaitable[Any]]) -> Any:
     import notebookops.orchestration as orchestration
+    from notebookops import RunRequest, RunState, run_and_wait
 
     orchestration._RNG.seed(2)
-    async with DeepnoteBackend(
-        "bench-token", base_url="http://127.0.0.1:9", allow_http=True, share_polls=share
-    ) as backend:
+    async with _backend(share) as backend:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             run = await run_and_wait(
@@ -251,6 +267,59 @@ async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     return await work(one)
 
 
+#: How long the phase workloads wait before reading a finished run: longer than any run.
+_AFTER_THE_END = DURATION * (1 + SPREAD) + 1.0
+
+
+async def _with_library_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    """The library's side of ``breakdown``: a wait cut short after one of its phases, through
+    the backend's own methods (no ``run_and_wait``)."""
+    import notebookops.orchestration as orchestration
+    from notebookops import RunRequest, RunState
+
+    orchestration._RNG.seed(2)
+    # The finished run's read is measured on its own (GET /v2/runs/{id}), so without the
+    # shared list in front of it; its start is subtracted in the same configuration.
+    share = phase not in ("lib-start-alone", "lib-finished-read")
+    async with _backend(share) as backend:
+
+        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+            handle = await backend.start_run(RunRequest(notebook=notebook, inputs=inputs or {}))
+            if phase in ("lib-start", "lib-start-alone"):
+                return True
+            if phase == "lib-finished-read":
+                await asyncio.sleep(_AFTER_THE_END)
+                return bool((await backend.get_run(handle)).state is RunState.SUCCEEDED)
+            run = await backend.get_run(handle)  # served by the start's answer
+            if phase == "lib-first-read":
+                return True
+            # lib-adapter: the whole wait as run_and_wait's _poll drives it, without the rest
+            # of run_and_wait (shielded start, deadline, tracker).
+            schedule = orchestration._Schedule(
+                orchestration._default_poll(), orchestration._running_loop()
+            )
+            while not run.state.is_terminal:
+                run = await backend.next_change(handle, run, schedule)
+            return bool(run.state is RunState.SUCCEEDED)
+
+        return await work(one)
+
+
+async def _with_floor_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    """The hand-written side of ``breakdown``: the floor's start, or its start and one read
+    of the finished run."""
+
+    async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+        run_id = (await _request("POST", "http://x/v2/runs", run_body(notebook, inputs)))["runId"]
+        if phase == "floor-start":
+            return True
+        await asyncio.sleep(_AFTER_THE_END)
+        run = (await _request("GET", f"http://x/v2/runs/{run_id}?snapshotDelivery=blocks"))["run"]
+        return bool(run["status"] == "success")
+
+    return await work(one)
+
+
 def _library() -> str:
     """Which checkout of the library is measured (PYTHONPATH picks another one)."""
     import notebookops
@@ -265,10 +334,24 @@ def _workload(variant: str, work: Callable[[Wait], Awaitable[Any]]) -> Awaitable
         return _with_library(False, work)
     if variant == "shared-floor":
         return _with_shared_floor(work)
+    if variant in PHASES:
+        if variant.startswith("lib-"):
+            return _with_library_phase(variant, work)
+        return _with_floor_phase(variant, work)
     return _with_floor(work)
 
 
-VARIANTS = ("lib", "lib-noshare", "shared-floor", "floor")
+#: ``breakdown``'s workloads: waits cut short after one phase (see measure_breakdown).
+PHASES = (
+    "lib-start",
+    "lib-start-alone",
+    "lib-first-read",
+    "lib-finished-read",
+    "lib-adapter",
+    "floor-start",
+    "floor-finished-read",
+)
+VARIANTS = ("lib", "lib-noshare", "shared-floor", "floor", *PHASES)
 
 
 def _waits(one: Wait, n: int, notebooks: int) -> Awaitable[list[bool]]:
@@ -385,10 +468,74 @@ def measure_instructions(variant: str, n: int) -> dict[str, Any]:
     }
 
 
+def measure_breakdown(_variant: str, n: int) -> dict[str, Any]:
+    """Instructions per run of each phase of a shared wait, the library's against the
+    hand-written shared loop's, the phases making the same requests on both sides (so the
+    fake's share cancels out of the difference). Each phase is the difference of two
+    workloads cut short at either end of it."""
+    wanted = ("lib", "shared-floor", *PHASES)
+    counts = {name: measure_instructions(name, n)["instructions_per_run"] for name in wanted}
+    library = _library()
+    lib_finished = counts["lib-finished-read"] - counts["lib-start-alone"]
+    floor_finished = counts["floor-finished-read"] - counts["floor-start"]
+    phases = [
+        ("start: POST /v2/runs, answer decoded", counts["lib-start"], counts["floor-start"]),
+        (
+            "first read, served by the start's answer (no request)",
+            counts["lib-first-read"] - counts["lib-start"],
+            0,
+        ),
+        ("the finished run's read: GET /v2/runs/{id}, outputs", lib_finished, floor_finished),
+        (
+            "shared waiting: list reads, sleeping, waking",
+            counts["lib-adapter"] - counts["lib-first-read"] - lib_finished,
+            counts["shared-floor"] - counts["floor-finished-read"],
+        ),
+        (
+            "run_and_wait around the backend: shielded start, deadline, schedule",
+            counts["lib"] - counts["lib-adapter"],
+            0,
+        ),
+    ]
+    rows = [
+        {"phase": name, "library": lib, "hand_written": floor, "extra": lib - floor}
+        for name, lib, floor in phases
+    ]
+    total_extra = counts["lib"] - counts["shared-floor"]
+    rows.append(
+        {
+            "phase": "whole wait (run_and_wait vs the hand-written shared loop)",
+            "library": counts["lib"],
+            "hand_written": counts["shared-floor"],
+            "extra": total_extra,
+        }
+    )
+    for row in rows:
+        row["share_of_extra"] = round(row["extra"] / total_extra, 3) if total_extra else None
+    return {"n": n, "library": library, "workloads": counts, "phases": rows}
+
+
+def breakdown_table(result: dict[str, Any]) -> str:
+    """``measure_breakdown``'s result as a Markdown table."""
+    lines = [
+        "| phase of a shared wait | library, instructions/run | hand-written | extra | share "
+        "of the extra |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["phases"]:
+        share = row["share_of_extra"]
+        lines.append(
+            f"| {row['phase']} | {row['library']:,} | {row['hand_written']:,} | "
+            f"{row['extra']:+,} | {'' if share is None else f'{share:.0%}'} |"
+        )
+    return "\n".join(lines)
+
+
 MODES: dict[str, Callable[..., dict[str, Any]]] = {
     "cpu": measure_cpu,
     "objects": measure_objects,
     "instructions": measure_instructions,
+    "breakdown": measure_breakdown,
 }
 
 
@@ -405,7 +552,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = {"when": args.when} if args.mode == "objects" else {}
-    print(json.dumps(MODES[args.mode](args.variant, args.n, **extra)))
+    result = MODES[args.mode](args.variant, args.n, **extra)
+    if args.mode == "breakdown":
+        print(breakdown_table(result))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
