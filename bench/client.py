@@ -392,6 +392,32 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
         return await _measure_waits(url, n, notebooks, one)
 
 
+async def overhead_shared_transport(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    """The hand-written shared-poll loop with every request made by the library's
+    ``HttpTransport``: what the transport adds to shared waits, apart from the rest."""
+    from notebookops._http import HttpTransport
+    from notebookops.backends.deepnote._requests import PROFILE
+
+    rng = random.Random()
+    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
+    try:
+
+        async def get_json(target: str) -> Any:
+            return (await transport.request("GET", target)).json()
+
+        names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
+        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
+
+        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+            started = await transport.request("POST", "/v2/runs", json=run_body(notebook, inputs))
+            run = await pollers[notebook].wait(started.json()["runId"])
+            return bool(run["status"] == "success")
+
+        return await _measure_waits(url, n, notebooks, one)
+    finally:
+        await transport.aclose()
+
+
 async def overhead_lib_noshare(url: str, n: int, notebooks: int) -> dict[str, Any]:
     return await overhead_lib(url, n, notebooks, share=False)
 
@@ -403,6 +429,7 @@ OVERHEAD: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, Any]
     "transport": overhead_transport,
     "floor": overhead_floor,
     "shared": overhead_shared,
+    "shared-transport": overhead_shared_transport,
 }
 
 

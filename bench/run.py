@@ -162,10 +162,11 @@ class Section:
 
 # --------------------------------------------------------------------------- 1: overhead
 
-VARIANTS = ("lib", "shared", "lib-noshare", "adapter", "transport", "floor")
+VARIANTS = ("lib", "shared", "shared-transport", "lib-noshare", "adapter", "transport", "floor")
 VARIANT_NAMES = {
     "lib": "notebookops `run_and_wait` (defaults: shared polls)",
     "shared": "hand-written aiohttp shared polls (floor for shared polls)",
+    "shared-transport": "layers: hand-written shared polls on `HttpTransport.request`",
     "lib-noshare": "notebookops `run_and_wait`, `share_polls=False`",
     "adapter": "layers: `DeepnoteBackend` start_run/get_run, hand loop",
     "transport": "layers: `HttpTransport.request`, hand loop",
@@ -356,6 +357,18 @@ def _overhead_size(
             "request is the fairer comparison when the clients end up making different numbers "
             "of requests (at 10,000 the start burst is CPU-bound, so a slower client reads each "
             "run fewer times)."
+        )
+    if {"shared", "shared-transport"} <= set(variants):
+        extra = ms["lib"] - ms["shared"]
+        by_transport = ms["shared-transport"] - ms["shared"]
+        section.add(
+            "With shared polls, the hand-written shared loop making its requests through the "
+            f"library's `HttpTransport` costs {ms['shared-transport']:.3f} ms per run against "
+            f"{ms['shared']:.3f} ms on aiohttp directly "
+            f"({paired('shared-transport', cpu, 'shared'):.2f}x), and `run_and_wait` "
+            f"{ms['lib']:.3f} ms: the transport accounts for {by_transport:+.3f} of the "
+            f"{extra:+.3f} ms the library adds per run (`bench/inprocess.py breakdown` splits "
+            "the rest by phase)."
         )
     gc_ms = {
         v: median([r.get("gc_cpu", float("nan")) / n * 1000 for r in samples[v]]) for v in variants
