@@ -17,7 +17,10 @@ Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
       ``aiohttp.ClientSession`` (same connection limit) and no abstraction at all;
     * ``shared``: a hand-written shared-polling loop, the floor for ``lib``: one poller per
       notebook reads ``GET /v2/notebooks/{id}/runs`` for all of that notebook's waits, then
-      one ``GET /v2/runs/{id}`` per finished run for its outputs.
+      one ``GET /v2/runs/{id}`` per finished run for its outputs;
+    * ``shared-transport``: ``shared`` with every request made by ``HttpTransport.request``;
+    * ``shared-guarded``: ``shared-transport``, each wait also doing by hand what the library's
+      guarantees take on a run that goes well (:func:`guarded_wait`).
 
 ``pollcheck --url URL --cases L:SCALE:REPEATS,...``
     Time-scaled real runs through ``run_and_wait``: a run of L simulated seconds lasts L/SCALE
@@ -418,6 +421,82 @@ async def overhead_shared_transport(url: str, n: int, notebooks: int) -> dict[st
         await transport.aclose()
 
 
+def guarded_wait() -> Callable[..., Awaitable[bool]]:
+    """A wait doing by hand the per-run work the library's guarantees take on a run that goes
+    well: the start in a task of its own behind ``asyncio.shield`` (a cancellation cannot
+    abort it mid-request), a deadline (``asyncio.timeout``), a typed ``RunHandle``, and the
+    finished run decoded into a typed ``Run`` with its outputs by the library's own decoders.
+
+    ``wait(notebook, post, finished)``: ``post()`` sends the start and returns its
+    ``HttpResponse``; ``finished(run_id)`` returns the finished run's JSON object. Made once
+    per client, so that the imports are not part of each wait."""
+    from notebookops._convert import parse_datetime
+    from notebookops.backends.deepnote._requests import DEEPNOTE_STATES, outputs_from_blocks
+    from notebookops.backends.deepnote._wire import RunDetails, read_fast
+    from notebookops.models import Run, RunHandle, RunState
+
+    async def wait(
+        notebook: str,
+        post: Callable[[], Coroutine[Any, Any, Any]],
+        finished: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> bool:
+        async with asyncio.timeout(WAIT_TIMEOUT):
+            start = asyncio.create_task(post())
+            answer = (await asyncio.shield(start)).json()
+            handle = RunHandle(
+                backend="deepnote",
+                run_id=answer["runId"],
+                notebook_id=notebook,
+                created_at=parse_datetime(answer["createdAt"]),
+            )
+            raw = await finished(handle.run_id)
+            details = read_fast(raw, RunDetails)
+            assert details is not None, "an unusual run body: the fast decoder declined it"
+            run = Run(
+                handle=handle,
+                state=DEEPNOTE_STATES.get(details.status, RunState.UNKNOWN),
+                vendor_state=details.status,
+                created_at=details.created_at,
+                finished_at=details.finished_at,
+                outputs=tuple(outputs_from_blocks(details.snapshot_blocks or ())),
+                raw=raw,
+            )
+        return run.state is RunState.SUCCEEDED
+
+    return wait
+
+
+async def overhead_shared_guarded(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    """``shared-transport`` with :func:`guarded_wait`'s per-run work: what a wait keeping the
+    library's guarantees costs at the least, to tell the guarantees' share of
+    ``run_and_wait``'s extra CPU from the rest of its code."""
+    from notebookops._http import HttpTransport
+    from notebookops.backends.deepnote._requests import PROFILE
+
+    rng = random.Random()
+    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
+    guarded = guarded_wait()
+    try:
+
+        async def get_json(target: str) -> Any:
+            return (await transport.request("GET", target)).json()
+
+        names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
+        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
+
+        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+            body = run_body(notebook, inputs)
+            return await guarded(
+                notebook,
+                lambda: transport.request("POST", "/v2/runs", json=body),
+                pollers[notebook].wait,
+            )
+
+        return await _measure_waits(url, n, notebooks, one)
+    finally:
+        await transport.aclose()
+
+
 async def overhead_lib_noshare(url: str, n: int, notebooks: int) -> dict[str, Any]:
     return await overhead_lib(url, n, notebooks, share=False)
 
@@ -430,6 +509,7 @@ OVERHEAD: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, Any]
     "floor": overhead_floor,
     "shared": overhead_shared,
     "shared-transport": overhead_shared_transport,
+    "shared-guarded": overhead_shared_guarded,
 }
 
 

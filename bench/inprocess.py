@@ -18,6 +18,9 @@ the default PollPolicy, as in scenario 1 of ``bench/run.py``:
 * ``lib-noshare``: the same with ``share_polls=False``;
 * ``shared-floor``: a hand-written shared-poll loop (one runs-list read per notebook for all
   of its waits, one run read per finished run), with no abstraction at all;
+* ``guarded-floor``: ``shared-floor`` on the library's transport, each wait also doing by hand
+  the per-run work the library's guarantees take (a shielded start task, a deadline, a typed
+  handle and Run with outputs): the least a wait keeping them costs;
 * ``floor``: a hand-written loop making one read per wait per poll.
 
 Measurements (``MODE``):
@@ -72,7 +75,7 @@ from urllib.parse import parse_qs, urlsplit
 
 # bench/client.py's floors and schedule and bench/server.py's runs and answers, in one
 # process on the in-memory fake instead of aiohttp and sockets.
-from client import TERMINAL, SharedPoller, poll_delay, run_body
+from client import TERMINAL, SharedPoller, guarded_wait, poll_delay, run_body
 from measure import GCTimer
 from server import BenchRun, run_duration, runs_page
 
@@ -267,6 +270,40 @@ async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     return await work(one)
 
 
+async def _with_guarded_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
+    """The hand-written shared loop on the library's transport (answering from the fake, as
+    the library's does), each wait doing by hand what the library's guarantees take
+    (``bench/client.py``'s ``guarded_wait``): the least a wait keeping them costs."""
+    from notebookops._http import HttpTransport
+    from notebookops.backends.deepnote._requests import PROFILE
+
+    _patch_transport()
+    rng = random.Random(4)
+    base = "http://127.0.0.1:9"
+    transport = HttpTransport(PROFILE, base_url=base, token="bench-token", allow_http=True)
+    guarded = guarded_wait()
+    pollers: dict[str, SharedPoller] = {}
+
+    async def get_json(url: str) -> Any:
+        return (await transport.request("GET", url)).json()
+
+    async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+        body = run_body(notebook, inputs)
+        poller = pollers.get(notebook)
+        if poller is None:
+            poller = pollers[notebook] = SharedPoller(get_json, base, notebook, rng)
+        return bool(
+            await guarded(
+                notebook, lambda: transport.request("POST", "/v2/runs", json=body), poller.wait
+            )
+        )
+
+    try:
+        return await work(one)
+    finally:
+        await transport.aclose()
+
+
 #: How long the phase workloads wait before reading a finished run: longer than any run.
 _AFTER_THE_END = DURATION * (1 + SPREAD) + 1.0
 
@@ -320,6 +357,10 @@ async def _with_floor_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]) 
     return await work(one)
 
 
+def _uses_library(variant: str) -> bool:
+    return variant.startswith("lib") or variant == "guarded-floor"
+
+
 def _library() -> str:
     """Which checkout of the library is measured (PYTHONPATH picks another one)."""
     import notebookops
@@ -334,6 +375,8 @@ def _workload(variant: str, work: Callable[[Wait], Awaitable[Any]]) -> Awaitable
         return _with_library(False, work)
     if variant == "shared-floor":
         return _with_shared_floor(work)
+    if variant == "guarded-floor":
+        return _with_guarded_floor(work)
     if variant in PHASES:
         if variant.startswith("lib-"):
             return _with_library_phase(variant, work)
@@ -351,7 +394,7 @@ PHASES = (
     "floor-start",
     "floor-finished-read",
 )
-VARIANTS = ("lib", "lib-noshare", "shared-floor", "floor", *PHASES)
+VARIANTS = ("lib", "lib-noshare", "shared-floor", "guarded-floor", "floor", *PHASES)
 
 
 def _waits(one: Wait, n: int, notebooks: int) -> Awaitable[list[bool]]:
@@ -380,7 +423,7 @@ def measure_cpu(variant: str, n: int) -> dict[str, Any]:
         return {
             "variant": variant,
             "n": n,
-            "library": _library() if variant.startswith("lib") else None,
+            "library": _library() if _uses_library(variant) else None,
             "cpu_us_per_run": round(cpu / n * 1e6, 1),
             "of_which_gc_us_per_run": round(sum(on_gc.seconds) / n * 1e6, 1),
             "fake_server_us_per_run": round(FAKE.cpu / n * 1e6, 1),
@@ -428,7 +471,7 @@ def measure_objects(variant: str, n: int, when: str = "asleep") -> dict[str, Any
     return {
         "variant": variant,
         "n": n,
-        "library": _library() if variant.startswith("lib") else None,
+        "library": _library() if _uses_library(variant) else None,
         "when": when,
         "objects_per_wait": round(sum(counts.values()) / n, 1),
         "by_type": dict(sorted(per_wait.items(), key=lambda kv: -kv[1])),

@@ -162,11 +162,22 @@ class Section:
 
 # --------------------------------------------------------------------------- 1: overhead
 
-VARIANTS = ("lib", "shared", "shared-transport", "lib-noshare", "adapter", "transport", "floor")
+VARIANTS = (
+    "lib",
+    "shared",
+    "shared-transport",
+    "shared-guarded",
+    "lib-noshare",
+    "adapter",
+    "transport",
+    "floor",
+)
 VARIANT_NAMES = {
     "lib": "notebookops `run_and_wait` (defaults: shared polls)",
     "shared": "hand-written aiohttp shared polls (floor for shared polls)",
     "shared-transport": "layers: hand-written shared polls on `HttpTransport.request`",
+    "shared-guarded": "layers: the same, with the guarantees' per-run work (shielded start task, "
+    "deadline, typed handle and Run with outputs)",
     "lib-noshare": "notebookops `run_and_wait`, `share_polls=False`",
     "adapter": "layers: `DeepnoteBackend` start_run/get_run, hand loop",
     "transport": "layers: `HttpTransport.request`, hand loop",
@@ -369,6 +380,20 @@ def _overhead_size(
             f"{ms['lib']:.3f} ms: the transport accounts for {by_transport:+.3f} of the "
             f"{extra:+.3f} ms the library adds per run (`bench/inprocess.py breakdown` splits "
             "the rest by phase)."
+        )
+    if {"shared", "shared-transport", "shared-guarded"} <= set(variants):
+        extra = ms["lib"] - ms["shared"]
+        by_guarantees = ms["shared-guarded"] - ms["shared-transport"]
+        section.add(
+            "The same loop on `HttpTransport` doing by hand the per-run work the library's "
+            "guarantees take on a run that goes well (the start in a task of its own behind "
+            "`asyncio.shield`, an `asyncio.timeout` deadline, a typed `RunHandle`, the finished "
+            f"run decoded into a typed `Run` with its outputs) costs {ms['shared-guarded']:.3f} "
+            f"ms per run, {paired('shared-guarded', cpu, 'shared'):.2f}x the shared loop: the "
+            f"guarantees account for {by_guarantees:+.3f} of the {extra:+.3f} ms, the "
+            f"transport for {ms['shared-transport'] - ms['shared']:+.3f}, and the rest of "
+            f"`run_and_wait`'s code for {ms['lib'] - ms['shared-guarded']:+.3f} "
+            f"(`run_and_wait` is {paired('lib', cpu, 'shared-guarded'):.2f}x this loop)."
         )
     gc_ms = {
         v: median([r.get("gc_cpu", float("nan")) / n * 1000 for r in samples[v]]) for v in variants

@@ -60,6 +60,7 @@ def test_every_workload_finishes_its_waits(measured: dict[str, Any]) -> None:
 def test_the_library_and_the_floors_make_the_same_requests(measured: dict[str, Any]) -> None:
     # The comparisons the harness exists for only hold if both sides do the same work.
     assert _requests(measured, "lib") == pytest.approx(_requests(measured, "shared-floor"), abs=0.1)
+    assert _requests(measured, "guarded-floor") == _requests(measured, "shared-floor")
     assert _requests(measured, "lib-noshare") == pytest.approx(
         _requests(measured, "floor"), abs=0.25
     )
