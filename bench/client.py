@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -49,7 +50,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, cast
 
 import aiohttp
@@ -421,7 +422,12 @@ async def overhead_shared_transport(url: str, n: int, notebooks: int) -> dict[st
         await transport.aclose()
 
 
-def guarded_wait() -> Callable[..., Awaitable[bool]]:
+#: The pieces of :func:`guarded_wait` that ``bench/inprocess.py guarantees`` leaves out one at a
+#: time, to price each.
+GUARANTEES = ("shield", "deadline", "typed")
+
+
+def guarded_wait(leave_out: Collection[str] = ()) -> Callable[..., Awaitable[bool]]:
     """A wait doing by hand the per-run work the library's guarantees take on a run that goes
     well: the start in a task of its own behind ``asyncio.shield`` (a cancellation cannot
     abort it mid-request), a deadline (``asyncio.timeout``), a typed ``RunHandle``, and the
@@ -429,20 +435,30 @@ def guarded_wait() -> Callable[..., Awaitable[bool]]:
 
     ``wait(notebook, post, finished)``: ``post()`` sends the start and returns its
     ``HttpResponse``; ``finished(run_id)`` returns the finished run's JSON object. Made once
-    per client, so that the imports are not part of each wait."""
+    per client, so that the imports are not part of each wait. ``leave_out`` names pieces of
+    :data:`GUARANTEES` not to do (only to measure what each costs)."""
     from notebookops._convert import parse_datetime
     from notebookops.backends.deepnote._requests import DEEPNOTE_STATES, outputs_from_blocks
     from notebookops.backends.deepnote._wire import RunDetails, read_fast
     from notebookops.models import Run, RunHandle, RunState
+
+    unknown = set(leave_out) - set(GUARANTEES)
+    if unknown:
+        raise ValueError(f"no such piece of guarded_wait: {sorted(unknown)}")
+    shield, deadline, typed = (piece not in leave_out for piece in GUARANTEES)
 
     async def wait(
         notebook: str,
         post: Callable[[], Coroutine[Any, Any, Any]],
         finished: Callable[[str], Awaitable[dict[str, Any]]],
     ) -> bool:
-        async with asyncio.timeout(WAIT_TIMEOUT):
-            start = asyncio.create_task(post())
-            answer = (await asyncio.shield(start)).json()
+        async with asyncio.timeout(WAIT_TIMEOUT) if deadline else contextlib.nullcontext():
+            if shield:
+                answer = (await asyncio.shield(asyncio.create_task(post()))).json()
+            else:
+                answer = (await post()).json()
+            if not typed:
+                return bool((await finished(answer["runId"]))["status"] == "success")
             handle = RunHandle(
                 backend="deepnote",
                 run_id=answer["runId"],

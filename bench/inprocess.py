@@ -18,9 +18,10 @@ the default PollPolicy, as in scenario 1 of ``bench/run.py``:
 * ``lib-noshare``: the same with ``share_polls=False``;
 * ``shared-floor``: a hand-written shared-poll loop (one runs-list read per notebook for all
   of its waits, one run read per finished run), with no abstraction at all;
-* ``guarded-floor``: ``shared-floor`` on the library's transport, each wait also doing by hand
-  the per-run work the library's guarantees take (a shielded start task, a deadline, a typed
-  handle and Run with outputs): the least a wait keeping them costs;
+* ``transport-floor``: ``shared-floor`` making its requests through the library's transport;
+* ``guarded-floor``: ``transport-floor``, each wait also doing by hand the per-run work the
+  library's guarantees take (a shielded start task, a deadline, a typed handle and Run with
+  outputs): the least a wait keeping them costs;
 * ``floor``: a hand-written loop making one read per wait per poll.
 
 Measurements (``MODE``):
@@ -41,6 +42,13 @@ Measurements (``MODE``):
     ``lib-*`` and ``floor-*`` variants), differenced into the instructions per run of each
     phase of a shared wait, the library's against the hand-written shared loop's: where the
     library's extra cost is. Prints a Markdown table, then JSON.
+``guarantees``
+    ``instructions`` for the shared loop, the same on the library's transport
+    (``transport-floor``), then doing by hand the per-run work the library's guarantees take
+    (``guarded-floor``, and without each of its pieces: ``guarded-floor-no-shield``,
+    ``guarded-floor-no-deadline``, ``guarded-floor-no-typed``), and ``lib``: what ``run_and_wait`` adds to the shared loop, in
+    layers, each guarantee priced apart, and how much is the library's own code beyond them.
+    Prints a Markdown table, then JSON.
 
 Examples::
 
@@ -48,6 +56,7 @@ Examples::
     .venv/bin/python bench/inprocess.py objects --variant lib-noshare
     .venv/bin/python bench/inprocess.py cpu --variant shared-floor --n 10000
     .venv/bin/python bench/inprocess.py breakdown --n 500
+    .venv/bin/python bench/inprocess.py guarantees --n 500
 
 Figures from here are for comparing two versions of the library with each other (run both,
 the same way); the targets are judged by ``bench/run.py``.
@@ -75,7 +84,7 @@ from urllib.parse import parse_qs, urlsplit
 
 # bench/client.py's floors and schedule and bench/server.py's runs and answers, in one
 # process on the in-memory fake instead of aiohttp and sockets.
-from client import TERMINAL, SharedPoller, guarded_wait, poll_delay, run_body
+from client import GUARANTEES, TERMINAL, SharedPoller, guarded_wait, poll_delay, run_body
 from measure import GCTimer
 from server import BenchRun, run_duration, runs_page
 
@@ -270,10 +279,13 @@ async def _with_shared_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     return await work(one)
 
 
-async def _with_guarded_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
+async def _with_transport_floor(
+    work: Callable[[Wait], Awaitable[Any]], guarded: bool, leave_out: tuple[str, ...] = ()
+) -> Any:
     """The hand-written shared loop on the library's transport (answering from the fake, as
-    the library's does), each wait doing by hand what the library's guarantees take
-    (``bench/client.py``'s ``guarded_wait``): the least a wait keeping them costs."""
+    the library's does); ``guarded``: each wait also doing by hand what the library's
+    guarantees take (``bench/client.py``'s ``guarded_wait``, without the pieces named in
+    ``leave_out``), the least a wait keeping them costs."""
     from notebookops._http import HttpTransport
     from notebookops.backends.deepnote._requests import PROFILE
 
@@ -281,7 +293,7 @@ async def _with_guarded_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
     rng = random.Random(4)
     base = "http://127.0.0.1:9"
     transport = HttpTransport(PROFILE, base_url=base, token="bench-token", allow_http=True)
-    guarded = guarded_wait()
+    guarded_one = guarded_wait(leave_out)
     pollers: dict[str, SharedPoller] = {}
 
     async def get_json(url: str) -> Any:
@@ -292,11 +304,15 @@ async def _with_guarded_floor(work: Callable[[Wait], Awaitable[Any]]) -> Any:
         poller = pollers.get(notebook)
         if poller is None:
             poller = pollers[notebook] = SharedPoller(get_json, base, notebook, rng)
-        return bool(
-            await guarded(
-                notebook, lambda: transport.request("POST", "/v2/runs", json=body), poller.wait
+        if guarded:
+            return bool(
+                await guarded_one(
+                    notebook, lambda: transport.request("POST", "/v2/runs", json=body), poller.wait
+                )
             )
-        )
+        started = await transport.request("POST", "/v2/runs", json=body)
+        run = await poller.wait(started.json()["runId"])
+        return bool(run["status"] == "success")
 
     try:
         return await work(one)
@@ -358,7 +374,7 @@ async def _with_floor_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]) 
 
 
 def _uses_library(variant: str) -> bool:
-    return variant.startswith("lib") or variant == "guarded-floor"
+    return variant.startswith(("lib", "guarded-floor")) or variant == "transport-floor"
 
 
 def _library() -> str:
@@ -375,14 +391,20 @@ def _workload(variant: str, work: Callable[[Wait], Awaitable[Any]]) -> Awaitable
         return _with_library(False, work)
     if variant == "shared-floor":
         return _with_shared_floor(work)
-    if variant == "guarded-floor":
-        return _with_guarded_floor(work)
+    if variant == "transport-floor":
+        return _with_transport_floor(work, guarded=False)
+    if variant.startswith("guarded-floor"):
+        left_out = variant.removeprefix("guarded-floor").removeprefix("-no-")
+        return _with_transport_floor(work, guarded=True, leave_out=(left_out,) if left_out else ())
     if variant in PHASES:
         if variant.startswith("lib-"):
             return _with_library_phase(variant, work)
         return _with_floor_phase(variant, work)
     return _with_floor(work)
 
+
+#: ``guarantees``' workloads: ``guarded-floor`` without one of its pieces each.
+GUARDED_WITHOUT = tuple(f"guarded-floor-no-{piece}" for piece in GUARANTEES)
 
 #: ``breakdown``'s workloads: waits cut short after one phase (see measure_breakdown).
 PHASES = (
@@ -394,7 +416,16 @@ PHASES = (
     "floor-start",
     "floor-finished-read",
 )
-VARIANTS = ("lib", "lib-noshare", "shared-floor", "guarded-floor", "floor", *PHASES)
+VARIANTS = (
+    "lib",
+    "lib-noshare",
+    "shared-floor",
+    "transport-floor",
+    "guarded-floor",
+    *GUARDED_WITHOUT,
+    "floor",
+    *PHASES,
+)
 
 
 def _waits(one: Wait, n: int, notebooks: int) -> Awaitable[list[bool]]:
@@ -574,12 +605,86 @@ def breakdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_PIECES = {
+    "shield": "the start in a task of its own behind `asyncio.shield`",
+    "deadline": "the deadline (`asyncio.timeout`)",
+    "typed": "a typed `RunHandle`, and the finished run decoded into a typed `Run` with outputs",
+}
+
+
+def measure_guarantees(_variant: str, n: int) -> dict[str, Any]:
+    """Instructions per run of a shared wait over the hand-written shared loop's, in layers:
+    the library's transport, each piece of work the library's guarantees take (priced by
+    leaving it out of ``guarded-floor``), and the library's own code beyond a hand-written
+    wait that does all of that. All these workloads make the same requests."""
+    wanted = ("shared-floor", "transport-floor", "guarded-floor", *GUARDED_WITHOUT, "lib")
+    counts = {name: measure_instructions(name, n)["instructions_per_run"] for name in wanted}
+    guarded = counts["guarded-floor"]
+    rows = [("the library's `HttpTransport`", counts["transport-floor"] - counts["shared-floor"])]
+    pieces = [(_PIECES[p], guarded - counts[f"guarded-floor-no-{p}"]) for p in GUARANTEES]
+    rows += pieces
+    rows.append(
+        (
+            "the rest of the guarded wait (its call, and the pieces' interplay)",
+            guarded - counts["transport-floor"] - sum(extra for _, extra in pieces),
+        )
+    )
+    rows.append(
+        ("`run_and_wait` beyond the guarded wait: the library's own code", counts["lib"] - guarded)
+    )
+    total = counts["lib"] - counts["shared-floor"]
+    layers = [
+        {"layer": name, "extra": extra, "share_of_extra": round(extra / total, 3)}
+        for name, extra in rows
+    ]
+    layers.append(
+        {
+            "layer": "whole wait: `run_and_wait` over the shared loop",
+            "extra": total,
+            "share_of_extra": 1.0,
+        }
+    )
+    return {
+        "n": n,
+        "library": _library(),
+        "workloads": counts,
+        "layers": layers,
+        "ratios": {
+            "guarded_vs_shared_floor": round(guarded / counts["shared-floor"], 3),
+            "lib_vs_guarded": round(counts["lib"] / guarded, 3),
+            "lib_vs_shared_floor": round(counts["lib"] / counts["shared-floor"], 3),
+        },
+    }
+
+
+def guarantees_table(result: dict[str, Any]) -> str:
+    """``measure_guarantees``' result as a Markdown table."""
+    lines = [
+        "| what `run_and_wait` adds to the shared loop, instructions/run | extra | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {row['layer']} | {row['extra']:+,} | {row['share_of_extra']:.0%} |"
+        for row in result["layers"]
+    ]
+    ratios = result["ratios"]
+    lines.append("")
+    lines.append(
+        f"The guarded wait costs {ratios['guarded_vs_shared_floor']:.2f}x the shared loop's "
+        f"instructions; `run_and_wait` {ratios['lib_vs_guarded']:.2f}x the guarded wait's "
+        f"({ratios['lib_vs_shared_floor']:.2f}x the shared loop's)."
+    )
+    return "\n".join(lines)
+
+
 MODES: dict[str, Callable[..., dict[str, Any]]] = {
     "cpu": measure_cpu,
     "objects": measure_objects,
     "instructions": measure_instructions,
     "breakdown": measure_breakdown,
+    "guarantees": measure_guarantees,
 }
+TABLES = {"breakdown": breakdown_table, "guarantees": guarantees_table}
 
 
 def main() -> None:
@@ -596,8 +701,8 @@ def main() -> None:
     args = parser.parse_args()
     extra = {"when": args.when} if args.mode == "objects" else {}
     result = MODES[args.mode](args.variant, args.n, **extra)
-    if args.mode == "breakdown":
-        print(breakdown_table(result))
+    if args.mode in TABLES:
+        print(TABLES[args.mode](result))
     print(json.dumps(result))
 
 
