@@ -396,32 +396,6 @@ async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
         return await _measure_waits(url, n, notebooks, one)
 
 
-async def overhead_shared_transport(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    """The hand-written shared-poll loop with every request made by the library's
-    ``HttpTransport``: what the transport adds to shared waits, apart from the rest."""
-    from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
-
-    rng = random.Random()
-    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
-    try:
-
-        async def get_json(target: str) -> Any:
-            return (await transport.request("GET", target)).json()
-
-        names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
-        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            started = await transport.request("POST", "/v2/runs", json=run_body(notebook, inputs))
-            run = await pollers[notebook].wait(started.json()["runId"])
-            return bool(run["status"] == "success")
-
-        return await _measure_waits(url, n, notebooks, one)
-    finally:
-        await transport.aclose()
-
-
 #: The pieces of :func:`guarded_wait` that ``bench/inprocess.py guarantees`` leaves out one at a
 #: time, to price each.
 GUARANTEES = ("shield", "deadline", "typed")
@@ -482,16 +456,20 @@ def guarded_wait(leave_out: Collection[str] = ()) -> Callable[..., Awaitable[boo
     return wait
 
 
-async def overhead_shared_guarded(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    """``shared-transport`` with :func:`guarded_wait`'s per-run work: what a wait keeping the
-    library's guarantees costs at the least, to tell the guarantees' share of
+async def overhead_shared_transport(
+    url: str, n: int, notebooks: int, *, guarded: bool = False
+) -> dict[str, Any]:
+    """The hand-written shared-poll loop with every request made by the library's
+    ``HttpTransport``: what the transport adds to shared waits, apart from the rest.
+    ``guarded``: each wait also doing :func:`guarded_wait`'s per-run work, the least a wait
+    keeping the library's guarantees costs, to tell the guarantees' share of
     ``run_and_wait``'s extra CPU from the rest of its code."""
     from notebookops._http import HttpTransport
     from notebookops.backends.deepnote._requests import PROFILE
 
     rng = random.Random()
     transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
-    guarded = guarded_wait()
+    guarded_one = guarded_wait()
     try:
 
         async def get_json(target: str) -> Any:
@@ -502,15 +480,23 @@ async def overhead_shared_guarded(url: str, n: int, notebooks: int) -> dict[str,
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             body = run_body(notebook, inputs)
-            return await guarded(
-                notebook,
-                lambda: transport.request("POST", "/v2/runs", json=body),
-                pollers[notebook].wait,
-            )
+            if guarded:
+                return await guarded_one(
+                    notebook,
+                    lambda: transport.request("POST", "/v2/runs", json=body),
+                    pollers[notebook].wait,
+                )
+            started = await transport.request("POST", "/v2/runs", json=body)
+            run = await pollers[notebook].wait(started.json()["runId"])
+            return bool(run["status"] == "success")
 
         return await _measure_waits(url, n, notebooks, one)
     finally:
         await transport.aclose()
+
+
+async def overhead_shared_guarded(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    return await overhead_shared_transport(url, n, notebooks, guarded=True)
 
 
 async def overhead_lib_noshare(url: str, n: int, notebooks: int) -> dict[str, Any]:

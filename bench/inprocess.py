@@ -46,9 +46,9 @@ Measurements (``MODE``):
     ``instructions`` for the shared loop, the same on the library's transport
     (``transport-floor``), then doing by hand the per-run work the library's guarantees take
     (``guarded-floor``, and without each of its pieces: ``guarded-floor-no-shield``,
-    ``guarded-floor-no-deadline``, ``guarded-floor-no-typed``), and ``lib``: what ``run_and_wait`` adds to the shared loop, in
-    layers, each guarantee priced apart, and how much is the library's own code beyond them.
-    Prints a Markdown table, then JSON.
+    ``guarded-floor-no-deadline``, ``guarded-floor-no-typed``), and ``lib``: what
+    ``run_and_wait`` adds to the shared loop, in layers, each guarantee priced apart, and how
+    much is the library's own code beyond them. Prints a Markdown table, then JSON.
 
 Examples::
 
