@@ -91,11 +91,19 @@ class ChangeWatchingBackend(NotebookBackend, Protocol):
         ...
 
     async def next_change(
-        self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
+        self,
+        handle: RunHandle,
+        last: Run,
+        next_delay: Callable[[], float],
+        *,
+        quiet: bool = False,
     ) -> Run:
         """The run's next read that differs from ``last`` (another state or vendor status) or
         is terminal. Reads are due as ``next_delay()`` says, one call per read; transient
-        read errors are raised for the caller's retry schedule."""
+        read errors are raised for the caller's retry schedule. ``quiet=True``: the caller
+        wants only the terminal read (nobody listens for changes), so the backend may let
+        changes of a run still in progress pass without returning (``run_and_wait`` then
+        reads the run once more if its deadline passes, to report it as it is)."""
         ...
 
 

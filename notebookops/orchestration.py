@@ -344,13 +344,16 @@ async def _poll(
     watches_changes: Callable[[RunHandle], bool] | None = getattr(backend, "watches_changes", None)
     hand_over = watches_changes is not None and watches_changes(handle)
     del watches_changes
+    # Nobody listens for the changes of a run in progress: the backend need not wake this
+    # wait for them (the deadline's RunTimeout reads the run once more instead).
+    tracker.quiet = hand_over and on_update is None
     schedule = _Schedule(poll, loop)
     retrying = False
     while True:
         try:
             if hand_over and tracker.last_run is not None and not retrying:
                 run = await cast(ChangeWatchingBackend, backend).next_change(
-                    handle, tracker.last_run, schedule
+                    handle, tracker.last_run, schedule, quiet=tracker.quiet
                 )
             else:
                 run = await backend.get_run(handle)
@@ -476,6 +479,9 @@ class _Tracker:
     last_error: BaseException | None = None
     #: Set by the deadline's timer when it cancels the wait (asyncio only).
     expired: bool = False
+    #: The backend reports this wait's run only once it is terminal, so ``last_run`` may
+    #: be older than what the backend has seen (see ``next_change``'s ``quiet``).
+    quiet: bool = False
 
 
 async def watch(
@@ -655,6 +661,10 @@ async def _follow(
             reason = f"the {backend.name} backend cannot cancel runs, so it was left running"
         else:
             reason = "detach was requested, so it was left running"
+        if tracker.quiet:
+            # Changes of the run in progress were not reported to this wait: say where it
+            # is now rather than where it was when the wait last woke.
+            tracker.last_run = await _final_read(backend, handle, tracker.last_run, cancel_timeout)
         raise RunTimeout(
             f"{handle.backend} run {handle.run_id} did not finish within {waited}; {reason}{note}",
             run=tracker.last_run,

@@ -268,6 +268,9 @@ class _Waiter:
     #: When (monotonic seconds) its next read is due, and the wait before it.
     due: float
     interval: float
+    #: Only a terminal row (or one the list cannot serve) wakes it: a change of status in
+    #: progress is taken as its new status without waking it (its caller does not listen).
+    quiet: bool = False
     #: Whether it has been woken (``outcome`` is then set).
     woken: bool = False
     #: ListedRun, READ_NOW, NOT_SHARED, _LEAD or a NotebookOpsError, once woken.
@@ -497,7 +500,12 @@ class SharedRunPolls:
         return ListedRun(summary=summary, state=state, project_id=group.project_id, raw=row)
 
     async def wait(
-        self, handle: RunHandle, status: str | None, next_delay: Callable[[], float]
+        self,
+        handle: RunHandle,
+        status: str | None,
+        next_delay: Callable[[], float],
+        *,
+        quiet: bool = False,
     ) -> object:
         """Sleep until the notebook's shared list shows ``handle``'s run with a status other
         than ``status`` (returns that ListedRun), or until the run must be read on its own:
@@ -505,8 +513,10 @@ class SharedRunPolls:
         waits on the notebook) or NOT_SHARED (the list cannot serve it: poll it alone).
 
         ``next_delay()`` is the wait's poll schedule: reads are due when it says, and a due
-        read that finds the run unchanged moves it on without waking the wait. A list failure
-        is raised to the waits that were due (each its own instance).
+        read that finds the run unchanged moves it on without waking the wait. ``quiet``: a
+        status that changed but is still in progress counts as unchanged too (the wait then
+        ends only with READ_NOW, NOT_SHARED or an error). A list failure is raised to the
+        waits that were due (each its own instance).
         """
         notebook_id = handle.notebook_id
         run_id = handle.run_id
@@ -520,7 +530,7 @@ class SharedRunPolls:
         del found, watched  # a sleeping wait keeps no more than it needs
         loop = _running_loop()
         delay = next_delay()
-        me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay)
+        me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay, quiet)
         group.waiters[run_id] = me
         alarm = group.alarm
         if alarm is not None and me.due < group.alarm_at:
@@ -620,6 +630,16 @@ class SharedRunPolls:
                 continue
             row = rows.get(waiter.run_id)
             status = row.get("status") if row is not None else None
+            if (
+                waiter.quiet
+                and status != waiter.status
+                and type(status) is str
+                and not self._states(status).is_terminal
+            ):
+                # Another status still in progress, and nobody listens for that: waking the
+                # wait would only put it back to sleep, at the cost of a decoded row, a Run
+                # and a new waiter. It is the wait's status from now on.
+                waiter.status = status
             # Most rows are unchanged, and this loop visits every wait at every list read:
             # an unchanged status (a string, or the wait would not be asleep on it) needs no
             # decoding and no state lookup; it was not terminal, or the wait would be awake.

@@ -667,7 +667,12 @@ class DeepnoteBackend(BaseBackend):
         return self._polls is not None and handle.extra.get("mode") != V1_SUBMITTED
 
     async def next_change(
-        self, handle: RunHandle, last: Run, next_delay: Callable[[], float]
+        self,
+        handle: RunHandle,
+        last: Run,
+        next_delay: Callable[[], float],
+        *,
+        quiet: bool = False,
     ) -> Run:
         """The run's next read that differs from ``last`` (another state or vendor status) or
         is terminal, with reads due as ``next_delay()`` says (each call is one read).
@@ -676,14 +681,16 @@ class DeepnoteBackend(BaseBackend):
         with shared polls, waits on one notebook then sleep until the shared runs list shows
         their run changed, and one list read moves every unchanged wait on to its next poll
         without waking it (see the class docs). Otherwise it is exactly that sleep-and-read
-        loop. Transient read errors are raised, for the caller's retry schedule.
+        loop. ``quiet``: the caller needs only the terminal read, so a change while the run is
+        still in progress does not end the call (nor wake a shared wait). Transient read
+        errors are raised, for the caller's retry schedule.
         """
         self._check_handle(handle)
         polls = self._polls if self.watches_changes(handle) else None
         while True:
             outcome: object = NOT_SHARED
             if polls is not None:
-                outcome = await polls.wait(handle, last.vendor_state, next_delay)
+                outcome = await polls.wait(handle, last.vendor_state, next_delay, quiet=quiet)
             if isinstance(outcome, ListedRun):
                 return self._listed_run(handle, outcome)
             if outcome is READ_NOW:
@@ -691,9 +698,8 @@ class DeepnoteBackend(BaseBackend):
             else:
                 await anyio.sleep(next_delay())
                 run = await self.get_run(handle)
-            if run.state.is_terminal or (run.state, run.vendor_state) != (
-                last.state,
-                last.vendor_state,
+            if run.state.is_terminal or (
+                not quiet and (run.state, run.vendor_state) != (last.state, last.vendor_state)
             ):
                 return run
 
