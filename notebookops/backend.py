@@ -93,7 +93,7 @@ class ChangeWatchingBackend(NotebookBackend, Protocol):
     async def next_change(
         self,
         handle: RunHandle,
-        last: Run,
+        last: Run | None,
         next_delay: Callable[[], float],
         *,
         quiet: bool = False,
@@ -103,7 +103,9 @@ class ChangeWatchingBackend(NotebookBackend, Protocol):
         read errors are raised for the caller's retry schedule. ``quiet=True``: the caller
         wants only the terminal read (nobody listens for changes), so the backend may let
         changes of a run still in progress pass without returning (``run_and_wait`` then
-        reads the run once more if its deadline passes, to report it as it is)."""
+        reads the run once more if its deadline passes, to report it as it is); ``last`` is
+        then None when the caller has not read the run yet (the first read is the
+        backend's: it may know the run's state already, from its start)."""
         ...
 
 

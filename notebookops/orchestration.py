@@ -331,7 +331,9 @@ async def _poll(
 
     A :class:`~notebookops.backend.ChangeWatchingBackend` that watches this run's changes is
     handed the poll schedule after the first read and returns only changes: waits that share
-    reads then sleep until their run changes instead of waking for every read.
+    reads then sleep until their run changes instead of waking for every read. When nobody
+    listens (no ``on_update``), it is handed the wait before any read and returns only the
+    terminal read (``quiet``): the first read is the backend's to make or skip.
 
     On asyncio it sleeps on a bare future and timer, as ``asyncio.sleep`` does, but with no
     coroutine of its own nor a copy of the task's context per sleep: with thousands of waits
@@ -351,7 +353,7 @@ async def _poll(
     retrying = False
     while True:
         try:
-            if hand_over and tracker.last_run is not None and not retrying:
+            if hand_over and (tracker.quiet or tracker.last_run is not None) and not retrying:
                 run = await cast(ChangeWatchingBackend, backend).next_change(
                     handle, tracker.last_run, schedule, quiet=tracker.quiet
                 )

@@ -1012,3 +1012,36 @@ async def test_aclose_during_a_shared_request_leaves_nothing_behind(
     assert all(isinstance(error, TransportError) for error in failures)
     with pytest.raises(BackendClosed):
         await backend.get_run(first)
+
+
+# --------------------------------------------------------------------------- quiet waits
+
+
+async def test_a_starts_answer_stands_for_a_quiet_waits_first_read_once(clock: FakeClock) -> None:
+    # next_change(last=None, quiet=True) uses it instead of get_run: the status only, within
+    # the window, and only once, as get_run would.
+    with aioresponses() as mocked:
+        for run_id in ("r1", "r2", "r3"):
+            mocked.post(RUNS, payload=started(run_id), status=201)
+        mocked.post(RUNS, payload=started("r4", status=None), status=201)
+        async with make(share_window=0.5) as backend:
+            h1, h2, h3, h4 = [await backend.start_run(RunRequest("nb1")) for _ in range(4)]
+            polls = backend._polls
+            assert polls is not None
+            assert polls.take_start(h1) == "pending"
+            assert polls.take_start(h1) is None  # used up
+            clock.now += 0.4
+            assert polls.take_start(h2) == "pending"
+            clock.now += 0.11
+            assert polls.take_start(h3) is None  # older than the window
+            assert polls.take_start(h4) is None  # the answer said no status
+        assert list_calls(mocked) == 0
+
+
+async def test_next_change_without_a_last_read_is_only_for_quiet_callers() -> None:
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        async with make() as backend:
+            handle = await backend.start_run(RunRequest("nb1"))
+            with pytest.raises(ConfigurationError, match="unless quiet"):
+                await backend.next_change(handle, None, lambda: 1.0)

@@ -417,8 +417,9 @@ class ChangeWatchingFake(FakeBackend):
         self.delays: list[float] = []
         self.fail_next: list[Exception] = []
         self.watching = True
-        #: ``quiet`` as each next_change call was given it.
+        #: ``quiet`` and ``last`` as each next_change call was given them.
         self.quiet: list[bool] = []
+        self.lasts: list[Run | None] = []
 
     def watches_changes(self, handle: RunHandle) -> bool:
         return self.watching
@@ -426,13 +427,14 @@ class ChangeWatchingFake(FakeBackend):
     async def next_change(
         self,
         handle: RunHandle,
-        last: Run,
+        last: Run | None,
         next_delay: Callable[[], float],
         *,
         quiet: bool = False,
     ) -> Run:
         self.change_calls += 1
         self.quiet.append(quiet)
+        self.lasts.append(last)
         if self.fail_next:
             raise self.fail_next.pop(0)
         while True:
@@ -440,11 +442,15 @@ class ChangeWatchingFake(FakeBackend):
             self.delays.append(delay)
             await anyio.sleep(delay)
             run = await self.get_run(handle)
-            if run.state.is_terminal or (not quiet and run.vendor_state != last.vendor_state):
+            if run.state.is_terminal or (
+                not quiet and last is not None and run.vendor_state != last.vendor_state
+            ):
                 return run
 
 
-FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
+#: No proportional term: the delays then depend on the read count alone, not on how long the
+#: machine took to get there (0.2 of the time waited beat the exponential under load).
+FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0, proportion=0)
 
 
 async def test_run_and_wait_hands_its_schedule_to_a_change_watching_backend() -> None:
@@ -469,8 +475,11 @@ async def test_without_on_update_run_and_wait_asks_only_for_the_terminal_read() 
         run = await run_and_wait(backend, "nb", poll=FAST)
     assert run.state is RunState.SUCCEEDED
     assert backend.quiet == [True]
-    assert backend.change_calls == 1  # straight from the first read to the terminal one
-    assert backend.delays == pytest.approx([0.001, 0.0015, 0.00225, 0.003375])
+    # Handed the wait before any read (the first read is the backend's), and asked once:
+    # this fake reads on its own schedule, through the whole script, to the terminal read.
+    assert backend.lasts == [None]
+    assert backend.change_calls == 1
+    assert backend.delays == pytest.approx([0.001, 0.0015, 0.00225, 0.003375, 0.005])
 
 
 async def test_a_backend_not_watching_a_run_is_polled_by_run_and_wait_itself() -> None:
@@ -642,6 +651,50 @@ async def test_a_wait_alone_on_its_notebook_returns_from_next_change_as_it_is_as
         assert updates == ["pending", "running", "success"]
     else:
         assert returned == ["success"]
+
+
+@pytest.mark.parametrize("listening", [False, True])
+async def test_a_quiet_wait_takes_its_starts_answer_for_its_first_read(
+    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch, listening: bool
+) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.15))
+    reads: list[str] = []
+    real_get_run = DeepnoteBackend.get_run
+
+    async def counting(self: DeepnoteBackend, handle: RunHandle) -> Run:
+        reads.append(handle.run_id)
+        return await real_get_run(self, handle)
+
+    monkeypatch.setattr(DeepnoteBackend, "get_run", counting)
+    async with server.backend(share_window=_BURST_WINDOW) as backend:
+        run = await run_and_wait(
+            backend,
+            notebook.id,
+            poll=FLEET_POLL,
+            timeout=30,
+            on_update=(lambda r: None) if listening else None,
+        )
+    assert run.state is RunState.SUCCEEDED
+    # Listened to, the wait reads the run first (answered by the start's answer, no
+    # request) to report it; quiet, it hands the wait over with no read at all.
+    assert len(reads) == (1 if listening else 0)
+
+
+async def test_a_quiet_wait_for_a_run_started_elsewhere_reads_it_first(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(script=RunScript.succeed(0.15))
+    async with server.backend(share_window=_BURST_WINDOW) as starter:
+        handle = await starter.start_run(RunRequest(notebook.id))
+    before = len(server.requests)
+    async with server.backend(share_window=_BURST_WINDOW) as backend:
+        # No start's answer here: the first read goes to the run itself, then polls go on.
+        run = await wait_for_run(backend, handle, poll=FLEET_POLL, timeout=30)
+    assert run.state is RunState.SUCCEEDED
+    assert run.outputs
+    first = server.requests[before]
+    assert first.method == "GET"
+    assert first.path == f"/v2/runs/{handle.run_id}"
 
 
 async def test_a_quiet_wait_past_its_deadline_reports_the_run_as_it_is_then(

@@ -439,6 +439,16 @@ class SharedRunPolls:
             raw=raw if isinstance(raw, dict) else {},
         )
 
+    def take_start(self, handle: RunHandle) -> str | None:
+        """The run's status in its start's answer, if that answer is kept and within the
+        window, as for :meth:`read` (a run then in progress, started by this backend): it
+        stands for a first read that a caller waiting only for the run's end need not make.
+        The answer is used up either way."""
+        start = self._starts.pop(handle.run_id, None) if self._starts else None
+        if start is None or _clock() - start[0] > self._window:
+            return None
+        return start[2]
+
     def waited_on(self, notebook_id: str) -> int:
         """How many runs of the notebook are being waited on (for diagnostics and tests)."""
         group = self._groups.get(notebook_id)

@@ -669,7 +669,7 @@ class DeepnoteBackend(BaseBackend):
     async def next_change(
         self,
         handle: RunHandle,
-        last: Run,
+        last: Run | None,
         next_delay: Callable[[], float],
         *,
         quiet: bool = False,
@@ -682,15 +682,28 @@ class DeepnoteBackend(BaseBackend):
         their run changed, and one list read moves every unchanged wait on to its next poll
         without waking it (see the class docs). Otherwise it is exactly that sleep-and-read
         loop. ``quiet``: the caller needs only the terminal read, so a change while the run is
-        still in progress does not end the call (nor wake a shared wait). Transient read
-        errors are raised, for the caller's retry schedule.
+        still in progress does not end the call (nor wake a shared wait). ``last`` None (only
+        with ``quiet``): nothing read yet; the start's answer, when it said the run is in
+        progress, stands for the first read (as it would serve :meth:`get_run`), else the run
+        is read at once. Transient read errors are raised, for the caller's retry schedule.
         """
         self._check_handle(handle)
         polls = self._polls if self.watches_changes(handle) else None
+        status: str | None = None
+        if last is None:
+            if not quiet:
+                raise ConfigurationError("next_change needs the last Run read, unless quiet")
+            status = polls.take_start(handle) if polls is not None else None
+            if status is None:
+                last = await self.get_run(handle)
+                if last.state.is_terminal:
+                    return last
+        if last is not None:
+            status = last.vendor_state
         while True:
             outcome: object = NOT_SHARED
             if polls is not None:
-                outcome = await polls.wait(handle, last.vendor_state, next_delay, quiet=quiet)
+                outcome = await polls.wait(handle, status, next_delay, quiet=quiet)
             if isinstance(outcome, ListedRun):
                 return self._listed_run(handle, outcome)
             if outcome is READ_NOW:
@@ -699,7 +712,9 @@ class DeepnoteBackend(BaseBackend):
                 await anyio.sleep(next_delay())
                 run = await self.get_run(handle)
             if run.state.is_terminal or (
-                not quiet and (run.state, run.vendor_state) != (last.state, last.vendor_state)
+                not quiet
+                and last is not None
+                and (run.state, run.vendor_state) != (last.state, last.vendor_state)
             ):
                 return run
 
