@@ -343,16 +343,13 @@ async def _with_library_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]
             if phase == "lib-finished-read":
                 await asyncio.sleep(_AFTER_THE_END)
                 return bool((await backend.get_run(handle)).state is RunState.SUCCEEDED)
-            run = await backend.get_run(handle)  # served by the start's answer
-            if phase == "lib-first-read":
-                return True
-            # lib-adapter: the whole wait as run_and_wait's _poll drives it, without the rest
-            # of run_and_wait (shielded start, deadline, tracker).
+            # lib-adapter: the whole wait as run_and_wait's _poll drives it with nobody
+            # listening (handed over before any read, only the terminal read returned),
+            # without the rest of run_and_wait (shielded start, deadline, tracker).
             schedule = orchestration._Schedule(
                 orchestration._default_poll(), orchestration._running_loop()
             )
-            while not run.state.is_terminal:
-                run = await backend.next_change(handle, run, schedule)
+            run = await backend.next_change(handle, None, schedule, quiet=True)
             return bool(run.state is RunState.SUCCEEDED)
 
         return await work(one)
@@ -410,7 +407,6 @@ GUARDED_WITHOUT = tuple(f"guarded-floor-no-{piece}" for piece in GUARANTEES)
 PHASES = (
     "lib-start",
     "lib-start-alone",
-    "lib-first-read",
     "lib-finished-read",
     "lib-adapter",
     "floor-start",
@@ -554,15 +550,10 @@ def measure_breakdown(_variant: str, n: int) -> dict[str, Any]:
     floor_finished = counts["floor-finished-read"] - counts["floor-start"]
     phases = [
         ("start: POST /v2/runs, answer decoded", counts["lib-start"], counts["floor-start"]),
-        (
-            "first read, served by the start's answer (no request)",
-            counts["lib-first-read"] - counts["lib-start"],
-            0,
-        ),
         ("the finished run's read: GET /v2/runs/{id}, outputs", lib_finished, floor_finished),
         (
             "shared waiting: list reads, sleeping, waking",
-            counts["lib-adapter"] - counts["lib-first-read"] - lib_finished,
+            counts["lib-adapter"] - counts["lib-start"] - lib_finished,
             counts["shared-floor"] - counts["floor-finished-read"],
         ),
         (
