@@ -189,6 +189,8 @@ class DeepnoteBackend(BaseBackend):
     earliest is due and moves every unchanged wait on to its next poll without waking it; a
     read counts for a wait due within a quarter of its poll interval, so jittered schedules
     share one request. A run the list shows finished is read at once, ahead of its schedule.
+    With no ``on_update`` to tell (``next_change(quiet=True)``), a wait sleeps through its run's
+    changes until it ends, and the start's answer stands for its first read.
 
     Rate limiting: every request goes through one :class:`notebookops.RateLimiter`, which learns
     Deepnote's rate from its 429 answers. ``max_rate`` caps it; ``rate_limiter`` shares one
