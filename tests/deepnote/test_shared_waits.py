@@ -539,71 +539,40 @@ def _requests(server: FakeDeepnoteServer, since: int) -> tuple[int, int]:
     return len(gets) - lists, lists
 
 
-async def test_twenty_waits_wake_only_when_their_run_changes(
-    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    notebook = server.add_notebook(script=RunScript.succeed(0.4))
-    woken: list[str] = []
-    real_wait = SharedRunPolls.wait
-
-    async def counting_wait(self: SharedRunPolls, *args: Any, **kwargs: Any) -> object:
-        outcome = await real_wait(self, *args, **kwargs)
-        woken.append(repr(outcome))
-        return outcome
-
-    monkeypatch.setattr(SharedRunPolls, "wait", counting_wait)
-    before = len(server.requests)
-    updates: list[str | None] = []
-    async with server.backend(share_window=_BURST_WINDOW) as backend:
-
-        async def one() -> Run:
-            return await run_and_wait(
-                backend,
-                notebook.id,
-                poll=FLEET_POLL,
-                timeout=30,
-                on_update=lambda r: updates.append(r.vendor_state),
-            )
-
-        runs: list[Run] = []
-
-        async def collect() -> None:
-            runs.append(await one())
-
-        async with anyio.create_task_group() as group:
-            for _ in range(20):
-                group.start_soon(collect)
-    singles, lists = _requests(server, before)
-    assert len(runs) == 20
-    assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
-    # A wait is woken for each change of its run and to be read finished, never for a read
-    # that found it unchanged: a handful of wake-ups per wait, whatever the poll count.
-    assert len(woken) <= 20 * 3, woken
-    assert singles <= 20 + 2  # one read per finished run, for its outputs
-    assert lists > 0
-    assert updates.count("success") == 20
-
-
-async def test_waits_nobody_listens_to_are_woken_only_to_read_their_finished_run(
-    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("listening", [True, False])
+async def test_twenty_waits_wake_only_when_they_must(
+    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch, listening: bool
 ) -> None:
     notebook = server.add_notebook(script=RunScript.succeed(0.4))
     woken: list[object] = []
     real_wait = SharedRunPolls.wait
 
     async def counting_wait(self: SharedRunPolls, *args: Any, **kwargs: Any) -> object:
-        assert kwargs == {"quiet": True}  # no on_update: run_and_wait asks for quiet
+        # Without on_update nobody listens to the changes in progress: run_and_wait says so.
+        assert kwargs == {"quiet": not listening}
         outcome = await real_wait(self, *args, **kwargs)
         woken.append(outcome)
         return outcome
 
     monkeypatch.setattr(SharedRunPolls, "wait", counting_wait)
     before = len(server.requests)
+    updates: list[str | None] = []
+
+    def on_update(run: Run) -> None:
+        updates.append(run.vendor_state)
+
     async with server.backend(share_window=_BURST_WINDOW) as backend:
         runs: list[Run] = []
 
         async def collect() -> None:
-            runs.append(await run_and_wait(backend, notebook.id, poll=FLEET_POLL, timeout=30))
+            run = await run_and_wait(
+                backend,
+                notebook.id,
+                poll=FLEET_POLL,
+                timeout=30,
+                on_update=on_update if listening else None,
+            )
+            runs.append(run)
 
         async with anyio.create_task_group() as group:
             for _ in range(20):
@@ -611,30 +580,45 @@ async def test_waits_nobody_listens_to_are_woken_only_to_read_their_finished_run
     singles, lists = _requests(server, before)
     assert len(runs) == 20
     assert all(run.state is RunState.SUCCEEDED and run.outputs for run in runs)
-    # Each run went from pending through running to success, and the list showed it running
-    # to every wait: none was woken for that (a ListedRun), only to be read on its own.
-    assert not [outcome for outcome in woken if isinstance(outcome, ListedRun)], woken
-    assert woken.count(READ_NOW) >= 20
-    assert singles <= 20 + 2
+    assert singles <= 20 + 2  # one read per finished run, for its outputs
     assert lists > 0
+    if listening:
+        # A wait is woken for each change of its run and to be read finished, never for a
+        # read that found it unchanged: a handful of wake-ups per wait, whatever the polls.
+        assert len(woken) <= 20 * 3, woken
+        assert updates.count("success") == 20
+    else:
+        # Each run went from pending through running to success, and the list showed it
+        # running to every wait: none was woken for that (a ListedRun), only to be read on
+        # its own.
+        assert not [outcome for outcome in woken if isinstance(outcome, ListedRun)], woken
+        assert woken.count(READ_NOW) >= 20
 
 
 @pytest.mark.parametrize("listening", [False, True])
-async def test_a_wait_alone_on_its_notebook_returns_from_next_change_as_it_is_asked(
+async def test_a_wait_alone_on_its_notebook_reads_and_returns_as_it_is_asked(
     server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch, listening: bool
 ) -> None:
-    # Alone on its notebook, the wait reads its run on its own at every poll (READ_NOW):
-    # quiet, it goes on polling through the change to "running"; listened to, it returns it.
+    # Alone on its notebook, the wait reads its run on its own at every poll (READ_NOW).
+    # Listened to, it reads the run first (answered by the start's answer, no request) and
+    # returns the change to "running"; quiet, it is handed over with no read at all and goes
+    # on polling through that change.
     notebook = server.add_notebook(script=RunScript.succeed(0.15))
     returned: list[str | None] = []
-    real_next_change = DeepnoteBackend.next_change
+    reads: list[str] = []
+    real_next_change, real_get_run = DeepnoteBackend.next_change, DeepnoteBackend.get_run
 
-    async def counting(self: DeepnoteBackend, *args: Any, **kwargs: Any) -> Run:
+    async def counting_next_change(self: DeepnoteBackend, *args: Any, **kwargs: Any) -> Run:
         run = await real_next_change(self, *args, **kwargs)
         returned.append(run.vendor_state)
         return run
 
-    monkeypatch.setattr(DeepnoteBackend, "next_change", counting)
+    async def counting_get_run(self: DeepnoteBackend, handle: RunHandle) -> Run:
+        reads.append(handle.run_id)
+        return await real_get_run(self, handle)
+
+    monkeypatch.setattr(DeepnoteBackend, "next_change", counting_next_change)
+    monkeypatch.setattr(DeepnoteBackend, "get_run", counting_get_run)
     updates: list[str | None] = []
     async with server.backend(share_window=_BURST_WINDOW) as backend:
         run = await run_and_wait(
@@ -647,37 +631,12 @@ async def test_a_wait_alone_on_its_notebook_returns_from_next_change_as_it_is_as
     assert run.state is RunState.SUCCEEDED
     assert run.outputs
     if listening:
+        assert len(reads) == 1
         assert returned == ["running", "success"]
         assert updates == ["pending", "running", "success"]
     else:
+        assert reads == []
         assert returned == ["success"]
-
-
-@pytest.mark.parametrize("listening", [False, True])
-async def test_a_quiet_wait_takes_its_starts_answer_for_its_first_read(
-    server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch, listening: bool
-) -> None:
-    notebook = server.add_notebook(script=RunScript.succeed(0.15))
-    reads: list[str] = []
-    real_get_run = DeepnoteBackend.get_run
-
-    async def counting(self: DeepnoteBackend, handle: RunHandle) -> Run:
-        reads.append(handle.run_id)
-        return await real_get_run(self, handle)
-
-    monkeypatch.setattr(DeepnoteBackend, "get_run", counting)
-    async with server.backend(share_window=_BURST_WINDOW) as backend:
-        run = await run_and_wait(
-            backend,
-            notebook.id,
-            poll=FLEET_POLL,
-            timeout=30,
-            on_update=(lambda r: None) if listening else None,
-        )
-    assert run.state is RunState.SUCCEEDED
-    # Listened to, the wait reads the run first (answered by the start's answer, no
-    # request) to report it; quiet, it hands the wait over with no read at all.
-    assert len(reads) == (1 if listening else 0)
 
 
 async def test_a_quiet_wait_for_a_run_started_elsewhere_reads_it_first(
