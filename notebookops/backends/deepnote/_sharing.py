@@ -439,15 +439,19 @@ class SharedRunPolls:
             raw=raw if isinstance(raw, dict) else {},
         )
 
-    def take_start(self, handle: RunHandle) -> str | None:
-        """The run's status in its start's answer, if that answer is kept and within the
-        window, as for :meth:`read` (a run then in progress, started by this backend): it
-        stands for a first read that a caller waiting only for the run's end need not make.
-        The answer is used up either way."""
+    def _pop_start(
+        self, handle: RunHandle, now: float
+    ) -> tuple[float, RunState, str, HttpResponse] | None:
+        """The run's kept start answer if it is within the window at ``now`` (a run then in
+        progress, started by this backend); used up either way."""
         start = self._starts.pop(handle.run_id, None) if self._starts else None
-        if start is None or _clock() - start[0] > self._window:
-            return None
-        return start[2]
+        return start if start is not None and now - start[0] <= self._window else None
+
+    def take_start(self, handle: RunHandle) -> str | None:
+        """The run's status in its start's answer, as :meth:`read` would use it: it stands
+        for a first read that a caller waiting only for the run's end need not make."""
+        start = self._pop_start(handle, _clock())
+        return start[2] if start is not None else None
 
     def waited_on(self, notebook_id: str) -> int:
         """How many runs of the notebook are being waited on (for diagnostics and tests)."""
@@ -482,10 +486,10 @@ class SharedRunPolls:
         if found is None:
             return None
         group, watched = found
-        start = self._starts.pop(handle.run_id, None) if self._starts else None
+        start = self._pop_start(handle, now)
         if watched.beyond_page or group.listable < 2:
             return None
-        if start is not None and now - start[0] <= self._window:
+        if start is not None:
             return self._listed_from_start(handle, *start[1:])
         page = await self._page(notebook_id, group)
         if page is None:
