@@ -8,10 +8,14 @@ after it (and raise the real error instead of a timeout).
 
 A plain dict keyed by task, not a ContextVar: setting a ContextVar allocates a new context
 mapping and a token per wait, objects the cyclic GC then walks for as long as the wait lasts.
+
+The transport also tells a shielded start here whether it has sent anything yet
+(:class:`StartSection`): until it has, no run can exist, so the start may still be abandoned.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import sys
 from typing import Any
@@ -47,3 +51,154 @@ def effective_deadline() -> float:
             return deadline
         return min(deadline, _BY_TASK.get(task, math.inf))
     return deadline
+
+
+# --------------------------------------------------------------------------- unsent starts
+
+#: The context of the timers orchestration arms: an empty one, shared.
+NO_CONTEXT = contextvars.Context()
+
+#: Cancellation messages of an unsent start's task (see StartSection).
+NOT_SENT = "notebookops: the start was still waiting to be sent at the deadline"
+ABORTED = "notebookops: the start was abandoned before it was sent"
+EXPIRED = "notebookops: shielded section timed out"
+
+#: Starts that may not have sent their request yet, by the task running them.
+_STARTS: dict[object, StartSection] = {}
+
+
+class StartSection:
+    """A shielded start (``orchestration._shielded`` with ``unsent_until``) and what its work
+    has sent so far, as the transport reports it.
+
+    While the start's request waits its turn in the transport (the rate limiter, a free
+    connection) and the section has sent nothing, no run can exist yet: a cancellation of the
+    caller may abort it, and the caller's deadline (``deadline``) bounds the wait, not the
+    start's time limit. That limit (``timeout``) counts from the first request sent: a start
+    queued behind thousands of others has not "taken too long" before the vendor saw it, and
+    reporting it as an unknown outcome would send its caller reconciling a run that was never
+    asked for. Work that never reports to the transport (a custom backend) is timed from the
+    section's start, as before, and never aborted.
+
+    The instance is the section's timer callback itself (no argument tuple per start); a time
+    limit pushed later by a send is checked when the first timer fires, so a start that is
+    sent at once arms one timer, as before.
+    """
+
+    __slots__ = (
+        "abandon",
+        "began",
+        "deadline",
+        "loop",
+        "outcome",
+        "queued",
+        "sent_at",
+        "task",
+        "timeout",
+        "timer",
+    )
+
+    def __init__(self, task: Any, loop: Any, timeout: float, deadline: float) -> None:
+        self.task = task
+        self.loop = loop
+        self.timeout = timeout
+        self.deadline = deadline
+        self.began = loop.time()
+        #: When the first request was sent (loop time), None while nothing has been.
+        self.sent_at: float | None = None
+        #: Whether the work waits for its turn in the transport right now.
+        self.queued = False
+        #: Why the section cancelled its task: EXPIRED or NOT_SENT (None: it did not).
+        self.outcome: str | None = None
+        #: Set when the caller was cancelled before anything was sent: the work is abandoned
+        #: where it next waits its turn or would send (it may be elsewhere right now).
+        self.abandon = False
+        #: The section's timer (None between timers): first due at the earlier of the time
+        #: limit counted from now and the deadline.
+        self.timer: Any = None
+        self.arm(min(self.began + timeout, deadline))
+
+    def arm(self, when: float) -> None:
+        # An empty context: a cancelled timer stays in the loop's heap (with its context)
+        # until its time comes, long after the section is over.
+        self.timer = self.loop.call_at(when, self, context=NO_CONTEXT)
+
+    def __call__(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        if self.sent_at is not None:
+            limit = self.sent_at + self.timeout
+        elif self.queued:
+            if now >= self.deadline:
+                self._cancel(NOT_SENT)
+            elif self.deadline != math.inf:
+                self.arm(self.deadline)
+            # else: the send arms the time limit
+            return
+        else:
+            # Waiting on something other than the transport's queue: it may have sent
+            # something of its own, so the time limit counts from the section's start, as for
+            # work that never reports to the transport. (Entering the queue past the
+            # deadline abandons it there: see queueing.)
+            limit = self.began + self.timeout
+        if now < limit:
+            self.arm(limit)
+        else:
+            self._cancel(EXPIRED)
+
+    def _cancel(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.task.cancel(outcome)
+
+
+def _current_start() -> StartSection | None:
+    asyncio: Any = sys.modules["asyncio"]  # the transport's callers run on asyncio
+    section = _STARTS.get(asyncio.current_task())
+    return section if section is not None and section.sent_at is None else None
+
+
+def queueing() -> StartSection | None:
+    """Called by the transport before a request of the current task waits for its turn;
+    give the result back to :func:`dequeued` when the wait ends. Past the section's deadline
+    the wait is cancelled at once: nothing was sent, and nothing will be."""
+    if not _STARTS:
+        return None
+    section = _current_start()
+    if section is None:
+        return None
+    section.queued = True
+    if section.abandon:
+        section.task.cancel(ABORTED)
+    elif section.loop.time() >= section.deadline:
+        section._cancel(NOT_SENT)
+    return section
+
+
+def dequeued(section: StartSection | None) -> None:
+    """The wait :func:`queueing` announced has ended (its request is about to be sent, or it
+    was cancelled)."""
+    if section is not None:
+        section.queued = False
+
+
+def sending() -> None:
+    """Called by the transport right before it sends a request of the current task: the
+    task's start (if it is one) has now sent something, and its time limit begins. Past the
+    section's deadline the request is not sent: CancelledError, as at a cancelled wait."""
+    if not _STARTS:
+        return
+    section = _current_start()
+    if section is None:
+        return
+    now = section.loop.time()
+    if section.abandon:
+        raise sys.modules["asyncio"].CancelledError(ABORTED)
+    if now >= section.deadline:
+        # A run started now would only be cancelled at once by the caller's deadline.
+        section.outcome = NOT_SENT
+        raise sys.modules["asyncio"].CancelledError(NOT_SENT)
+    section.sent_at = now
+    # The transport's retries see the limit as it now stands.
+    _BY_TASK[section.task] = now + section.timeout
+    if section.timer is None:
+        section.arm(now + section.timeout)

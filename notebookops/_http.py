@@ -28,7 +28,7 @@ import anyio
 import attrs
 import yarl
 
-from . import __version__
+from . import __version__, _deadline
 from ._deadline import effective_deadline
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
@@ -562,13 +562,23 @@ class HttpTransport:
         inline_acquire = type(limiter).acquire is RateLimiter.acquire
         attempts: _Attempts | None = None
         while True:
+            # A start waiting here has sent nothing yet: _deadline.queueing lets it be
+            # abandoned meanwhile (see _deadline.StartSection).
             if inline_acquire:
                 wait = limiter.reserve()
                 if wait > 0:
-                    await anyio.sleep(wait)
+                    queued = _deadline.queueing()
+                    try:
+                        await anyio.sleep(wait)
+                    finally:
+                        _deadline.dequeued(queued)
                 limiter.record_send()
             else:
-                await limiter.acquire()
+                queued = _deadline.queueing()
+                try:
+                    await limiter.acquire()
+                finally:
+                    _deadline.dequeued(queued)
             try:
                 response = await self._send(
                     method, url, json=json, headers=headers, timeout=timeout
@@ -745,8 +755,16 @@ class HttpTransport:
         for _hop in range(_MAX_REDIRECTS + 1):
             self._check_target(url)
             if slots is not None:
-                await slots.acquire()
+                if slots.locked():
+                    queued = _deadline.queueing()
+                    try:
+                        await slots.acquire()
+                    finally:
+                        _deadline.dequeued(queued)
+                else:
+                    await slots.acquire()
             try:
+                _deadline.sending()
                 async with (
                     asyncio.timeout(limit),
                     session.request(
@@ -836,6 +854,7 @@ class HttpTransport:
             if slots is not None:
                 await slots.acquire()
             try:
+                _deadline.sending()
                 resp = await session.request(
                     method,
                     yarl.URL(url, encoded=True),

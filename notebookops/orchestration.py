@@ -21,7 +21,6 @@ a cancellation that arrives meanwhile is delivered again once it is over.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import logging
@@ -86,9 +85,9 @@ UpdateCallback = Callable[[Run], Awaitable[None] | None]
 StartCallback = Callable[[RunHandle], Awaitable[None] | None]
 
 _RNG = random.Random()
-_NO_CONTEXT = contextvars.Context()
+_NO_CONTEXT = _deadline.NO_CONTEXT
 #: The message a shielded section's own time limit cancels its task with.
-_EXPIRED = "notebookops: shielded section timed out"
+_EXPIRED = _deadline.EXPIRED
 _DEFAULT_POLL: PollPolicy | None = None
 
 Clock = Callable[[], float]
@@ -136,7 +135,10 @@ def _loop_clock() -> tuple[Clock, Sleep]:
 
 
 async def _shielded(
-    timeout: float, work: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    timeout: float,
+    work: Callable[..., Coroutine[Any, Any, T]],
+    *args: Any,
+    unsent_until: float | None = None,
 ) -> tuple[bool, T | None]:
     """Await ``work(*args)`` to its end whatever happens to the caller, for up to ``timeout``
     seconds: ``(True, result)``, or ``(False, None)`` if the time ran out first (the work is
@@ -146,6 +148,12 @@ async def _shielded(
     cancellation is lost. On asyncio the work runs as a task of its own: anyio's shield only
     holds off anyio cancel scopes, and ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
     a task group) would otherwise abort the work mid-request.
+
+    ``unsent_until`` (a start; asyncio only): while the work's request waits its turn in the
+    transport and nothing has been sent, the section is not shielded (a cancellation of the
+    caller abandons the work and propagates) and ``timeout`` has not begun: it counts from
+    the first request sent. If nothing is sent by ``unsent_until`` (loop time), the work is
+    abandoned and :class:`_NotSent` raised. See :class:`_deadline.StartSection`.
     """
     aio = _running_asyncio()
     if aio is None:
@@ -160,11 +168,18 @@ async def _shielded(
     del work, args  # the task has them: fewer objects alive per start queued for a connection
     # The transport's retries see the section's own deadline, not the caller's.
     _deadline.push(task, deadline)
-    # An empty context: a cancelled timer stays in the loop's heap (with its context) until
-    # its time comes, long after the section is over. A plain function, not task.cancel: a
-    # bound method would be one more object per start.
-    timer = loop.call_at(deadline, _cancel_expired, task, context=_NO_CONTEXT)
+    section: _deadline.StartSection | None = None
+    timer: Any = None
+    if unsent_until is None:
+        # An empty context: a cancelled timer stays in the loop's heap (with its context)
+        # until its time comes, long after the section is over. A plain function, not
+        # task.cancel: a bound method would be one more object per start.
+        timer = loop.call_at(deadline, _cancel_expired, task, context=_NO_CONTEXT)
+    else:
+        section = _deadline.StartSection(task, loop, timeout, unsent_until)
+        _deadline._STARTS[task] = section
     interruption: BaseException | None = None
+    abandoned = False
     anyio_shield: anyio.CancelScope | None = None
     try:
         while not task.done():
@@ -179,6 +194,13 @@ async def _shielded(
                 if task.done():
                     break
                 interruption = error
+                if section is not None and section.sent_at is None and not abandoned:
+                    # Nothing sent: no run can exist. Abandon the work (at once where it waits
+                    # its turn, else where it next would or would send) and let the
+                    # cancellation through. Work that never reaches the transport finishes.
+                    abandoned = section.abandon = True
+                    if section.queued:
+                        task.cancel(_deadline.ABORTED)
                 if anyio_shield is None and anyio.current_effective_deadline() == -math.inf:
                     # An anyio scope: it re-delivers its cancellation on every loop
                     # iteration until the task leaves it, which would make this loop spin.
@@ -186,10 +208,20 @@ async def _shielded(
                     anyio_shield = anyio.CancelScope(shield=True)
                     anyio_shield.__enter__()
     finally:
-        timer.cancel()
+        if section is not None:
+            del _deadline._STARTS[task]
+            timer = section.timer
+        if timer is not None:
+            timer.cancel()
         _deadline.pop(task, None)
         if anyio_shield is not None:
             anyio_shield.__exit__(None, None, None)
+    if task.cancelled() and (abandoned or (section and section.outcome == _deadline.NOT_SENT)):
+        # Abandoned with nothing sent: the caller's cancellation, as if never held off, or
+        # else the deadline.
+        if interruption is not None:
+            raise interruption
+        raise _NotSent
     # An anyio scope delivers its cancellation again by itself once the section is over;
     # a Task.cancel() absorbed above is asked for again here, uncancelling first so that
     # the count of requests is unchanged (asyncio.timeout tells its own cancellation by it).
@@ -200,10 +232,16 @@ async def _shielded(
         try:
             task.result()
         except aio.CancelledError as cancelled:
-            if cancelled.args[:1] == (_EXPIRED,):
+            if cancelled.args[:1] == (_EXPIRED,) or (
+                section is not None and section.outcome == _deadline.EXPIRED
+            ):
                 return False, None
         raise aio.CancelledError("notebookops: a shielded section was cancelled from outside")
     return True, task.result()
+
+
+class _NotSent(Exception):
+    """A start was abandoned at its caller's deadline while still waiting to be sent."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -516,12 +554,17 @@ async def start_run(
 ) -> RunHandle:
     """Start a run without waiting for it: the first half of :func:`run_and_wait`.
 
-    The start is shielded from caller cancellation (so a run the vendor accepted is never
-    lost: the cancellation takes effect right after, when the handle is known) and bounded by
-    ``start_timeout``; if that expires, the outcome is unknown and StartOutcomeUnknown says so.
+    Once its request is sent, the start is shielded from caller cancellation (so a run the
+    vendor accepted is never lost: the cancellation takes effect right after, when the handle
+    is known) and bounded by ``start_timeout``; if that expires, the outcome is unknown and
+    StartOutcomeUnknown says so. Before that, while the request still waits its turn in the
+    transport (the rate limiter, a free connection), nothing has reached the vendor: a
+    cancellation abandons the start at once, and that wait does not count against
+    ``start_timeout`` (thousands of starts queued behind a vendor's rate limit are not
+    "outcome unknown").
     """
     _positive("start_timeout", start_timeout)
-    outcome = await _shielded(start_timeout, backend.start_run, request)
+    outcome = await _shielded(start_timeout, backend.start_run, request, unsent_until=math.inf)
     return _started(backend, request, start_timeout, outcome)
 
 
@@ -727,6 +770,10 @@ async def run_and_wait(
     the handle before the first status read: persist it there (``handle.to_json()``) and a
     restarted worker can ``wait_for_run`` instead of starting the notebook again.
 
+    ``start_timeout`` bounds the start from when its request is sent (see :func:`start_run`);
+    the time it waits for its turn before that counts only against ``timeout``, and a start
+    still unsent at the deadline is abandoned (RunTimeout with no handle: no run exists).
+
     Raises :class:`RunFailed` / :class:`RunCancelled` when the run ends so (unless
     ``raise_on_failure=False``), :class:`RunTimeout` at the deadline, and any other error from
     the tree with ``err.handle`` set once the run exists. A SUBMITTED run (the backend cannot
@@ -738,7 +785,17 @@ async def run_and_wait(
     # start_run's steps, without a coroutine of its own (one more per start queued for a
     # connection).
     _positive("start_timeout", start_timeout)
-    outcome = await _shielded(start_timeout, backend.start_run, request)
+    try:
+        outcome = await _shielded(start_timeout, backend.start_run, request, unsent_until=deadline)
+    except _NotSent:
+        raise RunTimeout(
+            f"starting {request.notebook!r} on {backend.name}: its request was still waiting "
+            f"for its turn (the rate limiter, a free connection) when the {timeout:g}s deadline "
+            "passed; it was never sent, so no run was started",
+            run=None,
+            cancelled=False,
+            reason="the start was never sent: no run was started",
+        ) from None
     handle = _started(backend, request, start_timeout, outcome)
     del outcome
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)

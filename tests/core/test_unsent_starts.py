@@ -1,0 +1,476 @@
+"""A start that has not been sent yet: while its request waits its turn in the transport (a
+free connection, the rate limiter), nothing has reached the vendor and no run can exist.
+
+So such a start may be abandoned (a cancellation, the caller's deadline) and its time limit
+has not begun: thousands of starts queued behind a vendor's rate limit must not come back as
+"outcome unknown", which would send their callers reconciling runs nobody asked for. Once
+anything is sent, the shield and the time limit hold as before (see
+test_native_cancellation.py). Real transport, loopback server, a gate instead of sleeps where
+the order of events matters. Starts that must end before the gate opens are given a short
+``start_timeout``: on a regression they fail (StartOutcomeUnknown) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+
+from notebookops import (
+    PollPolicy,
+    RunHandle,
+    RunRequest,
+    RunState,
+    RunTimeout,
+    StartOutcomeUnknown,
+    _deadline,
+    run_and_wait,
+    start_run,
+)
+from notebookops._http import HttpTransport, VendorProfile
+from notebookops.ratelimit import RateLimiter
+from notebookops.testing import FakeBackend, FakeScript
+from notebookops.testing._server import FakeServer
+from notebookops.testing.deepnote import RunScript, fake_deepnote
+
+TOKEN = "tok-unsent"
+FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
+DONE = FakeScript(states=("running", "success"))
+LONG = FakeScript(states=("pending", "running"))
+
+
+class GateServer(FakeServer):
+    """Counts POSTs per path; each one waits for ``gate`` (open unless a test closes it)."""
+
+    def __init__(self) -> None:
+        super().__init__(token=TOKEN)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.posts: dict[str, int] = {"/start": 0, "/cancel": 0}
+        #: Set by each POST as it arrives (before the gate).
+        self.arrived = asyncio.Event()
+
+    def setup_routes(self, app: web.Application) -> None:
+        async def post(request: web.Request) -> web.Response:
+            self.posts[request.path] += 1
+            self.arrived.set()
+            await self.gate.wait()
+            return web.json_response({}, status=201)
+
+        app.router.add_post("/start", post)
+        app.router.add_post("/cancel", post)
+
+
+class PostingBackend(FakeBackend):
+    """FakeBackend runs, each start and cancel first POSTed through a real HttpTransport."""
+
+    def __init__(self, transport: HttpTransport, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.transport = transport
+        self.start_deadlines: list[float] = []
+
+    async def start_run(self, request: RunRequest) -> RunHandle:
+        await self.transport.request("POST", "/start", json={"notebook": request.notebook})
+        # What the transport's retries would see (asyncio: orchestration's own record).
+        self.start_deadlines.append(_deadline.effective_deadline())
+        return await super().start_run(request)
+
+    async def cancel_run(self, handle: RunHandle) -> None:
+        await self.transport.request("POST", "/cancel", json={"run": handle.run_id})
+        await super().cancel_run(handle)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[GateServer]:
+    async with GateServer() as srv:
+        yield srv
+        srv.gate.set()  # a handler still held would hold the server's shutdown
+
+
+def _backend(server: GateServer, **transport: Any) -> PostingBackend:
+    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, **transport)
+    return PostingBackend(http, default_script=DONE)
+
+
+@pytest.fixture
+async def one_connection(server: GateServer) -> AsyncIterator[PostingBackend]:
+    """Requests beyond the first wait for the transport's only connection."""
+    backend = _backend(server, max_connections=1)
+    async with backend:
+        yield backend
+    await backend.transport.aclose()
+
+
+async def _hold_the_connection(server: GateServer, backend: PostingBackend) -> asyncio.Task[Any]:
+    """Start a run whose POST holds the only connection until the gate opens."""
+    server.gate.clear()
+    server.arrived.clear()
+    first = asyncio.create_task(run_and_wait(backend, "first", poll=FAST, start_timeout=30))
+    await server.arrived.wait()
+    return first
+
+
+async def _queued(count: int) -> None:
+    """Until ``count`` starts wait for their turn in the transport."""
+    for _ in range(10_000):
+        if sum(section.queued for section in _deadline._STARTS.values()) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"fewer than {count} starts ever waited for their turn")
+
+
+# --------------------------------------------------------------------------- the time limit
+
+
+async def test_a_start_queued_longer_than_its_time_limit_is_still_sent(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    second = asyncio.create_task(
+        run_and_wait(one_connection, "second", poll=FAST, start_timeout=0.05)
+    )
+    await _queued(1)
+    await asyncio.sleep(0.15)  # three times its limit, waiting for the connection
+    server.gate.set()
+    assert (await second).state is RunState.SUCCEEDED  # before: StartOutcomeUnknown
+    assert (await first).state is RunState.SUCCEEDED
+    assert server.posts["/start"] == 2
+    assert one_connection.start_count == 2
+
+
+async def test_the_time_limit_counts_from_the_send_for_the_transport_too(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    loop = asyncio.get_running_loop()
+    first = await _hold_the_connection(server, one_connection)
+    queued_at = loop.time()
+    second = asyncio.create_task(run_and_wait(one_connection, "second", poll=FAST, start_timeout=5))
+    await _queued(1)
+    await asyncio.sleep(0.1)
+    sent_after = loop.time()
+    server.gate.set()
+    await first
+    await second
+    # The second start's retries would be bounded by its send + 5 s, not its queueing + 5 s.
+    assert one_connection.start_deadlines[1] >= sent_after + 5
+    assert one_connection.start_deadlines[1] > queued_at + 5 + 0.09
+    assert not _deadline._STARTS
+    assert not _deadline._BY_TASK
+
+
+async def test_a_start_sent_and_unanswered_past_its_time_limit_is_still_unknown(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    server.gate.clear()
+    with pytest.raises(StartOutcomeUnknown):
+        await run_and_wait(one_connection, "nb", poll=FAST, start_timeout=0.05)
+    assert server.posts["/start"] == 1
+    assert one_connection.start_count == 0
+
+
+async def test_the_time_limit_is_not_pushed_later_by_a_send_for_work_without_a_queue(
+    server: GateServer,
+) -> None:
+    # Sent at once: one timer, due at the limit, as before.
+    async with _backend(server) as backend:
+        server.gate.clear()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(StartOutcomeUnknown):
+            await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.05)
+        assert loop.time() - began < 1
+        await backend.transport.aclose()
+
+
+# --------------------------------------------------------------------------- the deadline
+
+
+async def test_a_start_still_queued_at_the_deadline_is_abandoned_unsent(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    with pytest.raises(RunTimeout) as caught:
+        await run_and_wait(one_connection, "second", poll=FAST, timeout=0.1, start_timeout=2)
+    error = caught.value
+    assert error.handle is None
+    assert error.run is None
+    assert not error.cancelled
+    assert "never sent" in str(error)
+    assert "no run was started" in error.reason
+    server.gate.set()
+    assert (await first).state is RunState.SUCCEEDED
+    assert server.posts["/start"] == 1  # the abandoned start never reached the server
+    assert one_connection.start_count == 1
+    assert not _deadline._STARTS
+
+
+@pytest.mark.parametrize("queue", [False, True], ids=["sent-at-once", "queued"])
+async def test_a_start_reaching_the_transport_past_the_deadline_is_abandoned_there(
+    server: GateServer, queue: bool
+) -> None:
+    # Its own work ran past the deadline before its request (nothing sent meanwhile): a run
+    # started now would only be cancelled at once. Abandoned where it would be sent, or where
+    # it would wait for the connection.
+    class LateBackend(PostingBackend):
+        async def start_run(self, request: RunRequest) -> RunHandle:
+            if request.notebook == "late":
+                await asyncio.sleep(0.08)
+            return await super().start_run(request)
+
+    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    async with LateBackend(http, default_script=DONE) as backend:
+        first = await _hold_the_connection(server, backend) if queue else None
+        with pytest.raises(RunTimeout) as caught:
+            await run_and_wait(backend, "late", poll=FAST, timeout=0.04, start_timeout=2)
+        assert caught.value.handle is None
+        server.gate.set()
+        if first is not None:
+            await first
+        assert server.posts["/start"] == (1 if queue else 0)
+        await http.aclose()
+
+
+async def test_no_deadline_lets_a_queued_start_wait_for_its_turn(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    second = asyncio.create_task(
+        run_and_wait(one_connection, "second", poll=FAST, timeout=None, start_timeout=0.02)
+    )
+    await _queued(1)
+    await asyncio.sleep(0.06)
+    server.gate.set()
+    assert (await second).state is RunState.SUCCEEDED
+    await first
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_a_caller_cancelled_while_its_start_is_queued_leaves_at_once(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    second = asyncio.create_task(run_and_wait(one_connection, "second", poll=FAST, start_timeout=2))
+    await _queued(1)
+    second.cancel("shutting down")
+    with pytest.raises(asyncio.CancelledError, match="shutting down"):
+        await second  # the gate is still closed: nothing held it
+    server.gate.set()
+    await first
+    third = await run_and_wait(one_connection, "third", poll=FAST)  # the queue still works
+    assert third.state is RunState.SUCCEEDED
+    assert server.posts["/start"] == 2
+    assert {run.request.notebook for run in one_connection.runs.values()} == {"first", "third"}
+    assert one_connection.cancel_calls == 0  # no run of the second: nothing to cancel
+
+
+@pytest.mark.parametrize("queue", [False, True], ids=["sent-at-once", "queued"])
+async def test_a_caller_cancelled_before_its_start_reached_the_transport_sends_nothing(
+    server: GateServer, queue: bool
+) -> None:
+    # Cancelled while its work is elsewhere (here: before its request): abandoned where it
+    # would then wait its turn, or where it would send.
+    reached = asyncio.Event()
+    go_on = asyncio.Event()
+
+    class PreparingBackend(PostingBackend):
+        async def start_run(self, request: RunRequest) -> RunHandle:
+            if request.notebook == "second":
+                reached.set()
+                await go_on.wait()
+            return await super().start_run(request)
+
+    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    async with PreparingBackend(http, default_script=DONE) as backend:
+        first = await _hold_the_connection(server, backend) if queue else None
+        second = asyncio.create_task(run_and_wait(backend, "second", poll=FAST, start_timeout=2))
+        await reached.wait()
+        second.cancel()
+        await asyncio.sleep(0.01)
+        assert not second.done()  # its work is not in the transport: it is let finish there
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        server.gate.set()
+        if first is not None:
+            await first
+        assert server.posts["/start"] == (1 if queue else 0)
+        assert {run.request.notebook for run in backend.runs.values()} <= {"first"}
+        await http.aclose()
+
+
+async def test_a_burst_of_waits_cancelled_while_their_starts_queue_sends_nothing(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    # A service shutting down right after launching its waits, all but one start waiting for
+    # the connection: none of them may start a run only for it to be cancelled.
+    first = await _hold_the_connection(server, one_connection)
+    waits = [
+        asyncio.create_task(run_and_wait(one_connection, f"nb{i}", poll=FAST, start_timeout=2))
+        for i in range(50)
+    ]
+    await _queued(50)
+    for wait in waits:
+        wait.cancel()
+    results = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    server.gate.set()
+    await first
+    assert server.posts["/start"] == 1
+    assert one_connection.start_count == 1
+    assert not _deadline._STARTS
+
+
+async def test_asyncio_timeout_around_a_queued_start_is_a_timeout_error(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await run_and_wait(one_connection, "second", poll=FAST, start_timeout=2)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    assert server.posts["/start"] == 1
+    server.gate.set()
+    await first
+
+
+async def test_an_anyio_scope_abandons_a_queued_start(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    with anyio.move_on_after(0.05) as scope:
+        await run_and_wait(one_connection, "second", poll=FAST, start_timeout=2)
+    assert scope.cancelled_caught
+    assert server.posts["/start"] == 1
+    await asyncio.sleep(0)  # no cancellation left pending once the scope is gone
+    server.gate.set()
+    await first
+
+
+async def test_a_queued_public_start_run_is_abandoned_by_a_cancellation(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    first = await _hold_the_connection(server, one_connection)
+    second = asyncio.create_task(
+        start_run(one_connection, RunRequest(notebook="second"), start_timeout=2)
+    )
+    await _queued(1)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    server.gate.set()
+    await first
+    assert server.posts["/start"] == 1
+
+
+async def test_a_start_waiting_for_the_rate_limiter_is_abandoned_too(
+    server: GateServer,
+) -> None:
+    limiter = RateLimiter(max_rate=2)  # one request now, the next in half a second
+    backend = _backend(server, rate_limiter=limiter)
+    async with backend:
+        await run_and_wait(backend, "first", poll=FAST)
+        waits = [asyncio.create_task(run_and_wait(backend, f"nb{i}", poll=FAST)) for i in range(3)]
+        await _queued(1)
+        for wait in waits:
+            wait.cancel()
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(result, asyncio.CancelledError) for result in results)
+        assert server.posts["/start"] == 1
+        assert backend.start_count == 1
+    await backend.transport.aclose()
+
+
+async def test_a_start_sent_before_the_cancellation_is_still_shielded(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    # The first start's POST is at the server: the run may exist, so it is waited for, and
+    # then cancelled, as test_native_cancellation.py checks for starts with no queue.
+    first = await _hold_the_connection(server, one_connection)
+    first.cancel()
+    await asyncio.sleep(0.02)
+    assert not first.done()
+    server.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert one_connection.start_count == 1
+    assert one_connection.cancel_calls == 1
+
+
+async def test_a_remote_cancel_waiting_for_its_turn_is_never_abandoned(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    # Only starts may be abandoned unsent: a cancel left unsent would leave a run running.
+    one_connection.default_script = LONG
+    task = asyncio.create_task(run_and_wait(one_connection, "nb", poll=FAST))
+    for _ in range(2_000):
+        if one_connection.runs:
+            break
+        await asyncio.sleep(0.001)
+    blocker = await _hold_the_connection(server, one_connection)  # the connection is taken
+    task.cancel()
+    await _queued_cancel(server)
+    task.cancel()  # again, while the remote cancel waits for the connection
+    server.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert server.posts["/cancel"] >= 1
+    assert one_connection.cancel_calls >= 1
+    blocker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocker
+
+
+async def _queued_cancel(server: GateServer) -> None:
+    # The remote cancel's POST waits behind the held one; give it a few loop turns to get
+    # there (it is not a start: nothing records it as queued).
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert server.posts["/cancel"] == 0
+
+
+# --------------------------------------------------------------------------- Deepnote
+
+
+async def test_deepnote_starts_paced_by_the_rate_limit_are_all_sent_and_succeed() -> None:
+    # Six starts at 20 requests/s: the last waits ~0.25 s for its turn, five times its
+    # limit. Before, every start but the first came back as StartOutcomeUnknown.
+    async with fake_deepnote() as server:
+        notebook = server.add_notebook(script=RunScript.succeed(0.0))
+        async with server.backend(max_rate=20, share_polls=False) as backend:
+            runs = await asyncio.gather(
+                *(
+                    run_and_wait(backend, notebook.id, poll=FAST, timeout=10, start_timeout=0.05)
+                    for _ in range(6)
+                )
+            )
+        assert [run.state for run in runs] == [RunState.SUCCEEDED] * 6
+        assert len(server.runs) == 6
+        posts = [r for r in server.requests if r.method == "POST" and r.path == "/v2/runs"]
+        assert len(posts) == 6
+
+
+def test_a_section_record_is_its_own_timer_and_keeps_no_context() -> None:
+    # Each start in flight keeps its section and one timer; the timer is the section itself
+    # (no argument tuple) and runs in the shared empty context.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        section = _deadline.StartSection(task, loop, 5.0, math.inf)
+        timer = section.timer
+        assert timer is not None
+        assert timer._callback is section
+        assert timer._args == ()
+        assert timer._context is _deadline.NO_CONTEXT
+        assert timer.when() == pytest.approx(section.began + 5.0)
+        timer.cancel()
+
+    asyncio.run(main())
