@@ -72,13 +72,16 @@ class StartSection:
     has sent so far, as the transport reports it.
 
     While the start's request waits its turn in the transport (the rate limiter, a free
-    connection) and the section has sent nothing, no run can exist yet: a cancellation of the
-    caller may abort it, and the caller's deadline (``deadline``) bounds the wait, not the
-    start's time limit. That limit (``timeout``) counts from the first request sent: a start
-    queued behind thousands of others has not "taken too long" before the vendor saw it, and
-    reporting it as an unknown outcome would send its caller reconciling a run that was never
-    asked for. Work that never reports to the transport (a custom backend) is timed from the
-    section's start, as before, and never aborted.
+    connection, the pause before retrying a 429) and nothing the section sent may have taken
+    effect, no run can exist yet: a cancellation of the caller may abandon it, and the
+    caller's deadline (``deadline``) bounds the wait, not the start's time limit. That limit
+    (``timeout``) counts from when a request that may take effect was sent: a start queued
+    behind thousands of others, or refused with 429 until the vendor's limit lets it through,
+    has not "taken too long" while the vendor did nothing with it, and reporting it as an
+    unknown outcome would send its caller reconciling a run that was never made. A request
+    is taken to have had no effect only when it provably had none: a 429 answer, or a
+    connection that failed before the request left. Work that never reports to the transport
+    (a custom backend) is timed from the section's start, as before, and never abandoned.
 
     The instance is the section's timer callback itself (no argument tuple per start); a time
     limit pushed later by a send is checked when the first timer fires, so a start that is
@@ -89,6 +92,7 @@ class StartSection:
         "abandon",
         "began",
         "deadline",
+        "in_doubt",
         "loop",
         "outcome",
         "queued",
@@ -104,7 +108,9 @@ class StartSection:
         self.timeout = timeout
         self.deadline = deadline
         self.began = loop.time()
-        #: When the first request was sent (loop time), None while nothing has been.
+        #: Requests sent that may have taken effect, and since when there have been some
+        #: (loop time; None while there are none).
+        self.in_doubt = 0
         self.sent_at: float | None = None
         #: Whether the work waits for its turn in the transport right now.
         self.queued = False
@@ -151,20 +157,20 @@ class StartSection:
         self.task.cancel(outcome)
 
 
-def _current_start() -> StartSection | None:
+def _current_section() -> StartSection | None:
     asyncio: Any = sys.modules["asyncio"]  # the transport's callers run on asyncio
-    section = _STARTS.get(asyncio.current_task())
-    return section if section is not None and section.sent_at is None else None
+    return _STARTS.get(asyncio.current_task())
 
 
 def queueing() -> StartSection | None:
     """Called by the transport before a request of the current task waits for its turn;
-    give the result back to :func:`dequeued` when the wait ends. Past the section's deadline
-    the wait is cancelled at once: nothing was sent, and nothing will be."""
+    give the result back to :func:`dequeued` when the wait ends. A start abandoned by its
+    caller, or past its deadline, is cancelled here at once: nothing of it took effect, and
+    nothing will be sent."""
     if not _STARTS:
         return None
-    section = _current_start()
-    if section is None:
+    section = _current_section()
+    if section is None or section.in_doubt:
         return None
     section.queued = True
     if section.abandon:
@@ -182,23 +188,41 @@ def dequeued(section: StartSection | None) -> None:
 
 
 def sending() -> None:
-    """Called by the transport right before it sends a request of the current task: the
-    task's start (if it is one) has now sent something, and its time limit begins. Past the
-    section's deadline the request is not sent: CancelledError, as at a cancelled wait."""
+    """Called by the transport right before it sends a request of the current task: if the
+    task is a start with nothing in doubt so far, its time limit begins now. A start
+    abandoned by its caller, or past its deadline, is not sent: CancelledError, as at a
+    cancelled wait (a run started now would only be cancelled at once)."""
     if not _STARTS:
         return
-    section = _current_start()
+    section = _current_section()
     if section is None:
         return
-    now = section.loop.time()
-    if section.abandon:
-        raise sys.modules["asyncio"].CancelledError(ABORTED)
-    if now >= section.deadline:
-        # A run started now would only be cancelled at once by the caller's deadline.
-        section.outcome = NOT_SENT
-        raise sys.modules["asyncio"].CancelledError(NOT_SENT)
-    section.sent_at = now
-    # The transport's retries see the limit as it now stands.
-    _BY_TASK[section.task] = now + section.timeout
-    if section.timer is None:
-        section.arm(now + section.timeout)
+    if not section.in_doubt:
+        now = section.loop.time()
+        if section.abandon:
+            raise sys.modules["asyncio"].CancelledError(ABORTED)
+        if now >= section.deadline:
+            section.outcome = NOT_SENT
+            raise sys.modules["asyncio"].CancelledError(NOT_SENT)
+        section.sent_at = now
+        # The transport's retries see the limit as it now stands.
+        _BY_TASK[section.task] = now + section.timeout
+        if section.timer is None:
+            section.arm(now + section.timeout)
+    section.in_doubt += 1
+
+
+def not_taken() -> None:
+    """Called by the transport when a request of the current task provably had no effect (a
+    429 answer, a connection that failed before the request left), before it waits to retry:
+    a start with nothing else in doubt is back to having sent nothing."""
+    if not _STARTS:
+        return
+    section = _current_section()
+    if section is None or not section.in_doubt:
+        return
+    section.in_doubt -= 1
+    if not section.in_doubt:
+        section.sent_at = None
+        # Its retry now waits for a turn, bounded by the caller's deadline.
+        _BY_TASK[section.task] = section.deadline

@@ -584,18 +584,22 @@ class HttpTransport:
                     method, url, json=json, headers=headers, timeout=timeout
                 )
             except NotebookOpsError as error:
+                if isinstance(error, TransportError) and not error.request_sent:
+                    _deadline.not_taken()
                 if attempts is None:
                     attempts = _Attempts()
                 delay = self._delay_after_failure(method, url, idempotent, error, attempts)
                 if delay is None:
                     raise
-                await anyio.sleep(delay)
+                await self._pause_before_retry(delay)
                 continue
             if response.status != 429:
                 # What got through, for the limiter's estimate of the vendor's rate.
                 self.rate_limiter.record_answer()
             if response.status < 400:
                 return response
+            if response.status == 429:
+                _deadline.not_taken()  # refused, not acted upon: a start made no run
             if attempts is None:
                 attempts = _Attempts()
             api_error, delay = self._delay_after_error_status(
@@ -609,7 +613,16 @@ class HttpTransport:
             )
             if delay is None:
                 raise api_error
+            await self._pause_before_retry(delay)
+
+    @staticmethod
+    async def _pause_before_retry(delay: float) -> None:
+        # A start whose every attempt provably had no effect waits here as in a queue.
+        queued = _deadline.queueing()
+        try:
             await anyio.sleep(delay)
+        finally:
+            _deadline.dequeued(queued)
 
     def _delay_after_failure(
         self,

@@ -194,7 +194,7 @@ async def _shielded(
                 if task.done():
                     break
                 interruption = error
-                if section is not None and section.sent_at is None and not abandoned:
+                if section is not None and not section.in_doubt and not abandoned:
                     # Nothing sent: no run can exist. Abandon the work (at once where it waits
                     # its turn, else where it next would or would send) and let the
                     # cancellation through. Work that never reaches the transport finishes.
@@ -790,11 +790,11 @@ async def run_and_wait(
     except _NotSent:
         raise RunTimeout(
             f"starting {request.notebook!r} on {backend.name}: its request was still waiting "
-            f"for its turn (the rate limiter, a free connection) when the {timeout:g}s deadline "
-            "passed; it was never sent, so no run was started",
+            "for its turn (the rate limiter, a free connection, the pause after a 429) when "
+            f"the {timeout:g}s deadline passed; the vendor never took it, so no run was started",
             run=None,
             cancelled=False,
-            reason="the start was never sent: no run was started",
+            reason="the vendor never took the start: no run was started",
         ) from None
     handle = _started(backend, request, start_timeout, outcome)
     del outcome

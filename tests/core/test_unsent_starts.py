@@ -13,7 +13,9 @@ the order of events matters. Starts that must end before the gate opens are give
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +24,9 @@ import pytest
 from aiohttp import web
 
 from notebookops import (
+    ConnectError,
     PollPolicy,
+    RateLimited,
     RunHandle,
     RunRequest,
     RunState,
@@ -33,6 +37,7 @@ from notebookops import (
     start_run,
 )
 from notebookops._http import HttpTransport, VendorProfile
+from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
 from notebookops.testing import FakeBackend, FakeScript
 from notebookops.testing._server import FakeServer
@@ -92,9 +97,25 @@ async def server() -> AsyncIterator[GateServer]:
         srv.gate.set()  # a handler still held would hold the server's shutdown
 
 
+#: The transports a test made, closed after it whatever its outcome.
+_TRANSPORTS: list[HttpTransport] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_transports() -> AsyncIterator[None]:
+    yield
+    while _TRANSPORTS:
+        await _TRANSPORTS.pop().aclose()
+
+
+def _transport(server: GateServer, **settings: Any) -> HttpTransport:
+    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, **settings)
+    _TRANSPORTS.append(http)
+    return http
+
+
 def _backend(server: GateServer, **transport: Any) -> PostingBackend:
-    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, **transport)
-    return PostingBackend(http, default_script=DONE)
+    return PostingBackend(_transport(server, **transport), default_script=DONE)
 
 
 @pytest.fixture
@@ -103,7 +124,6 @@ async def one_connection(server: GateServer) -> AsyncIterator[PostingBackend]:
     backend = _backend(server, max_connections=1)
     async with backend:
         yield backend
-    await backend.transport.aclose()
 
 
 async def _hold_the_connection(server: GateServer, backend: PostingBackend) -> asyncio.Task[Any]:
@@ -184,7 +204,6 @@ async def test_the_time_limit_is_not_pushed_later_by_a_send_for_work_without_a_q
         with pytest.raises(StartOutcomeUnknown):
             await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.05)
         assert loop.time() - began < 1
-        await backend.transport.aclose()
 
 
 # --------------------------------------------------------------------------- the deadline
@@ -200,7 +219,7 @@ async def test_a_start_still_queued_at_the_deadline_is_abandoned_unsent(
     assert error.handle is None
     assert error.run is None
     assert not error.cancelled
-    assert "never sent" in str(error)
+    assert "no run was started" in str(error)
     assert "no run was started" in error.reason
     server.gate.set()
     assert (await first).state is RunState.SUCCEEDED
@@ -222,7 +241,7 @@ async def test_a_start_reaching_the_transport_past_the_deadline_is_abandoned_the
                 await asyncio.sleep(0.08)
             return await super().start_run(request)
 
-    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    http = _transport(server, max_connections=1)
     async with LateBackend(http, default_script=DONE) as backend:
         first = await _hold_the_connection(server, backend) if queue else None
         with pytest.raises(RunTimeout) as caught:
@@ -232,7 +251,6 @@ async def test_a_start_reaching_the_transport_past_the_deadline_is_abandoned_the
         if first is not None:
             await first
         assert server.posts["/start"] == (1 if queue else 0)
-        await http.aclose()
 
 
 async def test_no_deadline_lets_a_queued_start_wait_for_its_turn(
@@ -286,7 +304,7 @@ async def test_a_caller_cancelled_before_its_start_reached_the_transport_sends_n
                 await go_on.wait()
             return await super().start_run(request)
 
-    http = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    http = _transport(server, max_connections=1)
     async with PreparingBackend(http, default_script=DONE) as backend:
         first = await _hold_the_connection(server, backend) if queue else None
         second = asyncio.create_task(run_and_wait(backend, "second", poll=FAST, start_timeout=2))
@@ -302,7 +320,6 @@ async def test_a_caller_cancelled_before_its_start_reached_the_transport_sends_n
             await first
         assert server.posts["/start"] == (1 if queue else 0)
         assert {run.request.notebook for run in backend.runs.values()} <= {"first"}
-        await http.aclose()
 
 
 async def test_a_burst_of_waits_cancelled_while_their_starts_queue_sends_nothing(
@@ -386,7 +403,6 @@ async def test_a_start_waiting_for_the_rate_limiter_is_abandoned_too(
         assert all(isinstance(result, asyncio.CancelledError) for result in results)
         assert server.posts["/start"] == 1
         assert backend.start_count == 1
-    await backend.transport.aclose()
 
 
 async def test_a_start_sent_before_the_cancellation_is_still_shielded(
@@ -435,6 +451,111 @@ async def _queued_cancel(server: GateServer) -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     assert server.posts["/cancel"] == 0
+
+
+# --------------------------------------------------------------------------- 429s
+
+#: Pauses of 30-60 ms between 429s (Retry-After is whole seconds, too long for a test).
+PATIENT = RetryPolicy(initial_backoff=0.06, max_backoff=0.06)
+
+
+async def test_a_start_refused_with_429_is_not_timed_while_it_waits_to_retry(
+    server: GateServer,
+) -> None:
+    # Each 429 says the vendor did nothing with the request: the pauses before the retries
+    # are waiting for a turn, not a start taking too long.
+    server.faults.status(429, {"message": "slow down"}, path="/start", times=3)
+    backend = _backend(server, retry=PATIENT)
+    async with backend:
+        run = await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.05)
+        assert run.state is RunState.SUCCEEDED
+        assert server.posts["/start"] == 1  # the three 429s were answered before the handler
+        assert len([r for r in server.requests if r.path == "/start"]) == 4
+
+
+async def test_a_caller_cancelled_while_its_start_waits_to_retry_a_429_leaves_at_once(
+    server: GateServer,
+) -> None:
+    server.faults.status(429, {"message": "slow down"}, path="/start", times=1000)
+    backend = _backend(server, retry=PATIENT)
+    async with backend:
+        task = asyncio.create_task(run_and_wait(backend, "nb", poll=FAST, start_timeout=2))
+        await _queued(1)  # refused once, now waiting to retry
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert backend.start_count == 0
+
+
+async def test_a_start_refused_with_429_until_the_deadline_made_no_run(
+    server: GateServer,
+) -> None:
+    # Retried while the caller's deadline allows (not only start_timeout's 50 ms). Then either
+    # the vendor's own answer is raised (a retry the deadline declines) or, when the deadline
+    # comes during the limiter's shared cool-down, the never-sent RunTimeout: no run either way.
+    server.faults.status(429, {"message": "slow down"}, path="/start", times=1000)
+    backend = _backend(server, retry=PATIENT)
+    loop = asyncio.get_running_loop()
+    async with backend:
+        began = loop.time()
+        with pytest.raises((RateLimited, RunTimeout)) as caught:
+            await run_and_wait(backend, "nb", poll=FAST, timeout=0.3, start_timeout=0.05)
+        assert loop.time() - began >= 0.2
+        assert caught.value.handle is None
+        assert backend.start_count == 0
+        assert len([r for r in server.requests if r.path == "/start"]) >= 4
+
+
+async def test_a_request_in_doubt_keeps_the_start_shielded_after_a_later_429(
+    server: GateServer,
+) -> None:
+    # A start that sent one request that may have taken effect, then got a 429 for another:
+    # the first still may have made a run, so the start is not abandoned meanwhile.
+    class TwoStepBackend(PostingBackend):
+        async def start_run(self, request: RunRequest) -> RunHandle:
+            await self.transport.request("POST", "/cancel", json={"prepare": True})
+            return await super().start_run(request)
+
+    server.faults.status(429, {"message": "slow down"}, path="/start", times=2)
+    http = _transport(server, retry=PATIENT)
+    async with TwoStepBackend(http, default_script=DONE) as backend:
+        task = asyncio.create_task(run_and_wait(backend, "nb", poll=FAST, start_timeout=2))
+        for _ in range(2_000):
+            if len([r for r in server.requests if r.path == "/start"]) >= 1:
+                break
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert backend.start_count == 1  # the start finished, then the run was cancelled
+        assert backend.cancel_calls == 1
+
+
+async def test_a_start_whose_connection_is_refused_is_not_timed_while_it_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A refused connection never left this machine: retried as the policy says, untimed by
+    # start_timeout, and ended with that definite error rather than an unknown outcome.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    http = HttpTransport(
+        VendorProfile("acme"),
+        base_url=f"http://127.0.0.1:{port}",
+        token=TOKEN,
+        retry=RetryPolicy(max_attempts=4, initial_backoff=0.04, max_backoff=0.04),
+    )
+    _TRANSPORTS.append(http)
+    async with PostingBackend(http, default_script=DONE) as backend:
+        with (
+            caplog.at_level(logging.WARNING, logger="notebookops.http"),
+            pytest.raises(ConnectError),
+        ):
+            await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.03)
+        assert backend.start_count == 0
+        # Every attempt the policy allows, though together they outlast start_timeout.
+        retries = [r for r in caplog.records if "retry" in r.getMessage()]
+        assert len(retries) == 3
 
 
 # --------------------------------------------------------------------------- Deepnote
