@@ -26,9 +26,11 @@ Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
     Time-scaled real runs through ``run_and_wait``: a run of L simulated seconds lasts L/SCALE
     real seconds and is polled with the default PollPolicy divided by SCALE.
 
-``ratelimit --n N --url URL [--max-rate R] [--fixed]``
+``ratelimit --n N --url URL [--max-rate R] [--fixed] [--steady] [--start-timeout S]``
     N concurrent ``run_and_wait`` against a server enforcing a request rate (``--fixed``: a
-    ``RateLimiter(adaptive=False)``, the limiter before it learnt from 429s).
+    ``RateLimiter(adaptive=False)``, the limiter before it learnt from 429s;
+    ``--start-timeout``: each wait's ``start_timeout``, shorter than the starts take to get
+    through the rate limit).
 
 ``micro [--loops N]``
     CPU per call of the library's per-request steps with the network stubbed out.
@@ -561,12 +563,19 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
 
 
 async def ratelimit(
-    url: str, n: int, max_rate: float | None, *, adaptive: bool = True, steady: bool = False
+    url: str,
+    n: int,
+    max_rate: float | None,
+    *,
+    adaptive: bool = True,
+    steady: bool = False,
+    start_timeout: float | None = None,
 ) -> dict[str, Any]:
     import anyio
 
     from notebookops import PollPolicy, RateLimiter, RunState, run_and_wait
     from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.orchestration import DEFAULT_START_TIMEOUT
 
     _quiet_library_logs()
     tracker = Tracker()
@@ -580,7 +589,13 @@ async def ratelimit(
 
         async def one(index: int) -> bool:
             # One notebook per run: demand stays above R (shared polls would fold it away).
-            run = await run_and_wait(backend, f"notebook-{index}", poll=poll, timeout=WAIT_TIMEOUT)
+            run = await run_and_wait(
+                backend,
+                f"notebook-{index}",
+                poll=poll,
+                timeout=WAIT_TIMEOUT,
+                start_timeout=DEFAULT_START_TIMEOUT if start_timeout is None else start_timeout,
+            )
             return run.state is RunState.SUCCEEDED
 
         async with anyio.create_task_group() as group:
@@ -829,6 +844,9 @@ def main() -> None:
         "--fixed", action="store_true", help="RateLimiter(adaptive=False): no learnt pace"
     )
     limit.add_argument("--steady", action="store_true", help="poll every ~1.5 s throughout")
+    limit.add_argument(
+        "--start-timeout", type=float, default=None, help="each wait's start_timeout"
+    )
     tiny = sub.add_parser("micro")
     tiny.add_argument("--loops", type=int, default=20_000)
     stream = sub.add_parser("streaming")
@@ -848,7 +866,14 @@ def main() -> None:
     elif args.command == "ratelimit":
         max_rate = args.max_rate if args.max_rate > 0 else None
         result = asyncio.run(
-            ratelimit(args.url, args.n, max_rate, adaptive=not args.fixed, steady=args.steady)
+            ratelimit(
+                args.url,
+                args.n,
+                max_rate,
+                adaptive=not args.fixed,
+                steady=args.steady,
+                start_timeout=args.start_timeout,
+            )
         )
     elif args.backend == "posthog":
         result = asyncio.run(streaming_posthog(args.url))

@@ -76,7 +76,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ class _IdleSelector(selectors.SelectSelector):
         return []
 
 
-def run_virtual(main: Coroutine[Any, Any, Any]) -> Any:
+def run_virtual(main: Awaitable[Any]) -> Any:
     # The loop and the library read time.monotonic (loop.time() is time.monotonic()); the
     # library binds it when called, the rate limiter when built, so patch it before either.
     time.monotonic = CLOCK
