@@ -353,6 +353,9 @@ class HttpResponse:
     method: str
     url: str
     vendor: str = ""
+    #: Seconds from sending the request to its complete answer: the time it waited for a
+    #: connection or the rate limiter is not in it (the answer is that much younger).
+    elapsed: float = attrs.field(default=0.0, eq=False)
 
     @property
     def text(self) -> str:
@@ -778,6 +781,7 @@ class HttpTransport:
                     await slots.acquire()
             try:
                 _deadline.sending()
+                sent = time.perf_counter()
                 async with (
                     asyncio.timeout(limit),
                     session.request(
@@ -820,6 +824,7 @@ class HttpTransport:
                 method=method,
                 url=url,
                 vendor=self.profile.name,
+                elapsed=time.perf_counter() - sent,
             )
         raise ConnectionLost(
             f"too many redirects for {self.profile.name} {method} {redact_url(url)}",

@@ -343,6 +343,28 @@ async def test_a_request_cancelled_while_waiting_for_a_connection_gives_nothing_
         await t.aclose()
 
 
+async def test_a_response_times_its_own_request_not_the_wait_for_a_connection(
+    server: EchoServer,
+) -> None:
+    # What an answer's age is measured from (Deepnote's shared polls keep a start's answer
+    # for a while): the send, not the wait for one of the pool's connections before it.
+    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(t.request, "GET", "/pause")  # holds the connection for 0.4 s
+            await anyio.wait_all_tasks_blocked()
+            began = loop.time()
+            queued = await t.request("GET", "/echo")
+            waited = loop.time() - began
+        assert waited >= 0.3
+        assert 0 < queued.elapsed < waited - 0.2
+        alone = await t.request("GET", "/echo")
+        assert 0 < alone.elapsed < 0.3
+    finally:
+        await t.aclose()
+
+
 async def test_an_open_event_stream_holds_its_connection(server: EchoServer) -> None:
     t = HttpTransport(
         VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, max_connections=1

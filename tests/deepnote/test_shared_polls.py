@@ -25,6 +25,7 @@ from notebookops import (
     PermissionDenied,
     PollPolicy,
     RateLimited,
+    RateLimiter,
     ResponseDecodeError,
     RetryPolicy,
     Run,
@@ -486,7 +487,9 @@ async def test_a_first_read_within_the_window_is_the_starts_answer(clock: FakeCl
         async with make() as backend:
             h1 = await backend.start_run(RunRequest("nb1"))
             h2 = await backend.start_run(RunRequest("nb1"))
-            clock.now += 0.5
+            # Just within the window, which counts from the POST's send: its own (real) time
+            # on the wire is part of the answer's age.
+            clock.now += 0.49
             alone = await backend.get_run(h1)  # the only wait so far: its own read
             first = await backend.get_run(h2)  # two waits: the start's answer serves it
         assert len(calls(mocked, run_url("r1"))) == 1
@@ -533,6 +536,34 @@ async def test_a_starts_answer_older_than_the_window_is_not_used(clock: FakeCloc
         assert list_calls(mocked) == 1
     assert late.state is RunState.RUNNING
     assert late.raw == row("r2")
+
+
+async def test_a_starts_answer_is_as_old_as_its_send_not_its_wait_for_a_turn(
+    clock: FakeClock,
+) -> None:
+    # The second start waits a (fake) second for the rate limiter before it is sent, as the
+    # 10,000th start of a burst waits for one of 100 connections: its answer is fresh all
+    # the same. Timed from before that wait, it would be too old to serve the first read.
+    class SlowTurn(RateLimiter):
+        turns = 0
+
+        async def acquire(self) -> None:
+            self.turns += 1
+            if self.turns == 2:  # the second POST
+                clock.now += 1.0
+            await super().acquire()
+
+    with aioresponses() as mocked:
+        mocked.post(RUNS, payload=started("r1"), status=201)
+        mocked.post(RUNS, payload=started("r2"), status=201)
+        mocked.get(run_url("r1"), payload=details("r1"))
+        async with make(share_window=0.5, rate_limiter=SlowTurn()) as backend:
+            h1 = await backend.start_run(RunRequest("nb1"))
+            h2 = await backend.start_run(RunRequest("nb1"))
+            await backend.get_run(h1)
+            first = await backend.get_run(h2)
+        assert list_calls(mocked) == 0
+    assert first.raw == started("r2")  # the start's answer, not a read
 
 
 @pytest.mark.parametrize("status", [None, "success"])

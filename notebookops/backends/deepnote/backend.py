@@ -614,7 +614,6 @@ class DeepnoteBackend(BaseBackend):
             request.notebook, inputs=request.inputs, blocks=request.blocks, options=options
         )
         attempt_at = _now()
-        sent_at = self._polls.clock() if self._polls is not None else 0.0
         self._posting[request.notebook] += 1
         posting = True
         try:
@@ -640,6 +639,9 @@ class DeepnoteBackend(BaseBackend):
             started.run_id, request.notebook, started.created_at, options.project_id
         )
         if self._polls is not None:
+            # When the POST was sent, not when it was made: a start queued for a connection
+            # behind thousands of others has a fresh answer all the same.
+            sent_at = self._polls.clock() - answer.elapsed
             self._polls.started(handle, started.status, answer, sent_at)
         return handle
 
