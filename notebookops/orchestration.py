@@ -150,10 +150,11 @@ async def _shielded(
     a task group) would otherwise abort the work mid-request.
 
     ``unsent_until`` (a start; asyncio only): while the work's request waits its turn in the
-    transport and nothing has been sent, the section is not shielded (a cancellation of the
-    caller abandons the work and propagates) and ``timeout`` has not begun: it counts from
-    the first request sent. If nothing is sent by ``unsent_until`` (loop time), the work is
-    abandoned and :class:`_NotSent` raised. See :class:`_deadline.StartSection`.
+    transport and nothing it sent may have taken effect (only a 429 or a refused connection
+    so far), the section is not shielded (a cancellation of the caller abandons the work and
+    propagates) and ``timeout`` is not running: it counts from the send of a request that
+    may take effect. If the vendor has taken nothing by ``unsent_until`` (loop time), the
+    work is abandoned and :class:`_NotSent` raised. See :class:`_deadline.StartSection`.
     """
     aio = _running_asyncio()
     if aio is None:
@@ -241,7 +242,7 @@ async def _shielded(
 
 
 class _NotSent(Exception):
-    """A start was abandoned at its caller's deadline while still waiting to be sent."""
+    """A start was abandoned at its caller's deadline, the vendor having taken nothing."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -558,10 +559,10 @@ async def start_run(
     vendor accepted is never lost: the cancellation takes effect right after, when the handle
     is known) and bounded by ``start_timeout``; if that expires, the outcome is unknown and
     StartOutcomeUnknown says so. Before that, while the request still waits its turn in the
-    transport (the rate limiter, a free connection), nothing has reached the vendor: a
-    cancellation abandons the start at once, and that wait does not count against
-    ``start_timeout`` (thousands of starts queued behind a vendor's rate limit are not
-    "outcome unknown").
+    transport (the rate limiter, a free connection, the pause before retrying a 429), the
+    vendor has taken nothing: a cancellation abandons the start at once, and that wait does
+    not count against ``start_timeout`` (thousands of starts queued behind a vendor's rate
+    limit are not "outcome unknown").
     """
     _positive("start_timeout", start_timeout)
     outcome = await _shielded(start_timeout, backend.start_run, request, unsent_until=math.inf)
