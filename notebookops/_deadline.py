@@ -15,9 +15,11 @@ The transport also tells a shielded start here whether it has sent anything yet
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import sys
+from contextlib import AbstractContextManager
 from typing import Any
 
 import anyio
@@ -156,35 +158,41 @@ class StartSection:
         self.outcome = outcome
         self.task.cancel(outcome)
 
+    def __enter__(self) -> StartSection:
+        # Entered by the transport around a wait for its turn (see queueing).
+        self.queued = True
+        if self.abandon:
+            self.task.cancel(ABORTED)
+        elif self.loop.time() >= self.deadline:
+            self._cancel(NOT_SENT)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.queued = False
+
 
 def _current_section() -> StartSection | None:
     asyncio: Any = sys.modules["asyncio"]  # the transport's callers run on asyncio
     return _STARTS.get(asyncio.current_task())
 
 
-def queueing() -> StartSection | None:
-    """Called by the transport before a request of the current task waits for its turn;
-    give the result back to :func:`dequeued` when the wait ends. A start abandoned by its
-    caller, or past its deadline, is cancelled here at once: nothing of it took effect, and
-    nothing will be sent."""
+#: What :func:`queueing` gives a task that is not a start with nothing in doubt (shared:
+#: a nullcontext keeps no state).
+_NOT_A_START: AbstractContextManager[object] = contextlib.nullcontext()
+
+
+def queueing() -> AbstractContextManager[object]:
+    """For the transport to wrap a wait of the current task's request for its turn in:
+    ``with queueing(): await ...``. For a start with nothing in doubt that is its section,
+    which marks it queued meanwhile; one abandoned by its caller, or past its deadline, is
+    cancelled there at once (nothing of it took effect, and nothing will be sent). For any
+    other task, a shared no-op context: nothing is made per wait."""
     if not _STARTS:
-        return None
+        return _NOT_A_START
     section = _current_section()
     if section is None or section.in_doubt:
-        return None
-    section.queued = True
-    if section.abandon:
-        section.task.cancel(ABORTED)
-    elif section.loop.time() >= section.deadline:
-        section._cancel(NOT_SENT)
+        return _NOT_A_START
     return section
-
-
-def dequeued(section: StartSection | None) -> None:
-    """The wait :func:`queueing` announced has ended (its request is about to be sent, or it
-    was cancelled)."""
-    if section is not None:
-        section.queued = False
 
 
 def sending() -> None:

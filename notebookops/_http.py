@@ -570,18 +570,12 @@ class HttpTransport:
             if inline_acquire:
                 wait = limiter.reserve()
                 if wait > 0:
-                    queued = _deadline.queueing()
-                    try:
+                    with _deadline.queueing():
                         await anyio.sleep(wait)
-                    finally:
-                        _deadline.dequeued(queued)
                 limiter.record_send()
             else:
-                queued = _deadline.queueing()
-                try:
+                with _deadline.queueing():
                     await limiter.acquire()
-                finally:
-                    _deadline.dequeued(queued)
             try:
                 response = await self._send(
                     method, url, json=json, headers=headers, timeout=timeout
@@ -621,11 +615,8 @@ class HttpTransport:
     @staticmethod
     async def _pause_before_retry(delay: float) -> None:
         # A start whose every attempt provably had no effect waits here as in a queue.
-        queued = _deadline.queueing()
-        try:
+        with _deadline.queueing():
             await anyio.sleep(delay)
-        finally:
-            _deadline.dequeued(queued)
 
     def _delay_after_failure(
         self,
@@ -771,13 +762,7 @@ class HttpTransport:
         for _hop in range(_MAX_REDIRECTS + 1):
             self._check_target(url)
             if slots is not None:
-                if slots.locked():
-                    queued = _deadline.queueing()
-                    try:
-                        await slots.acquire()
-                    finally:
-                        _deadline.dequeued(queued)
-                else:
+                with _deadline.queueing():
                     await slots.acquire()
             try:
                 _deadline.sending()

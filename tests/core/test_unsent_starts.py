@@ -344,30 +344,27 @@ async def test_a_burst_of_waits_cancelled_while_their_starts_queue_sends_nothing
     assert not _deadline._STARTS
 
 
-async def test_asyncio_timeout_around_a_queued_start_is_a_timeout_error(
-    server: GateServer, one_connection: PostingBackend
+@pytest.mark.parametrize("scope", ["asyncio.timeout", "anyio.move_on_after"])
+async def test_a_time_limit_around_a_queued_start_ends_it_at_once(
+    server: GateServer, one_connection: PostingBackend, scope: str
 ) -> None:
+    # asyncio.timeout tells its own cancellation by the task's count of cancel requests, an
+    # anyio scope by its message: both must see theirs come back, and nothing left pending.
     first = await _hold_the_connection(server, one_connection)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await run_and_wait(one_connection, "second", poll=FAST, start_timeout=2)
+    second = run_and_wait(one_connection, "second", poll=FAST, start_timeout=2)
+    if scope == "asyncio.timeout":
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await second
+    else:
+        with anyio.move_on_after(0.05) as caught:
+            await second
+        assert caught.cancelled_caught
     task = asyncio.current_task()
     assert task is not None
     assert task.cancelling() == 0
+    await asyncio.sleep(0)
     assert server.posts["/start"] == 1
-    server.gate.set()
-    await first
-
-
-async def test_an_anyio_scope_abandons_a_queued_start(
-    server: GateServer, one_connection: PostingBackend
-) -> None:
-    first = await _hold_the_connection(server, one_connection)
-    with anyio.move_on_after(0.05) as scope:
-        await run_and_wait(one_connection, "second", poll=FAST, start_timeout=2)
-    assert scope.cancelled_caught
-    assert server.posts["/start"] == 1
-    await asyncio.sleep(0)  # no cancellation left pending once the scope is gone
     server.gate.set()
     await first
 
@@ -459,13 +456,18 @@ async def _queued_cancel(server: GateServer) -> None:
 PATIENT = RetryPolicy(initial_backoff=0.06, max_backoff=0.06)
 
 
+def _refusing(server: GateServer, times: int) -> PostingBackend:
+    """A backend whose next ``times`` starts the server answers with 429."""
+    server.faults.status(429, {"message": "slow down"}, path="/start", times=times)
+    return _backend(server, retry=PATIENT)
+
+
 async def test_a_start_refused_with_429_is_not_timed_while_it_waits_to_retry(
     server: GateServer,
 ) -> None:
     # Each 429 says the vendor did nothing with the request: the pauses before the retries
     # are waiting for a turn, not a start taking too long.
-    server.faults.status(429, {"message": "slow down"}, path="/start", times=3)
-    backend = _backend(server, retry=PATIENT)
+    backend = _refusing(server, 3)
     async with backend:
         run = await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.05)
         assert run.state is RunState.SUCCEEDED
@@ -476,8 +478,7 @@ async def test_a_start_refused_with_429_is_not_timed_while_it_waits_to_retry(
 async def test_a_caller_cancelled_while_its_start_waits_to_retry_a_429_leaves_at_once(
     server: GateServer,
 ) -> None:
-    server.faults.status(429, {"message": "slow down"}, path="/start", times=1000)
-    backend = _backend(server, retry=PATIENT)
+    backend = _refusing(server, 1000)
     async with backend:
         task = asyncio.create_task(run_and_wait(backend, "nb", poll=FAST, start_timeout=2))
         await _queued(1)  # refused once, now waiting to retry
@@ -493,8 +494,7 @@ async def test_a_start_refused_with_429_until_the_deadline_made_no_run(
     # Retried while the caller's deadline allows (not only start_timeout's 50 ms). Then either
     # the vendor's own answer is raised (a retry the deadline declines) or, when the deadline
     # comes during the limiter's shared cool-down, the never-sent RunTimeout: no run either way.
-    server.faults.status(429, {"message": "slow down"}, path="/start", times=1000)
-    backend = _backend(server, retry=PATIENT)
+    backend = _refusing(server, 1000)
     loop = asyncio.get_running_loop()
     async with backend:
         began = loop.time()
