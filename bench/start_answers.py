@@ -31,6 +31,7 @@ import client  # noqa: E402  (bench/client.py, next to this file)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="concurrent waits")
+    parser.add_argument("--duration", type=float, default=3.0, help="run length, s (scenario 1's)")
     args = parser.parse_args()
 
     from notebookops.backends.deepnote import _sharing
@@ -45,7 +46,7 @@ def main() -> None:
 
     _sharing.SharedRunPolls.take_start = counting  # type: ignore[method-assign]
     server = subprocess.Popen(
-        [sys.executable, str(BENCH / "server.py"), "--duration", "3"],
+        [sys.executable, str(BENCH / "server.py"), "--duration", str(args.duration)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
