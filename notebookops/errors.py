@@ -258,6 +258,8 @@ class RunTimeout(RunError):
 
     ``cancelled`` is True when notebookops cancelled the remote run; otherwise the run was left
     running (``detach`` requested, or the backend cannot cancel) and ``reason`` says why.
+    ``handle`` is None when the deadline came while the start still waited for its turn (the
+    rate limiter, a free connection) and the vendor had taken nothing: no run was started.
     """
 
     def __init__(
