@@ -64,6 +64,8 @@ NO_CONTEXT = contextvars.Context()
 NOT_SENT = "notebookops: the start was still waiting to be sent at the deadline"
 ABORTED = "notebookops: the start was abandoned before it was sent"
 EXPIRED = "notebookops: shielded section timed out"
+#: An ``abandonable=False`` section timed out while waiting for its turn, nothing taken.
+EXPIRED_UNSENT = "notebookops: shielded section timed out before it was sent"
 
 #: Starts that may not have sent their request yet, by the task running them.
 _STARTS: dict[object, StartSection] = {}
@@ -85,6 +87,11 @@ class StartSection:
     connection that failed before the request left. Work that never reports to the transport
     (a custom backend) is timed from the section's start, as before, and never abandoned.
 
+    ``abandonable=False`` (a remote cancel): only recorded, for the caller to tell whether
+    its time ran out while its request still waited for its turn (``EXPIRED_UNSENT``); timed
+    from the section's start and never abandoned, as before, since a cancel left unsent would
+    leave its run running.
+
     The instance is the section's timer callback itself (no argument tuple per start); a time
     limit pushed later by a send is checked when the first timer fires, so a start that is
     sent at once arms one timer, as before.
@@ -92,6 +99,7 @@ class StartSection:
 
     __slots__ = (
         "abandon",
+        "abandonable",
         "began",
         "deadline",
         "in_doubt",
@@ -104,8 +112,11 @@ class StartSection:
         "timer",
     )
 
-    def __init__(self, task: Any, loop: Any, timeout: float, deadline: float) -> None:
+    def __init__(
+        self, task: Any, loop: Any, timeout: float, deadline: float, *, abandonable: bool = True
+    ) -> None:
         self.task = task
+        self.abandonable = abandonable
         self.loop = loop
         self.timeout = timeout
         self.deadline = deadline
@@ -134,6 +145,11 @@ class StartSection:
     def __call__(self) -> None:
         self.timer = None
         now = self.loop.time()
+        if not self.abandonable:
+            # Armed once, at the section's start plus its limit. Waiting in the transport's
+            # queue with nothing taken: its request was never sent.
+            self._cancel(EXPIRED_UNSENT if self.queued and not self.in_doubt else EXPIRED)
+            return
         if self.sent_at is not None:
             limit = self.sent_at + self.timeout
         elif self.queued:
@@ -161,7 +177,9 @@ class StartSection:
     def __enter__(self) -> StartSection:
         # Entered by the transport around a wait for its turn (see queueing).
         self.queued = True
-        if self.abandon:
+        if not self.abandonable:
+            pass
+        elif self.abandon:
             self.task.cancel(ABORTED)
         elif self.loop.time() >= self.deadline:
             self._cancel(NOT_SENT)
@@ -205,7 +223,7 @@ def sending() -> None:
     section = _current_section()
     if section is None:
         return
-    if not section.in_doubt:
+    if not section.in_doubt and section.abandonable:
         now = section.loop.time()
         if section.abandon:
             raise sys.modules["asyncio"].CancelledError(ABORTED)
@@ -230,7 +248,7 @@ def not_taken() -> None:
     if section is None or not section.in_doubt:
         return
     section.in_doubt -= 1
-    if not section.in_doubt:
+    if not section.in_doubt and section.abandonable:
         section.sent_at = None
         # Its retry now waits for a turn, bounded by the caller's deadline.
         _BY_TASK[section.task] = section.deadline

@@ -139,6 +139,7 @@ async def _shielded(
     work: Callable[..., Coroutine[Any, Any, T]],
     *args: Any,
     unsent_until: float | None = None,
+    record_sends: bool = False,
 ) -> tuple[bool, T | None]:
     """Await ``work(*args)`` to its end whatever happens to the caller, for up to ``timeout``
     seconds: ``(True, result)``, or ``(False, None)`` if the time ran out first (the work is
@@ -155,6 +156,10 @@ async def _shielded(
     propagates) and ``timeout`` is not running: it counts from the send of a request that
     may take effect. If the vendor has taken nothing by ``unsent_until`` (loop time), the
     work is abandoned and :class:`_NotSent` raised. See :class:`_deadline.StartSection`.
+
+    ``record_sends`` (asyncio only): the section is only recorded, never abandoned, and if its
+    time runs out while its request still waits for its turn in the transport, nothing of it
+    taken, :class:`_NotTaken` is raised instead of returning ``(False, None)``.
     """
     aio = _running_asyncio()
     if aio is None:
@@ -171,7 +176,10 @@ async def _shielded(
     _deadline.push(task, deadline)
     section: _deadline.StartSection | None = None
     timer: Any = None
-    if unsent_until is None:
+    if record_sends:
+        section = _deadline.StartSection(task, loop, timeout, math.inf, abandonable=False)
+        _deadline._STARTS[task] = section
+    elif unsent_until is None:
         # An empty context: a cancelled timer stays in the loop's heap (with its context)
         # until its time comes, long after the section is over. A plain function, not
         # task.cancel: a bound method would be one more object per start.
@@ -195,7 +203,12 @@ async def _shielded(
                 if task.done():
                     break
                 interruption = error
-                if section is not None and not section.in_doubt and not abandoned:
+                if (
+                    section is not None
+                    and section.abandonable
+                    and not section.in_doubt
+                    and not abandoned
+                ):
                     # Nothing sent: no run can exist. Abandon the work (at once where it waits
                     # its turn, else where it next would or would send) and let the
                     # cancellation through. Work that never reaches the transport finishes.
@@ -233,6 +246,8 @@ async def _shielded(
         try:
             task.result()
         except aio.CancelledError as cancelled:
+            if section is not None and section.outcome == _deadline.EXPIRED_UNSENT:
+                raise _NotTaken from None
             if cancelled.args[:1] == (_EXPIRED,) or (
                 section is not None and section.outcome == _deadline.EXPIRED
             ):
@@ -243,6 +258,14 @@ async def _shielded(
 
 class _NotSent(Exception):
     """A start was abandoned at its caller's deadline, the vendor having taken nothing."""
+
+
+class _NotTaken(Exception):
+    """A recorded section's time ran out while the vendor had taken nothing of it."""
+
+
+class _CancelNotSent(TimeoutError):
+    """A remote cancel that waited its whole time limit for its turn: it was never sent."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -593,7 +616,16 @@ async def _cancel_best_effort(
     """Cancel the remote run, shielded from outer cancellation, within ``cancel_timeout``.
     Returns the error if it failed (None on success)."""
     try:
-        finished, _ = await _shielded(cancel_timeout, backend.cancel_run, handle)
+        finished, _ = await _shielded(cancel_timeout, backend.cancel_run, handle, record_sends=True)
+    except _NotTaken:
+        # Thousands of waits cancelled at once queue their cancels for a turn: say that this
+        # one never left, rather than that it may have failed.
+        error: Exception = _CancelNotSent(
+            f"the cancel request was still waiting for its turn (the rate limiter, a free "
+            f"connection) after {cancel_timeout:g}s; it was never sent"
+        )
+        logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
+        return error
     except Exception as error:
         logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
         return error
@@ -702,7 +734,12 @@ async def _follow(
                     cancelled=True,
                     handle=handle,
                 ) from last_error
-            reason = f"cancelling it failed ({failure}); it may still be running"
+            still = (
+                "it is still running"
+                if isinstance(failure, _CancelNotSent)
+                else ("it may still be running")
+            )
+            reason = f"cancelling it failed ({failure}); {still}"
         elif on_timeout == "cancel":
             reason = f"the {backend.name} backend cannot cancel runs, so it was left running"
         else:

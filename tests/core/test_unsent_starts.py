@@ -442,6 +442,44 @@ async def test_a_remote_cancel_waiting_for_its_turn_is_never_abandoned(
         await blocker
 
 
+@pytest.mark.parametrize("sent", [False, True], ids=["queued", "sent"])
+async def test_a_remote_cancel_out_of_time_says_whether_it_was_ever_sent(
+    server: GateServer, one_connection: PostingBackend, sent: bool
+) -> None:
+    # At the deadline the run is cancelled; its cancel gets cancel_timeout. Still waiting for
+    # the connection then, it was never sent, and the run is certainly still running.
+    one_connection.default_script = LONG
+    wait = asyncio.create_task(
+        run_and_wait(one_connection, "nb", poll=FAST, timeout=0.3, cancel_timeout=0.1)
+    )
+    for _ in range(2_000):
+        if one_connection.runs:
+            break
+        await asyncio.sleep(0.001)
+    if sent:
+        server.gate.clear()  # the cancel reaches the server, which holds it
+        blocker = None
+    else:
+        blocker = await _hold_the_connection(server, one_connection)
+    with pytest.raises(RunTimeout) as caught:
+        await wait
+    reason = caught.value.reason
+    assert not caught.value.cancelled
+    if sent:
+        assert server.posts["/cancel"] == 1
+        assert "may still be running" in reason
+        assert "never sent" not in reason
+    else:
+        assert server.posts["/cancel"] == 0
+        assert "never sent" in reason
+        assert reason.endswith("it is still running")
+    server.gate.set()
+    if blocker is not None:  # its run never ends either
+        blocker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocker
+
+
 async def _queued_cancel(server: GateServer) -> None:
     # The remote cancel's POST waits behind the held one; give it a few loop turns to get
     # there (it is not a start: nothing records it as queued).
