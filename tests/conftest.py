@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio.base_events
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import aioresponses.core
+import pytest
 from aiohttp import ClientResponse
 from hypothesis import settings
 from yarl import URL
@@ -34,3 +37,22 @@ class _CompatResponse(ClientResponse):
 
 # aioresponses looks the class up at call time, so every mocked response gets the shim.
 aioresponses.core.ClientResponse = _CompatResponse  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _loop_errors_fail_the_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An exception raised in a callback the event loop runs (a timer, a done-callback) is
+    only logged by asyncio: without this, a test whose code raised there could still pass."""
+    caught: list[dict[str, Any]] = []
+    original = asyncio.base_events.BaseEventLoop.call_exception_handler
+
+    def recording(self: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        caught.append(context)
+        original(self, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "call_exception_handler", recording)
+    yield
+    errors = [c for c in caught if isinstance(c.get("exception"), Exception)]
+    assert not errors, "the event loop caught: " + "; ".join(
+        f"{c.get('message')}: {c.get('exception')!r}" for c in errors
+    )
