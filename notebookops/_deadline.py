@@ -177,12 +177,11 @@ class StartSection:
     def __enter__(self) -> StartSection:
         # Entered by the transport around a wait for its turn (see queueing).
         self.queued = True
-        if not self.abandonable:
-            pass
-        elif self.abandon:
-            self.task.cancel(ABORTED)
-        elif self.loop.time() >= self.deadline:
-            self._cancel(NOT_SENT)
+        if self.abandonable:
+            if self.abandon:
+                self.task.cancel(ABORTED)
+            elif self.loop.time() >= self.deadline:
+                self._cancel(NOT_SENT)
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -176,17 +176,20 @@ async def _shielded(
     _deadline.push(task, deadline)
     section: _deadline.StartSection | None = None
     timer: Any = None
-    if record_sends:
-        section = _deadline.StartSection(task, loop, timeout, math.inf, abandonable=False)
+    if record_sends or unsent_until is not None:
+        section = _deadline.StartSection(
+            task,
+            loop,
+            timeout,
+            math.inf if unsent_until is None else unsent_until,
+            abandonable=not record_sends,
+        )
         _deadline._STARTS[task] = section
-    elif unsent_until is None:
+    else:
         # An empty context: a cancelled timer stays in the loop's heap (with its context)
         # until its time comes, long after the section is over. A plain function, not
         # task.cancel: a bound method would be one more object per start.
         timer = loop.call_at(deadline, _cancel_expired, task, context=_NO_CONTEXT)
-    else:
-        section = _deadline.StartSection(task, loop, timeout, unsent_until)
-        _deadline._STARTS[task] = section
     interruption: BaseException | None = None
     abandoned = False
     anyio_shield: anyio.CancelScope | None = None
@@ -615,24 +618,25 @@ async def _cancel_best_effort(
 ) -> BaseException | None:
     """Cancel the remote run, shielded from outer cancellation, within ``cancel_timeout``.
     Returns the error if it failed (None on success)."""
+    error: Exception
     try:
         finished, _ = await _shielded(cancel_timeout, backend.cancel_run, handle, record_sends=True)
     except _NotTaken:
         # Thousands of waits cancelled at once queue their cancels for a turn: say that this
         # one never left, rather than that it may have failed.
-        error: Exception = _CancelNotSent(
+        error = _CancelNotSent(
             f"the cancel request was still waiting for its turn (the rate limiter, a free "
             f"connection) after {cancel_timeout:g}s; it was never sent"
         )
-        logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
-        return error
-    except Exception as error:
-        logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
-        return error
-    if not finished:
-        return TimeoutError(f"cancel did not complete within {cancel_timeout:g}s")
-    logger.info("cancelled %s run %s", handle.backend, handle.run_id)
-    return None
+    except Exception as caught:
+        error = caught
+    else:
+        if not finished:
+            return TimeoutError(f"cancel did not complete within {cancel_timeout:g}s")
+        logger.info("cancelled %s run %s", handle.backend, handle.run_id)
+        return None
+    logger.warning("could not cancel %s run %s: %s", handle.backend, handle.run_id, error)
+    return error
 
 
 async def _final_read(
@@ -734,11 +738,8 @@ async def _follow(
                     cancelled=True,
                     handle=handle,
                 ) from last_error
-            still = (
-                "it is still running"
-                if isinstance(failure, _CancelNotSent)
-                else ("it may still be running")
-            )
+            never_sent = isinstance(failure, _CancelNotSent)
+            still = "it is still running" if never_sent else "it may still be running"
             reason = f"cancelling it failed ({failure}); {still}"
         elif on_timeout == "cancel":
             reason = f"the {backend.name} backend cannot cancel runs, so it was left running"
