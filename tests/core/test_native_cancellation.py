@@ -422,7 +422,9 @@ async def test_a_deadline_whose_cancellation_is_swallowed_still_ends_the_wait(
                     backend,
                     "nb",
                     poll=FAST if backend_type is SwallowingReadBackend else slow_poll,
-                    timeout=0.1,
+                    # Room for the two reads before the swallowing one on a loaded machine
+                    # (a fresh clone's CI once stalled past 0.1 s before the third read).
+                    timeout=0.3,
                     cancel_timeout=0.05,
                 )
             task = asyncio.current_task()
