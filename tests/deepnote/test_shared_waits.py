@@ -602,8 +602,10 @@ async def test_a_wait_alone_on_its_notebook_reads_and_returns_as_it_is_asked(
     # Alone on its notebook, the wait reads its run on its own at every poll (READ_NOW).
     # Listened to, it reads the run first (answered by the start's answer, no request) and
     # returns the change to "running"; quiet, it is handed over with no read at all and goes
-    # on polling through that change.
-    notebook = server.add_notebook(script=RunScript.succeed(0.15))
+    # on polling through that change. Listened to, the run keeps running until the wait has
+    # returned that change (a stalled machine could otherwise poll past a timed running phase).
+    script = RunScript.long() if listening else RunScript.succeed(0.15)
+    notebook = server.add_notebook(script=script)
     returned: list[str | None] = []
     reads: list[str] = []
     real_next_change, real_get_run = DeepnoteBackend.next_change, DeepnoteBackend.get_run
@@ -611,6 +613,8 @@ async def test_a_wait_alone_on_its_notebook_reads_and_returns_as_it_is_asked(
     async def counting_next_change(self: DeepnoteBackend, *args: Any, **kwargs: Any) -> Run:
         run = await real_next_change(self, *args, **kwargs)
         returned.append(run.vendor_state)
+        if run.vendor_state == "running":
+            server.runs[run.handle.run_id].script = RunScript.succeed(0.0)
         return run
 
     async def counting_get_run(self: DeepnoteBackend, handle: RunHandle) -> Run:
