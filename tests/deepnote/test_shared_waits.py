@@ -154,9 +154,11 @@ async def test_unchanged_waits_are_moved_on_without_waking() -> None:
 
 
 async def test_a_changed_status_wakes_its_wait_with_the_row() -> None:
-    lister = ScriptedList("r1", "r2")
+    # r3 keeps r1 company once r2 is gone: a wait alone on its notebook is read on its own
+    # (READ_NOW) at its next poll, which a stalled machine could reach before the check.
+    lister = ScriptedList("r1", "r2", "r3")
     shared = coordinator(lister)
-    schedules = {"r1": Schedule(), "r2": Schedule()}
+    schedules = {"r1": Schedule(), "r2": Schedule(), "r3": Schedule()}
     results: dict[str, object] = {}
     one = _wait_all(shared, schedules, results)
     async with anyio.create_task_group() as group:
@@ -166,12 +168,14 @@ async def test_a_changed_status_wakes_its_wait_with_the_row() -> None:
         lister.statuses["r2"] = "pending"  # another live status
         await until(lambda: "r2" in results)
         assert "r1" not in results
-        lister.statuses["r1"] = "failed"
+        lister.statuses["r1"] = "error"  # finished: read on its own, for its outputs
+        lister.statuses["r3"] = "success"
     listed = results["r2"]
     assert isinstance(listed, ListedRun)
     assert (listed.summary.run_id, listed.summary.status) == ("r2", "pending")
     assert listed.state is RunState.PENDING
     assert results["r1"] is READ_NOW
+    assert results["r3"] is READ_NOW
 
 
 async def test_the_lead_passes_on_when_the_leaders_run_finishes() -> None:
