@@ -90,6 +90,10 @@ class PollPolicy:
     noticed a 40 s run up to 20 s late.
 
     ``proportion=0`` with ``multiplier > 1`` gives the classic capped exponential schedule.
+    ``PollPolicy(initial=0.8, proportion=0.09)`` notices every run of 10 s or more within 10%
+    of its length (60 s at most) in the worst case, not only on the median: its largest gap,
+    jitter included, is 0.099 of the time waited (0.88 s early on). It costs about 174 reads
+    for 2 hours; no schedule keeping that bound does it in fewer than 154.
     """
 
     initial: float = attrs.field(default=1.0, validator=_finite_positive)

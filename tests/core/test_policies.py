@@ -152,6 +152,61 @@ def test_two_hour_run_costs_bounded_requests_with_defaults() -> None:
     assert policy.delay(attempt, elapsed=elapsed) == 60
 
 
+class _Extreme(random.Random):
+    """Jitter always at one end of its range."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__()
+        self.end = end
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a, b)[self.end]
+
+
+def _runs_over_the_lag_target(policy: PollPolicy, rng: random.Random) -> list[float]:
+    """Poll times (a read right at the start, then the policy's delays, to 2 h) after which a
+    run of 10 s or more ending just then is noticed later than min(60 s, 10% of its length).
+
+    The worst run ending in a gap ends right at its start, or at 10 s for a gap spanning
+    that: its bound is the smallest and its lag the largest."""
+    over = []
+    began = 0.0
+    for delay in policy.delays(rng):
+        ended = began + delay
+        shortest = max(began, 10.0)
+        if ended > shortest and ended - shortest > min(60.0, 0.1 * shortest) + 1e-9:
+            over.append(began)
+        if ended >= 7200:
+            return over
+        began = ended
+    raise AssertionError("unreachable")  # pragma: no cover - delays() never ends
+
+
+@pytest.mark.parametrize("rng", [_Extreme(0), _Extreme(1), random.Random(7)])
+def test_the_tight_policy_notices_every_run_within_a_tenth_or_a_minute(
+    rng: random.Random,
+) -> None:
+    # The README's and the benchmark's claim for callers who want the worst case, not the
+    # median, within 10%: its largest gap (0.09 x 1.1 of the time waited, 0.88 s early on)
+    # is under a tenth of any run still going when it began.
+    assert _runs_over_the_lag_target(PollPolicy(initial=0.8, proportion=0.09), rng) == []
+    # proportion=0.1 alone does not: its jitter stretches gaps past a tenth.
+    assert _runs_over_the_lag_target(PollPolicy(proportion=0.1), _Extreme(1)) != []
+
+
+def test_the_tight_policy_costs_about_174_reads_for_two_hours() -> None:
+    policy = PollPolicy(initial=0.8, proportion=0.09, jitter=0)
+    elapsed, reads = 0.0, 1  # the read right after the start
+    for delay in policy.delays():
+        if elapsed >= 7200:
+            break
+        elapsed += delay
+        reads += 1
+    # More than the 154 any schedule keeping every run within the bound needs (and than the
+    # 150 of the target): the price of the tighter worst case.
+    assert 154 <= reads <= 180
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
