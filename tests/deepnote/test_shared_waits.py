@@ -8,6 +8,7 @@ changes, and whole waits on the loopback fake server.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -604,37 +605,54 @@ async def test_a_wait_alone_on_its_notebook_reads_and_returns_as_it_is_asked(
     server: FakeDeepnoteServer, monkeypatch: pytest.MonkeyPatch, listening: bool
 ) -> None:
     # Alone on its notebook, the wait reads its run on its own at every poll (READ_NOW).
-    # Listened to, it reads the run first (answered by the start's answer, no request) and
-    # returns the change to "running"; quiet, it is handed over with no read at all and goes
-    # on polling through that change. Listened to, the run keeps running until the wait has
-    # returned that change (a stalled machine could otherwise poll past a timed running phase).
-    script = RunScript.long() if listening else RunScript.succeed(0.15)
+    # Listened to, it reads the run first (get_run, which finds it pending) and next_change
+    # returns the change to "running"; quiet, it is handed over with no read at all (the
+    # start's answer stands for it) and goes on polling through that change.
+    # Nothing here depends on the machine's speed: listened to, the run stays pending until
+    # the wait has seen it pending, and running until it has seen it running (a stalled
+    # machine could otherwise read past a timed phase); the start's answer is kept for 30 s
+    # rather than 0.5 s (a longer stall between the POST and the wait would send a quiet
+    # wait's first read to the run).
+    script = (
+        RunScript(outcome="running", pending=math.inf, running=math.inf)
+        if listening
+        else RunScript.succeed(0.15)
+    )
     notebook = server.add_notebook(script=script)
     returned: list[str | None] = []
     reads: list[str] = []
     real_next_change, real_get_run = DeepnoteBackend.next_change, DeepnoteBackend.get_run
 
+    def move_on_once_seen(run: Run) -> None:
+        fake = server.runs[run.handle.run_id]
+        if run.vendor_state == "pending":
+            fake.script = RunScript.long()  # running from now on
+        elif run.vendor_state == "running":
+            fake.script = RunScript.succeed(0.0)
+
     async def counting_next_change(self: DeepnoteBackend, *args: Any, **kwargs: Any) -> Run:
         run = await real_next_change(self, *args, **kwargs)
         returned.append(run.vendor_state)
-        if run.vendor_state == "running":
-            server.runs[run.handle.run_id].script = RunScript.succeed(0.0)
         return run
 
     async def counting_get_run(self: DeepnoteBackend, handle: RunHandle) -> Run:
         reads.append(handle.run_id)
         return await real_get_run(self, handle)
 
+    def listen(run: Run) -> None:
+        updates.append(run.vendor_state)
+        move_on_once_seen(run)
+
     monkeypatch.setattr(DeepnoteBackend, "next_change", counting_next_change)
     monkeypatch.setattr(DeepnoteBackend, "get_run", counting_get_run)
     updates: list[str | None] = []
-    async with server.backend(share_window=_BURST_WINDOW) as backend:
+    async with server.backend(share_window=30.0) as backend:
         run = await run_and_wait(
             backend,
             notebook.id,
             poll=FLEET_POLL,
             timeout=30,
-            on_update=(lambda r: updates.append(r.vendor_state)) if listening else None,
+            on_update=listen if listening else None,
         )
     assert run.state is RunState.SUCCEEDED
     assert run.outputs
