@@ -86,8 +86,8 @@ class PollPolicy:
     at least 1 s and at most 60 s. A finished run is therefore noticed within about 20% of
     its running time (10% on the median), never more than 60 s late, and a 2-hour run costs
     about 147 status reads (``bench/results/benchmarks.md``, scenario 2). A schedule that grows
-    per read instead (``multiplier``) lags by ``multiplier - 1`` of the elapsed time: 1 s x1.5
-    noticed a 40 s run up to 20 s late.
+    per read instead (``multiplier``) lags by up to ``multiplier - 1`` of the elapsed time:
+    the previous default (1 s x1.5, capped at 30 s) noticed a 1-minute run up to 23 s late.
 
     ``proportion=0`` with ``multiplier > 1`` gives the classic capped exponential schedule.
     ``PollPolicy(initial=0.8, proportion=0.09)`` notices every run of 10 s or more within 10%
