@@ -55,7 +55,7 @@ async def test_polled_updates_are_reported_once_per_change() -> None:
                 backend,
                 "nb",
                 poll=FAST,
-                timeout=0.1,
+                timeout=0.3,
                 on_timeout="detach",
                 on_update=lambda run: seen.append(run.vendor_state),
             )
@@ -87,7 +87,7 @@ async def test_a_read_error_followed_by_good_reads_is_not_blamed_at_the_deadline
         backend.program("nb", FakeScript(states=("pending", "running")))
         backend.faults.status_errors.append(ResponseDecodeError("garbled"))
         with pytest.raises(RunTimeout) as caught:
-            await run_and_wait(backend, "nb", poll=FAST, timeout=0.1, on_timeout="detach")
+            await run_and_wait(backend, "nb", poll=FAST, timeout=0.3, on_timeout="detach")
         assert backend.status_reads > 1
     assert "last status read failed" not in str(caught.value)
     assert caught.value.__cause__ is None

@@ -588,7 +588,8 @@ async def test_connect_error_is_raised_as_is() -> None:
 async def test_wait_rides_out_read_faults(
     server: FakeDeepnoteServer, backend: DeepnoteBackend
 ) -> None:
-    notebook = server.add_notebook(script=RunScript.succeed(0.2))
+    # The run goes on until every fault has met a read (however slow the machine), then ends.
+    notebook = server.add_notebook(script=RunScript.long())
     for fault in (
         Fault(
             "status",
@@ -603,7 +604,16 @@ async def test_wait_rides_out_read_faults(
         Fault("invalid_json", method="GET", path=r"^/v2/runs/"),
     ):
         server.faults.add(fault)
-    run = await wait(backend, notebook.id)
+    async with anyio.create_task_group() as group:
+
+        async def end_once_the_faults_are_spent() -> None:
+            while server.faults.scripted or not server.runs:  # noqa: ASYNC110 - the fake sets no event
+                await anyio.sleep(0.01)
+            for fake in server.runs.values():
+                fake.script = RunScript.succeed(0.0)
+
+        group.start_soon(end_once_the_faults_are_spent)
+        run = await wait(backend, notebook.id)
     assert run.state is RunState.SUCCEEDED
     assert server.runs_started == 1
     assert not server.faults.scripted

@@ -721,16 +721,17 @@ async def test_a_deadline_ends_one_wait_and_not_the_others(server: FakeDeepnoteS
                 )
             ended.append(caught.value)
 
+        # Far apart in time, so that a stalled machine does not bring them together.
         async with anyio.create_task_group() as group:
-            group.start_soon(wait, handles[0], 0.15)
-            group.start_soon(wait, handles[1], 0.6)
-            group.start_soon(wait, handles[2], 0.6)
-            await anyio.sleep(0.3)
+            group.start_soon(wait, handles[0], 0.1)
+            group.start_soon(wait, handles[1], 1.2)
+            group.start_soon(wait, handles[2], 1.2)
+            await anyio.sleep(0.5)
             assert [error.handle for error in ended] == [handles[0]]
             assert backend._polls is not None
             # The other two are still served by the list, led by one of them now.
             lists = sum(1 for r in server.requests if r.path.endswith("/runs"))
-            await anyio.sleep(0.15)
+            await anyio.sleep(0.3)
             assert sum(1 for r in server.requests if r.path.endswith("/runs")) > lists
     assert len(ended) == 3
     assert all(not error.cancelled for error in ended)

@@ -212,6 +212,7 @@ async def test_collab_stream_live_resume_and_presence(
     doc = notebook_content()
     await backend.collab_save("live", client_id="w", version=0, steps=[{"n": 1}], content=doc)
     seen: list[Any] = []
+    presence_seen = anyio.Event()
 
     async def writer() -> None:
         version = 1
@@ -222,6 +223,9 @@ async def test_collab_stream_live_resume_and_presence(
             )
             version += 1
         await backend.collab_presence("live", client_id="w", version=version, cursor={"head": 3})
+        # Live or replayed on a reconnect, the presence reaches the stream; the update is
+        # sent after it, since a reconnect replays the update (which ends the reading) first.
+        await presence_seen.wait()
         await backend.update_notebook("live", content=doc, version=version)
 
     with anyio.fail_after(10):
@@ -230,6 +234,8 @@ async def test_collab_stream_live_resume_and_presence(
             async with aclosing(backend.collab_stream("live", last_event_id="0-0")) as events:
                 async for event in events:
                     seen.append(event)
+                    if isinstance(event, CollabPresence):
+                        presence_seen.set()
                     if isinstance(event, CollabUpdate):
                         break
     steps = [event.step["n"] for event in seen if isinstance(event, CollabStep)]
