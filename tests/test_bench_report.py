@@ -1,0 +1,70 @@
+"""The words ``bench/run.py`` writes around its figures follow the figures.
+
+The report is quoted by the README; a sentence hard-coded there once said a policy keeps every
+run within the lag bound while the table beside it showed it does not. These check the
+sentences made from the polling figures, and the ratio display, on the real computation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    sys.path.insert(0, str(BENCH))  # run.py imports its sibling modules by name
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run_report", BENCH / "run.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def _polling(report: ModuleType) -> dict[str, dict[float, Any]]:
+    return {
+        name: {length: report.schedules.sample(cadence, length, 201) for length in report.LENGTHS}
+        for name, cadence in report._cadences()
+    }
+
+
+def test_only_the_policy_that_keeps_every_run_within_the_bound_is_said_to(
+    report: ModuleType,
+) -> None:
+    results = _polling(report)
+    said = report._tighter_policies(results, report.schedules.fewest_reads(7200))
+    tenth, tight = said.split("; ")
+    assert tenth.startswith("`PollPolicy(proportion=0.1)` keeps ")
+    assert "every run" not in tenth
+    assert "a little over" in tenth
+    assert tight.startswith("`PollPolicy(initial=0.8, proportion=0.09)` keeps every run")
+    assert all(s.within_bound == 1.0 for s in results[report.TIGHT_CADENCE].values())
+
+
+def test_the_defaults_worst_lag_is_stated_as_computed(report: ModuleType) -> None:
+    by = _polling(report)[report.DEFAULT_CADENCE]
+    worst = max(max(by[length].ratios) for length in by if length <= 600) * 0.1
+    said = report._default_lags(by)
+    assert said.startswith(f"worst-case lag {worst:.0%} of the run")
+    assert worst > 0.2  # the jitter's share: "20%" alone would understate it
+
+
+@pytest.mark.parametrize(
+    ("ratio", "shown"),
+    [(1.3031, "1.303x"), (1.2951, "1.295x"), (1.3, "1.30x"), (1.25, "1.25x"), (1.4, "1.40x")],
+)
+def test_a_ratio_is_never_shown_on_the_wrong_side_of_its_target(
+    report: ModuleType, ratio: float, shown: str
+) -> None:
+    assert report._vs_target(ratio) == shown
