@@ -199,12 +199,16 @@ def _span(values: list[float]) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
-def _ratios(paired_ratio: float, ms: dict[str, float], variant: str, baseline: str) -> str:
-    """A paired ratio, with the ratio of the medians beside it when the two tell apart."""
+def _ratios(
+    paired_ratio: float, ms: dict[str, float], variant: str, baseline: str, what: str = ""
+) -> str:
+    """``1.24x what``: a paired ratio, and the ratio of the medians shown beside it in
+    parentheses when the two differ by more than 0.05."""
     of_medians = ms[variant] / ms[baseline]
+    said = f"{paired_ratio:.2f}x{' ' + what if what else ''}"
     if abs(of_medians - paired_ratio) <= 0.05:
-        return f"{paired_ratio:.2f}x"
-    return f"{paired_ratio:.2f}x per repeat, {of_medians:.2f}x on the medians"
+        return said
+    return f"{said} ({of_medians:.2f}x on the medians)"
 
 
 def scenario_overhead(args: argparse.Namespace) -> list[Section]:
@@ -303,7 +307,30 @@ def _overhead_size(
                 server_cpu=stats["cpu"],
             )
             samples[variant].append(result)
-    section.raw = {"n": n, "notebooks": notebooks, "repeats": repeats, "samples": samples}
+    section.raw = {
+        "n": n,
+        "notebooks": notebooks,
+        "repeats": repeats,
+        "duration": duration,
+        "label": label,
+        "samples": samples,
+    }
+    _overhead_report(section, n, notebooks, repeats, duration, label, variants, samples)
+    return section
+
+
+def _overhead_report(
+    section: Section,
+    n: int,
+    notebooks: int,
+    repeats: int,
+    duration: float,
+    label: str,
+    variants: tuple[str, ...],
+    samples: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Scenario 1's tables, prose and target rows for one size, from its samples (measured
+    now, or stored: see ``--rerender``)."""
 
     def paired(
         variant: str, key: Callable[[dict[str, Any]], float], baseline: str = "floor"
@@ -393,8 +420,8 @@ def _overhead_size(
     ms = {v: median([cpu(r) * 1000 for r in samples[v]]) for v in variants}
     us = {v: median([per_request(r) * 1e6 for r in samples[v]]) for v in variants}
 
-    def both(variant: str, baseline: str) -> str:
-        return _ratios(paired(variant, cpu, baseline), ms, variant, baseline)
+    def both(variant: str, baseline: str, what: str = "") -> str:
+        return _ratios(paired(variant, cpu, baseline), ms, variant, baseline, what)
 
     if {"transport", "adapter"} <= set(variants):
         section.add(
@@ -413,9 +440,8 @@ def _overhead_size(
         section.add(
             "With shared polls, the hand-written shared loop making its requests through the "
             f"library's `HttpTransport` costs {ms['shared-transport']:.3f} ms per run against "
-            f"{ms['shared']:.3f} ms on aiohttp directly "
-            f"({both('shared-transport', 'shared')}"
-            "), and `run_and_wait` "
+            f"{ms['shared']:.3f} ms on aiohttp directly: "
+            f"{both('shared-transport', 'shared')}; and `run_and_wait` "
             f"{ms['lib']:.3f} ms: the transport accounts for {by_transport:+.3f} of the "
             f"{extra:+.3f} ms the library adds per run (`bench/inprocess.py breakdown` splits "
             "the rest by phase)."
@@ -428,13 +454,11 @@ def _overhead_size(
             "guarantees take on a run that goes well (the start in a task of its own behind "
             "`asyncio.shield`, an `asyncio.timeout` deadline, a typed `RunHandle`, the finished "
             f"run decoded into a typed `Run` with its outputs) costs {ms['shared-guarded']:.3f} "
-            f"ms per run, {both('shared-guarded', 'shared')}"
-            " the shared loop: the "
+            f"ms per run, {both('shared-guarded', 'shared', 'the shared loop')}: the "
             f"guarantees account for {by_guarantees:+.3f} of the {extra:+.3f} ms, the "
             f"transport for {ms['shared-transport'] - ms['shared']:+.3f}, and the rest of "
             f"`run_and_wait`'s code for {ms['lib'] - ms['shared-guarded']:+.3f} "
-            f"(`run_and_wait` is {both('lib', 'shared-guarded')}"
-            " this loop)."
+            f"(`run_and_wait` is {both('lib', 'shared-guarded', 'this loop')})."
         )
     gc_ms = {
         v: median([r.get("gc_cpu", float("nan")) / n * 1000 for r in samples[v]]) for v in variants
@@ -500,7 +524,6 @@ def _overhead_size(
         ),
         None if at_minimum else shared_reqs < alone_reqs,
     )
-    return section
 
 
 # --------------------------------------------------------------------------- 2: polling
@@ -1136,6 +1159,57 @@ def compile_bytecode() -> None:
             raise SystemExit(f"could not compile {folder}")
 
 
+def _python_name() -> str:
+    return os.path.relpath(PY, REPO) if PY.startswith(str(REPO)) else PY
+
+
+def rerender(out: Path) -> None:
+    """Scenario 1's sections rebuilt from the samples stored with them: the measurement, its
+    command, date and load stay; the words and verdicts are written anew, and say so."""
+    store_path = out.with_suffix(".json")
+    store: dict[str, Any] = json.loads(store_path.read_text())
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for key, entry in store.items():
+        raw = entry.get("raw") or {}
+        if not key.startswith("overhead-") or "samples" not in raw:
+            continue
+        duration = float(raw.get("duration", LONG_RUN if key.endswith(f"-{LONG_RUN}s") else 3))
+        label = raw.get("label") or _overhead_label(key, raw["n"], raw["notebooks"], duration)
+        section = Section(key, entry["title"])
+        samples = raw["samples"]
+        _overhead_report(
+            section,
+            raw["n"],
+            raw["notebooks"],
+            raw["repeats"],
+            duration,
+            label,
+            tuple(samples),
+            samples,
+        )
+        section.add(
+            f"(Text and verdicts rewritten from the stored samples by `{_python_name()} "
+            f"bench/run.py --rerender`, {when}; the figures are the measurement's.)"
+        )
+        entry["body"] = "\n\n".join(section.parts)
+        entry["targets"] = section.targets
+        log(f"[rerender] {key}")
+    store_path.write_text(json.dumps(store, indent=1, default=str))
+    out.write_text(render(store))
+    if out.resolve() == (RESULTS / "benchmarks.md").resolve():
+        update_readme(store, "see results/benchmarks.md for dates and load")
+
+
+def _overhead_label(key: str, n: int, notebooks: int, duration: float) -> str:
+    """The label scenario 1 gave a section (for samples stored before it kept its label)."""
+    label = f"N={n:,}"
+    if "-on-" in key:
+        label += f" on {notebooks} notebook{'s' if notebooks > 1 else ''}"
+    if duration != 3:
+        label += f", {duration:g} s runs"
+    return label
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="notebookops benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1156,7 +1230,16 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=200.0, help="scenario 3's R (req/s)")
     parser.add_argument("--out", type=Path, default=RESULTS / "benchmarks.md")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="rebuild scenario 1's prose and target rows from the stored samples, measuring "
+        "nothing (after a change to how they are written)",
+    )
     args = parser.parse_args()
+    if args.rerender:
+        rerender(args.out)
+        return
     if args.quick:
         args.repeats = 1
         args.overhead_repeats = 1
@@ -1171,8 +1254,7 @@ def main() -> None:
             wanted.append(item)
         else:
             parser.error(f"unknown scenario {item!r}; choose from {', '.join(SCENARIOS)}")
-    python = os.path.relpath(PY, REPO) if PY.startswith(str(REPO)) else PY
-    command = shlex.join([python, "bench/run.py", *sys.argv[1:]])
+    command = shlex.join([_python_name(), "bench/run.py", *sys.argv[1:]])
     runners: dict[str, Callable[[argparse.Namespace], list[Section]]] = {
         "overhead": scenario_overhead,
         "polling": scenario_polling,

@@ -8,6 +8,7 @@ sentences made from the polling figures, and the ratio display, on the real comp
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -68,3 +69,27 @@ def test_a_ratio_is_never_shown_on_the_wrong_side_of_its_target(
     report: ModuleType, ratio: float, shown: str
 ) -> None:
     assert report._vs_target(ratio) == shown
+
+
+def test_rerender_rewrites_scenario_one_from_its_stored_samples(
+    report: ModuleType, tmp_path: Path
+) -> None:
+    stored = json.loads((BENCH / "results" / "benchmarks.json").read_text())
+    keys = [
+        key
+        for key, entry in stored.items()
+        if key.startswith("overhead-") and "samples" in (entry.get("raw") or {})
+    ]
+    assert keys  # the repo's results hold scenario 1's samples
+    for key in keys:
+        stored[key]["body"], stored[key]["targets"] = "stale words", []
+    out = tmp_path / "benchmarks.md"
+    out.with_suffix(".json").write_text(json.dumps(stored))
+    report.rerender(out)
+    again = json.loads(out.with_suffix(".json").read_text())
+    for key in keys:
+        assert "stale words" not in again[key]["body"]
+        assert "--rerender" in again[key]["body"]
+        assert again[key]["targets"]  # verdicts computed again from the samples
+        assert again[key]["command"] == stored[key]["command"]  # the measurement's own
+    assert "stale words" not in out.read_text()
