@@ -77,10 +77,18 @@ async def wait(backend: DeepnoteBackend, notebook: str, **kwargs: Any) -> Run:
 async def test_success_with_inputs_outputs_and_web_url(
     server: FakeDeepnoteServer, backend: DeepnoteBackend
 ) -> None:
-    notebook = server.add_notebook(inputs=INPUTS, script=RunScript.succeed(0.05))
+    # Running until an update has shown it running (a timed phase can pass unseen on a
+    # stalled machine), then done.
+    notebook = server.add_notebook(inputs=INPUTS, script=RunScript.long())
     updates: list[Run] = []
+
+    def update(run: Run) -> None:
+        updates.append(run)
+        if run.state is RunState.RUNNING:
+            server.runs[run.run_id].script = RunScript.succeed(0.0)
+
     run = await wait(
-        backend, notebook.id, inputs={"day": "2026-11-22", "flag": True}, on_update=updates.append
+        backend, notebook.id, inputs={"day": "2026-11-22", "flag": True}, on_update=update
     )
     assert run.state is RunState.SUCCEEDED
     assert run.vendor_state == "success"
