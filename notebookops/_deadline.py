@@ -174,14 +174,24 @@ class StartSection:
         self.outcome = outcome
         self.task.cancel(outcome)
 
+    def _refusal(self) -> str | None:
+        """Why a start with nothing taken may not wait for its turn or send now: ABORTED (its
+        caller gave up) or NOT_SENT (past its deadline; recorded as the outcome). None: it
+        may."""
+        if self.abandon:
+            return ABORTED
+        if self.loop.time() >= self.deadline:
+            self.outcome = NOT_SENT
+            return NOT_SENT
+        return None
+
     def __enter__(self) -> StartSection:
         # Entered by the transport around a wait for its turn (see queueing).
         self.queued = True
         if self.abandonable:
-            if self.abandon:
-                self.task.cancel(ABORTED)
-            elif self.loop.time() >= self.deadline:
-                self._cancel(NOT_SENT)
+            refusal = self._refusal()
+            if refusal is not None:
+                self.task.cancel(refusal)  # raised where the wait begins
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -223,12 +233,10 @@ def sending() -> None:
     if section is None:
         return
     if not section.in_doubt and section.abandonable:
+        refusal = section._refusal()
+        if refusal is not None:
+            raise sys.modules["asyncio"].CancelledError(refusal)
         now = section.loop.time()
-        if section.abandon:
-            raise sys.modules["asyncio"].CancelledError(ABORTED)
-        if now >= section.deadline:
-            section.outcome = NOT_SENT
-            raise sys.modules["asyncio"].CancelledError(NOT_SENT)
         section.sent_at = now
         # The transport's retries see the limit as it now stands.
         _BY_TASK[section.task] = now + section.timeout
