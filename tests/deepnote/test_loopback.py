@@ -85,7 +85,7 @@ async def test_success_with_inputs_outputs_and_web_url(
     def update(run: Run) -> None:
         updates.append(run)
         if run.state is RunState.RUNNING:
-            server.runs[run.run_id].script = RunScript.succeed(0.0)
+            server.finish_run(run.run_id)
 
     run = await wait(
         backend, notebook.id, inputs={"day": "2026-11-22", "flag": True}, on_update=update
@@ -192,6 +192,25 @@ async def test_a_run_stopped_in_the_app_is_cancelled(
 
     with pytest.raises(RunCancelled):
         await wait(backend, notebook.id, on_update=stop_when_running)
+
+
+@pytest.mark.parametrize("outcome", ["success", "error"])
+async def test_a_run_finished_by_the_test_ends_now_with_its_outcome(
+    server: FakeDeepnoteServer, backend: DeepnoteBackend, outcome: str
+) -> None:
+    notebook = server.add_notebook(script=RunScript.long())
+    handle = await backend.start_run(RunRequest(notebook=notebook.id))
+    assert (await backend.get_run_details(handle.run_id)).status in ("pending", "running")
+    server.finish_run(handle.run_id, outcome)
+    details = await backend.get_run_details(handle.run_id)
+    assert details.status == outcome
+    assert details.finished_at is not None
+    assert details.created_at is not None
+    assert details.finished_at >= details.created_at
+    server.finish_run(handle.run_id, "internal_error")  # over already: left as it was
+    assert (await backend.get_run_details(handle.run_id)).status == outcome
+    with pytest.raises(ValueError, match="stopped"):
+        server.finish_run(handle.run_id, "stopped")  # stop_run is for that
 
 
 async def test_unknown_status_keeps_waiting_and_timeout_detaches(
@@ -617,8 +636,8 @@ async def test_wait_rides_out_read_faults(
         async def end_once_the_faults_are_spent() -> None:
             while server.faults.scripted or not server.runs:  # noqa: ASYNC110 - the fake sets no event
                 await anyio.sleep(0.01)
-            for fake in server.runs.values():
-                fake.script = RunScript.succeed(0.0)
+            for run_id in server.runs:
+                server.finish_run(run_id)
 
         group.start_soon(end_once_the_faults_are_spent)
         run = await wait(backend, notebook.id)

@@ -628,7 +628,7 @@ async def test_a_wait_alone_on_its_notebook_reads_and_returns_as_it_is_asked(
         if run.vendor_state == "pending":
             fake.script = RunScript.long()  # running from now on
         elif run.vendor_state == "running":
-            fake.script = RunScript.succeed(0.0)
+            server.finish_run(run.run_id)
 
     async def counting_next_change(self: DeepnoteBackend, *args: Any, **kwargs: Any) -> Run:
         run = await real_next_change(self, *args, **kwargs)
@@ -762,10 +762,10 @@ async def test_share_polls_false_waits_on_its_own_schedule(
 
     async def end_each_run_after_three_reads() -> None:
         while True:
-            for run_id, fake in server.runs.items():
+            for run_id in server.runs:
                 path = f"/v2/runs/{run_id}"
                 if len([r for r in server.requests if r.path == path]) >= 3:
-                    fake.script = RunScript.succeed(0.0)
+                    server.finish_run(run_id)
             await anyio.sleep(0.005)
 
     async with server.backend(share_polls=False) as backend, anyio.create_task_group() as group:
