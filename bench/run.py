@@ -552,18 +552,26 @@ def _cadences() -> list[tuple[str, schedules.Cadence]]:
             PREVIOUS_CADENCE,
             schedules.policy(PollPolicy(multiplier=1.5, maximum=30.0, proportion=0.0)),
         ),
-        (TENTH_CADENCE, schedules.policy(PollPolicy(proportion=0.1))),
-        (TIGHT_CADENCE, schedules.policy(PollPolicy(initial=0.8, proportion=0.09))),
+        (TENTH_CADENCE, schedules.policy(PollPolicy(**TENTH_POLICY))),
+        (TIGHT_CADENCE, schedules.policy(PollPolicy(**TIGHT_POLICY))),
     ]
 
 
 DEFAULT_CADENCE = "notebookops default: 20% of elapsed, 1-60 s, +/-10%"
 PREVIOUS_CADENCE = "previous default: 1 s x1.5, cap 30 s, +/-10%"
-TENTH_CADENCE = "PollPolicy(proportion=0.1): 10% of elapsed, 1-60 s, +/-10%"
+TENTH_POLICY = {"proportion": 0.1}
 #: The one that keeps every run of 10 s or more within the lag target: its largest gap,
 #: jitter included (0.09 x 1.1 of the time waited, 0.88 s early on), is under 10% of any run
 #: still going when it began.
-TIGHT_CADENCE = "PollPolicy(initial=0.8, proportion=0.09): 9% of elapsed, 0.8-60 s, +/-10%"
+TIGHT_POLICY = {"initial": 0.8, "proportion": 0.09}
+
+
+def _code(policy: dict[str, float]) -> str:
+    return ", ".join(f"{name}={value:g}" for name, value in policy.items())
+
+
+TENTH_CADENCE = f"PollPolicy({_code(TENTH_POLICY)}): 10% of elapsed, 1-60 s, +/-10%"
+TIGHT_CADENCE = f"PollPolicy({_code(TIGHT_POLICY)}): 9% of elapsed, 0.8-60 s, +/-10%"
 
 
 def scenario_polling(args: argparse.Namespace) -> list[Section]:
@@ -672,7 +680,8 @@ def scenario_polling(args: argparse.Namespace) -> list[Section]:
 def _tighter_policies(results: dict[str, dict[float, schedules.Sampled]], bound: int) -> str:
     """What the two tighter rows of the table show, in words (computed, as the rows are)."""
     said = []
-    for name, code in ((TENTH_CADENCE, "proportion=0.1"), (TIGHT_CADENCE, _TIGHT_CODE)):
+    for name, policy in ((TENTH_CADENCE, TENTH_POLICY), (TIGHT_CADENCE, TIGHT_POLICY)):
+        code = _code(policy)
         by = results[name]
         within = min(s.within_bound for s in by.values())
         reads = by[7200].median_reads
@@ -700,9 +709,6 @@ def _default_lags(by: dict[float, schedules.Sampled]) -> str:
         f"worst-case lag {worst:.0%} of the run (20% plus its jitter; 60 s at most), median "
         f"lag at most {median_share:.0%} of the run up to 10 min and about 30 s beyond"
     )
-
-
-_TIGHT_CODE = "initial=0.8, proportion=0.09"
 
 
 def _polling_realtime(
