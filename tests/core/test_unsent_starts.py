@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -128,6 +128,13 @@ async def one_connection(server: GateServer) -> AsyncIterator[PostingBackend]:
     backend = _backend(server, max_connections=1)
     async with backend:
         yield backend
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    """Wait for something the code under test brings about on its own (checked every ms)."""
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - a condition, not an event, is what is shared
+            await asyncio.sleep(0.001)
 
 
 async def _hold_the_connection(server: GateServer, backend: PostingBackend) -> asyncio.Task[Any]:
@@ -431,10 +438,7 @@ async def test_a_remote_cancel_waiting_for_its_turn_is_never_abandoned(
     # Only starts may be abandoned unsent: a cancel left unsent would leave a run running.
     one_connection.default_script = LONG
     task = asyncio.create_task(run_and_wait(one_connection, "nb", poll=FAST))
-    for _ in range(2_000):
-        if one_connection.runs:
-            break
-        await asyncio.sleep(0.001)
+    await _until(lambda: bool(one_connection.runs))
     blocker = await _hold_the_connection(server, one_connection)  # the connection is taken
     task.cancel()
     await _queued_cancel(server)
@@ -459,10 +463,7 @@ async def test_a_remote_cancel_out_of_time_says_whether_it_was_ever_sent(
     wait = asyncio.create_task(
         run_and_wait(one_connection, "nb", poll=FAST, timeout=0.3, cancel_timeout=0.1)
     )
-    for _ in range(2_000):
-        if one_connection.runs:
-            break
-        await asyncio.sleep(0.001)
+    await _until(lambda: bool(one_connection.runs))
     if sent:
         server.gate.clear()  # the cancel reaches the server, which holds it
         blocker = None
@@ -475,10 +476,7 @@ async def test_a_remote_cancel_out_of_time_says_whether_it_was_ever_sent(
     if sent:
         # Sent, so the server has it or gets it (the 0.1 s can run out on a stalled machine
         # before the server's handler has run).
-        for _ in range(500):
-            if server.posts["/cancel"]:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: server.posts["/cancel"] > 0)
         assert server.posts["/cancel"] == 1
         assert "may still be running" in reason
         assert "never sent" not in reason
@@ -573,10 +571,7 @@ async def test_a_request_in_doubt_keeps_the_start_shielded_after_a_later_429(
     http = _transport(server, retry=PATIENT)
     async with TwoStepBackend(http, default_script=DONE) as backend:
         task = asyncio.create_task(run_and_wait(backend, "nb", poll=FAST, start_timeout=2))
-        for _ in range(2_000):
-            if len([r for r in server.requests if r.path == "/start"]) >= 1:
-                break
-            await asyncio.sleep(0.001)
+        await _until(lambda: any(r.path == "/start" for r in server.requests))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
