@@ -738,7 +738,9 @@ async def cancellation_scenario(
             call.cancel_phase = phase
         if phase == "start":
             method, path = env.start_route
-            plan.add(Fault("delay", delay=0.25, method=method, path=path, times=runs))
+            # Held well under the request timeout (0.4 s): a start that times out on a
+            # stalled machine is not cancelled by its caller, which is what this phase tests.
+            plan.add(Fault("delay", delay=0.12, method=method, path=path, times=runs))
             plan.labels[id(plan.scripted[-1])] = "slow start (cancel meanwhile)"
         elif phase == "poll":
             # Half at the first update (inside the on_update callback), half a little later.
@@ -772,14 +774,14 @@ async def cancellation_scenario(
         _install_plan(env, plan)
 
         async def cancel_during_start() -> None:
-            # Each start request is held 0.25 s by the server: cancel somewhere inside that.
+            # Each start request is held 0.12 s by the server: cancel somewhere inside that.
             async def later(call: Call, delay: float) -> None:
                 await anyio.sleep(delay)
                 _cancel(call)
 
             async with anyio.create_task_group() as group:
                 for call in env.calls:
-                    group.start_soon(later, call, rng.uniform(0.0, 0.2))
+                    group.start_soon(later, call, rng.uniform(0.0, 0.1))
 
         async def cancel_while_polling() -> None:
             async def later(call: Call, delay: float) -> None:
@@ -818,7 +820,9 @@ async def cancellation_scenario(
                 )
             if not can_cancel and env.still_running(call):
                 figures.left_running += 1
-            if env.started(call) and call.handle is None:
+            # A start whose answer never came says the run may exist (StartOutcomeUnknown),
+            # which the accounting above already holds to that one run.
+            if env.started(call) and call.handle is None and not _start_uncertain(call):
                 figures.problems.append(
                     f"{vendor} call {call.index}: cancelled with a started run but no handle"
                 )
