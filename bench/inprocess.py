@@ -198,6 +198,7 @@ Wait = Callable[[str, "dict[str, str] | None"], Awaitable[bool]]
 
 def _patch_transport() -> None:
     """Make the library's transport answer from the fake (once per process)."""
+    from notebookops import _deadline
     from notebookops._http import HttpResponse, HttpTransport
 
     headers = {"content-type": "application/json"}
@@ -206,7 +207,7 @@ def _patch_transport() -> None:
         # The transport's FIFO gate in front of its connections, as in the real _send: a
         # burst of starts queues there.
         slots = self._slots
-        if slots is not None:
+        if slots is not None and not _deadline.take_held(slots):
             await slots.acquire()
         try:
             await asyncio.sleep(0)

@@ -102,6 +102,7 @@ class StartSection:
         "abandonable",
         "began",
         "deadline",
+        "held",
         "in_doubt",
         "loop",
         "outcome",
@@ -113,7 +114,14 @@ class StartSection:
     )
 
     def __init__(
-        self, task: Any, loop: Any, timeout: float, deadline: float, *, abandonable: bool = True
+        self,
+        task: Any,
+        loop: Any,
+        timeout: float,
+        deadline: float,
+        *,
+        abandonable: bool = True,
+        held: Any = None,
     ) -> None:
         self.task = task
         self.abandonable = abandonable
@@ -132,6 +140,10 @@ class StartSection:
         #: Set when the caller was cancelled before anything was sent: the work is abandoned
         #: where it next waits its turn or would send (it may be elsewhere right now).
         self.abandon = False
+        #: The transport's connection gate whose place the caller took on the work's behalf
+        #: before starting it (see orchestration._shielded): its first request uses it
+        #: (:func:`take_held`); None once it has, or if there is none.
+        self.held: Any = held
         #: The section's timer (None between timers): first due at the earlier of the time
         #: limit counted from now and the deadline.
         self.timer: Any = None
@@ -220,6 +232,20 @@ def queueing() -> AbstractContextManager[object]:
     if section is None or section.in_doubt:
         return _NOT_A_START
     return section
+
+
+def take_held(gate: object) -> bool:
+    """For the transport, before its request waits for a place at ``gate`` (its connection
+    gate): True if the current task is a start whose caller already took one there on its
+    behalf. The request then has it (and gives it back as usual); a second request waits
+    like any other."""
+    if not _STARTS:
+        return False
+    section = _current_section()
+    if section is None or section.held is not gate:
+        return False
+    section.held = None
+    return True
 
 
 def sending() -> None:

@@ -477,6 +477,13 @@ class HttpTransport:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def connection_gate(self) -> asyncio.Semaphore | None:
+        """The FIFO gate in front of the connections (None: no limit). A request holds a
+        place from before it is sent until its response is read; orchestration lets a start
+        wait for one in its caller's task (see ``BaseBackend._connection_gate``)."""
+        return self._slots
+
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise BackendClosed(f"the {self.profile.name} backend is closed")
@@ -761,7 +768,8 @@ class HttpTransport:
         slots = self._slots
         for _hop in range(_MAX_REDIRECTS + 1):
             self._check_target(url)
-            if slots is not None:
+            # A start whose caller waited for a connection on its behalf has one already.
+            if slots is not None and not _deadline.take_held(slots):
                 with _deadline.queueing():
                     await slots.acquire()
             try:
@@ -854,7 +862,7 @@ class HttpTransport:
         while True:
             await self.rate_limiter.acquire()
             # A stream holds its connection, and so its slot, until it is closed.
-            if slots is not None:
+            if slots is not None and not _deadline.take_held(slots):
                 await slots.acquire()
             try:
                 _deadline.sending()

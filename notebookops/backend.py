@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast, runtime_checkable
 
 from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "BaseBackend",
@@ -149,6 +152,12 @@ class BaseBackend:
     name: str = "base"
     capabilities: frozenset[Capability] = frozenset()
     _closed: bool = False
+    #: An adapter on :class:`~notebookops._http.HttpTransport` sets this to the transport's
+    #: ``connection_gate``. When every connection is taken, ``run_and_wait`` then lets a
+    #: start wait for one in its caller's task, and gives the start a task of its own (its
+    #: shield against cancellation mid-request) only once it has one: thousands of starts
+    #: queued at once keep half the objects alive, which every full garbage collection walks.
+    _connection_gate: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> Self:
         self._ensure_open()

@@ -140,6 +140,7 @@ async def _shielded(
     *args: Any,
     unsent_until: float | None = None,
     record_sends: bool = False,
+    gate: Any = None,
 ) -> tuple[bool, T | None]:
     """Await ``work(*args)`` to its end whatever happens to the caller, for up to ``timeout``
     seconds: ``(True, result)``, or ``(False, None)`` if the time ran out first (the work is
@@ -160,6 +161,11 @@ async def _shielded(
     ``record_sends`` (asyncio only): the section is only recorded, never abandoned, and if its
     time runs out while its request still waits for its turn in the transport, nothing of it
     taken, :class:`_NotTaken` is raised instead of returning ``(False, None)``.
+
+    ``gate`` (a start, asyncio only): the transport's connection gate. The caller takes a
+    place there before the work gets its task, waiting for one if need be, and hands it over
+    (the work's first request uses it): nothing is sent while it waits, so nothing needs
+    shielding, and a start queued behind thousands keeps half the objects alive.
     """
     aio = _running_asyncio()
     if aio is None:
@@ -168,6 +174,30 @@ async def _shielded(
         return False, None
     loop = aio.get_running_loop()
     caller = aio.current_task()
+    held: Any = None
+    if gate is not None and unsent_until is not None:
+        # The start's connection is taken here, in the caller's task, before the start gets a
+        # task of its own. A start that has to wait for one has sent nothing meanwhile, so
+        # the wait needs no shield: a cancellation of the caller simply propagates, and the
+        # deadline ends it as the section's would (_NotSent).
+        if not gate.locked():
+            await gate.acquire()  # a place is free: taken at once, without suspending
+        else:
+            expiry = None if unsent_until == math.inf else _TurnExpiry(caller)
+            turn_timer = (
+                None if expiry is None else loop.call_at(unsent_until, expiry, context=_NO_CONTEXT)
+            )
+            requests_before = caller.cancelling()
+            try:
+                await gate.acquire()
+            except aio.CancelledError:
+                if expiry is not None and expiry.fired and caller.uncancel() <= requests_before:
+                    raise _NotSent from None
+                raise
+            finally:
+                if turn_timer is not None:
+                    turn_timer.cancel()
+        held = gate
     requests_before = caller.cancelling()
     deadline = loop.time() + timeout
     task = loop.create_task(work(*args))
@@ -183,6 +213,7 @@ async def _shielded(
             timeout,
             math.inf if unsent_until is None else unsent_until,
             abandonable=not record_sends,
+            held=held,
         )
         _deadline._STARTS[task] = section
     else:
@@ -228,6 +259,8 @@ async def _shielded(
         if section is not None:
             del _deadline._STARTS[task]
             timer = section.timer
+            if section.held is not None:
+                section.held.release()  # the work made no request through that transport
         if timer is not None:
             timer.cancel()
         _deadline.pop(task, None)
@@ -491,6 +524,21 @@ class _Schedule:
         return delay
 
 
+class _TurnExpiry:
+    """The deadline of a start waiting for a connection in its caller's task (see
+    :func:`_shielded`): the timer's callback, which cancels the caller, noting that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
 def _cancel_expired(task: Any) -> None:
     """A shielded section's time limit: cancel its task, saying why."""
     task.cancel(_EXPIRED)
@@ -591,7 +639,13 @@ async def start_run(
     limit are not "outcome unknown").
     """
     _positive("start_timeout", start_timeout)
-    outcome = await _shielded(start_timeout, backend.start_run, request, unsent_until=math.inf)
+    outcome = await _shielded(
+        start_timeout,
+        backend.start_run,
+        request,
+        unsent_until=math.inf,
+        gate=getattr(backend, "_connection_gate", None),
+    )
     return _started(backend, request, start_timeout, outcome)
 
 
@@ -825,7 +879,13 @@ async def run_and_wait(
     # connection).
     _positive("start_timeout", start_timeout)
     try:
-        outcome = await _shielded(start_timeout, backend.start_run, request, unsent_until=deadline)
+        outcome = await _shielded(
+            start_timeout,
+            backend.start_run,
+            request,
+            unsent_until=deadline,
+            gate=getattr(backend, "_connection_gate", None),
+        )
     except _NotSent:
         raise RunTimeout(
             f"starting {request.notebook!r} on {backend.name}: its request was still waiting "

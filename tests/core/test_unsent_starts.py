@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from notebookops import (
+    ConfigurationError,
     ConnectError,
     PollPolicy,
     RateLimited,
@@ -78,10 +79,14 @@ class GateServer(FakeServer):
 class PostingBackend(FakeBackend):
     """FakeBackend runs, each start and cancel first POSTed through a real HttpTransport."""
 
-    def __init__(self, transport: HttpTransport, **kwargs: Any) -> None:
+    def __init__(self, transport: HttpTransport, *, gated: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.transport = transport
         self.start_deadlines: list[float] = []
+        if gated:
+            # As the vendor adapters do: a start then waits for a connection in its caller's
+            # task, and gets a task of its own only once it has one.
+            self._connection_gate = transport.connection_gate
 
     async def start_run(self, request: RunRequest) -> RunHandle:
         await self.transport.request("POST", "/start", json={"notebook": request.notebook})
@@ -118,14 +123,17 @@ def _transport(server: GateServer, **settings: Any) -> HttpTransport:
     return http
 
 
-def _backend(server: GateServer, **transport: Any) -> PostingBackend:
-    return PostingBackend(_transport(server, **transport), default_script=DONE)
+def _backend(server: GateServer, *, gated: bool = False, **transport: Any) -> PostingBackend:
+    return PostingBackend(_transport(server, **transport), gated=gated, default_script=DONE)
 
 
-@pytest.fixture
-async def one_connection(server: GateServer) -> AsyncIterator[PostingBackend]:
-    """Requests beyond the first wait for the transport's only connection."""
-    backend = _backend(server, max_connections=1)
+@pytest.fixture(params=[False, True], ids=["queued-in-its-task", "queued-in-its-caller"])
+async def one_connection(
+    server: GateServer, request: pytest.FixtureRequest
+) -> AsyncIterator[PostingBackend]:
+    """Requests beyond the first wait for the transport's only connection: a start in its
+    task of its own, or (an adapter exposing the transport's gate) in its caller's task."""
+    backend = _backend(server, gated=request.param, max_connections=1)
     async with backend:
         yield backend
 
@@ -146,10 +154,18 @@ async def _hold_the_connection(server: GateServer, backend: PostingBackend) -> a
     return first
 
 
+def _waiting_at_gates() -> int:
+    """Requests and starts waiting for a connection at the transports' gates."""
+    gates = [http.connection_gate for http in _TRANSPORTS if http.connection_gate is not None]
+    return sum(not waiter.done() for gate in gates for waiter in (gate._waiters or ()))
+
+
 async def _queued(count: int) -> None:
-    """Until ``count`` starts wait for their turn in the transport."""
+    """Until ``count`` starts wait for their turn in the transport (in their task) or for a
+    connection (in their caller's)."""
     for _ in range(10_000):
-        if sum(section.queued for section in _deadline._STARTS.values()) >= count:
+        queued = sum(section.queued for section in _deadline._STARTS.values())
+        if max(queued, _waiting_at_gates()) >= count:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"fewer than {count} starts ever waited for their turn")
@@ -281,6 +297,72 @@ async def test_no_deadline_lets_a_queued_start_wait_for_its_turn(
     await first
 
 
+# --------------------------------------------------------------------------- the connection gate
+
+
+async def test_a_start_waits_for_a_connection_in_its_callers_task(server: GateServer) -> None:
+    # An adapter exposing its transport's gate: a start queued behind a taken connection has
+    # no task, no shield and no section of its own yet (each start queued behind thousands
+    # would keep them all alive), and gets them with the connection, which its request uses.
+    backend = _backend(server, gated=True, max_connections=1)
+    async with backend:
+        first = await _hold_the_connection(server, backend)
+        tasks_before = len(asyncio.all_tasks())
+        second = asyncio.create_task(run_and_wait(backend, "second", poll=FAST, start_timeout=2))
+        await _queued(1)
+        assert len(asyncio.all_tasks()) == tasks_before + 1  # the wait, and nothing else
+        assert len(_deadline._STARTS) == 1  # the first start's, in doubt; none for the second
+        server.gate.set()
+        assert (await second).state is RunState.SUCCEEDED
+        assert (await first).state is RunState.SUCCEEDED
+        assert server.posts["/start"] == 2
+        gate = backend.transport.connection_gate
+        assert gate is not None
+        assert gate._value == 1  # the place the caller took went back once, with the request
+        assert not _deadline._STARTS
+
+
+async def test_a_connection_taken_for_a_start_is_given_back_if_it_sends_nothing(
+    server: GateServer,
+) -> None:
+    class RefusingBackend(PostingBackend):
+        async def start_run(self, request: RunRequest) -> RunHandle:
+            if request.notebook == "bad":
+                raise ConfigurationError("no such notebook")
+            return await super().start_run(request)
+
+    http = _transport(server, max_connections=1)
+    async with RefusingBackend(http, gated=True, default_script=DONE) as backend:
+        with pytest.raises(ConfigurationError):
+            await run_and_wait(backend, "bad", poll=FAST)
+        assert http.connection_gate is not None
+        assert http.connection_gate._value == 1
+        run = await run_and_wait(backend, "good", poll=FAST, timeout=5)  # not stuck behind it
+        assert run.state is RunState.SUCCEEDED
+
+
+async def test_a_start_making_two_requests_uses_the_connection_taken_for_it_once(
+    server: GateServer,
+) -> None:
+    # The first request has the place its caller took; the second waits for one as any
+    # request does. On one connection, a second use of the place would be a second
+    # request on the wire at once, and the place given back twice.
+    class TwoStepBackend(PostingBackend):
+        async def start_run(self, request: RunRequest) -> RunHandle:
+            await self.transport.request("POST", "/cancel", json={"prepare": True})
+            return await super().start_run(request)
+
+    http = _transport(server, max_connections=1)
+    async with TwoStepBackend(http, gated=True, default_script=DONE) as backend:
+        runs = await asyncio.gather(
+            *(run_and_wait(backend, f"nb{i}", poll=FAST, timeout=10) for i in range(3))
+        )
+        assert all(run.state is RunState.SUCCEEDED for run in runs)
+        assert server.posts["/start"] == 3
+        assert http.connection_gate is not None
+        assert http.connection_gate._value == 1
+
+
 # --------------------------------------------------------------------------- cancellation
 
 
@@ -399,11 +481,14 @@ async def test_a_queued_public_start_run_is_abandoned_by_a_cancellation(
     assert server.posts["/start"] == 1
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["in-its-task", "connection-taken-first"])
 async def test_a_start_waiting_for_the_rate_limiter_is_abandoned_too(
-    server: GateServer,
+    server: GateServer, gated: bool
 ) -> None:
+    # With the gate, each start took its connection before it got its task, and waits for
+    # the limiter holding it: abandoned, it gives it back.
     limiter = RateLimiter(max_rate=2)  # one request now, the next in half a second
-    backend = _backend(server, rate_limiter=limiter)
+    backend = _backend(server, gated=gated, rate_limiter=limiter)
     async with backend:
         await run_and_wait(backend, "first", poll=FAST)
         waits = [asyncio.create_task(run_and_wait(backend, f"nb{i}", poll=FAST)) for i in range(3)]
@@ -414,6 +499,9 @@ async def test_a_start_waiting_for_the_rate_limiter_is_abandoned_too(
         assert all(isinstance(result, asyncio.CancelledError) for result in results)
         assert server.posts["/start"] == 1
         assert backend.start_count == 1
+        gate = backend.transport.connection_gate
+        assert gate is not None
+        assert gate._value == 100  # every place given back
 
 
 async def test_a_start_sent_before_the_cancellation_is_still_shielded(

@@ -120,6 +120,7 @@ class DataloreBackend(BaseBackend):
             rate_limiter=rate_limiter,
             allow_http=allow_http,
         )
+        self._connection_gate = self._transport.connection_gate
         #: The Datalore installation in use, without a trailing slash.
         self.base_url = self._transport.base_url
         self._states = StateTable(self.name, DATALORE_IN_PROGRESS_STATES)

@@ -304,6 +304,7 @@ class DeepnoteBackend(BaseBackend):
             rate_limiter=_limiter(rate_limiter, max_rate),
             allow_http=allow_http,
         )
+        self._connection_gate = self._transport.connection_gate
         self._polls = (
             SharedRunPolls(self._list_runs_response, self._states, window=window)
             if share_polls

@@ -356,6 +356,7 @@ class PostHogBackend(BaseBackend):
             rate_limiter=rate_limiter or RateLimiter(max_rate),
             allow_http=allow_http,
         )
+        self._connection_gate = self._transport.connection_gate
         self.host = self._transport.base_url
         self._timeout = float(timeout)
         self._poll = poll or PollPolicy()
