@@ -248,6 +248,19 @@ def take_held(gate: object) -> bool:
     return True
 
 
+def release_held(gate: object) -> None:
+    """For the transport, before the current task's request waits for the rate limiter: a
+    start whose caller took a place at ``gate`` for it gives the place back (its request
+    then waits for one after the limiter, as any request does), so that a start paced by the
+    limiter does not keep a connection from requests that could go meanwhile."""
+    if not _STARTS:
+        return
+    section = _current_section()
+    if section is not None and section.held is gate and gate is not None:
+        section.held = None
+        gate.release()
+
+
 def sending() -> None:
     """Called by the transport right before it sends a request of the current task: if the
     task is a start with nothing in doubt so far, its time limit begins now. A start
@@ -265,9 +278,13 @@ def sending() -> None:
         now = section.loop.time()
         section.sent_at = now
         # The transport's retries see the limit as it now stands.
-        _BY_TASK[section.task] = now + section.timeout
+        limit = _BY_TASK[section.task] = now + section.timeout
         if section.timer is None:
-            section.arm(now + section.timeout)
+            section.arm(limit)
+        elif section.timer.when() > limit:
+            # Put off to the deadline while the start was queued past its limit.
+            section.timer.cancel()
+            section.arm(limit)
     section.in_doubt += 1
 
 

@@ -577,10 +577,14 @@ class HttpTransport:
             if inline_acquire:
                 wait = limiter.reserve()
                 if wait > 0:
+                    # A start's caller may have taken a connection for it: not held while
+                    # the limiter paces it, so that other requests keep their turn.
+                    _deadline.release_held(self._slots)
                     with _deadline.queueing():
                         await anyio.sleep(wait)
                 limiter.record_send()
             else:
+                _deadline.release_held(self._slots)
                 with _deadline.queueing():
                     await limiter.acquire()
             try:
@@ -860,6 +864,7 @@ class HttpTransport:
         attempts = _Attempts()
         slots = self._slots
         while True:
+            _deadline.release_held(slots)  # not held while the limiter paces the stream
             await self.rate_limiter.acquire()
             # A stream holds its connection, and so its slot, until it is closed.
             if slots is not None and not _deadline.take_held(slots):

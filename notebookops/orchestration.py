@@ -175,28 +175,31 @@ async def _shielded(
     loop = aio.get_running_loop()
     caller = aio.current_task()
     held: Any = None
+    section: _deadline.StartSection | None = None
     if gate is not None and unsent_until is not None:
         # The start's connection is taken here, in the caller's task, before the start gets a
         # task of its own. A start that has to wait for one has sent nothing meanwhile, so
-        # the wait needs no shield: a cancellation of the caller simply propagates, and the
-        # deadline ends it as the section's would (_NotSent).
-        if not gate.locked():
-            await gate.acquire()  # a place is free: taken at once, without suspending
-        else:
-            expiry = None if unsent_until == math.inf else _TurnExpiry(caller)
-            turn_timer = (
-                None if expiry is None else loop.call_at(unsent_until, expiry, context=_NO_CONTEXT)
-            )
+        # the wait needs no shield: a cancellation of the caller simply propagates. It waits
+        # in its section already, whose timer ends the wait at the deadline (_NotSent) and
+        # then goes on as the start's: no second timer per start.
+        if gate.locked():
+            section = _deadline.StartSection(caller, loop, timeout, unsent_until)
+            section.queued = True
+            _deadline._STARTS[caller] = section
             requests_before = caller.cancelling()
             try:
                 await gate.acquire()
             except aio.CancelledError:
-                if expiry is not None and expiry.fired and caller.uncancel() <= requests_before:
+                if section.timer is not None:
+                    section.timer.cancel()
+                if section.outcome == _deadline.NOT_SENT and caller.uncancel() <= requests_before:
                     raise _NotSent from None
                 raise
             finally:
-                if turn_timer is not None:
-                    turn_timer.cancel()
+                del _deadline._STARTS[caller]
+            section.queued = False
+        else:
+            await gate.acquire()  # a place is free: taken at once, without suspending
         held = gate
     requests_before = caller.cancelling()
     deadline = loop.time() + timeout
@@ -204,9 +207,13 @@ async def _shielded(
     del work, args  # the task has them: fewer objects alive per start queued for a connection
     # The transport's retries see the section's own deadline, not the caller's.
     _deadline.push(task, deadline)
-    section: _deadline.StartSection | None = None
     timer: Any = None
-    if record_sends or unsent_until is not None:
+    if section is not None:
+        # It waited for its connection in the caller's task: its section is the task's now.
+        section.task = task
+        section.held = held
+        _deadline._STARTS[task] = section
+    elif record_sends or unsent_until is not None:
         section = _deadline.StartSection(
             task,
             loop,
@@ -522,21 +529,6 @@ class _Schedule:
         delay = self.poll.delay(self.attempt, _RNG, elapsed=self.elapsed())
         self.attempt += 1
         return delay
-
-
-class _TurnExpiry:
-    """The deadline of a start waiting for a connection in its caller's task (see
-    :func:`_shielded`): the timer's callback, which cancels the caller, noting that it did."""
-
-    __slots__ = ("fired", "task")
-
-    def __init__(self, task: Any) -> None:
-        self.task = task
-        self.fired = False
-
-    def __call__(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
 
 def _cancel_expired(task: Any) -> None:

@@ -41,7 +41,7 @@ from notebookops._http import HttpTransport, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
 from notebookops.testing import FakeBackend, FakeScript
-from notebookops.testing._server import FakeServer
+from notebookops.testing._server import FakeServer, Fault
 from notebookops.testing.deepnote import RunScript, fake_deepnote
 
 TOKEN = "tok-unsent"
@@ -210,6 +210,30 @@ async def test_the_time_limit_counts_from_the_send_for_the_transport_too(
     assert not _deadline._BY_TASK
 
 
+async def test_a_start_queued_past_its_time_limit_is_timed_from_its_send(
+    server: GateServer, one_connection: PostingBackend
+) -> None:
+    # Its section's first timer came while it was still queued (and was put off to the
+    # deadline): the send must bring the time limit forward again, or a start sent late and
+    # never answered would hang on to the deadline, or succeed long after its limit.
+    server.gate.clear()
+    holder = asyncio.create_task(one_connection.transport.request("POST", "/cancel", json={}))
+    await server.arrived.wait()
+    server.faults.add(Fault("delay", delay=1.5, path="/start", times=1))
+    loop = asyncio.get_running_loop()
+    second = asyncio.create_task(
+        run_and_wait(one_connection, "second", poll=FAST, timeout=30, start_timeout=LIMIT)
+    )
+    await _queued(1)
+    await asyncio.sleep(2 * LIMIT)  # past its limit, waiting for the connection
+    server.gate.set()
+    opened = loop.time()
+    with pytest.raises(StartOutcomeUnknown):
+        await second
+    assert loop.time() - opened < 1.5  # its limit after the send, not the late answer
+    await holder
+
+
 async def test_a_start_sent_and_unanswered_past_its_time_limit_is_still_unknown(
     server: GateServer, one_connection: PostingBackend
 ) -> None:
@@ -302,8 +326,8 @@ async def test_no_deadline_lets_a_queued_start_wait_for_its_turn(
 
 async def test_a_start_waits_for_a_connection_in_its_callers_task(server: GateServer) -> None:
     # An adapter exposing its transport's gate: a start queued behind a taken connection has
-    # no task, no shield and no section of its own yet (each start queued behind thousands
-    # would keep them all alive), and gets them with the connection, which its request uses.
+    # no task and no shield of its own yet (each start queued behind thousands would keep
+    # them all alive), and gets them with the connection, which its request uses.
     backend = _backend(server, gated=True, max_connections=1)
     async with backend:
         first = await _hold_the_connection(server, backend)
@@ -311,7 +335,7 @@ async def test_a_start_waits_for_a_connection_in_its_callers_task(server: GateSe
         second = asyncio.create_task(run_and_wait(backend, "second", poll=FAST, start_timeout=2))
         await _queued(1)
         assert len(asyncio.all_tasks()) == tasks_before + 1  # the wait, and nothing else
-        assert len(_deadline._STARTS) == 1  # the first start's, in doubt; none for the second
+        assert _deadline._STARTS[second].queued  # its section, kept by the wait's own task
         server.gate.set()
         assert (await second).state is RunState.SUCCEEDED
         assert (await first).state is RunState.SUCCEEDED
@@ -339,6 +363,24 @@ async def test_a_connection_taken_for_a_start_is_given_back_if_it_sends_nothing(
         assert http.connection_gate._value == 1
         run = await run_and_wait(backend, "good", poll=FAST, timeout=5)  # not stuck behind it
         assert run.state is RunState.SUCCEEDED
+
+
+async def test_a_start_paced_by_the_rate_limiter_does_not_hold_its_connection(
+    server: GateServer,
+) -> None:
+    # Its caller took the only connection for it; while the limiter makes it wait, another
+    # request can use that connection (starts do not keep reads from their turn).
+    limiter = RateLimiter(max_rate=2)  # one request now, the next in half a second
+    http = _transport(server, max_connections=1, rate_limiter=limiter)
+    async with PostingBackend(http, gated=True, default_script=DONE) as backend:
+        await http.request("POST", "/cancel", json={})  # the limiter's one request for now
+        start = asyncio.create_task(run_and_wait(backend, "nb", poll=FAST, timeout=10))
+        await _queued(1)  # waiting for the limiter, in its task
+        gate = http.connection_gate
+        assert gate is not None
+        assert not gate.locked()  # the connection is free meanwhile
+        assert (await start).state is RunState.SUCCEEDED
+        assert gate._value == 1
 
 
 async def test_a_start_making_two_requests_uses_the_connection_taken_for_it_once(
