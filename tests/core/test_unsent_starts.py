@@ -99,6 +99,14 @@ class PostingBackend(FakeBackend):
         await super().cancel_run(handle)
 
 
+class TwoStepBackend(PostingBackend):
+    """A PostingBackend whose start makes two requests: a preparing POST, then the start."""
+
+    async def start_run(self, request: RunRequest) -> RunHandle:
+        await self.transport.request("POST", "/cancel", json={"prepare": True})
+        return await super().start_run(request)
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[GateServer]:
     async with GateServer() as srv:
@@ -389,11 +397,6 @@ async def test_a_start_making_two_requests_uses_the_connection_taken_for_it_once
     # The first request has the place its caller took; the second waits for one as any
     # request does. On one connection, a second use of the place would be a second
     # request on the wire at once, and the place given back twice.
-    class TwoStepBackend(PostingBackend):
-        async def start_run(self, request: RunRequest) -> RunHandle:
-            await self.transport.request("POST", "/cancel", json={"prepare": True})
-            return await super().start_run(request)
-
     http = _transport(server, max_connections=1)
     async with TwoStepBackend(http, gated=True, default_script=DONE) as backend:
         runs = await asyncio.gather(
@@ -692,11 +695,6 @@ async def test_a_request_in_doubt_keeps_the_start_shielded_after_a_later_429(
 ) -> None:
     # A start that sent one request that may have taken effect, then got a 429 for another:
     # the first still may have made a run, so the start is not abandoned meanwhile.
-    class TwoStepBackend(PostingBackend):
-        async def start_run(self, request: RunRequest) -> RunHandle:
-            await self.transport.request("POST", "/cancel", json={"prepare": True})
-            return await super().start_run(request)
-
     server.faults.status(429, {"message": "slow down"}, path="/start", times=2)
     http = _transport(server, retry=PATIENT)
     async with TwoStepBackend(http, default_script=DONE) as backend:
