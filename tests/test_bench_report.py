@@ -93,3 +93,30 @@ def test_rerender_rewrites_scenario_one_from_its_stored_samples(
         assert again[key]["targets"]  # verdicts computed again from the samples
         assert again[key]["command"] == stored[key]["command"]  # the measurement's own
     assert "stale words" not in out.read_text()
+
+
+def test_cpu_targets_say_how_each_repeat_stands(report: ModuleType) -> None:
+    # A median of five ratios that each move by +/-0.2: the row gives the repeats' range
+    # and how many of them were within the target, from the same samples as the median.
+    stored = json.loads((BENCH / "results" / "benchmarks.json").read_text())
+    raw = stored["overhead-1000"]["raw"]
+    samples = json.loads(json.dumps(raw["samples"]))
+    wanted = [1.2, 1.5, 1.25, 1.31, 1.1]
+    for lib, shared, ratio in zip(samples["lib"], samples["shared"], wanted, strict=True):
+        lib["cpu"] = shared["cpu"] * ratio
+    section = report.Section("overhead-1000", "title")
+    report._overhead_report(
+        section,
+        raw["n"],
+        raw["notebooks"],
+        raw["repeats"],
+        raw["duration"],
+        raw["label"],
+        tuple(samples),
+        samples,
+    )
+    shared_row = next(row for row in section.targets if "shared polls" in row[0])
+    assert "1.25x per run" in shared_row[1]  # the median of the five
+    assert "per repeat 1.10-1.50x, 3 of 5 repeats within 1.3x" in shared_row[1]
+    same_row = next(row for row in section.targets if "same requests" in row[0])
+    assert "of 5 repeats within 1.3x" in same_row[1]
