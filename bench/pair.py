@@ -25,17 +25,17 @@ as the one seen would be if neither library were the cheaper). A change whose pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import statistics
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from run import control, process  # bench/ leads sys.path: a script's own directory
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -76,36 +76,6 @@ def _cpus(pin: bool) -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
-@contextlib.contextmanager
-def _server(duration: float, spread: float, cpu: int | None) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [PY, str(BENCH / "server.py"), "--duration", str(duration), "--spread", str(spread)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_pinning(cpu),  # safe: this process runs no threads
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            raise SystemExit(f"bench/server.py did not start (said {line!r})")
-        yield f"http://127.0.0.1:{line.split()[1]}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _control(url: str, path: str, *, post: bool = False) -> Any:
-    request = urllib.request.Request(url + path, method="POST" if post else "GET")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
 def _library_env(checkout: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(checkout)
@@ -133,7 +103,7 @@ def _check_library(checkout: Path) -> None:
 
 
 def _one(checkout: Path, url: str, args: argparse.Namespace, cpu: int | None) -> dict[str, float]:
-    _control(url, "/_reset", post=True)
+    control(url, "/_reset", post=True)
     command = [PY, str(BENCH / "client.py"), "overhead", "--variant", args.variant]
     command += ["--n", str(args.n), "--notebooks", str(args.notebooks), "--url", url]
     done = subprocess.run(
@@ -150,7 +120,7 @@ def _one(checkout: Path, url: str, args: argparse.Namespace, cpu: int | None) ->
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if result["ok"] != args.n:
         raise SystemExit(f"the client on {checkout}: {result['ok']}/{args.n} runs succeeded")
-    counts = _control(url, "/_stats")["counts"]
+    counts = control(url, "/_stats")["counts"]
     return {
         "cpu_ms_per_run": result["cpu"] * 1000 / args.n,
         "gc_ms_per_run": result["gc_cpu"] * 1000 / args.n,
@@ -165,7 +135,15 @@ def run_pairs(args: argparse.Namespace) -> dict[str, Any]:
         _check_library(checkout)
     server_cpu, client_cpu = _cpus(not args.no_pin)
     samples: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
-    with _server(args.duration, args.spread, server_cpu) as url:
+    server = process(
+        "server.py",
+        "--duration",
+        str(args.duration),
+        "--spread",
+        str(args.spread),
+        preexec=_pinning(server_cpu),
+    )
+    with server as url:
         for index in range(args.pairs):
             order = (("a", a), ("b", b)) if index % 2 == 0 else (("b", b), ("a", a))
             for side, checkout in order:

@@ -62,13 +62,15 @@ def log(message: str) -> None:
 
 
 @contextlib.contextmanager
-def process(script: str, *args: str) -> Iterator[str]:
-    """Start ``bench/<script>`` (it prints ``PORT n``); yield its base URL; stop it."""
+def process(script: str, *args: str, preexec: Callable[[], None] | None = None) -> Iterator[str]:
+    """Start ``bench/<script>`` (it prints ``PORT n``); yield its base URL; stop it.
+    ``preexec`` runs in the child before the script (``bench/pair.py`` pins it to a CPU)."""
     proc = subprocess.Popen(
         [PY, str(BENCH / script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=preexec,  # safe: the benchmark processes run no threads
     )
     try:
         assert proc.stdout is not None

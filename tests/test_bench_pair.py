@@ -7,10 +7,10 @@ loopback, with this checkout as both sides and very short runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -21,13 +21,8 @@ REPO = BENCH.parent
 
 
 @pytest.fixture(scope="module")
-def pair() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_pair", BENCH / "pair.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def pair(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("pair.py")
 
 
 @pytest.mark.parametrize(

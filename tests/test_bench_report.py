@@ -7,9 +7,8 @@ sentences made from the polling figures, and the ratio display, on the real comp
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,17 +19,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
-def report() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # run.py imports its sibling modules by name
-    try:
-        spec = importlib.util.spec_from_file_location("bench_run_report", BENCH / "run.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+def report(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("run.py")
 
 
 def _polling(report: ModuleType) -> dict[str, dict[float, Any]]:
