@@ -10,10 +10,11 @@ Usage::
 One ``bench/server.py`` serves every client. Each pair runs the client once on each library,
 in alternating order (A then B, then B then A) so that a drift of the machine over the run
 weighs on both alike. Each client is this checkout's ``bench/client.py`` with ``PYTHONPATH``
-set to the library's checkout, so that the library is the only thing that differs (checked:
-each client process reports which ``notebookops`` it imported). On a machine with two or
-more CPUs the server runs on one and the clients on another (``--no-pin``: wherever the
-kernel puts them), which keeps the server's work from landing on the client's CPU time.
+set to the library's checkout, so that the library is the only thing that differs (checked
+first: a Python started that way must import ``notebookops`` from that checkout). On a
+machine with two or more CPUs the server runs on one and the clients on another
+(``--no-pin``: wherever the kernel puts them), which keeps the server's work from landing on
+the client's CPU time.
 
 It prints a Markdown table: per library, the median client CPU per run and its range over
 the pairs (the spread of the same code run after run); the median and range of the per-pair
@@ -35,11 +36,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from run import control, process  # bench/ leads sys.path: a script's own directory
+# bench/ leads sys.path (a script's own directory): run.py's helpers and paths.
+from run import BENCH, PY, REPO, client, control, process
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-PY = sys.executable
 # What the client process runs before the workload: the path of the library it imported.
 _WHICH = "import notebookops, os; print(os.path.dirname(os.path.dirname(notebookops.__file__)))"
 
@@ -104,20 +103,19 @@ def _check_library(checkout: Path) -> None:
 
 def _one(checkout: Path, url: str, args: argparse.Namespace, cpu: int | None) -> dict[str, float]:
     control(url, "/_reset", post=True)
-    command = [PY, str(BENCH / "client.py"), "overhead", "--variant", args.variant]
-    command += ["--n", str(args.n), "--notebooks", str(args.notebooks), "--url", url]
-    done = subprocess.run(
-        command,
+    result = client(
+        "overhead",
+        "--variant",
+        args.variant,
+        "--n",
+        args.n,
+        "--notebooks",
+        args.notebooks,
+        "--url",
+        url,
         env=_library_env(checkout),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        preexec_fn=_pinning(cpu),  # safe: this process runs no threads
+        preexec=_pinning(cpu),
     )
-    if done.returncode != 0:
-        raise SystemExit(f"the client on {checkout} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     if result["ok"] != args.n:
         raise SystemExit(f"the client on {checkout}: {result['ok']}/{args.n} runs succeeded")
     counts = control(url, "/_stats")["counts"]
