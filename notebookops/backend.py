@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast, runtime_checkable
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 
-if TYPE_CHECKING:
-    import asyncio
-
 __all__ = [
     "BaseBackend",
-    "ChangeWatchingBackend",
     "NotebookBackend",
     "StateTable",
     "StreamingBackend",
@@ -24,8 +20,6 @@ __all__ = [
 logger = logging.getLogger("notebookops.backend")
 
 OptionsT = TypeVar("OptionsT")
-#: The default options instance of each options class (see ``BaseBackend._options``).
-_DEFAULT_OPTIONS: dict[type[Any], Any] = {}
 
 
 @runtime_checkable
@@ -46,7 +40,16 @@ class NotebookBackend(Protocol):
     def capabilities(self) -> frozenset[Capability]: ...
 
     async def start_run(self, request: RunRequest) -> RunHandle:
-        """Start a run and return its handle as soon as the vendor accepted it."""
+        """Start a run and return its handle as soon as the vendor accepted it.
+
+        The contract that keeps a started run from being lost to a cancellation: the request
+        that may create the run is sent so that it is seen through to its answer (a vendor
+        client's non-idempotent request is, see :class:`~notebookops._client.ApiClient`), and
+        between that answer and ``return handle`` nothing is awaited unless it runs under
+        :func:`~notebookops._protect.protected` (e.g. looking the run up after an ambiguous
+        answer). Before that request is sent, a cancellation may abandon the start: nothing
+        has reached the vendor. An ambiguous failure raises StartOutcomeUnknown.
+        """
         ...
 
     async def get_run(self, handle: RunHandle) -> Run:
@@ -75,40 +78,6 @@ class StreamingBackend(NotebookBackend, Protocol):
 
     def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         """Yield a Run each time the run changes; end after a terminal state."""
-        ...
-
-
-@runtime_checkable
-class ChangeWatchingBackend(NotebookBackend, Protocol):
-    """A polled backend that can wait for a run to change on the caller's poll schedule.
-
-    ``run_and_wait`` calls ``next_change`` instead of sleeping and calling ``get_run`` itself.
-    A backend whose reads of many runs can share one request (Deepnote's runs list) wakes a
-    wait only when its run changed, instead of once per read.
-    """
-
-    def watches_changes(self, handle: RunHandle) -> bool:
-        """Whether :meth:`next_change` does better for this run than the caller's own
-        sleep-and-read (its reads are shared). When it would be that same loop, the caller
-        keeps its own, which keeps less alive per sleeping wait."""
-        ...
-
-    async def next_change(
-        self,
-        handle: RunHandle,
-        last: Run | None,
-        next_delay: Callable[[], float],
-        *,
-        quiet: bool = False,
-    ) -> Run:
-        """The run's next read that differs from ``last`` (another state or vendor status) or
-        is terminal. Reads are due as ``next_delay()`` says, one call per read; transient
-        read errors are raised for the caller's retry schedule. ``quiet=True``: the caller
-        wants only the terminal read (nobody listens for changes), so the backend may let
-        changes of a run still in progress pass without returning (``run_and_wait`` then
-        reads the run once more if its deadline passes, to report it as it is); ``last`` is
-        then None when the caller has not read the run yet (the first read is the
-        backend's: it may know the run's state already, from its start)."""
         ...
 
 
@@ -152,12 +121,6 @@ class BaseBackend:
     name: str = "base"
     capabilities: frozenset[Capability] = frozenset()
     _closed: bool = False
-    #: An adapter on :class:`~notebookops._http.HttpTransport` sets this to the transport's
-    #: ``connection_gate``. When every connection is taken, ``run_and_wait`` then lets a
-    #: start wait for one in its caller's task, and gives the start a task of its own (its
-    #: shield against cancellation mid-request) only once it has one: thousands of starts
-    #: queued at once keep half the objects alive, which every full garbage collection walks.
-    _connection_gate: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> Self:
         self._ensure_open()
@@ -208,12 +171,7 @@ class BaseBackend:
     def _options(self, request: RunRequest, expected: type[OptionsT]) -> OptionsT:
         """``request.options``, or ``expected()`` when absent; the wrong type is refused."""
         if request.options is None:
-            # Options classes are frozen, with immutable defaults: one default instance serves
-            # every run (built per start, it was a sizeable share of a start's own cost).
-            default = _DEFAULT_OPTIONS.get(expected)
-            if default is None:
-                default = _DEFAULT_OPTIONS[expected] = expected()
-            return cast(OptionsT, default)
+            return expected()
         if not isinstance(request.options, expected):
             raise ConfigurationError(
                 f"{self.name} expects options of type {expected.__name__}, "

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import attrs
 
+from .._protect import protected
 from ..backend import BaseBackend, StateTable
 from ..errors import ConnectionLost, StartOutcomeUnknown
 from ..models import (
@@ -85,6 +86,10 @@ class FakeFaults:
     cancel_errors: list[Exception] = attrs.field(factory=list)
     #: Seconds each status read takes (to exercise deadlines during a read).
     status_latency: float = 0.0
+    #: Seconds the vendor takes to answer a start. Like a vendor client's run-starting
+    #: request, the start is seen through to its answer even if the caller is cancelled
+    #: meanwhile (the NotebookBackend.start_run contract); the run exists once answered.
+    start_latency: float = 0.0
 
 
 @attrs.define
@@ -139,6 +144,9 @@ class FakeBackend(BaseBackend):
         await anyio.lowlevel.checkpoint()
         if self.faults.start_errors:
             raise self.faults.start_errors.pop(0)
+        if self.faults.start_latency:
+            latency = self.faults.start_latency
+            await protected(lambda: anyio.sleep(latency), latency + 60)
         self.start_count += 1
         run_id = f"{self.name}-run-{next(self._ids)}"
         handle = RunHandle(

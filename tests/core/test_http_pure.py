@@ -14,18 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notebookops import errors
-from notebookops._http import (
-    HttpTransport,
+from notebookops._client import (
+    ApiClient,
     VendorProfile,
     build_api_error,
     check_base_url,
     default_error_message,
-    map_client_exception,
     parse_retry_after,
     path_segment,
     retry_decision,
 )
 from notebookops._redact import Secret, redact_url, trim
+from notebookops.transport import map_client_exception
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
@@ -226,14 +226,14 @@ def _instance(cls: type[BaseException]) -> BaseException:
 
 @pytest.mark.parametrize("cls", _all_aiohttp_exceptions(), ids=lambda c: c.__name__)
 def test_every_aiohttp_exception_is_mapped(cls: type[BaseException]) -> None:
-    mapped = map_client_exception(_instance(cls), vendor="v", method="GET", url="https://h/p")
+    mapped = map_client_exception(_instance(cls), method="GET", url="https://h/p")
     assert isinstance(mapped, errors.NotebookOpsError)
     assert not isinstance(mapped, aiohttp.ClientError)
 
 
 def test_mapping_classifies_delivery() -> None:
     def mapped(exc: BaseException) -> errors.NotebookOpsError:
-        return map_client_exception(exc, vendor="v", method="POST", url="https://h/p")
+        return map_client_exception(exc, method="POST", url="https://h/p")
 
     refused = mapped(_instance(aiohttp.ClientConnectorError))
     assert isinstance(refused, errors.ConnectError)
@@ -382,7 +382,7 @@ def test_plain_queries_are_built_exactly_as_yarl_builds_them(
         for key, value in params.items()
     }
     expected = str(yarl.URL(url, encoded=True).update_query(clean)) if clean else url
-    assert HttpTransport._with_params(url, params) == expected
+    assert ApiClient._with_params(url, params) == expected
 
 
 @given(
@@ -399,4 +399,4 @@ def test_other_queries_go_through_yarl(params: dict[str, str]) -> None:
         expected = str(yarl.URL(url, encoded=True).update_query(params))
     except UnicodeEncodeError:
         return
-    assert HttpTransport._with_params(url, params) == expected
+    assert ApiClient._with_params(url, params) == expected

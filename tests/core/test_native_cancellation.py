@@ -8,7 +8,6 @@ by one of those mid-request would orphan a run the vendor may have accepted.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncGenerator
 from typing import Any, NoReturn
 
@@ -22,15 +21,11 @@ from notebookops import (
     Run,
     RunHandle,
     RunRequest,
-    RunState,
     RunTimeout,
-    StartOutcomeUnknown,
-    _deadline,
-    orchestration,
     run_and_wait,
     start_run,
-    wait_for_run,
 )
+from notebookops._protect import protected
 from notebookops.testing import FakeBackend, FakeScript
 
 FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)
@@ -44,16 +39,10 @@ class SlowStartBackend(FakeBackend):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cancel_takes = 0.0
-        self.deadlines_seen: dict[str, float] = {}
 
     async def start_run(self, request: RunRequest) -> RunHandle:
-        self.deadlines_seen["start"] = _deadline.effective_deadline()
-        await asyncio.sleep(START_TAKES)
+        self.faults.start_latency = START_TAKES
         return await super().start_run(request)
-
-    async def get_run(self, handle: RunHandle) -> Run:
-        self.deadlines_seen["read"] = _deadline.effective_deadline()
-        return await super().get_run(handle)
 
     async def cancel_run(self, handle: RunHandle) -> None:
         await asyncio.sleep(self.cancel_takes)
@@ -157,71 +146,11 @@ async def test_public_start_run_returns_the_handle_then_the_cancellation_lands(
     assert not reached_after_sleep
 
 
-async def test_start_timeout_under_native_cancellation_reports_unknown_outcome() -> None:
-    async with SlowStartBackend() as backend:
-        with pytest.raises(StartOutcomeUnknown):
-            await run_and_wait(backend, "nb", poll=FAST, start_timeout=START_TAKES / 5)
-        assert backend.start_count == 0  # the start was abandoned at its limit
-
-
 async def test_start_errors_propagate_through_the_shield() -> None:
     async with FakeBackend() as backend:
         backend.faults.start_errors.append(LookupError("boom"))
         with pytest.raises(LookupError, match="boom"):
             await run_and_wait(backend, "nb", poll=FAST)
-
-
-async def test_a_shielded_section_cancelled_from_outside_is_a_cancellation() -> None:
-    # asyncio.run cancels every task at shutdown, the section's own task included.
-    started = asyncio.Event()
-
-    async def work() -> int:
-        started.set()
-        await asyncio.sleep(10)
-        return 1
-
-    section = asyncio.create_task(orchestration._shielded(5.0, work))
-    await started.wait()
-    inner = next(
-        task
-        for task in asyncio.all_tasks()
-        if task is not section and task is not asyncio.current_task()
-    )
-    inner.cancel()
-    with pytest.raises(asyncio.CancelledError, match="cancelled from outside"):
-        await section
-
-
-async def test_the_transport_sees_orchestration_deadlines(slow: SlowStartBackend) -> None:
-    loop = asyncio.get_running_loop()
-    before = loop.time()
-    slow.default_script = FakeScript(states=("running", "success"))
-    run = await run_and_wait(slow, "nb", poll=FAST, timeout=50, start_timeout=20)
-    assert run.state is RunState.SUCCEEDED
-    assert before + 20 <= slow.deadlines_seen["start"] <= loop.time() + 20
-    assert before + 50 <= slow.deadlines_seen["read"] <= loop.time() + 50
-    assert _deadline.effective_deadline() == math.inf
-    assert not _deadline._BY_TASK  # nothing left behind
-
-
-async def test_nested_waits_restore_the_outer_deadline(slow: SlowStartBackend) -> None:
-    slow.default_script = FakeScript(states=("success",))
-    seen: list[float] = []
-
-    async def inner_wait(run: Run) -> None:
-        await run_and_wait(slow, "other", poll=FAST, timeout=5)
-        seen.append(_deadline.effective_deadline())
-
-    outer = await run_and_wait(slow, "nb", poll=FAST, timeout=60, on_update=inner_wait)
-    assert outer.state is RunState.SUCCEEDED
-    assert seen
-    assert seen[0] > asyncio.get_running_loop().time() + 30  # the outer wait's, not 5 s
-
-
-async def test_anyio_deadline_still_counts_for_the_transport() -> None:
-    with anyio.fail_after(7):
-        assert _deadline.effective_deadline() <= anyio.current_time() + 7
-        await anyio.lowlevel.checkpoint()
 
 
 async def test_deadline_passes_cancel_and_report(slow: SlowStartBackend) -> None:
@@ -230,50 +159,6 @@ async def test_deadline_passes_cancel_and_report(slow: SlowStartBackend) -> None
     assert caught.value.cancelled
     assert caught.value.handle is not None
     assert _only_run(slow).cancelled
-
-
-async def test_wait_for_run_without_timeout_never_arms_a_timer(
-    slow: SlowStartBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handle = await start_run(slow, RunRequest(notebook="nb"))
-    slow.runs[handle.run_id].script = FakeScript(states=("running", "success"))
-    loop = asyncio.get_running_loop()
-    real_call_at = loop.call_at
-    armed: list[object] = []
-
-    def recording_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        armed.append(callback)
-        return real_call_at(when, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", recording_call_at)
-    run = await wait_for_run(slow, handle, poll=FAST, timeout=None)
-    assert run.state is RunState.SUCCEEDED
-    assert orchestration._expire not in armed
-    run = await wait_for_run(slow, handle, poll=FAST, timeout=60)
-    assert orchestration._expire in armed  # the recording does see a deadline's timer
-
-
-async def test_an_anyio_scope_cancelling_a_start_does_not_spin_the_shield(
-    slow: SlowStartBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # anyio re-delivers a scope's cancellation on every loop iteration; without anyio's own
-    # shield entered on the first one, the section would wake for each until the start ends.
-    shields = 0
-    real_shield = asyncio.shield
-
-    def counting_shield(task: Any) -> Any:
-        nonlocal shields
-        shields += 1
-        return real_shield(task)
-
-    monkeypatch.setattr(asyncio, "shield", counting_shield)
-    with anyio.move_on_after(START_TAKES / 5) as scope:
-        await run_and_wait(slow, "nb", poll=FAST)
-    assert scope.cancelled_caught
-    assert shields <= 4  # the start's two waits, the remote cancel's one (plus slack)
-    assert slow.start_count == 1
-    assert slow.cancel_calls == 1
-    await asyncio.sleep(0)  # no cancellation left pending once the scope is gone
 
 
 async def test_native_and_anyio_cancellation_together_still_propagate(
@@ -333,8 +218,8 @@ async def test_another_cancellation_at_the_deadline_wins_over_the_timeout() -> N
 async def test_a_cancel_landing_as_the_section_ends_is_delivered_without_loop_errors(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The caller is cancelled in the same loop iteration as the section's task finishes,
-    # after the task has scheduled its done-callbacks: the callback meets a cancelled waiter.
+    # protected()'s own test: the caller is cancelled in the same loop iteration as the
+    # protected work finishes; the work's result is returned, then the cancellation lands.
     caller: asyncio.Task[Any] | None = None
 
     async def work() -> str:
@@ -345,14 +230,14 @@ async def test_a_cancel_landing_as_the_section_ends_is_delivered_without_loop_er
     results: list[object] = []
 
     async def section() -> None:
-        results.append(await orchestration._shielded(5.0, work))
+        results.append(await protected(work, 5.0))
         await asyncio.sleep(1)  # the cancellation is owed here
 
     caller = asyncio.create_task(section())
     with pytest.raises(asyncio.CancelledError):
         await caller
     await asyncio.sleep(0)
-    assert results == [(True, "done")]
+    assert results == ["done"]
     assert not [r for r in caplog.records if r.name == "asyncio"]
 
 

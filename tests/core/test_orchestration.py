@@ -191,14 +191,17 @@ async def test_cancellation_propagates_even_if_remote_cancel_fails(backend: Fake
     assert backend.cancel_calls == 1
 
 
-class SlowStartBackend(FakeBackend):
+class QueuedStartBackend(FakeBackend):
+    """Its starts wait 0.1 s for their turn before anything is sent (a rate limiter)."""
+
     async def start_run(self, request: RunRequest) -> RunHandle:
         await anyio.sleep(0.1)
         return await super().start_run(request)
 
 
 async def test_caller_cancelled_during_start_still_cancels_started_run() -> None:
-    async with SlowStartBackend(default_script=LONG) as backend:
+    async with FakeBackend(default_script=LONG) as backend:
+        backend.faults.start_latency = 0.1
         with anyio.move_on_after(0.02):
             await run_and_wait(backend, "nb", poll=FAST)
         # The start completed despite the cancellation, then the run was cancelled.
@@ -208,10 +211,29 @@ async def test_caller_cancelled_during_start_still_cancels_started_run() -> None
         assert fake.cancelled
 
 
-async def test_start_timeout_reports_unknown_outcome() -> None:
-    async with SlowStartBackend() as backend:
-        with pytest.raises(StartOutcomeUnknown, match="may or may not"):
+async def test_caller_cancelled_while_the_start_waits_its_turn_starts_nothing() -> None:
+    async with QueuedStartBackend(default_script=LONG) as backend:
+        with anyio.move_on_after(0.02) as scope:
+            await run_and_wait(backend, "nb", poll=FAST)
+        assert scope.cancelled_caught
+        assert backend.start_count == 0
+        assert backend.cancel_calls == 0
+
+
+async def test_start_timeout_abandons_a_start_still_waiting_its_turn() -> None:
+    async with QueuedStartBackend() as backend:
+        with pytest.raises(RunTimeout, match="never took it") as caught:
             await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.01)
+        assert caught.value.handle is None
+        assert backend.start_count == 0
+
+
+async def test_start_timeout_never_abandons_a_start_the_vendor_took() -> None:
+    async with FakeBackend() as backend:
+        backend.faults.start_latency = 0.05
+        run = await run_and_wait(backend, "nb", poll=FAST, start_timeout=0.01)
+        assert run.state is RunState.SUCCEEDED
+        assert backend.start_count == 1
 
 
 async def test_transient_status_errors_are_retried(

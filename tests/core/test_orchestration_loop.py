@@ -3,10 +3,8 @@ handling of callbacks and duplicates, and the event loop clock it binds once per
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import anyio
 import pytest
 
 from notebookops import (
@@ -15,7 +13,6 @@ from notebookops import (
     Run,
     RunState,
     RunTimeout,
-    orchestration,
     run_and_wait,
     wait_for_run,
 )
@@ -92,22 +89,3 @@ async def test_a_read_error_followed_by_good_reads_is_not_blamed_at_the_deadline
     assert "last status read failed" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.run is not None
-
-
-async def test_the_loop_clock_on_asyncio_is_the_loops_own() -> None:
-    clock, sleep = orchestration._loop_clock()
-    assert sleep is asyncio.sleep
-    assert clock() == pytest.approx(anyio.current_time(), abs=0.05)
-
-
-async def test_the_loop_clock_goes_through_anyio_on_other_loops(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Stands in for trio (not installed here): a backend whose cancellation is not asyncio's.
-    monkeypatch.setattr(anyio, "get_cancelled_exc_class", lambda: KeyboardInterrupt)
-    clock, sleep = orchestration._loop_clock()
-    assert clock is anyio.current_time
-    assert sleep is anyio.sleep
-    async with FakeBackend() as backend:
-        run = await run_and_wait(backend, "nb", poll=FAST)
-    assert run.state is RunState.SUCCEEDED

@@ -12,7 +12,7 @@ import random
 import anyio
 import pytest
 
-from notebookops import ConfigurationError, RateLimiter, _http
+from notebookops import ConfigurationError, RateLimiter
 from notebookops.ratelimit import _MIN_SAMPLE, _PROBE
 
 
@@ -186,7 +186,6 @@ def test_adaptive_is_validated() -> None:
 
 
 def test_repr_and_re_export() -> None:
-    assert _http.RateLimiter is RateLimiter
     assert repr(RateLimiter(max_rate=5)) == "RateLimiter(max_rate=5, adaptive=True, rate=5)"
 
 

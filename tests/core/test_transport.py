@@ -1,4 +1,4 @@
-"""HttpTransport against real sockets (loopback aiohttp servers) and aioresponses."""
+"""ApiClient against real sockets (loopback aiohttp servers) and aioresponses."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from notebookops import errors
-from notebookops._http import HttpTransport, RateLimiter, VendorProfile
+from notebookops._client import ApiClient, VendorProfile
 from notebookops._sse import SSEEvent
 from notebookops.policies import RetryPolicy
+from notebookops.ratelimit import RateLimiter
 from notebookops.testing._server import FakeServer, Fault
 
 TOKEN = "tok-SECRET-123"
@@ -114,13 +115,13 @@ async def server() -> AsyncIterator[EchoServer]:
 
 
 @pytest.fixture
-async def transport(server: EchoServer) -> AsyncIterator[HttpTransport]:
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST)
+async def transport(server: EchoServer) -> AsyncIterator[ApiClient]:
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST)
     yield t
     await t.aclose()
 
 
-async def test_sends_auth_and_json(transport: HttpTransport, server: EchoServer) -> None:
+async def test_sends_auth_and_json(transport: ApiClient, server: EchoServer) -> None:
     data = await transport.request_json(
         "POST", "/echo", json={"a": 1}, params={"flag": True, "n": 2, "skip": None}
     )
@@ -131,7 +132,7 @@ async def test_sends_auth_and_json(transport: HttpTransport, server: EchoServer)
     assert sent.headers["Accept"] == "application/json"
 
 
-async def test_get_retries_503_then_succeeds(transport: HttpTransport, server: EchoServer) -> None:
+async def test_get_retries_503_then_succeeds(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(503, {"message": "busy"}, path="/echo")
     response = await transport.request("GET", "/echo")
     assert response.status == 200
@@ -139,9 +140,7 @@ async def test_get_retries_503_then_succeeds(transport: HttpTransport, server: E
     assert len(server.requests) == 2
 
 
-async def test_get_gives_up_after_max_attempts(
-    transport: HttpTransport, server: EchoServer
-) -> None:
+async def test_get_gives_up_after_max_attempts(transport: ApiClient, server: EchoServer) -> None:
     server.faults.add(Fault("status", status=503, body={"message": "down"}, times=5))
     with pytest.raises(errors.ServerError, match="down") as caught:
         await transport.request("GET", "/echo")
@@ -149,7 +148,7 @@ async def test_get_gives_up_after_max_attempts(
     assert len(server.requests) == FAST.max_attempts
 
 
-async def test_post_is_not_retried_on_5xx(transport: HttpTransport, server: EchoServer) -> None:
+async def test_post_is_not_retried_on_5xx(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(503, {"message": "busy"})
     with pytest.raises(errors.ServerError):
         await transport.request("POST", "/echo", json={})
@@ -157,7 +156,7 @@ async def test_post_is_not_retried_on_5xx(transport: HttpTransport, server: Echo
 
 
 async def test_post_is_not_retried_after_connection_lost(
-    transport: HttpTransport, server: EchoServer
+    transport: ApiClient, server: EchoServer
 ) -> None:
     server.faults.add(Fault("reset_after"))
     with pytest.raises(errors.ConnectionLost) as caught:
@@ -167,13 +166,13 @@ async def test_post_is_not_retried_after_connection_lost(
 
 
 async def test_get_is_retried_after_connection_reset(
-    transport: HttpTransport, server: EchoServer
+    transport: ApiClient, server: EchoServer
 ) -> None:
     server.faults.add(Fault("reset_before"))
     assert (await transport.request("GET", "/echo")).status == 200
 
 
-async def test_post_is_retried_on_429(transport: HttpTransport, server: EchoServer) -> None:
+async def test_post_is_retried_on_429(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(429, {"message": "slow down"}, headers={"Retry-After": "0"})
     response = await transport.request("POST", "/echo", json={})
     assert response.status == 201
@@ -181,7 +180,7 @@ async def test_post_is_retried_on_429(transport: HttpTransport, server: EchoServ
     assert transport.rate_limiter.rate_limited_count == 1
 
 
-async def test_retry_after_is_capped(transport: HttpTransport, server: EchoServer) -> None:
+async def test_retry_after_is_capped(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(429, None, headers={"Retry-After": "3600"})
     started = anyio.current_time()
     assert (await transport.request("GET", "/echo")).status == 200
@@ -191,7 +190,7 @@ async def test_retry_after_is_capped(transport: HttpTransport, server: EchoServe
 async def test_retry_that_would_pass_the_deadline_raises_now(server: EchoServer) -> None:
     patient = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_retry_after=60)
     async with anyio.create_task_group():
-        t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=patient)
+        t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=patient)
         server.faults.status(429, {"message": "later"}, headers={"Retry-After": "30"})
         try:
             with anyio.fail_after(2):
@@ -202,30 +201,8 @@ async def test_retry_that_would_pass_the_deadline_raises_now(server: EchoServer)
             await t.aclose()
 
 
-async def test_retry_that_would_pass_an_orchestration_deadline_raises_now(
-    server: EchoServer,
-) -> None:
-    # run_and_wait's deadline on asyncio is a timer of its own, which anyio cannot see.
-    from notebookops import _deadline
-
-    patient = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_retry_after=60)
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=patient)
-    server.faults.status(429, {"message": "later"}, headers={"Retry-After": "30"})
-    task = asyncio.current_task()
-    previous = _deadline.push(task, anyio.current_time() + 2)
-    try:
-        started = anyio.current_time()
-        with pytest.raises(errors.RateLimited) as caught:
-            await t.request("GET", "/echo")
-        assert caught.value.retry_after == 30
-        assert anyio.current_time() - started < 1
-    finally:
-        _deadline.pop(task, previous)
-        await t.aclose()
-
-
 async def test_request_timeout_is_retried_for_get(server: EchoServer) -> None:
-    t = HttpTransport(
+    t = ApiClient(
         # Long enough that every attempt reaches the server on a busy machine; /slow holds
         # each one for a second, until teardown releases it.
         VendorProfile("acme"),
@@ -262,7 +239,7 @@ async def test_a_cancellation_in_the_same_moment_as_the_request_timeout_gets_thr
 
     monkeypatch.setattr(loop, "call_at", call_at)
     limit = 4 * quantum
-    t = HttpTransport(
+    t = ApiClient(
         VendorProfile("acme"),
         base_url=server.url,
         token=TOKEN,
@@ -290,7 +267,7 @@ async def test_requests_beyond_the_pool_wait_their_turn_without_timing_out(
 ) -> None:
     """Six requests on two connections: four wait 0.4-0.8 s for one, longer than the connect
     timeout. That wait is not a timeout (aiohttp's own pool would have counted it as one)."""
-    t = HttpTransport(
+    t = ApiClient(
         VendorProfile("acme"),
         base_url=server.url,
         token=TOKEN,
@@ -310,7 +287,7 @@ async def test_requests_beyond_the_pool_wait_their_turn_without_timing_out(
 
 async def test_a_callers_session_is_gated_by_its_own_pool(server: EchoServer) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=3)) as session:
-        t = HttpTransport(
+        t = ApiClient(
             VendorProfile("acme"),
             base_url=server.url,
             token=TOKEN,
@@ -329,7 +306,7 @@ async def test_a_callers_session_is_gated_by_its_own_pool(server: EchoServer) ->
 async def test_a_request_cancelled_while_waiting_for_a_connection_gives_nothing_back(
     server: EchoServer,
 ) -> None:
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(t.request, "GET", "/pause")
@@ -343,30 +320,8 @@ async def test_a_request_cancelled_while_waiting_for_a_connection_gives_nothing_
         await t.aclose()
 
 
-async def test_a_response_times_its_own_request_not_the_wait_for_a_connection(
-    server: EchoServer,
-) -> None:
-    # What an answer's age is measured from (Deepnote's shared polls keep a start's answer
-    # for a while): the send, not the wait for one of the pool's connections before it.
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, max_connections=1)
-    loop = asyncio.get_running_loop()
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(t.request, "GET", "/pause")  # holds the connection for 0.4 s
-            await anyio.wait_all_tasks_blocked()
-            began = loop.time()
-            queued = await t.request("GET", "/echo")
-            waited = loop.time() - began
-        assert waited >= 0.3
-        assert 0 < queued.elapsed < waited - 0.2
-        alone = await t.request("GET", "/echo")
-        assert 0 < alone.elapsed < 0.3
-    finally:
-        await t.aclose()
-
-
 async def test_an_open_event_stream_holds_its_connection(server: EchoServer) -> None:
-    t = HttpTransport(
+    t = ApiClient(
         VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, max_connections=1
     )
     done: list[str] = []
@@ -387,55 +342,51 @@ async def test_an_open_event_stream_holds_its_connection(server: EchoServer) -> 
         await t.aclose()
 
 
-async def test_invalid_json_body(transport: HttpTransport, server: EchoServer) -> None:
+async def test_invalid_json_body(transport: ApiClient, server: EchoServer) -> None:
     server.faults.add(Fault("invalid_json"))
     with pytest.raises(errors.ResponseDecodeError) as caught:
         await transport.request_json("GET", "/echo")
     assert caught.value.body == '{"truncated": '
 
 
-async def test_html_error_page(transport: HttpTransport, server: EchoServer) -> None:
+async def test_html_error_page(transport: ApiClient, server: EchoServer) -> None:
     server.faults.add(Fault("html", status=500))
     with pytest.raises(errors.ServerError, match="HTML error page"):
         await transport.request("GET", "/echo")
 
 
-async def test_truncated_body_is_connection_lost(
-    transport: HttpTransport, server: EchoServer
-) -> None:
+async def test_truncated_body_is_connection_lost(transport: ApiClient, server: EchoServer) -> None:
     server.faults.add(Fault("truncate", times=5))
     with pytest.raises(errors.ConnectionLost):
         await transport.request("GET", "/echo")
 
 
-async def test_same_origin_redirect_keeps_auth(
-    transport: HttpTransport, server: EchoServer
-) -> None:
+async def test_same_origin_redirect_keeps_auth(transport: ApiClient, server: EchoServer) -> None:
     data = await transport.request_json("GET", "/redirect-same")
     assert data["method"] == "GET"
     assert server.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-async def test_cross_origin_redirect_drops_auth(transport: HttpTransport) -> None:
+async def test_cross_origin_redirect_drops_auth(transport: ApiClient) -> None:
     data = await transport.request_json("GET", "/redirect-other")
     assert data == {"auth": None}
 
 
 async def test_absolute_url_on_other_origin_gets_no_token(
-    transport: HttpTransport, server: EchoServer
+    transport: ApiClient, server: EchoServer
 ) -> None:
     data = await transport.request_json("GET", server.other_url + "/public")
     assert data == {"auth": None}
 
 
-async def test_refuses_plain_http_to_remote_hosts(transport: HttpTransport) -> None:
+async def test_refuses_plain_http_to_remote_hosts(transport: ApiClient) -> None:
     with pytest.raises(errors.ConfigurationError, match="https"):
         await transport.request("GET", "http://example.com/x")
     with pytest.raises(errors.ConfigurationError):
-        HttpTransport(VendorProfile("acme"), base_url="http://example.com", token=TOKEN)
+        ApiClient(VendorProfile("acme"), base_url="http://example.com", token=TOKEN)
 
 
-async def test_relative_path_must_start_with_slash(transport: HttpTransport) -> None:
+async def test_relative_path_must_start_with_slash(transport: ApiClient) -> None:
     with pytest.raises(errors.ConfigurationError):
         await transport.request("GET", "echo")
 
@@ -443,11 +394,11 @@ async def test_relative_path_must_start_with_slash(transport: HttpTransport) -> 
 @pytest.mark.parametrize("bad", [0, -1, float("nan")])
 def test_bad_timeouts_are_refused(bad: float) -> None:
     with pytest.raises(errors.ConfigurationError):
-        HttpTransport(VendorProfile("acme"), base_url="https://h", token="t", timeout=bad)
+        ApiClient(VendorProfile("acme"), base_url="https://h", token="t", timeout=bad)
 
 
 async def test_owned_session_closed_and_use_after_close(server: EchoServer) -> None:
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN)
     await t.request("GET", "/echo")
     await t.aclose()
     await t.aclose()
@@ -458,14 +409,14 @@ async def test_owned_session_closed_and_use_after_close(server: EchoServer) -> N
 
 async def test_caller_session_is_never_closed(server: EchoServer) -> None:
     async with aiohttp.ClientSession() as session:
-        t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, session=session)
+        t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, session=session)
         await t.request("GET", "/echo")
         await t.aclose()
         assert not session.closed
 
 
 async def test_token_never_in_repr_errors_or_logs(
-    transport: HttpTransport, server: EchoServer, caplog: pytest.LogCaptureFixture
+    transport: ApiClient, server: EchoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="notebookops")
     assert TOKEN not in repr(transport)
@@ -481,9 +432,7 @@ async def test_token_never_in_repr_errors_or_logs(
 
 
 async def test_connect_errors_are_retried_even_for_post() -> None:
-    t = HttpTransport(
-        VendorProfile("acme"), base_url="https://api.acme.test", token=TOKEN, retry=FAST
-    )
+    t = ApiClient(VendorProfile("acme"), base_url="https://api.acme.test", token=TOKEN, retry=FAST)
     refused = aiohttp.ClientConnectorError.__new__(aiohttp.ClientConnectorError)
     OSError.__init__(refused, 111, "refused")
     try:
@@ -496,7 +445,7 @@ async def test_connect_errors_are_retried_even_for_post() -> None:
 
 
 async def test_sse_stream_events_and_resume_header(
-    transport: HttpTransport, server: EchoServer
+    transport: ApiClient, server: EchoServer
 ) -> None:
     async with transport.sse("GET", "/events", last_event_id="0-0") as events:
         received = [event async for event in events]
@@ -508,7 +457,7 @@ async def test_sse_stream_events_and_resume_header(
     assert server.requests[-1].headers["Accept"] == "text/event-stream"
 
 
-async def test_sse_cut_mid_event(transport: HttpTransport) -> None:
+async def test_sse_cut_mid_event(transport: ApiClient) -> None:
     received: list[SSEEvent] = []
 
     async def read_all() -> None:
@@ -522,22 +471,20 @@ async def test_sse_cut_mid_event(transport: HttpTransport) -> None:
     assert len(received) == 2
 
 
-async def test_sse_error_status_before_stream(transport: HttpTransport, server: EchoServer) -> None:
+async def test_sse_error_status_before_stream(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(404, {"detail": "Not found."})
     with pytest.raises(errors.NotFound, match="Not found"):
         async with transport.sse("GET", "/events"):
             pass
 
 
-async def test_sse_wrong_content_type(transport: HttpTransport) -> None:
+async def test_sse_wrong_content_type(transport: ApiClient) -> None:
     with pytest.raises(errors.ResponseDecodeError, match="stream events"):
         async with transport.sse("GET", "/not-events"):
             pass
 
 
-async def test_sse_retries_503_with_retry_after(
-    transport: HttpTransport, server: EchoServer
-) -> None:
+async def test_sse_retries_503_with_retry_after(transport: ApiClient, server: EchoServer) -> None:
     server.faults.status(503, None, headers={"Retry-After": "0"})
     async with transport.sse("GET", "/events") as events:
         assert len([event async for event in events]) == 2
@@ -574,7 +521,7 @@ async def test_429s_do_not_use_up_max_attempts(server: EchoServer) -> None:
     # Two attempts would not survive four 429s if they counted as failures: a fleet of run
     # starts under a rate-limiting vendor must queue, not fail.
     policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_retry_after=0.01)
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
     try:
         server.faults.status(429, None, headers={"Retry-After": "0.001"}, times=4)
         response = await t.request("POST", "/echo", json={})
@@ -589,7 +536,7 @@ async def test_the_limiter_hears_every_answer_but_429s(server: EchoServer) -> No
     """What the adaptive limiter learns from: answers that got through (errors included: the
     vendor counted them), and 429s on their own, for requests and event streams alike."""
     policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_retry_after=0.01)
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
     try:
         server.faults.status(429, None, headers={"Retry-After": "0.001"}, times=2)
         await t.request("POST", "/echo", json={})
@@ -610,7 +557,7 @@ async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
 ) -> None:
     """The transport books each attempt's slot with the limiter (RateLimiter's own acquire is
     inlined), and a subclass that changes ``acquire`` is still called for every attempt."""
-    paced = HttpTransport(
+    paced = ApiClient(
         VendorProfile("acme"),
         base_url=server.url,
         token=TOKEN,
@@ -625,7 +572,7 @@ async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
             Counting.calls += 1
             await super().acquire()
 
-    counted = HttpTransport(
+    counted = ApiClient(
         VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, rate_limiter=Counting()
     )
     try:
@@ -645,7 +592,7 @@ async def test_429s_stop_being_retried_when_the_wait_budget_is_spent(
     server: EchoServer,
 ) -> None:
     policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_rate_limit_wait=0.05)
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
     try:
         server.faults.status(429, {"message": "busy"}, headers={"Retry-After": "0.02"}, times=10)
         with pytest.raises(errors.RateLimited):
@@ -667,7 +614,7 @@ async def test_429s_stop_being_retried_when_the_wait_budget_is_spent(
 async def test_429_is_not_retried_when_retries_are_off(
     server: EchoServer, policy: RetryPolicy
 ) -> None:
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
     try:
         server.faults.status(429, None, headers={"Retry-After": "0"}, times=2)
         with pytest.raises(errors.RateLimited):
@@ -679,7 +626,7 @@ async def test_429_is_not_retried_when_retries_are_off(
 
 async def test_failures_after_429s_still_count_against_max_attempts(server: EchoServer) -> None:
     policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.002)
-    t = HttpTransport(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
     try:
         server.faults.status(429, None, headers={"Retry-After": "0"}, times=3)
         server.faults.status(503, None, times=2)
@@ -699,7 +646,7 @@ def test_max_rate_limit_wait_is_validated() -> None:
 
 
 def test_token_never_goes_to_a_host_that_merely_starts_like_the_base_url() -> None:
-    t = HttpTransport(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
+    t = ApiClient(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
     assert "Authorization" in t._headers_for("https://api.example.com/v2/runs", None)
     for lookalike in (
         "https://api.example.com.evil.net/v2/runs",
@@ -711,7 +658,7 @@ def test_token_never_goes_to_a_host_that_merely_starts_like_the_base_url() -> No
 
 
 def test_plain_http_is_refused_even_under_a_trusted_looking_prefix() -> None:
-    t = HttpTransport(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
+    t = ApiClient(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
     t._check_target("https://api.example.com/v2/runs")
     with pytest.raises(errors.ConfigurationError, match="only https"):
         t._check_target("http://api.example.com.evil.net/v2/runs")

@@ -22,7 +22,7 @@ from notebookops import (
     RunState,
     ServerError,
 )
-from notebookops._http import HttpResponse, build_api_error
+from notebookops._client import build_api_error
 from notebookops.backend import StateTable
 from notebookops.backends.datalore import DATALORE_IN_PROGRESS_STATES, DataloreRunOptions
 from notebookops.backends.datalore._requests import (
@@ -40,6 +40,7 @@ from notebookops.backends.datalore._requests import (
     submitted_run,
 )
 from notebookops.backends.datalore.backend import PROFILE
+from notebookops.transport import Response
 
 BASE = "https://datalore.jetbrains.com"
 HANDLE = RunHandle(
@@ -51,9 +52,9 @@ HANDLE = RunHandle(
 )
 
 
-def response(body: Any, *, status: int = 200, method: str = "GET") -> HttpResponse:
+def response(body: Any, *, status: int = 200, method: str = "GET") -> Response:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return HttpResponse(
+    return Response(
         status=status,
         headers={"content-type": "application/json"},
         body=raw,

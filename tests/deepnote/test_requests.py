@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from notebookops import ConfigurationError, PermissionDenied, ResponseDecodeError, RunState
-from notebookops._http import HttpResponse, build_api_error
+from notebookops._client import build_api_error
 from notebookops.backend import StateTable
 from notebookops.backends.deepnote import DEEPNOTE_STATES, BlockPlacement, DeepnoteRunOptions
 from notebookops.backends.deepnote._requests import (
@@ -34,10 +34,11 @@ from notebookops.backends.deepnote._wire import (
 )
 from notebookops.models import CellOutput, RunErrorInfo
 from notebookops.testing.deepnote import dump_yaml
+from notebookops.transport import Response
 
 
-def _response(body: bytes = b"{}", status: int = 200) -> HttpResponse:
-    return HttpResponse(
+def _response(body: bytes = b"{}", status: int = 200) -> Response:
+    return Response(
         status=status,
         headers={"content-type": "application/json"},
         body=body,

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from notebookops import ResponseDecodeError
-from notebookops._http import HttpResponse
 from notebookops.backends.deepnote import (
     Me,
     Notebook,
@@ -21,13 +20,14 @@ from notebookops.backends.deepnote import (
 )
 from notebookops.backends.deepnote._requests import decode, decode_run, decode_started
 from notebookops.backends.deepnote._wire import ReorderResult
+from notebookops.transport import Response
 
 URL = "https://api.deepnote.com/v2/runs/r1?snapshotDelivery=blocks&sig=secret"
 
 
-def response(data: Any, status: int = 200) -> HttpResponse:
+def response(data: Any, status: int = 200) -> Response:
     body = data if isinstance(data, bytes) else json.dumps(data).encode()
-    return HttpResponse(
+    return Response(
         status=status,
         headers={"content-type": "application/json"},
         body=body,

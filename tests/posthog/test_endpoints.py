@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from notebookops.backends.posthog import (
     KernelOutput,
 )
 from notebookops.errors import ConfigurationError, ConnectionLost
+from notebookops.transport import AiohttpTransport, Request, Response
 
 from ._mock import BASE, HOST, aioresponses, calls, make_backend, only_call
 
@@ -603,15 +603,14 @@ async def test_kernel_config_is_validated_locally(kwargs: dict[str, Any]) -> Non
 
 
 async def test_kernel_execute_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
-    limits: list[float | None] = []
-    real_timeout = asyncio.timeout
+    limits: list[float] = []
+    real_send = AiohttpTransport.send
 
-    def recording_timeout(delay: float | None) -> asyncio.Timeout:
-        limits.append(delay)
-        return real_timeout(delay)
+    async def recording_send(self: AiohttpTransport, request: Request) -> Response:
+        limits.append(request.timeout)
+        return await real_send(self, request)
 
-    # The transport times whole requests with asyncio.timeout (aiohttp times the connect only).
-    monkeypatch.setattr(asyncio, "timeout", recording_timeout)
+    monkeypatch.setattr(AiohttpTransport, "send", recording_send)
     with aioresponses() as mocked:
         mocked.post(f"{NB}kernel/execute/", payload=RESULT)
         async with make_backend() as backend:
@@ -626,7 +625,6 @@ async def test_kernel_execute_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
             json={"code": "1 + 1", "return_variables": True, "timeout": 12.5},
         )
     # The HTTP timeout leaves room for the cell's own timeout plus kernel provisioning.
-    assert limits[0] is not None
     assert limits[0] > 12.5
     assert call.kwargs["timeout"].total is None
     assert result.status == "ok"

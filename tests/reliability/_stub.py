@@ -1,4 +1,4 @@
-"""A stand-in for a backend's HttpTransport: it records every request URL and answers each
+"""A stand-in for a backend's ApiClient: it records every request URL and answers each
 with one canned body. Fuzz and identifier tests use it to drive whole adapter methods (request
 building, decoding, mapping to models) without a socket, thousands of times per second.
 """
@@ -11,9 +11,10 @@ from typing import Any
 
 import attrs
 
-from notebookops._http import HttpResponse, HttpTransport
+from notebookops._client import ApiClient
 from notebookops._sse import SSEEvent, SSEParser
 from notebookops.errors import ConnectionLost
+from notebookops.transport import Response
 
 __all__ = ["Recorded", "StubTransport", "install"]
 
@@ -26,12 +27,12 @@ class Recorded:
 
 
 class StubTransport:
-    """Replaces ``request`` and ``sse`` of one HttpTransport (instance attributes, so the
+    """Replaces ``request`` and ``sse`` of one ApiClient (instance attributes, so the
     transport's own ``request_json`` goes through the stub too)."""
 
     def __init__(
         self,
-        transport: HttpTransport,
+        transport: ApiClient,
         body: bytes = b"{}",
         *,
         status: int = 200,
@@ -63,10 +64,10 @@ class StubTransport:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         timeout: float | None = None,
-    ) -> HttpResponse:
+    ) -> Response:
         url = self._url(path_or_url, params)
         self.requests.append(Recorded(method.upper(), url, json))
-        return HttpResponse(
+        return Response(
             status=self.status,
             headers={"content-type": self.content_type},
             body=self.body,
@@ -107,5 +108,5 @@ class StubTransport:
 def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
     """Put a StubTransport in place of ``backend._transport``'s network methods."""
     transport = backend._transport  # type: ignore[attr-defined]
-    assert isinstance(transport, HttpTransport)
+    assert isinstance(transport, ApiClient)
     return StubTransport(transport, body, **kwargs)

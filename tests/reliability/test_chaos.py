@@ -21,7 +21,7 @@ from notebookops import (
     StartOutcomeUnknown,
     run_and_wait,
 )
-from notebookops._http import HttpTransport, VendorProfile
+from notebookops._client import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import PollPolicy
@@ -161,7 +161,7 @@ async def test_sse_cut_fault_breaks_the_stream_mid_frame() -> None:
         server.add_notebook("nb", cells=["x = 1"])
         stream = r"/kernel/execute/stream/$"
         server.faults.add(Fault("sse_cut", path=stream))
-        transport = HttpTransport(VendorProfile("posthog"), base_url=server.url, token=TOKEN)
+        transport = ApiClient(VendorProfile("posthog"), base_url=server.url, token=TOKEN)
         try:
             with pytest.raises(ConnectionLost) as caught:
                 async with transport.sse(

@@ -29,7 +29,7 @@ from notebookops import (
     RunRequest,
     StartOutcomeUnknown,
 )
-from notebookops._http import HttpResponse, VendorProfile, build_api_error
+from notebookops._client import VendorProfile, build_api_error
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.datalore.backend import PROFILE as DATALORE_PROFILE
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
@@ -40,6 +40,7 @@ from notebookops.models import Run, RunState
 from notebookops.orchestration import wait_for_run
 from notebookops.policies import PollPolicy, RetryPolicy
 from notebookops.testing.deepnote import dump_yaml
+from notebookops.transport import Response
 
 from ._stub import install
 
@@ -712,7 +713,7 @@ def test_error_bodies_always_map_to_api_errors(vendor: str) -> None:
 def test_response_json_is_a_value_or_a_decode_error(body: bytes, deep: int | None) -> None:
     if deep is not None:
         body = DEEP[deep]
-    response = HttpResponse(
+    response = Response(
         status=200, headers={"content-type": "application/json"}, body=body, method="GET", url="u"
     )
     try:

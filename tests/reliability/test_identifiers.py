@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notebookops import ConfigurationError, NotebookOpsError, RunHandle, RunRequest
-from notebookops._http import HttpTransport, VendorProfile, path_segment
+from notebookops._client import ApiClient, VendorProfile, path_segment
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
 from notebookops.backends.posthog import PostHogBackend
@@ -324,7 +324,7 @@ async def echo() -> AsyncIterator[_Echo]:
 async def test_what_reaches_the_server(echo: _Echo, ident: str) -> None:
     """Through the real transport: the identifier is one segment on the wire and decodes back
     to itself; as a query value it is exactly one value of one key."""
-    transport = HttpTransport(VendorProfile("echo"), base_url=echo.url, token="test-token")
+    transport = ApiClient(VendorProfile("echo"), base_url=echo.url, token="test-token")
     try:
         try:
             segment = path_segment(ident)
@@ -351,7 +351,7 @@ async def test_what_reaches_the_server(echo: _Echo, ident: str) -> None:
 def test_stub_records_the_transports_own_urls() -> None:
     """The stub must build URLs exactly as the transport does, or the checks above prove
     nothing."""
-    transport = HttpTransport(VendorProfile("x"), base_url="https://x.test", token="t")
+    transport = ApiClient(VendorProfile("x"), base_url="https://x.test", token="t")
     stub = StubTransport(transport)
     asyncio.run(stub.request("GET", "/a%2Fb", params={"q": "1 2"}))
     assert stub.requests[0].url == "https://x.test/a%2Fb?q=1+2"

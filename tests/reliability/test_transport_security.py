@@ -23,7 +23,7 @@ from notebookops import (
     run_and_wait,
     wait_for_run,
 )
-from notebookops._http import HttpTransport, VendorProfile
+from notebookops._client import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import DeepnoteBackend
 from notebookops.backends.posthog import PostHogBackend
@@ -92,7 +92,7 @@ _TLS_SWITCH = re.compile(r"ssl|tls|verify|insecure|cert|fingerprint", re.IGNOREC
 def test_no_parameter_turns_tls_verification_off() -> None:
     """Nothing in the public constructors or entry points can disable certificate checks."""
     for callable_ in (
-        HttpTransport.__init__,
+        ApiClient.__init__,
         DeepnoteBackend.__init__,
         DataloreBackend.__init__,
         PostHogBackend.__init__,
@@ -181,7 +181,7 @@ async def test_an_untrusted_certificate_is_refused_and_not_retried(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     url, seen = tls_server
-    transport = HttpTransport(VendorProfile("tls"), base_url=url, token=TOKEN, retry=RETRY)
+    transport = ApiClient(VendorProfile("tls"), base_url=url, token=TOKEN, retry=RETRY)
     try:
         with pytest.raises(ConnectError) as caught:
             await transport.request("GET", "/v2/me")

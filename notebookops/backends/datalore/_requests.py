@@ -14,11 +14,12 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import cattrs
 
-from ..._http import HttpResponse, path_segment
+from ..._client import path_segment
 from ..._redact import redact_url, trim
 from ...backend import StateTable
 from ...errors import APIError, ConfigurationError, ResponseDecodeError
 from ...models import Artifact, Run, RunErrorInfo, RunHandle, RunState
+from ...transport import Response
 from ._wire import (
     CONVERTER,
     ArtifactWire,
@@ -285,7 +286,7 @@ def build_computation_body(
 # --------------------------------------------------------------------------- responses
 
 
-def _decode_error(response: HttpResponse, what: str, detail: str) -> ResponseDecodeError:
+def _decode_error(response: Response, what: str, detail: str) -> ResponseDecodeError:
     url = redact_url(response.url)
     return ResponseDecodeError(
         f"datalore {response.method} {url} returned {response.status} with {what} this version "
@@ -297,7 +298,7 @@ def _decode_error(response: HttpResponse, what: str, detail: str) -> ResponseDec
     )
 
 
-def _structure(response: HttpResponse, cls: type[Any], what: str) -> tuple[Any, Any]:
+def _structure(response: Response, cls: type[Any], what: str) -> tuple[Any, Any]:
     """``(instance of cls, decoded JSON)``; anything unreadable is a ResponseDecodeError."""
     data = response.json()
     try:
@@ -309,7 +310,7 @@ def _structure(response: HttpResponse, cls: type[Any], what: str) -> tuple[Any, 
         raise _decode_error(response, what, str(exc)) from None
 
 
-def decode_run_started(response: HttpResponse, *, web_url: str) -> str:
+def decode_run_started(response: Response, *, web_url: str) -> str:
     """The ``runId`` of a successful start response.
 
     Datalore accepted the run when this is called, so a failure here says so: the notebook is
@@ -332,7 +333,7 @@ def decode_run_started(response: HttpResponse, *, web_url: str) -> str:
     return wire.run_id
 
 
-def decode_run_status(response: HttpResponse) -> tuple[RunStatusWire, Any]:
+def decode_run_status(response: Response) -> tuple[RunStatusWire, Any]:
     """The status document of ``GET /api/run/v1/{runId}`` and the raw JSON it came from."""
     wire, data = _structure(response, RunStatusWire, "a run status")
     return wire, data

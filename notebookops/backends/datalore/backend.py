@@ -10,7 +10,7 @@ from typing import Final
 
 import aiohttp
 
-from ..._http import HttpResponse, HttpTransport, RateLimiter, VendorProfile
+from ..._client import ApiClient, VendorProfile
 from ..._redact import Secret
 from ...backend import BaseBackend, StateTable
 from ...errors import (
@@ -22,6 +22,8 @@ from ...errors import (
 )
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import RetryPolicy
+from ...ratelimit import RateLimiter
+from ...transport import Response
 from ._requests import (
     COMPUTATION_PATH,
     DATALORE_IN_PROGRESS_STATES,
@@ -110,7 +112,7 @@ class DataloreBackend(BaseBackend):
             )
         if base_url is None:
             base_url = os.environ.get(URL_ENV) or DEFAULT_BASE_URL
-        self._transport = HttpTransport(
+        self._transport = ApiClient(
             PROFILE,
             base_url=base_url,
             token=Secret(token),
@@ -120,7 +122,6 @@ class DataloreBackend(BaseBackend):
             rate_limiter=rate_limiter,
             allow_http=allow_http,
         )
-        self._connection_gate = self._transport.connection_gate
         #: The Datalore installation in use, without a trailing slash.
         self.base_url = self._transport.base_url
         self._states = StateTable(self.name, DATALORE_IN_PROGRESS_STATES)
@@ -192,7 +193,7 @@ class DataloreBackend(BaseBackend):
 
     async def _post_start(
         self, path: str, body: dict[str, object], notebook_id: str, web_url: str
-    ) -> HttpResponse:
+    ) -> Response:
         try:
             return await self._transport.request("POST", path, json=body)
         except TransportError as error:

@@ -17,10 +17,11 @@ from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
-from ..._http import HttpResponse, VendorProfile, default_error_message, path_segment
+from ..._client import VendorProfile, default_error_message, path_segment
 from ..._redact import redact_url, trim
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunState
+from ...transport import Response
 from ._wire import (
     Pagination,
     RunDetails,
@@ -120,7 +121,7 @@ PROFILE: Final = VendorProfile(
 )
 
 
-def decode_error(response: HttpResponse, detail: str) -> ResponseDecodeError:
+def decode_error(response: Response, detail: str) -> ResponseDecodeError:
     """A ResponseDecodeError for a body that is JSON but not the shape we expect."""
     url = redact_url(response.url)
     return ResponseDecodeError(
@@ -382,7 +383,7 @@ def check_page_size(page_size: object) -> int:
 
 
 def next_page_token(
-    pagination: Pagination, seen: set[str], response: HttpResponse, what: str
+    pagination: Pagination, seen: set[str], response: Response, what: str
 ) -> str | None:
     """The token of the next page, or None at the end. A token the server already gave us
     would loop forever, and "more, but no token" cannot be followed: both are decode errors."""
@@ -404,7 +405,7 @@ def next_page_token(
 # --------------------------------------------------------------------------- decoding
 
 
-def structure(data: Any, cls: type[T], response: HttpResponse, *, envelope: str | None = None) -> T:
+def structure(data: Any, cls: type[T], response: Response, *, envelope: str | None = None) -> T:
     """Structure decoded JSON into ``cls``; ``{envelope: {...}}`` and the bare object are both
     accepted (Deepnote's reference and its OpenAPI seed disagree on several endpoints)."""
     payload = data
@@ -428,17 +429,17 @@ def structure(data: Any, cls: type[T], response: HttpResponse, *, envelope: str 
     return result
 
 
-def decode(response: HttpResponse, cls: type[T], *, envelope: str | None = None) -> T:
+def decode(response: Response, cls: type[T], *, envelope: str | None = None) -> T:
     """Decode a JSON response body into ``cls`` (ResponseDecodeError on anything else)."""
     return structure(response.json(), cls, response, envelope=envelope)
 
 
-def _require_run_id(run_id: str, response: HttpResponse) -> None:
+def _require_run_id(run_id: str, response: Response) -> None:
     if not run_id.strip():
         raise decode_error(response, "the run id is empty")
 
 
-def decode_started(response: HttpResponse) -> RunStarted:
+def decode_started(response: Response) -> RunStarted:
     """``POST /v2/runs``: flat ``{runId, status, createdAt}`` (a ``run`` envelope or ``id`` for
     ``runId`` is accepted too, as Deepnote's own client does)."""
     data = response.json()
@@ -451,7 +452,7 @@ def decode_started(response: HttpResponse) -> RunStarted:
     return started
 
 
-def decode_run(response: HttpResponse) -> RunDetails:
+def decode_run(response: Response) -> RunDetails:
     """``GET /v2/runs/{id}``: the ``run`` envelope (or a bare run), with ``id`` accepted for
     ``runId`` and a nested ``snapshot`` object folded into the flat fields."""
     data = response.json()

@@ -53,6 +53,7 @@ which is rare, and keeps every deadline exact and nothing running after ``aclose
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -63,11 +64,10 @@ from typing import Any, Final
 import anyio
 import attrs
 
-from ..._http import HttpResponse
 from ...backend import StateTable
 from ...errors import APIError, NotebookOpsError, ResponseDecodeError
 from ...models import RunHandle, RunState
-from ...orchestration import _running_loop, is_transient
+from ...transport import Response
 from ._requests import MAX_PAGE_SIZE, decode_error, structure
 from ._wire import RunSummary
 
@@ -166,7 +166,7 @@ class _Page:
     id. Rows are only checked for a run id here; a row is decoded when somebody asks for it
     (most of a 100-row page is nobody's)."""
 
-    response: HttpResponse
+    response: Response
     #: The page size asked for.
     size: int
     rows: dict[str, dict[str, Any]]
@@ -201,7 +201,7 @@ class _Page:
         self.pages += 1
 
 
-def index_page(response: HttpResponse, page_size: int) -> _Page:
+def index_page(response: Response, page_size: int) -> _Page:
     """Check a runs-list answer's shape (ResponseDecodeError if it is not one) and index it."""
     data = response.json()
     runs = data.get("runs") if isinstance(data, dict) else None
@@ -375,7 +375,7 @@ class SharedRunPolls:
 
     def __init__(
         self,
-        fetch: Callable[[str, int, str | None], Awaitable[HttpResponse]],
+        fetch: Callable[[str, int, str | None], Awaitable[Response]],
         states: StateTable,
         *,
         window: float,
@@ -390,7 +390,7 @@ class SharedRunPolls:
         self._swept: float | None = None
         #: Start answers not yet used by a first read, oldest first: run id -> (when the start
         #: was sent, the run's state and status then, the answer).
-        self._starts: OrderedDict[str, tuple[float, RunState, str, HttpResponse]] = OrderedDict()
+        self._starts: OrderedDict[str, tuple[float, RunState, str, Response]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<SharedRunPolls notebooks={len(self._groups)} window={self._window:g}s>"
@@ -401,7 +401,7 @@ class SharedRunPolls:
         return _clock()
 
     def started(
-        self, handle: RunHandle, status: str | None, answer: HttpResponse, sent_at: float
+        self, handle: RunHandle, status: str | None, answer: Response, sent_at: float
     ) -> None:
         """Keep a start's answer (the run's ``status`` in it; ``sent_at``: when the POST was
         sent) to serve the run's first read. An answer without a status, or already terminal,
@@ -423,7 +423,7 @@ class SharedRunPolls:
 
     @staticmethod
     def _listed_from_start(
-        handle: RunHandle, state: RunState, status: str, answer: HttpResponse
+        handle: RunHandle, state: RunState, status: str, answer: Response
     ) -> ListedRun:
         raw = answer.json()  # built only when used: most starts' answers never are
         summary = RunSummary(
@@ -441,7 +441,7 @@ class SharedRunPolls:
 
     def _pop_start(
         self, handle: RunHandle, now: float
-    ) -> tuple[float, RunState, str, HttpResponse] | None:
+    ) -> tuple[float, RunState, str, Response] | None:
         """The run's kept start answer if it is within the window at ``now`` (a run then in
         progress, started by this backend); used up either way."""
         start = self._starts.pop(handle.run_id, None) if self._starts else None
@@ -542,7 +542,7 @@ class SharedRunPolls:
         if watched.beyond_page or run_id in group.waiters:
             return NOT_SHARED  # (two waits on one run: the second polls on its own)
         del found, watched  # a sleeping wait keeps no more than it needs
-        loop = _running_loop()
+        loop: Any = asyncio.get_running_loop()
         delay = next_delay()
         me = _Waiter(run_id, handle.created_at, status, next_delay, now + delay, delay, quiet)
         group.waiters[run_id] = me
@@ -731,7 +731,7 @@ class SharedRunPolls:
             error = observation.error
             if error is None:
                 return observation.page
-            if isinstance(error, APIError) and not is_transient(error):
+            if isinstance(error, APIError) and error.status not in (429, 500, 502, 503, 504):
                 self._disable(notebook_id, error)
                 return None
             if mine:

@@ -16,6 +16,7 @@ Behaviour worth knowing (see the module docs of ``notebookops.backends.deepnote`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -27,7 +28,8 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from ..._http import HttpResponse, HttpTransport, RateLimiter, check_base_url, path_segment
+from ..._client import ApiClient, check_base_url, path_segment
+from ..._protect import protected
 from ..._redact import Secret, redact_url
 from ...backend import BaseBackend, StateTable
 from ...errors import (
@@ -53,6 +55,8 @@ from ...models import (
     RunState,
 )
 from ...policies import RetryPolicy
+from ...ratelimit import RateLimiter
+from ...transport import Response
 from ._requests import (
     DEEPNOTE_STATES,
     PROFILE,
@@ -105,6 +109,8 @@ DEFAULT_BASE_URL: Final = "https://api.deepnote.com"
 DEFAULT_WEB_URL: Final = "https://deepnote.com"
 #: ``RunHandle.extra["mode"]`` of a v1 run whose v2 run could not be found (SUBMITTED).
 V1_SUBMITTED: Final = "v1-submitted"
+#: Bound on looking a run up after an ambiguous start.
+_RECONCILE_BOUND: Final = 60.0
 _RECONCILE_PAGES: Final = 5
 _RECONCILE_PAGE_SIZE: Final = 20
 #: Run ids this instance started, remembered so reconciliation never adopts one of them.
@@ -295,7 +301,7 @@ class DeepnoteBackend(BaseBackend):
         self._reconciling: dict[str, anyio.Lock] = {}
         #: When ambiguous start attempts were made, per notebook (recent ones only).
         self._ambiguous: dict[str, list[datetime]] = {}
-        self._transport = HttpTransport(
+        self._transport = ApiClient(
             PROFILE,
             base_url=origin,
             token=Secret(key),
@@ -304,7 +310,6 @@ class DeepnoteBackend(BaseBackend):
             rate_limiter=_limiter(rate_limiter, max_rate),
             allow_http=allow_http,
         )
-        self._connection_gate = self._transport.connection_gate
         self._polls = (
             SharedRunPolls(self._list_runs_response, self._states, window=window)
             if share_polls
@@ -338,7 +343,7 @@ class DeepnoteBackend(BaseBackend):
     async def _post_run(self, body: Mapping[str, Any]) -> RunStarted:
         return (await self._post_run_answer(body))[0]
 
-    async def _post_run_answer(self, body: Mapping[str, Any]) -> tuple[RunStarted, HttpResponse]:
+    async def _post_run_answer(self, body: Mapping[str, Any]) -> tuple[RunStarted, Response]:
         response = await self._transport.request("POST", "/v2/runs", json=dict(body))
         started = decode_started(response)
         self._remember(started.run_id)
@@ -394,7 +399,7 @@ class DeepnoteBackend(BaseBackend):
         check_page_size(page_size)
         path_segment(notebook_id, what="notebook id")
 
-        async def fetch(token: str | None) -> tuple[list[RunSummary], Pagination, HttpResponse]:
+        async def fetch(token: str | None) -> tuple[list[RunSummary], Pagination, Response]:
             page, response = await self._runs_page(notebook_id, page_size, token)
             return page.runs, page.pagination, response
 
@@ -410,13 +415,13 @@ class DeepnoteBackend(BaseBackend):
 
     async def _runs_page(
         self, notebook_id: str, page_size: int, page_token: str | None
-    ) -> tuple[RunPage, HttpResponse]:
+    ) -> tuple[RunPage, Response]:
         response = await self._list_runs_response(notebook_id, page_size, page_token)
         return decode(response, RunPage), response
 
     async def _list_runs_response(
         self, notebook_id: str, page_size: int, page_token: str | None = None
-    ) -> HttpResponse:
+    ) -> Response:
         params: dict[str, str | int] = {"pageSize": page_size}
         if page_token is not None:
             params["pageToken"] = page_token
@@ -496,7 +501,7 @@ class DeepnoteBackend(BaseBackend):
         check_page_size(page_size)
         self._check_name_filter(name_contains)
 
-        async def fetch(token: str | None) -> tuple[list[Project], Pagination, HttpResponse]:
+        async def fetch(token: str | None) -> tuple[list[Project], Pagination, Response]:
             page, response = await self._projects_page(page_size, token, name_contains)
             return page.projects, page.pagination, response
 
@@ -522,7 +527,7 @@ class DeepnoteBackend(BaseBackend):
 
     async def _projects_page(
         self, page_size: int, page_token: str | None, name_contains: str | None
-    ) -> tuple[ProjectPage, HttpResponse]:
+    ) -> tuple[ProjectPage, Response]:
         params: dict[str, str | int] = {"pageSize": page_size}
         if page_token is not None:
             params["pageToken"] = page_token
@@ -578,7 +583,7 @@ class DeepnoteBackend(BaseBackend):
 
     async def _paginate(
         self,
-        fetch: Callable[[str | None], Awaitable[tuple[Sequence[T], Pagination, HttpResponse]]],
+        fetch: Callable[[str | None], Awaitable[tuple[Sequence[T], Pagination, Response]]],
         what: str,
     ) -> AsyncIterator[T]:
         seen: set[str] = set()
@@ -629,7 +634,20 @@ class DeepnoteBackend(BaseBackend):
             posting = False
             self._done_posting(request.notebook)
             self._ambiguous.setdefault(request.notebook, []).append(attempt_at)
-            found = await self._reconcile(request.notebook, attempt_at, error)
+            # The run may exist: the look-up is seen through whatever happens to the caller
+            # (the NotebookBackend.start_run contract), within its own bound.
+            try:
+                found = await protected(
+                    functools.partial(self._reconcile, request.notebook, attempt_at, error),
+                    _RECONCILE_BOUND,
+                )
+            except TimeoutError:
+                raise StartOutcomeUnknown(
+                    f"starting Deepnote notebook {request.notebook} failed ambiguously ({error}) "
+                    f"and its runs list could not be read within {_RECONCILE_BOUND:g}s",
+                    notebook=request.notebook,
+                    evidence="the runs list did not answer in time",
+                ) from error
             return self._handle(
                 found.run_id, request.notebook, found.created_at, options.project_id
             )
@@ -642,7 +660,7 @@ class DeepnoteBackend(BaseBackend):
         if self._polls is not None:
             # When the POST was sent, not when it was made: a start queued for a connection
             # behind thousands of others has a fresh answer all the same.
-            sent_at = self._polls.clock() - answer.elapsed
+            sent_at = self._polls.clock()
             self._polls.started(handle, started.status, answer, sent_at)
         return handle
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ..._client import VendorProfile, default_error_message, path_segment
 from ..._convert import format_datetime
-from ..._http import VendorProfile, default_error_message, path_segment
 from ..._redact import trim
 from ..._sse import SSEEvent
 from ...backend import StateTable

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..._http import HttpResponse, HttpTransport, RateLimiter, path_segment
+from ..._client import ApiClient, path_segment
 from ..._redact import redact_url
 from ...backend import BaseBackend
 from ...errors import (
@@ -59,6 +59,8 @@ from ...models import (
     RunState,
 )
 from ...policies import PollPolicy, RetryPolicy
+from ...ratelimit import RateLimiter
+from ...transport import Response
 from ._errors import KernelRunNotFound, KernelStreamError, VersionConflict
 from ._requests import (
     CELL_KINDS,
@@ -346,7 +348,7 @@ class PostHogBackend(BaseBackend):
                 raise ConfigurationError(f"{what} must be a number of seconds > 0, got {value!r}")
         self.mode: RunMode = mode
         self.capabilities = _KERNEL_CAPABILITIES if mode == "kernel" else _SERVER_CAPABILITIES
-        self._transport = HttpTransport(
+        self._transport = ApiClient(
             PROFILE,
             base_url=base,
             token=key,
@@ -356,7 +358,6 @@ class PostHogBackend(BaseBackend):
             rate_limiter=rate_limiter or RateLimiter(max_rate),
             allow_http=allow_http,
         )
-        self._connection_gate = self._transport.connection_gate
         self.host = self._transport.base_url
         self._timeout = float(timeout)
         self._poll = poll or PollPolicy()
@@ -405,7 +406,7 @@ class PostHogBackend(BaseBackend):
         return self._decode(response, cls, what=what)
 
     @staticmethod
-    def _decode(response: HttpResponse, cls: type[T], *, what: str) -> T:
+    def _decode(response: Response, cls: type[T], *, what: str) -> T:
         data = response.json() if response.body.strip() else None
         return decode(data, cls, what=what, url=response.url, status=response.status)
 

@@ -1,0 +1,761 @@
+"""The client layer: retries, rate limiting, redirects, credentials and error mapping over
+a :class:`~notebookops.transport.Transport`.
+
+Every vendor client (``DeepnoteClient``, ``PostHogClient``, ``DataloreClient``) sends its
+requests through one :class:`ApiClient`. There is one retry loop, used by plain requests and
+by event streams alike; the delay before a retry comes from the pure functions in
+:mod:`notebookops.policies`, and the caller's deadline from anyio's cancel scopes
+(``anyio.current_effective_deadline()``): a retry that would end past it is not attempted.
+Whether a failed request may have reached the server travels only in the exception
+(``TransportError.request_sent``).
+
+Everything that can be a pure function (retry decisions, Retry-After parsing, error mapping,
+URL checks) is one, and is tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import ipaddress
+import json as jsonlib
+import logging
+import math
+import random
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import quote, urljoin, urlsplit
+
+import anyio
+import attrs
+import yarl
+
+from ._protect import protected
+from ._redact import Secret, redact_url, trim
+from ._sse import SSEEvent, SSEParser
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BackendClosed,
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    ConnectionLost,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+)
+from .policies import RetryPolicy, rate_limit_delay, retry_delay
+from .ratelimit import RateLimiter
+from .transport import AiohttpTransport, Request, Response, Transport
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "ApiClient",
+    "VendorProfile",
+    "build_api_error",
+    "check_base_url",
+    "default_error_message",
+    "parse_retry_after",
+    "path_segment",
+    "retry_decision",
+]
+
+logger = logging.getLogger("notebookops.http")
+
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS: Final = 5
+_REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters quote() never encodes (RFC 3986 unreserved): a segment made only of them is
+#: already encoded.
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_http: bool = False, what: str = "base URL") -> str:
+    """Validate a vendor base URL and return it without a trailing slash.
+
+    HTTPS is required, except for loopback hosts (test servers) or when ``allow_http`` is set
+    explicitly: a token sent over plain HTTP is a token given away.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"the {what} must be a non-empty URL string")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"the {what} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"the {what} must look like https://host[:port], got {redact_url(url)!r}"
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError(f"the {what} must not contain credentials")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"the {what} must not contain a query or fragment")
+    if parts.scheme == "http" and not (allow_http or is_loopback_host(parts.hostname)):
+        raise ConfigurationError(
+            f"refusing plain http:// for {parts.hostname}: tokens would travel unencrypted. "
+            "Use https://, or pass allow_http=True if you really mean it."
+        )
+    del port
+    return url.strip().rstrip("/")
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def path_segment(value: str, *, what: str = "identifier") -> str:
+    """Percent-encode one path segment, refusing values that could change the path's meaning.
+
+    ``/``, ``?``, ``#`` and ``%`` are encoded; empty values, ``.``/``..`` and control characters
+    are refused with ConfigurationError (no vendor id legitimately contains them).
+    """
+    if type(value) is str and _UNRESERVED.fullmatch(value) and value not in (".", ".."):
+        return value  # what nearly every id looks like, and what quote() would return
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+    if value in (".", "..") or _CONTROL.search(value):
+        raise ConfigurationError(f"{what} {value!r} is not a valid identifier")
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # a lone surrogate (JSON can carry one): not encodable
+        raise ConfigurationError(f"{what} {value!r} is not valid text") from None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date. ``None`` if absent
+    or unreadable; never negative."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = now or datetime.now(UTC)
+    return max(0.0, (when - reference).total_seconds())
+
+
+def retry_decision(
+    method: str, *, idempotent: bool | None, status: int | None = None, error: object = None
+) -> bool:
+    """Whether a failed attempt may be retried.
+
+    Idempotent requests (GET/DELETE/...) are retried on any transport failure and on 429,
+    502, 503 and 504. Others (a POST that starts a run) only when the request provably never
+    reached the server, or on 429 (the server explicitly refused to process it); anything else
+    is ambiguous, and retrying could run a notebook twice.
+    """
+    safe = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
+    if error is not None:
+        if not isinstance(error, TransportError) or not error.retryable:
+            return False
+        return safe or not error.request_sent
+    if status is None:
+        return False
+    if status == 429:
+        return True
+    return safe and status in RETRYABLE_STATUSES
+
+
+def default_error_message(data: Any, text: str) -> str | None:
+    """The vendor's own words from an error body: ``message``, ``detail``, ``error`` (str or
+    ``{message}``), or a short plain-text body."""
+    if isinstance(data, dict):
+        for key in ("message", "detail", "error", "error_description", "title"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if isinstance(value, dict):
+                inner = value.get("message") or value.get("detail")
+                if isinstance(inner, str) and inner.strip():
+                    return inner.strip()
+        code = data.get("code")
+        if isinstance(code, str) and code:
+            return code
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], str):
+        return data[0]
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped[:1] == "<":
+        return "the server sent an HTML error page"
+    return trim(stripped, 200)
+
+
+_STATUS_ERRORS: Final[dict[int, type[APIError]]] = {
+    400: BadRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    429: RateLimited,
+}
+
+_STATUS_HINTS: Final[dict[int, str]] = {
+    401: "check that the API token is set and valid",
+    403: "the token is valid but lacks access to this resource",
+    404: "check the identifier, and that the token's workspace can see it",
+    429: "rate limited by the vendor",
+}
+
+
+@attrs.frozen
+class VendorProfile:
+    """What differs between vendors at the HTTP level, as data and small pure hooks."""
+
+    name: str
+    #: Extracts the vendor's message from a decoded error body (``None`` if not JSON) and text.
+    error_message: Callable[[Any, str], str | None] = default_error_message
+    #: A retry delay hidden in an error body (PostHog: "Expected available in N seconds").
+    retry_after_from_body: Callable[[Any], float | None] | None = None
+    #: Last chance to replace a mapped error with a more specific one (same status family).
+    refine_error: Callable[[APIError], APIError] | None = None
+
+
+def build_api_error(
+    profile: VendorProfile,
+    *,
+    status: int,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: datetime | None = None,
+) -> APIError:
+    """Map an error response to the error tree. Pure: the one place statuses become classes."""
+    text = body.decode("utf-8", errors="replace")
+    data: Any = None
+    if text.strip()[:1] in ("{", "["):
+        try:
+            data = jsonlib.loads(text)
+        except (ValueError, RecursionError):  # nesting deeper than the interpreter allows
+            data = None
+    vendor_message = profile.error_message(data, text)
+    safe_url = redact_url(url)
+    request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
+    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIError)
+    summary = vendor_message or _STATUS_HINTS.get(status) or "no details given"
+    message = f"{profile.name} API {method} {safe_url} returned {status}: {summary}"
+    if request_id:
+        message += f" (request id {request_id})"
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "vendor": profile.name,
+        "method": method,
+        "url": safe_url,
+        "request_id": request_id,
+        "body": trim(text, 2000),
+        "data": data,
+    }
+    error: APIError
+    if cls is RateLimited:
+        retry_after = parse_retry_after(headers.get("retry-after"), now=now)
+        if retry_after is None and profile.retry_after_from_body is not None:
+            retry_after = profile.retry_after_from_body(data)
+        error = RateLimited(message, retry_after=retry_after, **kwargs)
+    else:
+        error = cls(message, **kwargs)
+    if profile.refine_error is not None:
+        error = profile.refine_error(error)
+    return error
+
+
+@attrs.define
+class _Attempts:
+    """Retry bookkeeping for one request: failures use up ``RetryPolicy.max_attempts``, 429s
+    use up ``RetryPolicy.max_rate_limit_wait`` instead."""
+
+    failures: int = 0
+    throttles: int = 0
+    throttled_for: float = 0.0
+
+
+class ApiClient:
+    """An authenticated client for one vendor API, over a :class:`Transport`.
+
+    ``transport`` defaults to an :class:`~notebookops.transport.AiohttpTransport` (on
+    ``session`` when one is passed: it is then used as is and never closed here). The token
+    is only ever sent to ``base_url``'s origin, over HTTPS unless the host is loopback or
+    ``allow_http`` is set. ``timeout`` bounds each attempt once it has a connection.
+
+    A request that is not idempotent (a POST that starts a run) is sent under
+    :func:`~notebookops._protect.protected`: once it has left, a cancellation of the caller
+    waits for its answer (within ``timeout``) instead of abandoning a run the vendor may have
+    made. Before that (its turn at the rate limiter, a free connection, the pause after a
+    429) nothing has reached the vendor and a cancellation simply propagates.
+    """
+
+    def __init__(
+        self,
+        profile: VendorProfile,
+        *,
+        base_url: str,
+        token: str | Secret | None,
+        auth_scheme: str = "Bearer",
+        transport: Transport | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+        allow_http: bool = False,
+        max_connections: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
+        if transport is not None and session is not None:
+            raise ConfigurationError("pass either transport= or session=, not both")
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise ConfigurationError(
+                f"rate_limiter must be a notebookops.RateLimiter, got {type(rate_limiter).__name__}"
+            )
+        self.profile = profile
+        self.base_url = check_base_url(base_url, allow_http=allow_http)
+        self._origin = origin_of(self.base_url)
+        self._token = token if isinstance(token, Secret) or token is None else Secret(token)
+        self._auth_scheme = auth_scheme
+        if session is not None:
+            # Within the caller's own pool (0 there means no limit of its own).
+            max_connections = getattr(session.connector, "limit", 0) or max_connections
+        self._owns_transport = transport is None
+        self.transport: Transport = transport or AiohttpTransport(
+            session, max_connections=max_connections, connect_timeout=connect_timeout
+        )
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.rate_limiter = rate_limiter or RateLimiter()
+        self.allow_http = allow_http
+        self._rng = rng or random.Random()
+        self._closed = False
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError(f"max_connections must be an int, got {max_connections!r}")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, got {max_connections!r}")
+        #: Requests in flight at once (streams until closed): the pool's size, so that none
+        #: waits for a connection inside the transport, where a connect timeout would count.
+        self._in_flight = anyio.Semaphore(max_connections)
+        # URLs under base_url passed check_base_url already: the per-request checks only need
+        # to parse URLs elsewhere (redirect targets, absolute snapshot links).
+        self._trusted_prefix = self.base_url + "/"
+
+    def __repr__(self) -> str:
+        return f"ApiClient(vendor={self.profile.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the transport if this client made it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_transport:
+            await self.transport.aclose()
+
+    # -- URL and header handling
+
+    def url_for(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        if not path_or_url.startswith("/"):
+            raise ConfigurationError(f"request paths must start with '/', got {path_or_url!r}")
+        return self.base_url + path_or_url
+
+    def _headers_for(self, url: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if extra:
+            headers.update(extra)
+        if self._token is not None and (
+            url.startswith(self._trusted_prefix) or origin_of(url) == self._origin
+        ):
+            headers["Authorization"] = f"{self._auth_scheme} {self._token.reveal()}"
+        return headers
+
+    def _scrub(self, body: bytes) -> bytes:
+        """An error body without our token: some servers echo the credential they refused,
+        and error bodies end up in messages and logs. (Tokens shorter than 8 characters are
+        not real credentials and are left alone rather than mangling the text.)"""
+        if self._token is None:
+            return body
+        secret = self._token.reveal().encode()
+        if len(secret) < 8:
+            return body
+        return body.replace(secret, b"[redacted]")
+
+    def _check_target(self, url: str) -> None:
+        if url.startswith(self._trusted_prefix):
+            return
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return
+        if parts.scheme == "http" and (self.allow_http or is_loopback_host(parts.hostname)):
+            return
+        raise ConfigurationError(
+            f"refusing to fetch {redact_url(url)}: only https:// (or loopback http) is allowed"
+        )
+
+    @staticmethod
+    def _with_params(url: str, params: Mapping[str, str | int | float | bool | None] | None) -> str:
+        if not params:
+            return url
+        clean = {
+            key: ("true" if value is True else "false" if value is False else str(value))
+            for key, value in params.items()
+            if value is not None
+        }
+        for key, value in clean.items():
+            try:
+                f"{key}={value}".encode()
+            except UnicodeEncodeError:  # yarl would silently drop the unencodable part
+                raise ConfigurationError(f"query parameter {key!r} is not valid text") from None
+        return str(yarl.URL(url, encoded=True).update_query(clean))
+
+    # -- requests
+
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, str | int | float | bool | None] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send a request with retries; return the response (2xx, 304) or raise from the tree.
+
+        ``idempotent`` overrides the method-based default when deciding retries (a POST that
+        merely reads, or a PUT that is not safe to repeat).
+        """
+        method = method.upper()
+        url = self._with_params(self.url_for(path_or_url), params)
+        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        return await self._with_retries(
+            Request(
+                method=method,
+                url=url,
+                headers=self._headers_for(url, headers),
+                json=json,
+                timeout=timeout or self.timeout,
+            ),
+            safe=safe,
+        )
+
+    async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
+        """Like :meth:`request`, returning the decoded JSON body (``None`` for an empty one)."""
+        response = await self.request(method, path_or_url, **kwargs)
+        if not response.body.strip():
+            return None
+        return response.json()
+
+    async def _with_retries(self, request: Request, *, safe: bool) -> Response:
+        """The one retry loop: every request and every event stream goes through it."""
+        attempts = _Attempts()
+        while True:
+            self._ensure_open()
+            await self.rate_limiter.acquire()
+            try:
+                response = await self._send_in_turn(request, safe=safe)
+            except TransportError as error:
+                delay = self._delay_after_failure(request, safe, error, attempts)
+                if delay is None:
+                    raise
+            else:
+                if response.status != 429:
+                    # What got through, for the limiter's estimate of the vendor's rate.
+                    self.rate_limiter.record_answer()
+                if response.status < 400:
+                    return response
+                api_error, delay = self._delay_after_error_status(request, safe, response, attempts)
+                if delay is None:
+                    raise api_error
+            await anyio.sleep(delay)
+
+    async def _send_in_turn(self, request: Request, *, safe: bool) -> Response:
+        """Wait for one of the ``max_connections`` places, then send. The wait is not
+        protected (nothing has left yet) and has no time limit of its own: the caller's
+        deadline bounds it. A streamed answer keeps its place until it is closed."""
+        await self._in_flight.acquire()
+        try:
+            response = await self._send(request, safe=safe)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        if response.release is None:
+            self._in_flight.release()
+            return response
+        release_stream = response.release
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._in_flight.release()
+            await release_stream()
+
+        return attrs.evolve(response, release=release)
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BackendClosed(f"the {self.profile.name} backend is closed")
+
+    async def _send(self, request: Request, *, safe: bool) -> Response:
+        """One attempt, following redirects (the token goes only to our own origin)."""
+        for _hop in range(_MAX_REDIRECTS + 1):
+            self._check_target(request.url)
+            if safe or request.stream:
+                # (An event stream belongs to the task that reads it: handing its opening to
+                # another task would also delay its first read, and aiohttp drops buffered
+                # bytes of a connection that broke meanwhile.)
+                response = await self.transport.send(request)
+            else:
+                # Once sent, a request that may start a run is seen through to its answer.
+                # The transport bounds it (request.timeout); the slack covers a wait for a
+                # free connection, which the transport does not count.
+                response = await protected(
+                    functools.partial(self.transport.send, request), request.timeout * 2 + 60
+                )
+            response = attrs.evolve(response, vendor=self.profile.name)
+            location = response.headers.get("location")
+            if response.status not in _REDIRECTS or not location:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "%s %s -> %d", request.method, redact_url(request.url), response.status
+                    )
+                return response
+            await response.aclose()
+            url = urljoin(request.url, location)
+            method, body = request.method, request.json
+            if response.status == 303:
+                method, body = "GET", None
+            request = attrs.evolve(
+                request,
+                method=method,
+                url=url,
+                json=body,
+                headers=self._headers_for(url, _without_auth(request.headers)),
+            )
+        raise ConnectionLost(
+            f"too many redirects for {self.profile.name} {request.method} "
+            f"{redact_url(request.url)}",
+            vendor=self.profile.name,
+            method=request.method,
+            url=redact_url(request.url),
+        )
+
+    def _fits_deadline(self, delay: float) -> bool:
+        """False when sleeping ``delay`` would run past the caller's deadline: better to raise
+        the real error now than a timeout later."""
+        deadline = anyio.current_effective_deadline()
+        return deadline == math.inf or anyio.current_time() + delay < deadline
+
+    def _delay_after_failure(
+        self, request: Request, safe: bool, error: TransportError, attempts: _Attempts
+    ) -> float | None:
+        """Seconds to wait before retrying a request that got no response, or None to give up
+        (not retryable, attempts spent, or past the caller's deadline)."""
+        error.vendor = error.vendor or self.profile.name
+        attempts.failures += 1
+        if not retry_decision(request.method, idempotent=safe, error=error):
+            return None
+        delay = retry_delay(self.retry, attempts.failures, None, self._rng)
+        if delay is None or not self._fits_deadline(delay):
+            return None
+        logger.warning(
+            "%s %s failed (%s); retry %d in %.2fs",
+            request.method,
+            redact_url(request.url),
+            type(error).__name__,
+            attempts.failures,
+            delay,
+        )
+        return delay
+
+    def _delay_after_error_status(
+        self, request: Request, safe: bool, response: Response, attempts: _Attempts
+    ) -> tuple[APIError, float | None]:
+        """Map an error response, feed a 429 to the shared limiter, and decide the delay before
+        the retry (None: raise the error now)."""
+        status = response.status
+        api_error = build_api_error(
+            self.profile,
+            status=status,
+            method=request.method,
+            url=request.url,
+            headers=response.headers,
+            body=self._scrub(response.body),
+        )
+        if isinstance(api_error, RateLimited):
+            retry_after = api_error.retry_after
+        else:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if status == 429:
+            self.rate_limiter.on_rate_limited(
+                None if retry_after is None else min(retry_after, self.retry.max_retry_after),
+                self.retry.initial_backoff,
+            )
+        if not retry_decision(request.method, idempotent=safe, status=status):
+            attempts.failures += 1
+            return api_error, None
+        if status == 429:
+            attempts.throttles += 1
+            delay = rate_limit_delay(
+                self.retry, attempts.throttles, attempts.throttled_for, retry_after, self._rng
+            )
+            if delay is not None:
+                attempts.throttled_for += delay
+            retry_count = attempts.throttles
+        else:
+            attempts.failures += 1
+            delay = retry_delay(self.retry, attempts.failures, retry_after, self._rng)
+            retry_count = attempts.failures
+        if delay is None or not self._fits_deadline(delay):
+            return api_error, None
+        logger.warning(
+            "%s %s returned %d; retry %d in %.2fs",
+            request.method,
+            redact_url(request.url),
+            status,
+            retry_count,
+            delay,
+        )
+        return api_error, delay
+
+    # -- event streams
+
+    @asynccontextmanager
+    async def sse(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str | int | float | bool | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        last_event_id: str | None = None,
+        idle_timeout: float = 60.0,
+    ) -> AsyncIterator[AsyncIterator[SSEEvent]]:
+        """Open a Server-Sent-Events stream; yields an async iterator of events.
+
+        Opening goes through the same retry loop as :meth:`request` (a stream that starts
+        work, a POST, is never retried once it may have reached the vendor). A stream that
+        stalls for ``idle_timeout`` or breaks mid-way raises RequestTimeout / ConnectionLost
+        (``ConnectionLost.partial_event`` tells whether it was cut mid-frame). Reconnection
+        policy belongs to the caller (it knows the resume id).
+        """
+        method = method.upper()
+        url = self._with_params(self.url_for(path_or_url), params)
+        extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if headers:
+            extra.update(headers)
+        if last_event_id is not None:
+            extra["Last-Event-ID"] = last_event_id
+        response = await self._with_retries(
+            Request(
+                method=method,
+                url=url,
+                headers=self._headers_for(url, extra),
+                json=json,
+                timeout=idle_timeout,
+                stream=True,
+            ),
+            safe=method in IDEMPOTENT_METHODS,
+        )
+        try:
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                body = b"".join([chunk async for chunk in response.iter_chunks()])
+                raise ResponseDecodeError(
+                    f"{self.profile.name} {method} {redact_url(url)} was expected to stream "
+                    f"events but answered {response.status} with "
+                    f"{content_type or 'no content type'}",
+                    vendor=self.profile.name,
+                    url=redact_url(url),
+                    status=response.status,
+                    body=trim(body.decode("utf-8", errors="replace"), 1000),
+                )
+            yield self._events(response, method, url)
+        finally:
+            await response.aclose()
+
+    async def _events(self, response: Response, method: str, url: str) -> AsyncIterator[SSEEvent]:
+        parser = SSEParser()
+        try:
+            async for chunk in response.iter_chunks():
+                for event in parser.feed(chunk):
+                    yield event
+        except TransportError as error:
+            error.vendor = error.vendor or self.profile.name
+            error.partial_event = parser.has_partial_event
+            raise
+        if parser.close():
+            cut = ConnectionLost(
+                f"the event stream from {self.profile.name} {method} {redact_url(url)} "
+                "ended in the middle of an event",
+                vendor=self.profile.name,
+                method=method,
+                url=redact_url(url),
+            )
+            cut.partial_event = True
+            raise cut
+
+
+def _without_auth(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in headers.items() if key.lower() != "authorization"}

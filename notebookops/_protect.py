@@ -1,0 +1,69 @@
+"""``protected``: finish a piece of work whatever happens to the caller, within a bound.
+
+anyio's shield holds off anyio cancel scopes only. On asyncio a service also cancels with
+``Task.cancel()`` (``asyncio.timeout``, ``wait_for``, a failing ``TaskGroup`` sibling), which
+would abort a run-starting request mid-flight and orphan the run. So the work runs as a child
+task in a shielded scope (a child is reached by the caller's cancellation only through anyio,
+which respects the shield), and a cancellation of the caller that arrived meanwhile is
+delivered again once the work is over: at the caller's next checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+__all__ = ["protected"]
+
+T = TypeVar("T")
+
+
+async def protected(work: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """Await ``work()`` to its end even if the caller is cancelled, for at most ``timeout``
+    seconds (then the work is cancelled and TimeoutError raised). The work's own errors
+    propagate; a cancellation of the caller is delivered after the work is over."""
+    outcome: list[tuple[bool, Any]] = []
+
+    async def run() -> None:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + timeout
+            try:
+                outcome.append((True, await work()))
+            except Exception as error:
+                outcome.append((False, error))
+        if scope.cancelled_caught and not outcome:
+            outcome.append((False, TimeoutError(f"did not finish within {timeout:g}s")))
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+    except anyio.get_cancelled_exc_class() as cancelled:
+        if not outcome:  # pragma: no cover - the child always records an outcome
+            raise
+        _redeliver(cancelled)
+    done, value = outcome[0]
+    if done:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def _redeliver(cancelled: BaseException) -> None:
+    """Ask again for a cancellation that was held off, so it lands at the next checkpoint.
+
+    An anyio cancel scope does this by itself: it cancels its task again at every checkpoint
+    until the task leaves it (its effective deadline is then -inf). A bare ``Task.cancel()``
+    happens once, so it is requested again, with the task's count of cancel requests kept as
+    it was (``asyncio.timeout`` tells its own cancellation by that count).
+    """
+    if anyio.current_effective_deadline() == -math.inf:
+        return
+    asyncio: Any = sys.modules.get("asyncio")
+    task = asyncio.current_task() if asyncio is not None else None
+    if task is None:  # pragma: no cover - only asyncio cancels outside anyio scopes
+        raise cancelled
+    task.uncancel()
+    task.cancel(*cancelled.args)
