@@ -15,40 +15,31 @@ URL checks) is one, and is tested without an event loop.
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import ipaddress
-import json as jsonlib
 import logging
 import math
 import random
-import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import attrs
 import yarl
 
+from ._api_errors import VendorProfile, build_api_error, parse_retry_after
 from ._protect import protected
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
+from ._urls import check_base_url, is_loopback_host, origin_of
 from .errors import (
     APIError,
-    AuthenticationError,
     BackendClosed,
-    BadRequest,
     ConfigurationError,
-    Conflict,
     ConnectionLost,
-    NotFound,
-    PermissionDenied,
     RateLimited,
     ResponseDecodeError,
-    ServerError,
     TransportError,
 )
 from .policies import RetryPolicy, rate_limit_delay, retry_delay
@@ -58,16 +49,7 @@ from .transport import AiohttpTransport, Request, Response, Transport
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = [
-    "ApiClient",
-    "VendorProfile",
-    "build_api_error",
-    "check_base_url",
-    "default_error_message",
-    "parse_retry_after",
-    "path_segment",
-    "retry_decision",
-]
+__all__ = ["ApiClient", "retry_decision"]
 
 logger = logging.getLogger("notebookops.http")
 
@@ -75,104 +57,6 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS: Final = 5
-_REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: Characters quote() never encodes (RFC 3986 unreserved): a segment made only of them is
-#: already encoded.
-_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(url: str, *, allow_http: bool = False, what: str = "base URL") -> str:
-    """Validate a vendor base URL and return it without a trailing slash.
-
-    HTTPS is required, except for loopback hosts (test servers) or when ``allow_http`` is set
-    explicitly: a token sent over plain HTTP is a token given away.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigurationError(f"the {what} must be a non-empty URL string")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"the {what} is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"the {what} must look like https://host[:port], got {redact_url(url)!r}"
-        )
-    if parts.username or parts.password:
-        raise ConfigurationError(f"the {what} must not contain credentials")
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"the {what} must not contain a query or fragment")
-    if parts.scheme == "http" and not (allow_http or is_loopback_host(parts.hostname)):
-        raise ConfigurationError(
-            f"refusing plain http:// for {parts.hostname}: tokens would travel unencrypted. "
-            "Use https://, or pass allow_http=True if you really mean it."
-        )
-    del port
-    return url.strip().rstrip("/")
-
-
-def origin_of(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def path_segment(value: str, *, what: str = "identifier") -> str:
-    """Percent-encode one path segment, refusing values that could change the path's meaning.
-
-    ``/``, ``?``, ``#`` and ``%`` are encoded; empty values, ``.``/``..`` and control characters
-    are refused with ConfigurationError (no vendor id legitimately contains them).
-    """
-    if type(value) is str and _UNRESERVED.fullmatch(value) and value not in (".", ".."):
-        return value  # what nearly every id looks like, and what quote() would return
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
-    if value in (".", "..") or _CONTROL.search(value):
-        raise ConfigurationError(f"{what} {value!r} is not a valid identifier")
-    try:
-        return quote(value, safe="")
-    except UnicodeEncodeError:  # a lone surrogate (JSON can carry one): not encodable
-        raise ConfigurationError(f"{what} {value!r} is not valid text") from None
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date. ``None`` if absent
-    or unreadable; never negative."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    reference = now or datetime.now(UTC)
-    return max(0.0, (when - reference).total_seconds())
 
 
 def retry_decision(
@@ -195,110 +79,6 @@ def retry_decision(
     if status == 429:
         return True
     return safe and status in RETRYABLE_STATUSES
-
-
-def default_error_message(data: Any, text: str) -> str | None:
-    """The vendor's own words from an error body: ``message``, ``detail``, ``error`` (str or
-    ``{message}``), or a short plain-text body."""
-    if isinstance(data, dict):
-        for key in ("message", "detail", "error", "error_description", "title"):
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-            if isinstance(value, dict):
-                inner = value.get("message") or value.get("detail")
-                if isinstance(inner, str) and inner.strip():
-                    return inner.strip()
-        code = data.get("code")
-        if isinstance(code, str) and code:
-            return code
-        return None
-    if isinstance(data, list) and data and isinstance(data[0], str):
-        return data[0]
-    stripped = text.strip()
-    if not stripped:
-        return None
-    if stripped[:1] == "<":
-        return "the server sent an HTML error page"
-    return trim(stripped, 200)
-
-
-_STATUS_ERRORS: Final[dict[int, type[APIError]]] = {
-    400: BadRequest,
-    401: AuthenticationError,
-    403: PermissionDenied,
-    404: NotFound,
-    409: Conflict,
-    429: RateLimited,
-}
-
-_STATUS_HINTS: Final[dict[int, str]] = {
-    401: "check that the API token is set and valid",
-    403: "the token is valid but lacks access to this resource",
-    404: "check the identifier, and that the token's workspace can see it",
-    429: "rate limited by the vendor",
-}
-
-
-@attrs.frozen
-class VendorProfile:
-    """What differs between vendors at the HTTP level, as data and small pure hooks."""
-
-    name: str
-    #: Extracts the vendor's message from a decoded error body (``None`` if not JSON) and text.
-    error_message: Callable[[Any, str], str | None] = default_error_message
-    #: A retry delay hidden in an error body (PostHog: "Expected available in N seconds").
-    retry_after_from_body: Callable[[Any], float | None] | None = None
-    #: Last chance to replace a mapped error with a more specific one (same status family).
-    refine_error: Callable[[APIError], APIError] | None = None
-
-
-def build_api_error(
-    profile: VendorProfile,
-    *,
-    status: int,
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    now: datetime | None = None,
-) -> APIError:
-    """Map an error response to the error tree. Pure: the one place statuses become classes."""
-    text = body.decode("utf-8", errors="replace")
-    data: Any = None
-    if text.strip()[:1] in ("{", "["):
-        try:
-            data = jsonlib.loads(text)
-        except (ValueError, RecursionError):  # nesting deeper than the interpreter allows
-            data = None
-    vendor_message = profile.error_message(data, text)
-    safe_url = redact_url(url)
-    request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
-    cls = _STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIError)
-    summary = vendor_message or _STATUS_HINTS.get(status) or "no details given"
-    message = f"{profile.name} API {method} {safe_url} returned {status}: {summary}"
-    if request_id:
-        message += f" (request id {request_id})"
-    kwargs: dict[str, Any] = {
-        "status": status,
-        "vendor": profile.name,
-        "method": method,
-        "url": safe_url,
-        "request_id": request_id,
-        "body": trim(text, 2000),
-        "data": data,
-    }
-    error: APIError
-    if cls is RateLimited:
-        retry_after = parse_retry_after(headers.get("retry-after"), now=now)
-        if retry_after is None and profile.retry_after_from_body is not None:
-            retry_after = profile.retry_after_from_body(data)
-        error = RateLimited(message, retry_after=retry_after, **kwargs)
-    else:
-        error = cls(message, **kwargs)
-    if profile.refine_error is not None:
-        error = profile.refine_error(error)
-    return error
 
 
 @attrs.define

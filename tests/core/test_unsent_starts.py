@@ -29,7 +29,8 @@ from notebookops import (
     start_run,
     wait_for_run,
 )
-from notebookops._client import ApiClient, VendorProfile
+from notebookops._api_errors import VendorProfile
+from notebookops._client import ApiClient
 from notebookops._protect import protected
 from notebookops.policies import RetryPolicy
 from notebookops.testing import FakeBackend, FakeScript

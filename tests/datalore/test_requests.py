@@ -22,7 +22,7 @@ from notebookops import (
     RunState,
     ServerError,
 )
-from notebookops._client import build_api_error
+from notebookops._api_errors import build_api_error
 from notebookops.backend import StateTable
 from notebookops.backends.datalore import DATALORE_IN_PROGRESS_STATES, DataloreRunOptions
 from notebookops.backends.datalore._requests import (

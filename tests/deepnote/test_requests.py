@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from notebookops import ConfigurationError, PermissionDenied, ResponseDecodeError, RunState
-from notebookops._client import build_api_error
+from notebookops._api_errors import build_api_error
 from notebookops.backend import StateTable
 from notebookops.backends.deepnote import DEEPNOTE_STATES, BlockPlacement, DeepnoteRunOptions
 from notebookops.backends.deepnote._requests import (

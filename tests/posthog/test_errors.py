@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from notebookops._client import build_api_error
+from notebookops._api_errors import build_api_error
 from notebookops.backends.posthog import (
     CollabConflict,
     CollabStale,

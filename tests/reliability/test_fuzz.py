@@ -29,7 +29,7 @@ from notebookops import (
     RunRequest,
     StartOutcomeUnknown,
 )
-from notebookops._client import VendorProfile, build_api_error
+from notebookops._api_errors import VendorProfile, build_api_error
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.datalore.backend import PROFILE as DATALORE_PROFILE
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend

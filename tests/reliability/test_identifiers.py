@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notebookops import ConfigurationError, NotebookOpsError, RunHandle, RunRequest
-from notebookops._client import ApiClient, VendorProfile, path_segment
+from notebookops._api_errors import VendorProfile
+from notebookops._client import ApiClient
+from notebookops._urls import path_segment
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
 from notebookops.backends.posthog import PostHogBackend

@@ -23,7 +23,8 @@ from notebookops import (
     run_and_wait,
     wait_for_run,
 )
-from notebookops._client import ApiClient, VendorProfile
+from notebookops._api_errors import VendorProfile
+from notebookops._client import ApiClient
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import DeepnoteBackend
 from notebookops.backends.posthog import PostHogBackend

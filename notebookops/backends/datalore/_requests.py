@@ -14,8 +14,8 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import cattrs
 
-from ..._client import path_segment
 from ..._redact import redact_url, trim
+from ..._urls import path_segment
 from ...backend import StateTable
 from ...errors import APIError, ConfigurationError, ResponseDecodeError
 from ...models import Artifact, Run, RunErrorInfo, RunHandle, RunState

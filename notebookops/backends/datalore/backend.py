@@ -10,7 +10,8 @@ from typing import Final
 
 import aiohttp
 
-from ..._client import ApiClient, VendorProfile
+from ..._api_errors import VendorProfile
+from ..._client import ApiClient
 from ..._redact import Secret
 from ...backend import BaseBackend, StateTable
 from ...errors import (

@@ -17,8 +17,9 @@ from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
-from ..._client import VendorProfile, default_error_message, path_segment
+from ..._api_errors import VendorProfile, default_error_message
 from ..._redact import redact_url, trim
+from ..._urls import path_segment
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunState
 from ...transport import Response

@@ -28,9 +28,10 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from ..._client import ApiClient, check_base_url, path_segment
+from ..._client import ApiClient
 from ..._protect import protected
 from ..._redact import Secret, redact_url
+from ..._urls import check_base_url, path_segment
 from ...backend import BaseBackend, StateTable
 from ...errors import (
     AuthenticationError,

@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..._client import VendorProfile, default_error_message, path_segment
+from ..._api_errors import VendorProfile, default_error_message
 from ..._convert import format_datetime
 from ..._redact import trim
 from ..._sse import SSEEvent
+from ..._urls import path_segment
 from ...backend import StateTable
 from ...errors import APIError, ConfigurationError, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunProgress, RunState

@@ -30,8 +30,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..._client import ApiClient, path_segment
+from ..._client import ApiClient
 from ..._redact import redact_url
+from ..._urls import path_segment
 from ...backend import BaseBackend
 from ...errors import (
     BackendClosed,

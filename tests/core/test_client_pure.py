@@ -14,17 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notebookops import errors
-from notebookops._client import (
-    ApiClient,
+from notebookops._api_errors import (
     VendorProfile,
     build_api_error,
-    check_base_url,
     default_error_message,
     parse_retry_after,
-    path_segment,
-    retry_decision,
 )
+from notebookops._client import ApiClient, retry_decision
 from notebookops._redact import Secret, redact_url, trim
+from notebookops._urls import check_base_url, path_segment
 from notebookops.transport import map_client_exception
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
