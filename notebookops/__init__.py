@@ -10,14 +10,18 @@ Quick start::
         print(run.state, run.outputs)
 
 Vendor adapters live in ``notebookops.backends.<vendor>`` and are imported on demand, so
-``import notebookops`` stays cheap.
+``import notebookops`` stays cheap. What writing an adapter takes (``BaseBackend``,
+``StateTable``, the ``ApiClient`` over a transport) is in :mod:`notebookops.backend`; run
+stores are in :mod:`notebookops.store`; fakes for tests in :mod:`notebookops.testing`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-from .backend import BaseBackend, NotebookBackend, StateTable, StreamingBackend
+import logging
+
+from .backend import NotebookBackend
 from .errors import (
     APIError,
     AuthenticationError,
@@ -54,6 +58,7 @@ from .models import (
     RunState,
 )
 from .orchestration import (
+    DEFAULT_CANCEL_TIMEOUT,
     DEFAULT_TIMEOUT,
     RunOutcome,
     run_and_wait,
@@ -66,13 +71,13 @@ from .policies import PollPolicy, RetryPolicy
 from .ratelimit import RateLimiter
 
 __all__ = [
+    "DEFAULT_CANCEL_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "APIError",
     "Artifact",
     "AuthenticationError",
     "BackendClosed",
     "BadRequest",
-    "BaseBackend",
     "Capability",
     "CellOutput",
     "ConfigurationError",
@@ -102,8 +107,6 @@ __all__ = [
     "RunTimeout",
     "ServerError",
     "StartOutcomeUnknown",
-    "StateTable",
-    "StreamingBackend",
     "TransportError",
     "UnsupportedOperation",
     "__version__",
@@ -113,3 +116,8 @@ __all__ = [
     "wait_for_run",
     "watch",
 ]
+
+# A library logs; the application decides where that goes. Without this, Python's last-resort
+# handler would print the library's warnings to stderr in an application that configured no
+# logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

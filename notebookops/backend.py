@@ -1,23 +1,52 @@
-"""The NotebookBackend protocol, and small helpers adapters share."""
+"""The NotebookBackend protocol, and what writing an adapter takes.
+
+``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
+built on (``ApiClient``, ``VendorProfile``, and ``protected`` for the part of a start that
+must survive a cancellation) is re-exported from here on first use, so that importing the
+protocol does not import aiohttp.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
-from typing import Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar, runtime_checkable
 
 from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 
+if TYPE_CHECKING:  # imported on first use at run time, see __getattr__
+    from ._api_errors import VendorProfile
+    from ._client import ApiClient
+    from ._protect import protected
+
 __all__ = [
+    "ApiClient",
     "BaseBackend",
     "NotebookBackend",
     "StateTable",
     "StreamingBackend",
+    "VendorProfile",
+    "protected",
 ]
 
 logger = logging.getLogger("notebookops.backend")
+
+_ON_FIRST_USE = {
+    "ApiClient": "._client",
+    "VendorProfile": "._api_errors",
+    "protected": "._protect",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __package__), name)
+
 
 OptionsT = TypeVar("OptionsT")
 

@@ -158,13 +158,11 @@ class RunHandle:
         try:
             data = json.loads(text)
             return converter.structure(data, cls)
-        except (
-            ValueError,
-            TypeError,
-            RecursionError,
-            cattrs.BaseValidationError,
-            ConfigurationError,
-        ) as exc:
+        except cattrs.BaseValidationError as exc:
+            # cattrs' own words name each field ("required field missing @ $.run_id").
+            problems = "; ".join(cattrs.transform_error(exc, path="handle"))
+            raise ConfigurationError(f"not a valid notebookops run handle: {problems}") from None
+        except (ValueError, TypeError, RecursionError, ConfigurationError) as exc:
             raise ConfigurationError(f"not a valid notebookops run handle: {exc}") from None
 
 
