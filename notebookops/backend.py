@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import AsyncGenerator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar, runtime_checkable
 
@@ -26,6 +27,7 @@ __all__ = [
     "ApiClient",
     "BaseBackend",
     "NotebookBackend",
+    "RunFinder",
     "StateTable",
     "StreamingBackend",
     "VendorProfile",
@@ -107,6 +109,19 @@ class StreamingBackend(NotebookBackend, Protocol):
 
     def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         """Yield a Run each time the run changes; end after a terminal state."""
+        ...
+
+
+@runtime_checkable
+class RunFinder(NotebookBackend, Protocol):
+    """A backend with the RECONCILE_START capability: it can list the runs of a notebook that
+    were created in a window of time (Deepnote's runs list). This is how a keyed start whose
+    process died mid-request is settled after a restart (see ``run_and_wait(key=...)``)."""
+
+    async def find_runs(
+        self, notebook: str, *, since: datetime, until: datetime
+    ) -> list[RunHandle]:
+        """The runs of ``notebook`` created from ``since`` to ``until`` (both inclusive)."""
         ...
 
 

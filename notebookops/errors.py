@@ -4,7 +4,8 @@
 
     NotebookOpsError
     ├── ConfigurationError            missing token, bad base URL, invalid policy or input
-    │   └── BackendClosed             the backend was used after aclose()
+    │   ├── BackendClosed             the backend was used after aclose()
+    │   └── IdempotencyConflict       one idempotency key, two different requests
     ├── UnsupportedOperation          the backend lacks the capability (e.g. CANCEL)
     ├── TransportError                the request did not produce an HTTP response
     │   ├── ConnectError              could not connect: the request provably never left
@@ -49,6 +50,7 @@ __all__ = [
     "Conflict",
     "ConnectError",
     "ConnectionLost",
+    "IdempotencyConflict",
     "NotFound",
     "NotebookOpsError",
     "PermissionDenied",
@@ -98,6 +100,15 @@ class ConfigurationError(NotebookOpsError):
 
 class BackendClosed(ConfigurationError):
     """A backend (or its transport) was used after ``aclose()``."""
+
+
+class IdempotencyConflict(ConfigurationError):
+    """An idempotency key was used again with a different request (another notebook, inputs,
+    blocks, options or backend). ``key`` is the key; the first request's run stands."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class UnsupportedOperation(NotebookOpsError):

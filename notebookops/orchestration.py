@@ -35,6 +35,7 @@ from typing import Any, Literal
 import anyio
 import attrs
 
+from ._durable import START_TIMEOUT, OnAmbiguous, check_key, keyed_start, record_finish
 from ._protect import protected
 from ._validate import seconds
 from .backend import NotebookBackend, StreamingBackend
@@ -51,6 +52,7 @@ from .errors import (
 )
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 from .policies import PollPolicy
+from .store import RunStore
 
 __all__ = [
     "DEFAULT_CANCEL_TIMEOUT",
@@ -144,6 +146,9 @@ async def start_run(
     backend: NotebookBackend,
     request: RunRequest | str,
     *,
+    key: str | None = None,
+    store: RunStore | None = None,
+    on_ambiguous: OnAmbiguous = "raise",
     start_timeout: float | None = None,
     on_start: StartCallback | None = None,
     cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
@@ -156,20 +161,69 @@ async def start_run(
     may have taken is seen through to its answer whatever happens to the caller, and
     ``on_start`` (if given) receives the handle, protected and within ``cancel_timeout``,
     before this returns.
+
+    With ``key`` and ``store`` the run is started once per key, across processes and
+    restarts: a later call with the same key returns the first call's handle (see
+    :func:`run_and_wait`).
     """
     backend = _check_backend(backend)
     request = _as_request(request)
     seconds("start_timeout", start_timeout, allow_none=True)
     seconds("cancel_timeout", cancel_timeout)
+    if key is None and store is None:
+        return await _start(backend, request, start_timeout, on_start, cancel_timeout)
+    key, store = check_key(key, store)
+    outcome = await _keyed(
+        backend, request, key, store, on_ambiguous, None, start_timeout, on_start, cancel_timeout
+    )
+    return outcome.handle if isinstance(outcome, Run) else outcome
+
+
+async def _start(
+    backend: NotebookBackend,
+    request: RunRequest,
+    start_timeout: float | None,
+    on_start: StartCallback | None,
+    cancel_timeout: float,
+    record: Callable[[RunHandle], Awaitable[None]] | None = None,
+) -> RunHandle:
     handle: RunHandle | None = None
     with anyio.move_on_after(math.inf if start_timeout is None else start_timeout):
         handle = await backend.start_run(request)
     if handle is None:
         raise _never_taken(backend, request, f"start_timeout ({start_timeout:g}s)")
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)
-    if on_start is not None:
-        await _announce(handle, on_start, cancel_timeout)
+    if record is not None or on_start is not None:
+        await _announce(handle, record, on_start, cancel_timeout)
     return handle
+
+
+async def _keyed(
+    backend: NotebookBackend,
+    request: RunRequest,
+    key: str,
+    store: RunStore,
+    on_ambiguous: OnAmbiguous,
+    timeout: float | None,
+    start_timeout: float | None,
+    on_start: StartCallback | None,
+    cancel_timeout: float,
+) -> RunHandle | Run:
+    """The run of ``key``: started now, or the handle or final Run an earlier call recorded."""
+    # A keyed start ends well within its reservation's lease (see notebookops._durable).
+    limit = START_TIMEOUT if start_timeout is None else min(start_timeout, START_TIMEOUT)
+    return await keyed_start(
+        backend,
+        request,
+        key,
+        store,
+        start=lambda record: _start(
+            backend, request, limit, on_start, cancel_timeout, record=record
+        ),
+        timeout=timeout,
+        on_ambiguous=on_ambiguous,
+        bound=cancel_timeout,
+    )
 
 
 def _never_taken(backend: NotebookBackend, request: RunRequest, limit: str) -> RunTimeout:
@@ -183,11 +237,24 @@ def _never_taken(backend: NotebookBackend, request: RunRequest, limit: str) -> R
     )
 
 
-async def _announce(handle: RunHandle, on_start: StartCallback, bound: float) -> None:
-    """Hand the new handle to ``on_start``, protected: a save to a database that awaits is not
-    cut short by a cancellation, which would leave a run nobody knows of."""
+async def _announce(
+    handle: RunHandle,
+    record: Callable[[RunHandle], Awaitable[None]] | None,
+    on_start: StartCallback | None,
+    bound: float,
+) -> None:
+    """Record the new handle in the store, then hand it to ``on_start``, protected: a save to
+    a database that awaits is not cut short by a cancellation, which would leave a run
+    nobody knows of."""
+
+    async def announce() -> None:
+        if record is not None:
+            await record(handle)
+        if on_start is not None:
+            await _invoke(on_start, handle)
+
     try:
-        await protected(lambda: _invoke(on_start, handle), bound)
+        await protected(announce, bound)
     except NotebookOpsError as error:
         raise error.with_handle(handle) from error.__cause__
     except Exception as error:
@@ -390,6 +457,9 @@ async def run_and_wait(
     cancel_on_interrupt: bool = True,
     start_timeout: float | None = None,
     cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
+    key: str | None = None,
+    store: RunStore | None = None,
+    on_ambiguous: OnAmbiguous = "raise",
 ) -> Run:
     """Start a notebook run and wait for it to finish; return the final :class:`Run`.
 
@@ -405,35 +475,62 @@ async def run_and_wait(
     set once the run exists. A SUBMITTED run (the backend cannot track it) is returned at once.
     ``cancel_timeout`` bounds what happens after the deadline or a cancellation (the remote
     cancel and one last read), so the call returns within ``timeout + cancel_timeout``.
+
+    **Runs that survive restarts.** With ``key`` (your idempotency key, up to 255 characters)
+    and ``store`` (a :class:`~notebookops.store.RunStore`), the key is reserved in the store
+    before any request is sent, the handle recorded before the first status read and the
+    final run when it ends. A later call with the same key, in this process or another one
+    after a crash, never starts another run: it waits on the recorded one, or returns (or
+    raises, per ``raise_on_failure``) its recorded end at once. The same key with a different
+    request raises :class:`~notebookops.IdempotencyConflict`. A reservation left by a process
+    that died mid-start is settled with the vendor where it can be asked (Deepnote's runs
+    list), else raises :class:`~notebookops.StartOutcomeUnknown` unless
+    ``on_ambiguous="start_new"``. A restart never cancels the remote run.
     """
     backend = _check_backend(backend)
     request = _as_request(notebook, inputs, blocks, options)
     poll_policy = _validate_wait(timeout, on_timeout, cancel_timeout, poll)
     seconds("start_timeout", start_timeout, allow_none=True)
+    keyed = key is not None or store is not None
+    if keyed:
+        key, store = check_key(key, store)
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    handle: RunHandle | None = None
+    outcome: RunHandle | Run | None = None
     with anyio.CancelScope(deadline=deadline):
-        handle = await start_run(
-            backend,
-            request,
-            start_timeout=start_timeout,
-            on_start=on_start,
-            cancel_timeout=cancel_timeout,
-        )
-    if handle is None:
+        if key is not None and store is not None:
+            outcome = await _keyed(
+                backend,
+                request,
+                key,
+                store,
+                on_ambiguous,
+                timeout,
+                start_timeout,
+                on_start,
+                cancel_timeout,
+            )
+        else:
+            outcome = await _start(backend, request, start_timeout, on_start, cancel_timeout)
+    if outcome is None:
         raise _never_taken(backend, request, f"the {timeout:g}s deadline")
-    return await _follow(
+    if isinstance(outcome, Run):
+        return _outcome(outcome, raise_on_failure)  # the key's run had ended already
+    run = await _follow(
         backend,
-        handle,
+        outcome,
         deadline=deadline,
         timeout=timeout,
         poll=poll_policy,
         on_timeout=on_timeout,
-        raise_on_failure=raise_on_failure,
+        raise_on_failure=raise_on_failure and not keyed,
         on_update=on_update,
         cancel_on_interrupt=cancel_on_interrupt,
         cancel_timeout=cancel_timeout,
     )
+    if key is not None and store is not None:
+        await record_finish(store, key, run, cancel_timeout)
+        return _outcome(run, raise_on_failure)
+    return run
 
 
 async def wait_for_run(

@@ -1,0 +1,338 @@
+"""Keyed runs: one run per idempotency key, across processes, crashes and restarts.
+
+``run_and_wait(..., key=K, store=S)`` goes through :func:`keyed_start`:
+
+1. the key is reserved in the store, durably, before any request is sent (with a fingerprint
+   of the request: the same key with another request is an IdempotencyConflict);
+2. the run is started and its handle recorded, protected, before the first status read;
+3. when it ends, the final run is recorded (:func:`record_finish`).
+
+A later call with the same key finds the record: a final run is returned as it was, a handle
+is waited on again, and a reservation whose owner is still starting it is waited for. A
+reservation left by a process that died mid-start (its lease ran out, or its process is gone
+from this machine) is settled with the vendor where it can be asked (a :class:`RunFinder`:
+exactly one run of the notebook created in the reservation's window is adopted, none means
+none was made); elsewhere it raises StartOutcomeUnknown, unless ``on_ambiguous="start_new"``.
+
+While a keyed start of a notebook is in flight on a RunFinder backend, its process holds the
+store's lease for that notebook's starts, so that no other keyed start of it (anywhere in
+the fleet using the store) makes a run inside that window: what the window holds is ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+import anyio
+import attrs
+
+from ._protect import protected
+from .backend import NotebookBackend, RunFinder
+from .errors import (
+    APIError,
+    ConfigurationError,
+    IdempotencyConflict,
+    NotebookOpsError,
+    RateLimited,
+    RunTimeout,
+    StartOutcomeUnknown,
+    TransportError,
+)
+from .models import Capability, Run, RunHandle, RunRequest
+from .store import RecordState, RunRecord, RunStore
+
+__all__ = [
+    "START_TIMEOUT",
+    "OnAmbiguous",
+    "check_key",
+    "fingerprint",
+    "keyed_start",
+    "record_finish",
+]
+
+logger = logging.getLogger("notebookops.durable")
+
+OnAmbiguous = Literal["raise", "start_new"]
+MAX_KEY_LENGTH: Final = 255
+#: How long a keyed start may take before a call on another machine may settle its
+#: reservation (on this machine a dead owner is noticed at once). A keyed start is bounded
+#: by START_TIMEOUT, and a sent request by its own time limit, well within it.
+START_LEASE: Final = 600.0
+#: The longest a keyed start may wait for its turn before it is abandoned unsent.
+START_TIMEOUT: Final = 300.0
+#: How often a call waits for another live call's start to be recorded.
+STORE_POLL: Final = 0.2
+#: Records are kept at least this long (and at least twice the run's timeout).
+MIN_RETENTION: Final = 24 * 3600.0
+#: Clock difference allowed between this machine and the vendor when reading a window.
+CLOCK_SKEW: Final = timedelta(seconds=5)
+
+Start = Callable[[Callable[[RunHandle], Awaitable[None]]], Awaitable[RunHandle]]
+
+
+def check_key(key: object, store: object) -> tuple[str, RunStore]:
+    """Validate ``key`` and ``store`` (given together), or raise ConfigurationError."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        shown = key if not isinstance(key, str) else f"a string of {len(key)} characters"
+        raise ConfigurationError(
+            f"key must be a non-empty string of at most {MAX_KEY_LENGTH} characters, got {shown!r}"
+        )
+    if store is None:
+        raise ConfigurationError(
+            "key= needs store= (e.g. notebookops.store.SQLiteRunStore('runs.db')): the key is "
+            "only worth anything if it is recorded where a restarted process finds it"
+        )
+    if not isinstance(store, RunStore):
+        raise ConfigurationError(f"store must be a RunStore, got {type(store).__name__}")
+    return key, store
+
+
+def retention_for(timeout: float | None) -> float:
+    return max(MIN_RETENTION, 2 * timeout) if timeout is not None else MIN_RETENTION
+
+
+def fingerprint(backend: NotebookBackend, request: RunRequest) -> str:
+    """A digest of what the request asks for: the same key must always mean the same run."""
+    options = request.options
+    if options is not None and attrs.has(type(options)):
+        described: Any = [type(options).__qualname__, attrs.asdict(options)]  # type: ignore[arg-type]
+    else:
+        described = repr(options)
+    data = {
+        "backend": backend.name,
+        "notebook": request.notebook,
+        "inputs": request.inputs,
+        "blocks": list(request.blocks) if request.blocks is not None else None,
+        "options": described,
+    }
+    text = json.dumps(data, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _new_owner() -> str:
+    return f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """True when the owner ran on this machine and its process no longer exists."""
+    _, _, place = owner.partition("@")
+    host, _, pid_text = place.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # this process: another call of it is starting the run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _nothing_started(error: BaseException) -> bool:
+    """Whether a failed start provably made no run (its reservation may then be released)."""
+    if isinstance(error, RunTimeout):
+        return error.handle is None
+    if isinstance(error, TransportError):
+        return not error.request_sent
+    if isinstance(error, RateLimited):
+        return True
+    if isinstance(error, APIError):
+        return error.status < 500
+    return isinstance(error, ConfigurationError)
+
+
+@attrs.define
+class _KeyedStart:
+    backend: NotebookBackend
+    request: RunRequest
+    key: str
+    store: RunStore
+    fingerprint: str
+    retention: float
+    on_ambiguous: OnAmbiguous
+    bound: float
+    owner: str = attrs.field(factory=_new_owner)
+
+    @property
+    def lease_name(self) -> str | None:
+        """The notebook's start lease, where a window of its runs settles a dead start."""
+        if not _can_find_runs(self.backend):
+            return None
+        return f"start:{self.backend.name}:{self.request.notebook}"
+
+    async def run(self, start: Start) -> RunHandle | Run:
+        lease = self.lease_name
+        while True:
+            if lease is not None:
+                await self._take_lease(lease)
+            try:
+                claim = await self.store.reserve(
+                    self.key,
+                    self.fingerprint,
+                    owner=self.owner,
+                    lease=START_LEASE,
+                    retention=self.retention,
+                )
+                if claim.created:
+                    return await self._start(start)
+                record = claim.record
+                self._check_fingerprint(record)
+                if record.state is RecordState.FINISHED and record.run is not None:
+                    return record.run
+                if record.handle is not None:
+                    logger.info("key %r: resuming %s run %s", self.key, *_ids(record.handle))
+                    return record.handle
+                if record.lease_until <= time.time() or _owner_is_gone(record.owner):
+                    settled = await self._settle(record, start)
+                    if settled is not None:
+                        return settled
+                    continue  # the record changed meanwhile: read it again
+            finally:
+                if lease is not None:
+                    await self._drop_lease(lease)
+            await anyio.sleep(STORE_POLL)  # another live call is starting it
+
+    def _check_fingerprint(self, record: RunRecord) -> None:
+        if record.fingerprint != self.fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {self.key!r} was first used for another request (a different "
+                "backend, notebook, inputs, blocks or options); its run stands. Use a new key "
+                "for a different request",
+                key=self.key,
+            )
+
+    async def _take_lease(self, name: str) -> None:
+        # Polled: the store is shared with other processes, which no event here can hear.
+        while not await self.store.acquire_lease(name, owner=self.owner, ttl=START_LEASE):  # noqa: ASYNC110
+            await anyio.sleep(STORE_POLL)
+
+    async def _drop_lease(self, name: str) -> None:
+        await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+
+    async def _start(self, start: Start) -> RunHandle:
+        """Start the run this call reserved; a start that made no run gives the key back."""
+
+        async def record(handle: RunHandle) -> None:
+            await self.store.record_start(self.key, owner=self.owner, handle=handle)
+
+        try:
+            return await start(record)
+        except BaseException as error:
+            if _nothing_started(error) or isinstance(error, anyio.get_cancelled_exc_class()):
+                # (A cancellation reaches a start only before its request left: nothing was
+                # made, see orchestration's module docs.)
+                await protected(lambda: self.store.release(self.key, owner=self.owner), self.bound)
+            raise
+
+    async def _settle(self, record: RunRecord, start: Start) -> RunHandle | None:
+        """A reservation whose owner died mid-start: adopt its run, start anew where provably
+        none was made, or raise StartOutcomeUnknown. None: the record changed meanwhile."""
+        since = datetime.fromtimestamp(record.reserved_at, UTC) - CLOCK_SKEW
+        until = datetime.now(UTC) + CLOCK_SKEW
+        found: list[RunHandle] | None = None
+        if _can_find_runs(self.backend):
+            assert isinstance(self.backend, RunFinder)
+            found = await self.backend.find_runs(self.request.notebook, since=since, until=until)
+            if len(found) > 1:
+                raise self._unknown(
+                    record,
+                    f"{len(found)} runs of the notebook were created while it was reserved "
+                    f"({', '.join(handle.run_id for handle in found)})",
+                )
+        elif self.on_ambiguous != "start_new":
+            raise self._unknown(
+                record,
+                f"the {self.backend.name} backend offers no way to look for the run it may "
+                "have started",
+            )
+        taken = await self.store.take_over(
+            self.key, expected_owner=record.owner, owner=self.owner, lease=START_LEASE
+        )
+        if taken is None:
+            return None
+        if found:
+            (handle,) = found
+            logger.info("key %r: adopting %s run %s", self.key, *_ids(handle))
+            await self.store.record_start(self.key, owner=self.owner, handle=handle)
+            return handle
+        logger.info("key %r: its earlier start made no run; starting it now", self.key)
+        return await self._start(start)
+
+    def _unknown(self, record: RunRecord, evidence: str) -> StartOutcomeUnknown:
+        return StartOutcomeUnknown(
+            f"idempotency key {self.key!r} was reserved by {record.owner}, which stopped "
+            f"before recording a run of {self.request.notebook!r}: it may or may not have "
+            "started one. Check the vendor, then call again with on_ambiguous='start_new' "
+            "to start one",
+            notebook=self.request.notebook,
+            evidence=evidence,
+        )
+
+
+def _can_find_runs(backend: NotebookBackend) -> bool:
+    return Capability.RECONCILE_START in backend.capabilities and isinstance(backend, RunFinder)
+
+
+def _ids(handle: RunHandle) -> tuple[str, str]:
+    return handle.backend, handle.run_id
+
+
+async def keyed_start(
+    backend: NotebookBackend,
+    request: RunRequest,
+    key: str,
+    store: RunStore,
+    *,
+    start: Start,
+    timeout: float | None,
+    on_ambiguous: OnAmbiguous,
+    bound: float,
+) -> RunHandle | Run:
+    """The key's run: the handle of a run started now or earlier, or its recorded final Run.
+
+    ``start(record)`` starts the run, calling ``record(handle)`` (protected) before it returns.
+    """
+    if on_ambiguous not in ("raise", "start_new"):
+        raise ConfigurationError(
+            f"on_ambiguous must be 'raise' or 'start_new', got {on_ambiguous!r}"
+        )
+    keyed = _KeyedStart(
+        backend,
+        request,
+        key,
+        store,
+        fingerprint(backend, request),
+        retention_for(timeout),
+        on_ambiguous,
+        bound,
+    )
+    try:
+        return await keyed.run(start)
+    except NotebookOpsError:
+        raise
+    except Exception as error:
+        error.add_note(f"notebookops: while starting the run of idempotency key {key!r}")
+        raise
+
+
+async def record_finish(store: RunStore, key: str, run: Run, bound: float) -> None:
+    """Record the run's end; a store that fails is logged, never raised (the run's result is
+    what the caller waits for, and a later call finds the run finished at the vendor)."""
+    try:
+        await protected(lambda: store.record_finish(key, run), bound)
+    except Exception as error:
+        logger.warning(
+            "could not record the end of %s run %s for key %r: %s", *_ids(run.handle), key, error
+        )
