@@ -322,26 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datalore.set_defaults(handler=_cmd_list_datalore)
 
-    sandbox = commands.add_parser(
+    # The sandbox's options belong to the test kit (notebookops.testing.sandbox parses them):
+    # everything after `sandbox` is handed to it, so the kit never needs the command line.
+    commands.add_parser(
         "sandbox",
+        add_help=False,
         help="serve fake Deepnote, PostHog and Datalore APIs on loopback, to try things out",
-        description="Serve the fake Deepnote, PostHog and Datalore servers of "
-        "notebookops.testing on 127.0.0.1 with demo notebooks, and print the environment "
-        "variables that point the command line and the examples at them. Ctrl-C stops it. "
-        "The fake PostHog kernel executes the cells it is sent in this process: the sandbox "
-        "is for trying notebookops out, nothing else.",
-    )
-    sandbox.add_argument(
-        "--duration",
-        type=_seconds,
-        default=2.0,
-        metavar="S",
-        help="how long a demo run takes (default 2)",
-    )
-    sandbox.add_argument(
-        "--env-file",
-        metavar="FILE",
-        help="also write the `export` lines to FILE (then: source FILE)",
     )
     return parser
 
@@ -897,12 +883,14 @@ def _logging_to(console: Console, debug: bool) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see ``notebookops --help``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(sys.stdout, sys.stderr, secrets=secret_values())
+    args, unknown = parser.parse_known_args(argv)
     if args.command == "sandbox":
-        from .testing.sandbox import serve
+        from .testing.sandbox import main as sandbox_main
 
-        return serve(duration=args.duration, env_file=args.env_file)
+        return sandbox_main(unknown, prog=f"{parser.prog} sandbox")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    console = Console(sys.stdout, sys.stderr, secrets=secret_values())
     try:
         with _logging_to(console, _debug(args)):
             return anyio.run(_amain, args, console, backend="asyncio")

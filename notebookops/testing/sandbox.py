@@ -21,6 +21,7 @@ In tests, :func:`sandbox` gives the same servers as an async context manager.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shlex
@@ -34,6 +35,8 @@ from typing import Final, TextIO
 import anyio
 import attrs
 
+from .._validate import seconds
+from ..errors import ConfigurationError
 from .datalore import FakeDataloreServer, fake_datalore_server
 from .deepnote import (
     FakeBlock,
@@ -51,6 +54,7 @@ __all__ = [
     "POSTHOG_DEMOS",
     "Demo",
     "Sandbox",
+    "build_parser",
     "main",
     "sandbox",
     "serve",
@@ -313,11 +317,49 @@ def serve(*, duration: float = 2.0, env_file: str | os.PathLike[str] | None = No
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m notebookops.testing.sandbox [--duration S] [--env-file FILE]``."""
-    from ..cli import main as cli_main
+_DESCRIPTION: Final = (
+    "Serve the fake Deepnote, PostHog and Datalore servers of notebookops.testing on "
+    "127.0.0.1 with demo notebooks, and print the environment variables that point the "
+    "command line and the examples at them. Ctrl-C stops it. The fake PostHog kernel "
+    "executes the cells it is sent in this process: the sandbox is for trying notebookops "
+    "out, nothing else."
+)
 
-    return cli_main(["sandbox", *(sys.argv[1:] if argv is None else argv)])
+
+def _duration(text: str) -> float:
+    try:
+        value = seconds("--duration", float(text))
+    except (ValueError, ConfigurationError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}"
+        ) from None
+    assert value is not None
+    return value
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The sandbox's options (``notebookops sandbox --help`` shows them)."""
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
+    parser.add_argument(
+        "--duration",
+        type=_duration,
+        default=2.0,
+        metavar="S",
+        help="how long a demo run takes (default 2)",
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="also write the `export` lines to FILE (then: source FILE)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m notebookops.testing.sandbox [--duration S] [--env-file FILE]``; the
+    command line's ``notebookops sandbox`` is this function too."""
+    args = build_parser(prog).parse_args(argv)
+    return serve(duration=args.duration, env_file=args.env_file)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,44 @@ def test_the_fake_servers_import_without_pytest() -> None:
         [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_test_kit_never_imports_the_command_line() -> None:
+    # Imports run downwards: the CLI may use the test kit (`notebookops sandbox`), never the
+    # other way round.
+    code = (
+        "import pkgutil, sys\n"
+        "import notebookops.testing\n"
+        "for module in pkgutil.iter_modules(notebookops.testing.__path__):\n"
+        "    if module.name != 'conformance':\n"
+        "        __import__(f'notebookops.testing.{module.name}')\n"
+        "leaked = sorted(name for name in sys.modules if name.startswith('notebookops._cli')\n"
+        "                or name == 'notebookops.cli')\n"
+        "assert not leaked, leaked\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_sandbox_help_and_usage_errors_come_from_the_sandbox_itself() -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", "notebookops", "sandbox", "--help"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: notebookops sandbox")
+    assert "--duration S" in helped.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "notebookops.testing.sandbox", "--duration", "nan"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "expected a number of seconds > 0, got 'nan'" in refused.stderr
