@@ -175,6 +175,8 @@ class Progress:
         self.clock = clock
         self.started_at = clock()
         self.handle: RunHandle | None = None
+        #: The first state read and the latest one.
+        self.first: Run | None = None
         self.last: Run | None = None
         self._active = False
         self._frame = 0
@@ -193,6 +195,8 @@ class Progress:
         self._redraw()
 
     def update(self, run: Run) -> None:
+        if self.first is None:
+            self.first = run
         self.last = run
         if not self.enabled:
             return
