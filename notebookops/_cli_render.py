@@ -7,7 +7,10 @@ a vendor or a notebook put in a message.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import re
 import shutil
 import time
@@ -60,6 +63,7 @@ class Console:
         self._secrets = [s for s in secrets if s]
         self.err_is_tty = err.isatty() if err_is_tty is None else err_is_tty
         self._status = ""
+        self._out_gone = False
 
     def scrub(self, text: str) -> str:
         """``text`` with every known secret replaced by ``***``."""
@@ -69,9 +73,18 @@ class Console:
         return text
 
     def print(self, text: str = "") -> None:
-        """A result line on stdout."""
-        self.out.write(self.scrub(text) + "\n")
-        self.out.flush()
+        """A result line on stdout (dropped once stdout's reader has gone, as with ``| head``)."""
+        if self._out_gone:
+            return
+        try:
+            self.out.write(self.scrub(text) + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self._out_gone = True
+            # Python flushes stdout once more at exit: point it at nothing, or that flush
+            # complains about the same closed pipe.
+            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
     def err(self, text: str) -> None:
         """A line on stderr (the status line, if any, is kept below it)."""
