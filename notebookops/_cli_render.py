@@ -20,12 +20,13 @@ from typing import Any, TextIO
 
 import anyio
 
-from .models import CellOutput, Run, RunHandle, RunState
+from .models import CellOutput, Run, RunErrorInfo, RunHandle, RunState
 
 __all__ = [
     "Console",
     "ConsoleLogHandler",
     "Progress",
+    "failure_text",
     "format_elapsed",
     "format_run",
     "format_table",
@@ -277,6 +278,20 @@ def _indent_block(label: str, lines: Sequence[str]) -> list[str]:
     return [f"  {label} {shown[0]}", *(f"  {pad}{line}" for line in shown[1:])]
 
 
+def failure_text(error: RunErrorInfo | None) -> str:
+    """`` in cell 3: ValueError: bad`` (where, then why): one wording for every line that
+    reports a failure. The error's type is not repeated when its message starts with it."""
+    if error is None:
+        return ": no reason given by the vendor"
+    where = ""
+    if error.cell_index is not None or error.cell_id:
+        where = f" in cell {error.cell_index if error.cell_index is not None else error.cell_id}"
+    reason = _one_line(error.message)
+    if error.name and not reason.startswith(error.name):
+        reason = f"{error.name}: {reason}"
+    return f"{where}: {reason}"
+
+
 def format_run(run: Run, *, elapsed: float | None = None) -> list[str]:
     """A person-readable summary of a run: state, where to see it, error, outputs."""
     state = run.state.value
@@ -291,13 +306,7 @@ def format_run(run: Run, *, elapsed: float | None = None) -> list[str]:
         lines.append(f"  cells: {run.progress.completed}{total} done")
     if run.error is not None:
         error = run.error
-        where = ""
-        if error.cell_index is not None or error.cell_id:
-            where = (
-                f" in cell {error.cell_index if error.cell_index is not None else error.cell_id}"
-            )
-        name = f"{error.name}: " if error.name else ""
-        lines.append(f"  error{where}: {name}{_one_line(error.message)}")
+        lines.append(f"  error{failure_text(error)}")
         if error.platform:
             lines.append("  (the platform failed, not the notebook: a retry may work)")
     shown = [output for output in run.outputs if _shown(output)]

@@ -97,15 +97,6 @@ def parse_target(text: str) -> Target:
     )
 
 
-class _NonFinite(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON, whatever Python's json module accepts.
-    raise _NonFinite(name)
-
-
 def _not_finite(name: str, text: object) -> ConfigurationError:
     # The library's own wording for 1e999 (which JSON reads as inf).
     return ConfigurationError(f"input {name!r} must be a finite number, got {text}")
@@ -116,12 +107,10 @@ def parse_value(text: str, *, name: str = "value") -> Any:
     the text itself. ``NaN``, ``Infinity`` and ``1e999`` are refused (ConfigurationError)
     rather than passed on as text or infinity."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except _NonFinite:
-        raise _not_finite(name, text) from None
+        value = json.loads(text)  # NaN, Infinity and 1e999 read as floats, refused below
     except ValueError:
         return text
-    return _plain(name, value)  # 1e999 reads as inf
+    return _plain(name, value)
 
 
 _PYTHON_LITERALS: Final = {"True": "true", "False": "false", "None": "null"}

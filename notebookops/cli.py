@@ -32,7 +32,14 @@ import anyio
 import anyio.abc
 
 from . import __version__
-from ._cli_render import Console, ConsoleLogHandler, Progress, format_run, format_table
+from ._cli_render import (
+    Console,
+    ConsoleLogHandler,
+    Progress,
+    failure_text,
+    format_run,
+    format_table,
+)
 from ._cli_targets import (
     ENVIRONMENT,
     Target,
@@ -661,15 +668,7 @@ def _outcome(console: Console, run: Run) -> int:
     """Exit code for a finished run, with one stderr line when it did not succeed."""
     name = f"{run.handle.backend} run {run.run_id}"
     if run.state is RunState.FAILED:
-        where = ""
-        reason = "no reason given by the vendor"
-        if run.error is not None:
-            error = run.error
-            if error.cell_index is not None or error.cell_id:
-                cell = error.cell_index if error.cell_index is not None else error.cell_id
-                where = f" in cell {cell}"
-            reason = f"{error.name}: {error.message}" if error.name else error.message
-        console.err(f"notebookops: error: {name} failed{where}: {_one_line(reason)}")
+        console.err(f"notebookops: error: {name} failed{failure_text(run.error)}")
         return EXIT_FAILED
     if run.state is RunState.CANCELLED:
         console.err(f"notebookops: error: {name} was cancelled")

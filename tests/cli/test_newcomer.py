@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from notebookops.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from notebookops.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from notebookops.policies import PollPolicy
 from notebookops.testing.sandbox import DEEPNOTE_DEMOS
 
-from .conftest import FAST, SandboxInfo, base_env, cli
+from .conftest import EXAMPLES, FAST, SandboxInfo, base_env, cli
 
 DEEPNOTE_HELLO = f"deepnote:{DEEPNOTE_DEMOS['hello']}"
+HELLO_IPYNB = EXAMPLES / "notebooks" / "hello.ipynb"
 
 
 # -------------------------------------------------------------------- --timeout none
@@ -105,6 +106,14 @@ def test_a_bad_parameters_file_is_a_usage_error(
     assert result.returncode == EXIT_USAGE
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_local_run_names_the_error_type_once() -> None:
+    result = cli("run", str(HELLO_IPYNB), "-i", "name=3", "-q", env=base_env())
+    assert result.returncode == EXIT_FAILED
+    line = result.error_lines()[0]
+    assert ": TypeError: object of type 'int' has no len()" in line
+    assert "TypeError: TypeError" not in result.output
 
 
 # -------------------------------------------------------------------- help and usage

@@ -37,6 +37,7 @@ from notebookops._cli_render import (
     MAX_OUTPUT_LINES,
     Console,
     Progress,
+    failure_text,
     format_elapsed,
     format_run,
     format_table,
@@ -116,6 +117,7 @@ def test_bad_targets(text: str) -> None:
         ('{"k": 1}', {"k": 1}),
         ("Ada", "Ada"),
         ("2026-11-22", "2026-11-22"),
+        ("NaN2", "NaN2"),
         ("", ""),
     ],
 )
@@ -483,3 +485,20 @@ async def test_session_signals_cancel_the_innermost_scope(monkeypatch: pytest.Mo
         session.on_signal()
         assert exits == [EXIT_INTERRUPTED]
         assert "exiting now" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (None, ": no reason given by the vendor"),
+        (RunErrorInfo("bad", name="ValueError", cell_index=3), " in cell 3: ValueError: bad"),
+        # A message that already names its type is not prefixed twice.
+        (
+            RunErrorInfo("TypeError: bad", name="TypeError", cell_id="c1"),
+            " in cell c1: TypeError: bad",
+        ),
+        (RunErrorInfo("it broke\n  badly"), ": it broke badly"),
+    ],
+)
+def test_failure_text(error: RunErrorInfo | None, text: str) -> None:
+    assert failure_text(error) == text
