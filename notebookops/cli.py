@@ -133,7 +133,7 @@ environment:
 {_EXIT_CODES_HELP}
 
 Try every vendor without an account: run `notebookops sandbox` in one terminal and paste the
-variables it prints into another."""
+variables it prints into another, or in a script: eval "$(notebookops sandbox --print-env)"."""
 
 
 # ==================================================================== argument parsing

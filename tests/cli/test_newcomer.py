@@ -6,8 +6,6 @@ Each runs the CLI as a subprocess, as a user would.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from notebookops.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from notebookops.policies import PollPolicy
 from notebookops.testing.sandbox import DEEPNOTE_DEMOS
 
-from .conftest import EXAMPLES, FAST, SandboxInfo, base_env, cli
+from .conftest import EXAMPLES, FAST, SandboxInfo, base_env, cli, python
 
 DEEPNOTE_HELLO = f"deepnote:{DEEPNOTE_DEMOS['hello']}"
 HELLO_IPYNB = EXAMPLES / "notebooks" / "hello.ipynb"
@@ -215,8 +213,6 @@ def test_ctrl_c_while_the_command_line_loads_prints_no_traceback() -> None:
         "builtins.__import__ = interrupted\n"
         "sys.exit(_cli_entry.main())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
-    )
+    result = python(code)
     assert result.returncode == EXIT_INTERRUPTED
     assert result.stderr == "notebookops: interrupted\n"

@@ -25,7 +25,7 @@ from notebookops.testing.sandbox import (
     serve,
 )
 
-from .conftest import base_env
+from .conftest import base_env, cli, python, run_process
 
 FAST = PollPolicy(initial=0.01, maximum=0.05)
 
@@ -119,9 +119,7 @@ def test_the_fake_servers_import_without_pytest() -> None:
         "import notebookops.cli\n"
         "assert 'pytest' not in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
-    )
+    result = python(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -138,29 +136,17 @@ def test_the_test_kit_never_imports_the_command_line() -> None:
         "                or name == 'notebookops.cli')\n"
         "assert not leaked, leaked\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
-    )
+    result = python(code)
     assert result.returncode == 0, result.stderr
 
 
 def test_sandbox_help_and_usage_errors_come_from_the_sandbox_itself() -> None:
-    helped = subprocess.run(
-        [sys.executable, "-m", "notebookops", "sandbox", "--help"],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    helped = cli("sandbox", "--help", env=base_env())
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith("usage: notebookops sandbox")
     assert "--duration S" in helped.stdout
-    refused = subprocess.run(
-        [sys.executable, "-m", "notebookops.testing.sandbox", "--duration", "nan"],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=False,
+    refused = run_process(
+        [sys.executable, "-m", "notebookops.testing.sandbox", "--duration", "nan"], base_env()
     )
     assert refused.returncode == 2
     assert "expected a number of seconds > 0, got 'nan'" in refused.stderr
