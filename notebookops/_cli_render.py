@@ -7,7 +7,10 @@ a vendor or a notebook put in a message.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import re
 import shutil
 import time
@@ -17,12 +20,13 @@ from typing import Any, TextIO
 
 import anyio
 
-from .models import CellOutput, Run, RunHandle, RunState
+from .models import CellOutput, Run, RunErrorInfo, RunHandle, RunState
 
 __all__ = [
     "Console",
     "ConsoleLogHandler",
     "Progress",
+    "failure_text",
     "format_elapsed",
     "format_run",
     "format_table",
@@ -60,6 +64,7 @@ class Console:
         self._secrets = [s for s in secrets if s]
         self.err_is_tty = err.isatty() if err_is_tty is None else err_is_tty
         self._status = ""
+        self._out_gone = False
 
     def scrub(self, text: str) -> str:
         """``text`` with every known secret replaced by ``***``."""
@@ -69,9 +74,18 @@ class Console:
         return text
 
     def print(self, text: str = "") -> None:
-        """A result line on stdout."""
-        self.out.write(self.scrub(text) + "\n")
-        self.out.flush()
+        """A result line on stdout (dropped once stdout's reader has gone, as with ``| head``)."""
+        if self._out_gone:
+            return
+        try:
+            self.out.write(self.scrub(text) + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self._out_gone = True
+            # Python flushes stdout once more at exit: point it at nothing, or that flush
+            # complains about the same closed pipe.
+            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
     def err(self, text: str) -> None:
         """A line on stderr (the status line, if any, is kept below it)."""
@@ -175,6 +189,8 @@ class Progress:
         self.clock = clock
         self.started_at = clock()
         self.handle: RunHandle | None = None
+        #: The first state read and the latest one.
+        self.first: Run | None = None
         self.last: Run | None = None
         self._active = False
         self._frame = 0
@@ -193,6 +209,8 @@ class Progress:
         self._redraw()
 
     def update(self, run: Run) -> None:
+        if self.first is None:
+            self.first = run
         self.last = run
         if not self.enabled:
             return
@@ -260,6 +278,20 @@ def _indent_block(label: str, lines: Sequence[str]) -> list[str]:
     return [f"  {label} {shown[0]}", *(f"  {pad}{line}" for line in shown[1:])]
 
 
+def failure_text(error: RunErrorInfo | None) -> str:
+    """`` in cell 3: ValueError: bad`` (where, then why): one wording for every line that
+    reports a failure. The error's type is not repeated when its message starts with it."""
+    if error is None:
+        return ": no reason given by the vendor"
+    where = ""
+    if error.cell_index is not None or error.cell_id:
+        where = f" in cell {error.cell_index if error.cell_index is not None else error.cell_id}"
+    reason = _one_line(error.message)
+    if error.name and not reason.startswith(error.name):
+        reason = f"{error.name}: {reason}"
+    return f"{where}: {reason}"
+
+
 def format_run(run: Run, *, elapsed: float | None = None) -> list[str]:
     """A person-readable summary of a run: state, where to see it, error, outputs."""
     state = run.state.value
@@ -274,13 +306,7 @@ def format_run(run: Run, *, elapsed: float | None = None) -> list[str]:
         lines.append(f"  cells: {run.progress.completed}{total} done")
     if run.error is not None:
         error = run.error
-        where = ""
-        if error.cell_index is not None or error.cell_id:
-            where = (
-                f" in cell {error.cell_index if error.cell_index is not None else error.cell_id}"
-            )
-        name = f"{error.name}: " if error.name else ""
-        lines.append(f"  error{where}: {name}{_one_line(error.message)}")
+        lines.append(f"  error{failure_text(error)}")
         if error.platform:
             lines.append("  (the platform failed, not the notebook: a retry may work)")
     shown = [output for output in run.outputs if _shown(output)]

@@ -6,13 +6,15 @@ Adapters are imported only when a backend is built, so ``notebookops --help`` st
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .backend import NotebookBackend
+from .backend import NotebookBackend, StateTable
 from .errors import ConfigurationError
 from .models import Capability, RunHandle
 
@@ -28,14 +30,17 @@ __all__ = [
     "Target",
     "backend_for_handle",
     "deepnote_backend",
+    "deepnote_states",
     "describe_environment",
     "make_backend",
     "not_resumable_reason",
     "parse_inputs",
+    "parse_parameters",
     "parse_target",
     "parse_value",
     "posthog_backend",
     "secret_values",
+    "text_warning",
 ]
 
 #: Targets written ``<vendor>:<notebook>``.
@@ -92,18 +97,40 @@ def parse_target(text: str) -> Target:
     )
 
 
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON, whatever Python's json module accepts.
-    raise ValueError(name)
+def _not_finite(name: str, text: object) -> ConfigurationError:
+    # The library's own wording for 1e999 (which JSON reads as inf).
+    return ConfigurationError(f"input {name!r} must be a finite number, got {text}")
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, *, name: str = "value") -> Any:
     """An input value: JSON when it parses (``5``, ``true``, ``["a", "b"]``, ``"5"``), else
-    the text itself."""
+    the text itself. ``NaN``, ``Infinity`` and ``1e999`` are refused (ConfigurationError)
+    rather than passed on as text or infinity."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text)  # NaN, Infinity and 1e999 read as floats, refused below
     except ValueError:
         return text
+    return _plain(name, value)
+
+
+_PYTHON_LITERALS: Final = {"True": "true", "False": "false", "None": "null"}
+
+
+def text_warning(name: str, text: str) -> str | None:
+    """Why ``-i NAME=TEXT``, read as text, was probably meant as JSON (None when it was not):
+    it starts like JSON (``[``, ``{``, ``"``) or is a Python literal (``True``)."""
+    if text in _PYTHON_LITERALS:
+        meant = _PYTHON_LITERALS[text]
+        return f"-i {name}={text} is not JSON (did you mean {meant}?); it is passed as text"
+    if text.lstrip()[:1] in ("[", "{", '"') and text.strip():
+        try:
+            json.loads(text)
+        except ValueError as error:
+            return (
+                f"-i {name}={text} is not valid JSON ({error}); it is passed as text "
+                f"(-s {name}=... passes text without this warning)"
+            )
+    return None
 
 
 def _split(pair: str, option: str) -> tuple[str, str]:
@@ -114,9 +141,15 @@ def _split(pair: str, option: str) -> tuple[str, str]:
     return name, value
 
 
-def parse_inputs(json_pairs: Iterable[str], text_pairs: Iterable[str] = ()) -> dict[str, Any]:
+def parse_inputs(
+    json_pairs: Iterable[str],
+    text_pairs: Iterable[str] = (),
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Inputs from ``-i NAME=VALUE`` (JSON when it parses) and ``-s NAME=TEXT`` (always text).
-    A name given twice is an error rather than a silent override."""
+    A name given twice is an error rather than a silent override. ``warn`` hears about
+    ``-i`` values taken as text that look like mistyped JSON."""
     inputs: dict[str, Any] = {}
     pairs = [(pair, "-i", True) for pair in json_pairs]
     pairs += [(pair, "-s", False) for pair in text_pairs]
@@ -124,8 +157,55 @@ def parse_inputs(json_pairs: Iterable[str], text_pairs: Iterable[str] = ()) -> d
         name, raw = _split(pair, option)
         if name in inputs:
             raise ConfigurationError(f"input {name!r} is given twice")
-        inputs[name] = parse_value(raw) if as_json else raw
+        value = parse_value(raw, name=name) if as_json else raw
+        if as_json and warn is not None and isinstance(value, str):
+            warning = text_warning(name, raw)
+            if warning is not None:
+                warn(warning)
+        inputs[name] = value
     return inputs
+
+
+def parse_parameters(text: str, source: str) -> dict[str, Any]:
+    """Inputs from a parameters file (papermill's ``-f``): a YAML or JSON mapping of
+    ``NAME: VALUE``. Dates and times become ISO text (inputs travel as JSON)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())
+        raise ConfigurationError(
+            f"parameters file {source!r} is not valid YAML or JSON: {reason}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"parameters file {source!r} must hold a mapping of NAME: VALUE, "
+            f"got {type(data).__name__}"
+        )
+    parameters: dict[str, Any] = {}
+    for name, value in data.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f"parameters file {source!r}: input names must be text, got {name!r}"
+            )
+        parameters[name] = _plain(name, value)
+    return parameters
+
+
+def _plain(name: str, value: Any) -> Any:
+    """``value`` as JSON-ready data: dates as ISO text; NaN and infinities refused."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _not_finite(name, value)
+    if isinstance(value, list):
+        return [_plain(name, item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(name, item) for key, item in value.items()}
+    return value
 
 
 def deepnote_backend() -> DeepnoteBackend:
@@ -133,6 +213,13 @@ def deepnote_backend() -> DeepnoteBackend:
     from .backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
 
     return DeepnoteBackend(base_url=os.environ.get(DEEPNOTE_URL_ENV) or DEFAULT_BASE_URL)
+
+
+def deepnote_states() -> StateTable:
+    """Deepnote's run statuses mapped to the states ``run`` shows (succeeded, failed, ...)."""
+    from .backends.deepnote import DEEPNOTE_STATES
+
+    return StateTable("deepnote", DEEPNOTE_STATES)
 
 
 def posthog_backend(mode: str | None = None) -> PostHogBackend:

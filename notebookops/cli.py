@@ -32,16 +32,27 @@ import anyio
 import anyio.abc
 
 from . import __version__
-from ._cli_render import Console, ConsoleLogHandler, Progress, format_run, format_table
+from ._cli_render import (
+    Console,
+    ConsoleLogHandler,
+    Progress,
+    failure_text,
+    format_run,
+    format_table,
+)
 from ._cli_targets import (
     ENVIRONMENT,
+    Target,
     backend_for_handle,
     deepnote_backend,
+    deepnote_states,
     describe_environment,
     make_backend,
     not_resumable_reason,
     parse_inputs,
+    parse_parameters,
     parse_target,
+    parse_value,
     posthog_backend,
     secret_values,
 )
@@ -94,6 +105,8 @@ _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 #: A third signal exits at once, whatever is still in progress.
 _FORCE_EXIT_SIGNALS: Final = 3
 _DEFAULT_LIMIT: Final = 100
+#: The longest wait between status reads: the library's default.
+_POLL_CAP: Final = PollPolicy().maximum
 
 T = TypeVar("T")
 
@@ -120,7 +133,7 @@ environment:
 {_EXIT_CODES_HELP}
 
 Try every vendor without an account: run `notebookops sandbox` in one terminal and paste the
-variables it prints into another."""
+variables it prints into another, or in a script: eval "$(notebookops sandbox --print-env)"."""
 
 
 # ==================================================================== argument parsing
@@ -145,6 +158,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    return _seconds(text)
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -153,6 +172,12 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
     return value
+
+
+def _quiet_option(help_text: str) -> _Parser:
+    parent = _Parser(add_help=False)
+    parent.add_argument("-q", "--quiet", action="store_true", help=help_text)
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     waiting = _Parser(add_help=False)
     waiting.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_timeout,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g}); the run is then "
-        "cancelled, unless --detach or the vendor cannot cancel",
+        help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g}), or 'none' to wait as "
+        "long as the run takes; at the timeout the run is cancelled, unless --detach or the "
+        "vendor cannot cancel",
     )
     waiting.add_argument(
         "--detach",
@@ -192,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=1.0,
         metavar="S",
-        help="seconds before the first status read; later reads back off up to 30 s (default 1)",
+        help="seconds before the first status read; later reads back off up to "
+        f"{_POLL_CAP:g} s (default 1)",
     )
-    waiting.add_argument("-q", "--quiet", action="store_true", help="no live progress on stderr")
+    quiet = _quiet_option("no live progress on stderr")
+    quiet_notes = _quiet_option("no notes on stderr (errors still show)")
     handle_file = _Parser(add_help=False)
     handle_file.add_argument(
         "handle_file", metavar="HANDLE_FILE", help="a file written by run --save-handle"
@@ -204,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[waiting, as_json, common],
+        parents=[waiting, quiet, as_json, common],
         help="start a notebook run and wait for it",
         description="Start a notebook run, show its progress on stderr and its outcome on stdout.",
         epilog=_EPILOG,
@@ -218,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         dest="inputs",
         metavar="NAME=VALUE",
-        help='an input; VALUE is read as JSON when it parses (5, true, ["a"]), else as text',
+        help='an input; VALUE is read as JSON when it parses (5, true, ["a"]), else as text '
+        "(with a warning when it looks like mistyped JSON)",
     )
     run.add_argument(
         "-s",
@@ -228,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="string_inputs",
         metavar="NAME=TEXT",
         help="an input passed as text as is (e.g. Deepnote takes numbers as strings)",
+    )
+    run.add_argument(
+        "-f",
+        "--parameters",
+        metavar="FILE",
+        help="inputs from a YAML or JSON file of NAME: VALUE (as papermill's -f); "
+        "-i and -s override its values",
     )
     run.add_argument(
         "--no-wait",
@@ -255,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status",
-        parents=[handle_file, as_json, common],
+        parents=[handle_file, quiet_notes, as_json, common],
         help="show a saved run's current state",
         description="Read a saved run's state once. Exits 0 whenever the state was read.",
     )
@@ -263,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wait = commands.add_parser(
         "wait",
-        parents=[handle_file, waiting, as_json, common],
+        parents=[handle_file, waiting, quiet, as_json, common],
         help="wait for a saved run to finish",
         description="Follow a saved run to its end; exit codes as for run.",
         epilog=_EXIT_CODES_HELP,
@@ -273,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = commands.add_parser(
         "cancel",
-        parents=[handle_file, as_json, common],
+        parents=[handle_file, quiet_notes, as_json, common],
         help="cancel a saved run",
         description="Ask the vendor to stop a saved run, then show its state.",
     )
@@ -295,24 +331,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     leaf = [limit, as_json, common]
 
-    deepnote = vendors.add_parser("deepnote", help="projects, notebooks, runs")
+    deepnote = vendors.add_parser(
+        "deepnote",
+        help="projects, notebooks, runs",
+        description="List Deepnote projects, notebooks or a notebook's runs.",
+    )
     deepnote_what = deepnote.add_subparsers(dest="what", metavar="WHAT", required=True)
-    projects = deepnote_what.add_parser("projects", parents=leaf, help="the workspace's projects")
+    projects = deepnote_what.add_parser(
+        "projects",
+        parents=leaf,
+        help="the workspace's projects",
+        description="List the Deepnote workspace's projects (DEEPNOTE_API_KEY's workspace): "
+        "id, name, number of notebooks, last update.",
+    )
     projects.add_argument("--name-contains", metavar="TEXT", help="only names containing TEXT")
     projects.set_defaults(handler=_cmd_list_deepnote_projects)
     notebooks = deepnote_what.add_parser(
-        "notebooks", parents=leaf, help="notebooks (with the target to run each)"
+        "notebooks",
+        parents=leaf,
+        help="notebooks (with the target to run each)",
+        description="List the workspace's Deepnote notebooks, each with the target that runs "
+        "it (deepnote:<notebookId>), its project and its last run.",
     )
     notebooks.add_argument("--project", metavar="ID", help="only this project's notebooks")
     notebooks.set_defaults(handler=_cmd_list_deepnote_notebooks)
-    runs = deepnote_what.add_parser("runs", parents=leaf, help="a notebook's runs, newest first")
+    runs = deepnote_what.add_parser(
+        "runs",
+        parents=leaf,
+        help="a notebook's runs, newest first",
+        description="List a Deepnote notebook's runs, newest first (scheduled and UI runs "
+        "too), with their state as `run` reports it and Deepnote's own status.",
+    )
     runs.add_argument("notebook", metavar="NOTEBOOK_ID")
     runs.set_defaults(handler=_cmd_list_deepnote_runs)
 
-    posthog = vendors.add_parser("posthog", help="notebooks")
+    posthog = vendors.add_parser(
+        "posthog", help="notebooks", description="List the PostHog project's notebooks."
+    )
     posthog_what = posthog.add_subparsers(dest="what", metavar="WHAT", required=True)
     ph_notebooks = posthog_what.add_parser(
-        "notebooks", parents=leaf, help="the project's notebooks, recently modified first"
+        "notebooks",
+        parents=leaf,
+        help="the project's notebooks, recently modified first",
+        description="List the PostHog project's notebooks (POSTHOG_PROJECT_ID), recently "
+        "modified first, each with the target that runs it (posthog:<short_id>).",
     )
     ph_notebooks.add_argument("--search", metavar="TEXT", help="only notebooks matching TEXT")
     ph_notebooks.set_defaults(handler=_cmd_list_posthog_notebooks)
@@ -322,26 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     datalore.set_defaults(handler=_cmd_list_datalore)
 
-    sandbox = commands.add_parser(
+    # The sandbox's options belong to the test kit (notebookops.testing.sandbox parses them):
+    # everything after `sandbox` is handed to it, so the kit never needs the command line.
+    commands.add_parser(
         "sandbox",
+        add_help=False,
         help="serve fake Deepnote, PostHog and Datalore APIs on loopback, to try things out",
-        description="Serve the fake Deepnote, PostHog and Datalore servers of "
-        "notebookops.testing on 127.0.0.1 with demo notebooks, and print the environment "
-        "variables that point the command line and the examples at them. Ctrl-C stops it. "
-        "The fake PostHog kernel executes the cells it is sent in this process: the sandbox "
-        "is for trying notebookops out, nothing else.",
-    )
-    sandbox.add_argument(
-        "--duration",
-        type=_seconds,
-        default=2.0,
-        metavar="S",
-        help="how long a demo run takes (default 2)",
-    )
-    sandbox.add_argument(
-        "--env-file",
-        metavar="FILE",
-        help="also write the `export` lines to FILE (then: source FILE)",
     )
     return parser
 
@@ -414,9 +462,11 @@ def report_error(console: Console, error: BaseException, *, debug: bool, command
     if not isinstance(error, NotebookOpsError):
         message = f"unexpected {type(error).__name__}: {message}"
     console.err(f"notebookops: error: {message}")
-    hint = hint_for(error, command)
-    if hint:
-        console.err(f"notebookops: hint: {hint}")
+    # Notes added on the way up say more about this case than the generic hint.
+    notes: list[str | None] = list(getattr(error, "__notes__", []))
+    for hint in notes or [hint_for(error, command)]:
+        if hint:
+            console.err(f"notebookops: hint: {_one_line(hint)}")
     return exit_code_for(error)
 
 
@@ -521,7 +571,7 @@ def _resume_hint(handle: RunHandle, handle_path: str | None) -> str:
 
 def _poll(args: argparse.Namespace) -> PollPolicy:
     interval: float = args.poll_interval
-    return PollPolicy(initial=interval, maximum=max(30.0, interval))
+    return PollPolicy(initial=interval, maximum=max(_POLL_CAP, interval))
 
 
 # ==================================================================== run / wait
@@ -605,7 +655,12 @@ async def _follow(
             console.err(f"notebookops: hint: {_resume_hint(timed_out.handle, saved_path)}")
         return EXIT_TIMEOUT
     assert run is not None
-    _print_run(console, run, as_json=args.json, elapsed=progress.elapsed)
+    # `wait` on a run that had ended before it began: the time it took is not ours to tell.
+    ended_before = (
+        request is None and progress.first is not None and progress.first.state.is_terminal
+    )
+    elapsed = None if ended_before else progress.elapsed
+    _print_run(console, run, as_json=args.json, elapsed=elapsed)
     return _outcome(console, run)
 
 
@@ -613,15 +668,7 @@ def _outcome(console: Console, run: Run) -> int:
     """Exit code for a finished run, with one stderr line when it did not succeed."""
     name = f"{run.handle.backend} run {run.run_id}"
     if run.state is RunState.FAILED:
-        where = ""
-        reason = "no reason given by the vendor"
-        if run.error is not None:
-            error = run.error
-            if error.cell_index is not None or error.cell_id:
-                cell = error.cell_index if error.cell_index is not None else error.cell_id
-                where = f" in cell {cell}"
-            reason = f"{error.name}: {error.message}" if error.name else error.message
-        console.err(f"notebookops: error: {name} failed{where}: {_one_line(reason)}")
+        console.err(f"notebookops: error: {name} failed{failure_text(run.error)}")
         return EXIT_FAILED
     if run.state is RunState.CANCELLED:
         console.err(f"notebookops: error: {name} was cancelled")
@@ -657,6 +704,8 @@ async def _interrupted(
             f"notebookops: interrupted: the {backend.name} backend cannot cancel runs, so "
             f"{name} is still running{where}"
         )
+        if Capability.RESUMABLE in backend.capabilities:
+            console.err(f"notebookops: hint: {_resume_hint(handle, handle_path)}")
         return EXIT_INTERRUPTED
     console.err(f"notebookops: interrupted: cancelling {name} (Ctrl-C again to stop waiting)")
     failure: Exception | None = None
@@ -686,9 +735,54 @@ async def _interrupted(
 
 
 async def _cmd_run(args: argparse.Namespace, session: _Session) -> int:
-    console = session.console
     target = parse_target(args.target)
-    inputs = parse_inputs(args.inputs, args.string_inputs)
+    inputs = await _read_inputs(args, session.console)
+    try:
+        return await _start(args, session, target, inputs)
+    except ConfigurationError as error:
+        if target.backend == "deepnote":
+            for note in _text_input_notes(error, args.inputs):
+                error.add_note(note)
+        raise
+
+
+async def _read_inputs(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """The inputs from ``-f FILE``, overridden by ``-i`` and ``-s``."""
+    inputs: dict[str, Any] = {}
+    if args.parameters is not None:
+        try:
+            text = await anyio.Path(args.parameters).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigurationError(
+                f"cannot read the parameters file {args.parameters!r}: {reason}"
+            ) from None
+        inputs = parse_parameters(text, args.parameters)
+
+    def warn(text: str) -> None:
+        console.err(f"notebookops: warning: {text}")
+
+    inputs.update(parse_inputs(args.inputs, args.string_inputs, warn=warn))
+    return inputs
+
+
+def _text_input_notes(error: ConfigurationError, pairs: Sequence[str]) -> list[str]:
+    """For an input Deepnote refused, the command line that passes it as it wants: text."""
+    notes = []
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        name = name.strip()
+        value = parse_value(raw, name=name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and f"input {name!r}" in str(error):
+            notes.append(f"Deepnote takes numbers as text: pass -s {name}={raw}")
+    return notes
+
+
+async def _start(
+    args: argparse.Namespace, session: _Session, target: Target, inputs: dict[str, Any]
+) -> int:
+    console = session.console
     if args.mode is not None and target.backend != "posthog":
         raise ConfigurationError("--mode applies to posthog: targets only")
     options: object | None = None
@@ -747,7 +841,8 @@ async def _cmd_cancel(args: argparse.Namespace, session: _Session) -> int:
     backend = await backend_for_handle(handle)
     async with backend:
         await backend.cancel_run(handle)
-        console.err(f"notebookops: cancel requested for {handle.backend} run {handle.run_id}")
+        if not args.quiet:
+            console.err(f"notebookops: cancel requested for {handle.backend} run {handle.run_id}")
         try:
             run: Run | None = await backend.get_run(handle)
         except NotebookOpsError as error:
@@ -825,8 +920,12 @@ async def _cmd_list_deepnote_notebooks(args: argparse.Namespace, session: _Sessi
 async def _cmd_list_deepnote_runs(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
         runs = await _take(backend.list_notebook_runs(args.notebook), args.limit)
-    rows = [[r.run_id, r.status, r.created_at, r.finished_at] for r in runs]
-    _print_rows(session.console, args, ["RUN ID", "STATUS", "CREATED", "FINISHED"], rows)
+    state_of = deepnote_states()
+    rows = [
+        [r.run_id, state_of(r.status).value, r.status, r.created_at, r.finished_at] for r in runs
+    ]
+    headers = ["RUN ID", "STATE", "VENDOR STATUS", "CREATED", "FINISHED"]
+    _print_rows(session.console, args, headers, rows)
     return EXIT_OK
 
 
@@ -896,20 +995,34 @@ def _logging_to(console: Console, debug: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see ``notebookops --help``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(sys.stdout, sys.stderr, secrets=secret_values())
-    if args.command == "sandbox":
-        from .testing.sandbox import serve
-
-        return serve(duration=args.duration, env_file=args.env_file)
     try:
-        with _logging_to(console, _debug(args)):
-            return anyio.run(_amain, args, console, backend="asyncio")
+        return _main(sys.argv[1:] if argv is None else list(argv))
     except KeyboardInterrupt:
         # Ctrl-C before our signal handling was in place (or on a platform without it).
-        console.err("notebookops: interrupted")
+        sys.stderr.write("notebookops: interrupted\n")
         return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    if not argv:
+        # A usage error like any other (a script that lost its arguments must not pass),
+        # but one where the whole help is the useful answer.
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "sandbox":
+        from .testing.sandbox import main as sandbox_main
+
+        return sandbox_main(unknown, prog=f"{parser.prog} sandbox")
+    if unknown:
+        # The subcommand's own --help lists the options that do exist.
+        words = [args.command, getattr(args, "vendor", None), getattr(args, "what", None)]
+        prog = " ".join([parser.prog, *(word for word in words if word)])
+        _Parser(prog=prog).error(f"unrecognized arguments: {' '.join(unknown)}")
+    console = Console(sys.stdout, sys.stderr, secrets=secret_values())
+    with _logging_to(console, _debug(args)):
+        return anyio.run(_amain, args, console, backend="asyncio")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,13 @@ examples) without an account::
 
 Paste the ``export`` lines into another terminal (or write them to a file with
 ``--env-file FILE`` and ``source FILE``), then e.g. ``notebookops run posthog:hello -i
-name=Ada``. Every server binds to 127.0.0.1 only and gets a fresh random token per start.
+name=Ada``. In a script, start it in the background and take its variables in one step::
+
+    eval "$(notebookops sandbox --print-env)"     # returns once the servers are ready
+    notebookops run posthog:hello -i name=Ada
+    kill "$NOTEBOOKOPS_SANDBOX_PID"
+
+Every server binds to 127.0.0.1 only and gets a fresh random token per start.
 
 The fake PostHog kernel really executes the Python it is sent, in the sandbox process: that is
 why the sandbox listens on loopback only and checks its token. It is a demo, not a service.
@@ -21,11 +27,14 @@ In tests, :func:`sandbox` gives the same servers as an async context manager.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -34,6 +43,8 @@ from typing import Final, TextIO
 import anyio
 import attrs
 
+from .._validate import seconds
+from ..errors import ConfigurationError
 from .datalore import FakeDataloreServer, fake_datalore_server
 from .deepnote import (
     FakeBlock,
@@ -50,10 +61,13 @@ __all__ = [
     "DEEPNOTE_DEMOS",
     "POSTHOG_DEMOS",
     "Demo",
+    "PID_ENV",
     "Sandbox",
+    "build_parser",
     "main",
     "sandbox",
     "serve",
+    "start_in_background",
 ]
 
 #: Fixed ids of the Deepnote demo notebooks, so the targets are the same on every start.
@@ -70,6 +84,12 @@ DATALORE_DEMOS: Final = {"hello": "demo/hello", "fails": "demo/fails", "slow": "
 _POSTHOG_PROJECT: Final = "1"
 #: A "slow" demo run lasts this long unless cancelled (in short sleeps, so a cancel is quick).
 _SLOW_SECONDS: Final = 3600
+#: The banner's last line: the servers are up once it is printed.
+_READY_LINE: Final = "# Press Ctrl-C to stop the sandbox."
+#: The variable ``--print-env`` sets to the background sandbox's process id.
+PID_ENV: Final = "NOTEBOOKOPS_SANDBOX_PID"
+#: Seconds a background sandbox may take to start.
+_START_TIMEOUT: Final = 60.0
 
 
 @attrs.frozen
@@ -268,7 +288,7 @@ def _banner(box: Sandbox, env_file: Path | None) -> list[str]:
         "# Then try one of these demo notebooks, e.g. notebookops run posthog:hello -i name=Ada",
         *(f"#   {demo.target:<{width}}  {demo.description}" for demo in box.demos),
         "# or the examples: python examples/deepnote_run.py (see examples/*.py)",
-        "# Press Ctrl-C to stop the sandbox.",
+        _READY_LINE,
     ]
 
 
@@ -313,11 +333,109 @@ def serve(*, duration: float = 2.0, env_file: str | os.PathLike[str] | None = No
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m notebookops.testing.sandbox [--duration S] [--env-file FILE]``."""
-    from ..cli import main as cli_main
+_DESCRIPTION: Final = (
+    "Serve the fake Deepnote, PostHog and Datalore servers of notebookops.testing on "
+    "127.0.0.1 with demo notebooks, and print the environment variables that point the "
+    "command line and the examples at them. Ctrl-C stops it. The fake PostHog kernel "
+    "executes the cells it is sent in this process: the sandbox is for trying notebookops "
+    "out, nothing else."
+)
 
-    return cli_main(["sandbox", *(sys.argv[1:] if argv is None else argv)])
+
+def _duration(text: str) -> float:
+    try:
+        value = seconds("--duration", float(text))
+    except (ValueError, ConfigurationError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}"
+        ) from None
+    assert value is not None
+    return value
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The sandbox's options (``notebookops sandbox --help`` shows them)."""
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
+    parser.add_argument(
+        "--duration",
+        type=_duration,
+        default=2.0,
+        metavar="S",
+        help="how long a demo run takes (default 2)",
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="also write the `export` lines to FILE (then: source FILE)",
+    )
+    parser.add_argument(
+        "--print-env",
+        action="store_true",
+        help="start the sandbox in the background and return once it is ready, printing "
+        f"only its `export` lines (and {PID_ENV}) on stdout: "
+        f'eval "$(notebookops sandbox --print-env)", later kill "${PID_ENV}"',
+    )
+    return parser
+
+
+def start_in_background(
+    *, duration: float = 2.0, env_file: str | os.PathLike[str] | None = None
+) -> int:
+    """Start the sandbox in a process of its own and print, once its servers are ready, its
+    ``export`` lines and ``export NOTEBOOKOPS_SANDBOX_PID=<pid>`` on stdout (for ``eval``);
+    returns the exit code (0, or 1 when it did not start)."""
+    command = [sys.executable, "-m", __name__, "--duration", repr(duration)]
+    if env_file is not None:
+        command += ["--env-file", os.fspath(env_file)]
+    # Its own session: a Ctrl-C in this terminal is not for it. No stderr: nothing may keep
+    # the caller's pipes open (`$(...)` waits for every writer to close them).
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    watchdog = threading.Timer(_START_TIMEOUT, process.kill)
+    watchdog.start()
+    exports: list[str] = []
+    ready = False
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("export "):
+                exports.append(line.rstrip("\n"))
+            if line.rstrip("\n") == _READY_LINE:
+                ready = True
+                break
+    finally:
+        watchdog.cancel()
+    if not ready:
+        process.kill()
+        process.wait()
+        sys.stderr.write(
+            "notebookops: error: the sandbox did not start; run it in the foreground "
+            "(without --print-env) to see why\n"
+        )
+        return 1
+    # It writes nothing more to stdout: closing our end leaves it running on its own.
+    process.stdout.close()
+    sys.stdout.write("\n".join([*exports, f"export {PID_ENV}={process.pid}"]) + "\n")
+    sys.stdout.flush()
+    sys.stderr.write(
+        f"notebookops: sandbox running in the background; stop it with: kill {process.pid}\n"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``python -m notebookops.testing.sandbox [--duration S] [--env-file FILE]
+    [--print-env]``; the command line's ``notebookops sandbox`` is this function too."""
+    args = build_parser(prog).parse_args(argv)
+    if args.print_env:
+        return start_in_background(duration=args.duration, env_file=args.env_file)
+    return serve(duration=args.duration, env_file=args.env_file)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ def run_process(
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def python(code: str) -> Result:
+    """``python -c CODE`` to completion, in the tests' environment."""
+    return run_process([sys.executable, "-c", code], base_env())
+
+
 def cli(*args: str, env: Mapping[str, str], cwd: Path | None = None) -> Result:
     """``python -m notebookops ARGS`` to completion."""
     return run_process([sys.executable, "-m", "notebookops", *args], env, cwd=cwd)

@@ -216,15 +216,19 @@ def test_sigint_cancels_the_remote_run(sandbox: SandboxInfo) -> None:
 
 
 def test_sigint_on_a_backend_that_cannot_cancel_says_the_run_goes_on(
-    sandbox: SandboxInfo,
+    sandbox: SandboxInfo, tmp_path: Path
 ) -> None:
-    running = Running(["run", f"deepnote:{DEEPNOTE_DEMOS['slow']}", *FAST], sandbox.env)
+    handle_file = tmp_path / "slow.json"
+    args = ["run", f"deepnote:{DEEPNOTE_DEMOS['slow']}", "--save-handle", str(handle_file)]
+    running = Running([*args, *FAST], sandbox.env)
     running.wait_for(r": running")
     running.send(signal.SIGINT)
     result = running.finish()
     assert result.returncode == EXIT_INTERRUPTED
     assert "cannot cancel runs" in result.stderr
     assert "is still running" in result.stderr
+    # As at a timeout: how to pick the run up again.
+    assert f"notebookops: hint: follow it with: notebookops wait {handle_file}" in result.stderr
 
 
 def test_sigterm_with_detach_leaves_the_run_and_it_can_be_cancelled_later(

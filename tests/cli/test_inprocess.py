@@ -246,9 +246,10 @@ def test_lists(run_main: RunMain, vendor_env: SandboxInfo) -> None:
     runs = run_main("list", "deepnote", "runs", DEEPNOTE_DEMOS["hello"], "--limit", "1")
     assert runs.code == EXIT_OK
     lines = runs.out.splitlines()
-    assert lines[0].split() == ["RUN", "ID", "STATUS", "CREATED", "FINISHED"]
+    assert lines[0].split() == ["RUN", "ID", "STATE", "VENDOR", "STATUS", "CREATED", "FINISHED"]
     assert len(lines) == 2
-    assert "success" in lines[1]
+    # The state as `run` reports it, then Deepnote's own word.
+    assert lines[1].split()[1:3] == ["succeeded", "success"]
     project = run_main("list", "deepnote", "projects", "--json")
     project_id = json.loads(project.out)[0]["id"]
     one = run_main("list", "deepnote", "notebooks", "--project", project_id)

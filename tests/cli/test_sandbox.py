@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -24,7 +25,7 @@ from notebookops.testing.sandbox import (
     serve,
 )
 
-from .conftest import base_env
+from .conftest import base_env, cli, python, run_process
 
 FAST = PollPolicy(initial=0.01, maximum=0.05)
 
@@ -118,7 +119,94 @@ def test_the_fake_servers_import_without_pytest() -> None:
         "import notebookops.cli\n"
         "assert 'pytest' not in sys.modules\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, check=False
-    )
+    result = python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_test_kit_never_imports_the_command_line() -> None:
+    # Imports run downwards: the CLI may use the test kit (`notebookops sandbox`), never the
+    # other way round.
+    code = (
+        "import pkgutil, sys\n"
+        "import notebookops.testing\n"
+        "for module in pkgutil.iter_modules(notebookops.testing.__path__):\n"
+        "    if module.name != 'conformance':\n"
+        "        __import__(f'notebookops.testing.{module.name}')\n"
+        "leaked = sorted(name for name in sys.modules if name.startswith('notebookops._cli')\n"
+        "                or name == 'notebookops.cli')\n"
+        "assert not leaked, leaked\n"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sandbox_help_and_usage_errors_come_from_the_sandbox_itself() -> None:
+    helped = cli("sandbox", "--help", env=base_env())
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: notebookops sandbox")
+    assert "--duration S" in helped.stdout
+    refused = run_process(
+        [sys.executable, "-m", "notebookops.testing.sandbox", "--duration", "nan"], base_env()
+    )
+    assert refused.returncode == 2
+    assert "expected a number of seconds > 0, got 'nan'" in refused.stderr
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie no one reaps counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_print_env_returns_once_ready_for_eval_in_a_script(tmp_path: Path) -> None:
+    # The README's block, pasted as a script: no race between the sandbox and its variables.
+    notebookops = f"{shlex.quote(sys.executable)} -m notebookops"
+    script = (
+        f'eval "$({notebookops} sandbox --print-env --duration 0.2)"\n'
+        'echo "pid=$NOTEBOOKOPS_SANDBOX_PID"\n'
+        f"{notebookops} run posthog:hello -i name=Ada -q --poll-interval 0.05\n"
+    )
+    result = subprocess.run(
+        ["sh", "-c", script],
+        env=base_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    pids = [line[4:] for line in result.stdout.splitlines() if line.startswith("pid=")]
+    assert pids, result.stderr
+    pid = int(pids[0])
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "Hello, Ada!" in result.stdout
+        assert f"stop it with: kill {pid}" in result.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "the background sandbox outlived its SIGTERM"
+
+
+def test_output_to_a_closed_pipe_is_no_error() -> None:
+    # `notebookops run ... | head -1`: the reader leaves early; the run is not an error.
+    notebook = Path(__file__).resolve().parents[2] / "examples" / "notebooks" / "hello.ipynb"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notebookops", "run", str(notebook), "-q"],
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "error" not in stderr

@@ -37,6 +37,7 @@ from notebookops._cli_render import (
     MAX_OUTPUT_LINES,
     Console,
     Progress,
+    failure_text,
     format_elapsed,
     format_run,
     format_table,
@@ -46,9 +47,11 @@ from notebookops._cli_targets import (
     Target,
     not_resumable_reason,
     parse_inputs,
+    parse_parameters,
     parse_target,
     parse_value,
     secret_values,
+    text_warning,
 )
 from notebookops.cli import (
     EXIT_API_ERROR,
@@ -114,13 +117,79 @@ def test_bad_targets(text: str) -> None:
         ('{"k": 1}', {"k": 1}),
         ("Ada", "Ada"),
         ("2026-11-22", "2026-11-22"),
+        ("NaN2", "NaN2"),
         ("", ""),
-        ("NaN", "NaN"),
-        ("Infinity", "Infinity"),
     ],
 )
 def test_parse_value(text: str, value: object) -> None:
     assert parse_value(text) == value
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "[1, NaN]", "1e999", "[-1e999]"])
+def test_parse_value_refuses_numbers_json_cannot_carry(text: str) -> None:
+    # As 1e999 is refused (it reads as inf), rather than passed on as text.
+    with pytest.raises(ConfigurationError, match=r"input 'count' must be a finite number"):
+        parse_value(text, name="count")
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        ("[1, 2", "is not valid JSON"),
+        ('{"a": 1', "is not valid JSON"),
+        ('"unterminated', "is not valid JSON"),
+        ("True", "did you mean true?"),
+        ("None", "did you mean null?"),
+        ("Ada", None),
+        ("2026-11-22", None),
+        ("", None),
+        ("[ok]", "is not valid JSON"),
+    ],
+)
+def test_text_warning(text: str, warned: str | None) -> None:
+    warning = text_warning("x", text)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None
+        assert warned in warning
+        assert warning.startswith(f"-i x={text} ")
+
+
+def test_parse_inputs_warns_about_mistyped_json() -> None:
+    heard: list[str] = []
+    inputs = parse_inputs(["a=[1,", "b=5", "c=Ada"], ["d=[1,"], warn=heard.append)
+    assert inputs == {"a": "[1,", "b": 5, "c": "Ada", "d": "[1,"}
+    assert len(heard) == 1
+    assert heard[0].startswith("-i a=[1, is not valid JSON")
+
+
+def test_parse_parameters() -> None:
+    text = "name: Ada\ncount: 3\nday: 2026-11-22\ntags: [a, b]\nnested: {when: 2026-11-22}\n"
+    assert parse_parameters(text, "p.yaml") == {
+        "name": "Ada",
+        "count": 3,
+        "day": "2026-11-22",
+        "tags": ["a", "b"],
+        "nested": {"when": "2026-11-22"},
+    }
+    assert parse_parameters('{"name": "Ada", "count": 3}', "p.json") == {"name": "Ada", "count": 3}
+    assert parse_parameters("", "empty.yaml") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("- a\n- b\n", "must hold a mapping of NAME: VALUE, got list"),
+        ("name: [unclosed\n", "is not valid YAML or JSON"),
+        ("1: one\n", "input names must be text, got 1"),
+        ("count: .nan\n", "input 'count' must be a finite number"),
+        ("count: [.inf]\n", "input 'count' must be a finite number"),
+    ],
+)
+def test_parse_parameters_refusals(text: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        parse_parameters(text, "p.yaml")
 
 
 def test_parse_inputs() -> None:
@@ -416,3 +485,20 @@ async def test_session_signals_cancel_the_innermost_scope(monkeypatch: pytest.Mo
         session.on_signal()
         assert exits == [EXIT_INTERRUPTED]
         assert "exiting now" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (None, ": no reason given by the vendor"),
+        (RunErrorInfo("bad", name="ValueError", cell_index=3), " in cell 3: ValueError: bad"),
+        # A message that already names its type is not prefixed twice.
+        (
+            RunErrorInfo("TypeError: bad", name="TypeError", cell_id="c1"),
+            " in cell c1: TypeError: bad",
+        ),
+        (RunErrorInfo("it broke\n  badly"), ": it broke badly"),
+    ],
+)
+def test_failure_text(error: RunErrorInfo | None, text: str) -> None:
+    assert failure_text(error) == text
