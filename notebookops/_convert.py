@@ -20,9 +20,24 @@ import attrs
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["make_converter", "parse_datetime", "register_camel_case", "to_camel"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "make_converter",
+    "parse_datetime",
+    "register_camel_case",
+    "to_camel",
+]
 
 T = TypeVar("T")
+
+#: The deepest nesting (objects and arrays) a converter accepts in a free-form value (a field
+#: typed ``Any``, such as a cell output's MIME data): deeper is refused when decoded, so that
+#: whatever was decoded can be serialised again (``Run.to_json``) without deep recursion.
+#: Real outputs (plots, widget state) nest a few dozen levels at most.
+MAX_JSON_DEPTH = 100
+#: Serialising allows twice as deep: a free-form value that passed the decoder may sit inside
+#: a payload that is itself kept whole (``Run.raw``).
+_MAX_SERIALISED_DEPTH = 2 * MAX_JSON_DEPTH
 
 _FRACTION = re.compile(r"\.(\d+)")
 #: The shape nearly every timestamp comes in: UTC with a ``Z`` and 0, 3 or 6 fraction
@@ -78,7 +93,60 @@ def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     converter.register_structure_hook(datetime, lambda value, _: parse_datetime(value))
     converter.register_unstructure_hook(datetime, format_datetime)
+    converter.register_structure_hook_func(_is_any, _structure_free_form)
+    converter.register_unstructure_hook_func(
+        _is_any, lambda value: _copy_free_form(value, converter, _MAX_SERIALISED_DEPTH)
+    )
     return converter
+
+
+def _is_any(type_: object) -> bool:
+    return type_ is Any
+
+
+def _structure_free_form(value: Any, _: object) -> Any:
+    """Free-form JSON is taken as it is, if it nests no deeper than :data:`MAX_JSON_DEPTH`."""
+    if isinstance(value, dict | list) and _too_deep(value, MAX_JSON_DEPTH):
+        # A ValueError, so that cattrs reports it with the field's path like any other.
+        raise ValueError(f"a value nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _too_deep(value: Any, allowed: int) -> bool:
+    """True if ``value`` nests more than ``allowed`` levels (the recursion stops there)."""
+    if allowed <= 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    for child in children:
+        if isinstance(child, dict | list | tuple) and _too_deep(child, allowed - 1):
+            return True
+    return False
+
+
+def _copy_free_form(value: Any, converter: cattrs.Converter, allowed: int) -> Any:
+    """A JSON-ready copy of a free-form value; deeper than ``allowed`` levels is refused
+    with ResponseDecodeError (never RecursionError: the recursion stops at ``allowed``)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, dict | list | tuple):
+        if allowed <= 0:
+            from .errors import ResponseDecodeError
+
+            raise ResponseDecodeError(
+                f"an output or payload is nested deeper than {_MAX_SERIALISED_DEPTH} levels "
+                "and cannot be serialised"
+            )
+        if isinstance(value, dict):
+            copy: dict[Any, Any] = {}
+            for key, child in value.items():
+                copy[key] = _copy_free_form(child, converter, allowed - 1)
+            return copy
+        items = []
+        for child in value:
+            items.append(_copy_free_form(child, converter, allowed - 1))
+        return items
+    # Anything else (a timestamp, an attrs object): the converter's own hooks.
+    return converter.unstructure(value)
 
 
 def to_camel(name: str) -> str:
