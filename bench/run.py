@@ -897,7 +897,7 @@ def render(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(store: dict[str, Any], readme: Path = README) -> None:
+def update_readme(store: dict[str, Any], readme: Path) -> None:
     """Quote the targets table between the README's results markers."""
     text = readme.read_text()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
@@ -1042,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             store_path.write_text(json.dumps(store, indent=1, default=str) + "\n")
             (out / "benchmarks.md").write_text(render(store))
     if args.publish:
-        update_readme(store)
+        update_readme(store, README)
     log(f"done in {time.perf_counter() - started:.0f} s; wrote {out / 'benchmarks.md'}")
     print(targets_table(store, measured))
 
