@@ -4,7 +4,7 @@ Run from the repository root with the project's interpreter::
 
     .venv/bin/python bench/run.py --budget             # issue 24's performance budget (~10 min)
     .venv/bin/python bench/run.py                      # every scenario
-    .venv/bin/python bench/run.py --quick              # a smoke run in about a minute
+    .venv/bin/python bench/run.py --quick              # a smoke run in about two minutes
     .venv/bin/python bench/run.py --budget --publish   # write bench/results and bench/README.md
 
 Scenarios (``--scenario``, comma-separated names or numbers; ``all`` by default):
@@ -55,8 +55,6 @@ SCENARIOS = ("overhead", "sharing", "polling", "ratelimit", "import", "streaming
 #: What issue 24's performance budget needs, and scenario 1's sizes for it.
 BUDGET = ("overhead", "sharing", "import", "streaming")
 BUDGET_SIZES = (1000, 10_000)
-#: Scenario 1's repeats at 10,000 waits, at most (each client run takes 15-25 s there).
-HUGE_REPEATS = 3
 #: The CPU target: client CPU per run at most this multiple of the floor's.
 CPU_TARGET = 1.3
 #: The RSS target, KB per in-flight wait at 10,000 waits.
@@ -220,10 +218,7 @@ def scenario_overhead(args: argparse.Namespace) -> list[Section]:
     sections = []
     with process("server.py", "--duration", "3", "--spread", "0.2") as url:
         for n in sizes:
-            repeats = args.overhead_repeats
-            if n >= 10_000:
-                repeats = min(repeats, HUGE_REPEATS)
-            sections.append(_overhead_size(url, n, repeats))
+            sections.append(_overhead_size(url, n, args.overhead_repeats))
     return sections
 
 
@@ -927,8 +922,30 @@ def machine() -> str:
 
     return (
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, notebookops "
-        f"{notebookops.__version__}, {os.cpu_count()} CPUs, {platform.machine()}"
+        f"{notebookops.__version__}{revision(Path(notebookops.__file__).parent)}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
+
+
+def revision(package: Path) -> str:
+    """`` at <commit>`` (``+`` if the library has uncommitted changes) when the library comes
+    from a git checkout, else nothing: two runs' figures say which code they measured."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f" at {commit}{'+' if dirty else ''}"
 
 
 def compile_bytecode() -> None:
@@ -984,7 +1001,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--overhead-repeats",
         type=int,
         default=5,
-        help=f"scenario 1's repeats (default 5; at most {HUGE_REPEATS} at 10,000 waits)",
+        help="scenario 1's repeats (default 5)",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="scenario 4's R (req/s)")
     parser.add_argument(
