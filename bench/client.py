@@ -1,39 +1,26 @@
 """Benchmark client workloads. Each invocation is a fresh process that prints one JSON object.
 
+Only notebookops' public API is used here (names exported by ``notebookops``,
+``notebookops.backends.<vendor>`` and ``notebookops.testing``), so the harness measures any
+version of the library that keeps that API, and a refactor of the internals cannot break it.
+
 Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
 
 ``overhead --variant VARIANT --n N --notebooks K --url URL``
     N concurrent waits on the Deepnote-shaped server (``bench/server.py``):
 
-    * ``lib``: ``notebookops.run_and_wait`` on a ``DeepnoteBackend`` with its defaults (waits on
-      the same notebook share status reads through the notebook's runs list);
-    * ``lib-noshare``: the same with ``share_polls=False``: one status read per wait per poll,
-      exactly the requests the floor makes;
-    * ``adapter``: the same requests through ``DeepnoteBackend.start_run`` / ``get_run`` in a
-      hand-written loop (no orchestration): the cost of the layers below ``run_and_wait``;
-    * ``transport``: the same requests through ``HttpTransport.request`` in a hand-written loop
-      (no adapter, no models): the cost of the transport alone;
-    * ``floor``: the same requests on the same poll schedule, hand-written with one
-      ``aiohttp.ClientSession`` (same connection limit) and no abstraction at all;
-    * ``shared``: a hand-written shared-polling loop, the floor for ``lib``: one poller per
-      notebook reads ``GET /v2/notebooks/{id}/runs`` for all of that notebook's waits, then
-      one ``GET /v2/runs/{id}`` per finished run for its outputs;
-    * ``shared-transport``: ``shared`` with every request made by ``HttpTransport.request``;
-    * ``shared-guarded``: ``shared-transport``, each wait also doing by hand what the library's
-      guarantees take on a run that goes well (:func:`guarded_wait`).
+    * ``lib``: ``run_and_wait`` on a ``DeepnoteBackend`` with its defaults (concurrent reads
+      of one notebook's runs are shared);
+    * ``lib-noshare``: the same with read sharing off: one status read per wait per poll;
+    * ``floor``: a minimal hand-written aiohttp loop making one status read per wait per poll,
+      on the schedule of ``PollPolicy()`` (the library's default), with no abstraction.
 
 ``pollcheck --url URL --cases L:SCALE:REPEATS,...``
     Time-scaled real runs through ``run_and_wait``: a run of L simulated seconds lasts L/SCALE
-    real seconds and is polled with the default PollPolicy divided by SCALE.
+    real seconds and is polled with the default PollPolicy's bounds divided by SCALE.
 
-``ratelimit --n N --url URL [--max-rate R] [--fixed] [--steady] [--start-timeout S]``
-    N concurrent ``run_and_wait`` against a server enforcing a request rate (``--fixed``: a
-    ``RateLimiter(adaptive=False)``, the limiter before it learnt from 429s;
-    ``--start-timeout``: each wait's ``start_timeout``, shorter than the starts take to get
-    through the rate limit).
-
-``micro [--loops N]``
-    CPU per call of the library's per-request steps with the network stubbed out.
+``ratelimit --n N --url URL [--max-rate R] [--steady]``
+    N concurrent ``run_and_wait`` against a server enforcing a request rate.
 
 ``streaming --backend {posthog,local} [--url URL]``
     Runs a short and a long notebook on a streaming backend and counts ``get_run`` calls and
@@ -44,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import inspect
 import json
 import logging
 import random
@@ -52,47 +39,44 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from measure import Meter
 
+from notebookops import PollPolicy, RunState, run_and_wait
+from notebookops.backends.deepnote import DeepnoteBackend
+
 TOKEN = "bench-token"
 TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
-#: The library's PollPolicy defaults, written out so the floor uses the very same schedule.
-POLL_INITIAL, POLL_MAXIMUM, POLL_JITTER, POLL_PROPORTION = 1.0, 60.0, 0.1, 0.2
-#: HttpTransport's default connection limit: the floors get the same, and queue for it the way
-#: the transport does (a FIFO semaphore in front of the pool), so that under a burst bigger
-#: than the pool they make the same requests in the same order.
+#: The floor's connection limit: the library's default for one backend.
 MAX_CONNECTIONS = 100
-#: Generous: no wait here should come near it, and both sides use the same one.
+#: Generous: no wait here should come near it, and every client uses the same one.
 WAIT_TIMEOUT = 1800.0
+#: The options that turn a DeepnoteBackend's read sharing on or off, newest name first.
+SHARING_OPTIONS = ("share_reads", "share_polls")
 
 
-def _quiet_library_logs() -> None:
-    # Retry warnings (scenario 3 produces thousands) would otherwise go to stderr through
-    # logging's last-resort handler; the records are still created, as for any user.
+def quiet_library_logs() -> None:
+    """Keep the library's retry warnings (scenario 3 makes thousands) off stderr; the records
+    are still made, as for any user."""
     library = logging.getLogger("notebookops")
     library.addHandler(logging.NullHandler())
     library.propagate = False
 
 
-def poll_delay(rng: random.Random, elapsed: float) -> float:
-    """PollPolicy's default formula inlined: a fifth of the time waited so far, within 1-60 s,
-    +/- jitter, capped again."""
-    base = min(POLL_MAXIMUM, max(POLL_INITIAL, POLL_PROPORTION * elapsed))
-    return min(POLL_MAXIMUM, base * rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
-
-
-def _check_schedule() -> None:
-    from notebookops import PollPolicy
-
-    expected = PollPolicy(
-        initial=POLL_INITIAL, maximum=POLL_MAXIMUM, jitter=POLL_JITTER, proportion=POLL_PROPORTION
-    )
-    if PollPolicy() != expected:
-        raise SystemExit(f"bench/client.py's schedule is stale: PollPolicy() is {PollPolicy()}")
+def deepnote_backend(url: str, *, share: bool | None = None, **options: Any) -> DeepnoteBackend:
+    """A ``DeepnoteBackend`` on the benchmark server; ``share``: read sharing on or off (None:
+    the default), through whichever of :data:`SHARING_OPTIONS` this version of the library
+    has."""
+    if share is not None:
+        accepted = inspect.signature(DeepnoteBackend).parameters
+        name = next((option for option in SHARING_OPTIONS if option in accepted), None)
+        if name is None:
+            raise SystemExit(f"DeepnoteBackend takes none of {SHARING_OPTIONS}")
+        options[name] = share
+    return DeepnoteBackend(TOKEN, base_url=url, **options)
 
 
 class Tracker:
@@ -133,8 +117,7 @@ class Tracker:
         }
 
 
-# --------------------------------------------------------------------------- scenario 1
-
+# --------------------------------------------------------------------------- overhead
 
 #: The notebook of each client's warm-up wait, and its inputs (the server ends such a run at
 #: once, so the warm-up costs about one poll interval).
@@ -155,11 +138,10 @@ def _reset_server(url: str) -> None:
 async def _measure_waits(url: str, n: int, notebooks: int, one: Wait) -> dict[str, Any]:
     """Measure ``n`` concurrent waits of ``one``, after one warm-up wait that is not measured.
 
-    The first wait of a process pays one-time costs (lazy imports such as anyio's asyncio
-    backend, the first connection, first-call caches) that are no one's per-run cost: with
-    N=100 they would be a sizeable share of the CPU per run. Every client warms up the same way,
-    inside the same session it then measures with, and the warm-up's CPU is reported on its own
-    (``warm_up_cpu``).
+    The first wait of a process pays one-time costs (lazy imports, the first connection,
+    first-call caches) that are no one's per-run cost. Every client warms up the same way,
+    inside the same session it then measures with, and the warm-up's CPU is reported on its
+    own (``warm_up_cpu``).
     """
     tracker = Tracker()
     cpu_before = time.process_time()
@@ -170,8 +152,6 @@ async def _measure_waits(url: str, n: int, notebooks: int, one: Wait) -> dict[st
     _reset_server(url)
     meter = Meter()
     meter.start()
-    # Started with asyncio.gather by every client: a task group costs ~0.1 ms per run more,
-    # which is the harness's cost, not the library's.
     async with asyncio.timeout(WAIT_TIMEOUT):
         await asyncio.gather(
             *(tracker.track(one(f"notebook-{i % notebooks}", None)) for i in range(n))
@@ -179,368 +159,90 @@ async def _measure_waits(url: str, n: int, notebooks: int, one: Wait) -> dict[st
     return {**meter.stop(), **tracker.summary(), "warm_up_cpu": warm_up_cpu}
 
 
-def run_body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"notebookId": notebook, "detached": True}
-    if inputs:
-        body["inputs"] = inputs
-    return body
-
-
 async def overhead_lib(url: str, n: int, notebooks: int, *, share: bool = True) -> dict[str, Any]:
-    from notebookops import RunRequest, RunState, run_and_wait
-    from notebookops.backends.deepnote import DeepnoteBackend
-
-    _check_schedule()
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=share) as backend:
+    async with deepnote_backend(url, share=None if share else False) as backend:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            request = RunRequest(notebook=notebook, inputs=inputs or {})
-            run = await run_and_wait(backend, request, timeout=WAIT_TIMEOUT)
+            run = await run_and_wait(backend, notebook, inputs=inputs, timeout=WAIT_TIMEOUT)
             return run.state is RunState.SUCCEEDED
 
         return await _measure_waits(url, n, notebooks, one)
-
-
-async def overhead_adapter(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    from notebookops import RunRequest, RunState
-    from notebookops.backends.deepnote import DeepnoteBackend
-
-    rng = random.Random()
-    loop = asyncio.get_running_loop()
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            handle = await backend.start_run(RunRequest(notebook=notebook, inputs=inputs or {}))
-            began = loop.time()
-            while True:
-                run = await backend.get_run(handle)
-                if run.state.is_terminal:
-                    return run.state is RunState.SUCCEEDED
-                await asyncio.sleep(poll_delay(rng, loop.time() - began))
-
-        return await _measure_waits(url, n, notebooks, one)
-
-
-async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
-
-    rng = random.Random()
-    loop = asyncio.get_running_loop()
-    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
-    try:
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            started = await transport.request("POST", "/v2/runs", json=run_body(notebook, inputs))
-            path = f"/v2/runs/{started.json()['runId']}"
-            began = loop.time()
-            while True:
-                response = await transport.request(
-                    "GET", path, params={"snapshotDelivery": "blocks"}
-                )
-                run = response.json()["run"]
-                if run["status"] in TERMINAL:
-                    return bool(run["status"] == "success")
-                await asyncio.sleep(poll_delay(rng, loop.time() - began))
-
-        return await _measure_waits(url, n, notebooks, one)
-    finally:
-        await transport.aclose()
-
-
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-        headers={"User-Agent": "bench-floor/1", "Accept": "application/json"},
-    )
-
-
-async def _read_json(response: aiohttp.ClientResponse) -> Any:
-    if response.status >= 400:
-        raise RuntimeError(f"{response.method} {response.url.path} -> {response.status}")
-    return json.loads(await response.read())
-
-
-async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    rng = random.Random()
-    loop = asyncio.get_running_loop()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    slots = asyncio.Semaphore(MAX_CONNECTIONS)
-    async with _session() as session:
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            body = run_body(notebook, inputs)
-            async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
-                run_id = (await _read_json(response))["runId"]
-            status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
-            began = loop.time()
-            while True:
-                async with slots, session.get(status_url, headers=auth) as response:
-                    run = (await _read_json(response))["run"]
-                if run["status"] in TERMINAL:
-                    return bool(run["status"] == "success")
-                await asyncio.sleep(poll_delay(rng, loop.time() - began))
-
-        return await _measure_waits(url, n, notebooks, one)
-
-
-class SharedPoller:
-    """One notebook's poller: a single runs-list read observes every wait on that notebook.
-
-    The cadence is PollPolicy's, driven by the youngest wait (a newcomer brings the next read
-    forward to at most the policy's first delay). Finished runs get one ``GET /v2/runs/{id}``
-    each, for the outputs the list does not carry. ``get_json(url)`` makes one GET and
-    returns its decoded body (``bench/inprocess.py`` passes one for its in-memory fake).
-    """
-
-    def __init__(
-        self,
-        get_json: Callable[[str], Awaitable[Any]],
-        url: str,
-        notebook: str,
-        rng: random.Random,
-    ) -> None:
-        self.get_json = get_json
-        self.url = url
-        self.notebook = notebook
-        self.rng = rng
-        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.began: dict[str, float] = {}
-        self.next_read = 0.0
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def wait(self, run_id: str) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.waiters[run_id] = future
-        self.began[run_id] = loop.time()
-        first = loop.time() + poll_delay(self.rng, 0.0)
-        if self.task is None or self.task.done():
-            self.next_read = first
-            self.task = asyncio.create_task(self._loop())
-        elif first < self.next_read:
-            self.next_read = first
-            self.wake.set()
-        return await future
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.waiters:
-                delay = self.next_read - loop.time()
-                if delay > 0:
-                    self.wake.clear()
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), delay)
-                    except TimeoutError:
-                        pass
-                    if self.next_read > loop.time():
-                        continue
-                finished = await self._read_list()
-                now = loop.time()
-                youngest = max(self.began.values(), default=now)
-                self.next_read = now + poll_delay(self.rng, now - youngest)
-                if finished:
-                    await asyncio.gather(*(self._finish(run_id) for run_id in finished))
-        except Exception as error:
-            for future in self.waiters.values():
-                if not future.done():
-                    future.set_exception(error)
-            self.waiters.clear()
-
-    async def _read_list(self) -> list[str]:
-        pending = set(self.waiters)
-        finished: list[str] = []
-        token: str | None = None
-        while pending:
-            query = "pageSize=100" + (f"&pageToken={token}" if token else "")
-            page = await self.get_json(f"{self.url}/v2/notebooks/{self.notebook}/runs?{query}")
-            for run in page["runs"]:
-                run_id = run["runId"]
-                if run_id in pending:
-                    pending.discard(run_id)
-                    if run["status"] in TERMINAL:
-                        finished.append(run_id)
-            token = page["pagination"].get("nextPageToken")
-            if not page["pagination"].get("hasMore") or not token:
-                break
-        return finished
-
-    async def _finish(self, run_id: str) -> None:
-        run = (await self.get_json(f"{self.url}/v2/runs/{run_id}?snapshotDelivery=blocks"))["run"]
-        future = self.waiters.pop(run_id)
-        self.began.pop(run_id, None)
-        if not future.done():
-            future.set_result(run)
-
-
-async def overhead_shared(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    rng = random.Random()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    slots = asyncio.Semaphore(MAX_CONNECTIONS)
-    async with _session() as session:
-
-        async def get_json(target: str) -> Any:
-            async with slots, session.get(target, headers=auth) as response:
-                return await _read_json(response)
-
-        names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
-        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            body = run_body(notebook, inputs)
-            async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
-                run_id = (await _read_json(response))["runId"]
-            run = await pollers[notebook].wait(run_id)
-            return bool(run["status"] == "success")
-
-        return await _measure_waits(url, n, notebooks, one)
-
-
-#: The pieces of :func:`guarded_wait` that ``bench/inprocess.py guarantees`` leaves out one at a
-#: time, to price each.
-GUARANTEES = ("shield", "deadline", "typed")
-
-
-def guarded_wait(leave_out: Collection[str] = ()) -> Callable[..., Awaitable[bool]]:
-    """A wait doing by hand the per-run work the library's guarantees take on a run that goes
-    well: the start in a task of its own behind ``asyncio.shield`` (a cancellation cannot
-    abort it mid-request), a deadline (``asyncio.timeout``), a typed ``RunHandle``, and the
-    finished run decoded into a typed ``Run`` with its outputs by the library's own decoders.
-
-    ``wait(notebook, post, finished)``: ``post()`` sends the start and returns its
-    ``HttpResponse``; ``finished(run_id)`` returns the finished run's JSON object. Made once
-    per client, so that the imports are not part of each wait. ``leave_out`` names pieces of
-    :data:`GUARANTEES` not to do (only to measure what each costs)."""
-    from notebookops._convert import parse_datetime
-    from notebookops.backends.deepnote._requests import DEEPNOTE_STATES, outputs_from_blocks
-    from notebookops.backends.deepnote._wire import RunDetails, read_fast
-    from notebookops.models import Run, RunHandle, RunState
-
-    unknown = set(leave_out) - set(GUARANTEES)
-    if unknown:
-        raise ValueError(f"no such piece of guarded_wait: {sorted(unknown)}")
-    shield, deadline, typed = (piece not in leave_out for piece in GUARANTEES)
-
-    async def wait(
-        notebook: str,
-        post: Callable[[], Coroutine[Any, Any, Any]],
-        finished: Callable[[str], Awaitable[dict[str, Any]]],
-    ) -> bool:
-        async with asyncio.timeout(WAIT_TIMEOUT) if deadline else contextlib.nullcontext():
-            if shield:
-                answer = (await asyncio.shield(asyncio.create_task(post()))).json()
-            else:
-                answer = (await post()).json()
-            if not typed:
-                return bool((await finished(answer["runId"]))["status"] == "success")
-            handle = RunHandle(
-                backend="deepnote",
-                run_id=answer["runId"],
-                notebook_id=notebook,
-                created_at=parse_datetime(answer["createdAt"]),
-            )
-            raw = await finished(handle.run_id)
-            details = read_fast(raw, RunDetails)
-            assert details is not None, "an unusual run body: the fast decoder declined it"
-            run = Run(
-                handle=handle,
-                state=DEEPNOTE_STATES.get(details.status, RunState.UNKNOWN),
-                vendor_state=details.status,
-                created_at=details.created_at,
-                finished_at=details.finished_at,
-                outputs=tuple(outputs_from_blocks(details.snapshot_blocks or ())),
-                raw=raw,
-            )
-        return run.state is RunState.SUCCEEDED
-
-    return wait
-
-
-async def overhead_shared_transport(
-    url: str, n: int, notebooks: int, *, guarded: bool = False
-) -> dict[str, Any]:
-    """The hand-written shared-poll loop with every request made by the library's
-    ``HttpTransport``: what the transport adds to shared waits, apart from the rest.
-    ``guarded``: each wait also doing :func:`guarded_wait`'s per-run work, the least a wait
-    keeping the library's guarantees costs, to tell the guarantees' share of
-    ``run_and_wait``'s extra CPU from the rest of its code."""
-    from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
-
-    rng = random.Random()
-    transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
-    guarded_one = guarded_wait()
-    try:
-
-        async def get_json(target: str) -> Any:
-            return (await transport.request("GET", target)).json()
-
-        names = [WARM_UP, *(f"notebook-{k}" for k in range(notebooks))]
-        pollers = {name: SharedPoller(get_json, url, name, rng) for name in names}
-
-        async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
-            body = run_body(notebook, inputs)
-            if guarded:
-                return await guarded_one(
-                    notebook,
-                    lambda: transport.request("POST", "/v2/runs", json=body),
-                    pollers[notebook].wait,
-                )
-            started = await transport.request("POST", "/v2/runs", json=body)
-            run = await pollers[notebook].wait(started.json()["runId"])
-            return bool(run["status"] == "success")
-
-        return await _measure_waits(url, n, notebooks, one)
-    finally:
-        await transport.aclose()
-
-
-async def overhead_shared_guarded(url: str, n: int, notebooks: int) -> dict[str, Any]:
-    return await overhead_shared_transport(url, n, notebooks, guarded=True)
 
 
 async def overhead_lib_noshare(url: str, n: int, notebooks: int) -> dict[str, Any]:
     return await overhead_lib(url, n, notebooks, share=False)
 
 
+async def overhead_floor(url: str, n: int, notebooks: int) -> dict[str, Any]:
+    """The floor: start, then read the run's status once per poll until it ends, on
+    ``PollPolicy()``'s schedule, with one aiohttp session and nothing else. Requests queue
+    for the session's connections in a FIFO semaphore so that, under a burst larger than
+    the pool, they go out in the order they were made."""
+    policy = PollPolicy()
+    rng = random.Random()
+    loop = asyncio.get_running_loop()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+        headers={"User-Agent": "bench-floor/1", "Accept": "application/json"},
+    )
+
+    async def read_json(response: aiohttp.ClientResponse) -> Any:
+        if response.status >= 400:
+            raise RuntimeError(f"{response.method} {response.url.path} -> {response.status}")
+        return json.loads(await response.read())
+
+    async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
+        body: dict[str, Any] = {"notebookId": notebook, "detached": True}
+        if inputs:
+            body["inputs"] = inputs
+        async with slots, session.post(f"{url}/v2/runs", json=body, headers=auth) as response:
+            run_id = (await read_json(response))["runId"]
+        status_url = f"{url}/v2/runs/{run_id}?snapshotDelivery=blocks"
+        began = loop.time()
+        attempt = 0
+        while True:
+            async with slots, session.get(status_url, headers=auth) as response:
+                run = (await read_json(response))["run"]
+            if run["status"] in TERMINAL:
+                return bool(run["status"] == "success")
+            await asyncio.sleep(policy.delay(attempt, rng, elapsed=loop.time() - began))
+            attempt += 1
+
+    async with session:
+        return await _measure_waits(url, n, notebooks, one)
+
+
 OVERHEAD: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, Any]]]] = {
     "lib": overhead_lib,
     "lib-noshare": overhead_lib_noshare,
-    "adapter": overhead_adapter,
-    "transport": overhead_transport,
     "floor": overhead_floor,
-    "shared": overhead_shared,
-    "shared-transport": overhead_shared_transport,
-    "shared-guarded": overhead_shared_guarded,
 }
 
 
-# --------------------------------------------------------------------------- scenario 2
+# --------------------------------------------------------------------------- polling
 
 
 async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) -> dict[str, Any]:
-    import anyio
-
-    from notebookops import PollPolicy, RunRequest, RunState, run_and_wait
-    from notebookops.backends.deepnote import DeepnoteBackend
-
     rng = random.Random(seed)
     results: list[dict[str, Any]] = []
-    # This checks one wait's schedule; shared polls would fold the waits' reads together, and
-    # their freshness window (real seconds) would not scale with the simulated time.
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
+    default = PollPolicy()
+    # This checks one wait's schedule: shared reads would fold the waits' reads together.
+    async with deepnote_backend(url, share=False) as backend:
 
         async def one(length: float, scale: float) -> None:
             actual = length * rng.uniform(0.95, 1.05)
             # The proportional term is scale-free: only the bounds need scaling.
-            policy = PollPolicy(initial=POLL_INITIAL / scale, maximum=POLL_MAXIMUM / scale)
-            request = RunRequest(
-                notebook=f"poll-{length:g}", inputs={"bench_duration": repr(actual / scale)}
-            )
+            policy = PollPolicy(initial=default.initial / scale, maximum=default.maximum / scale)
             started = time.perf_counter()
-            run = await run_and_wait(backend, request, poll=policy, timeout=WAIT_TIMEOUT)
+            run = await run_and_wait(
+                backend,
+                f"poll-{length:g}",
+                inputs={"bench_duration": repr(actual / scale)},
+                poll=policy,
+                timeout=WAIT_TIMEOUT,
+            )
             results.append(
                 {
                     "length": length,
@@ -552,106 +254,90 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
                 }
             )
 
-        async with anyio.create_task_group() as group:
-            for length, scale, repeats in cases:
-                for _ in range(repeats):
-                    group.start_soon(one, length, scale)
+        await asyncio.gather(
+            *(one(length, scale) for length, scale, repeats in cases for _ in range(repeats))
+        )
     return {"runs": results}
 
 
-# --------------------------------------------------------------------------- scenario 3
+# --------------------------------------------------------------------------- rate limits
 
 
-async def ratelimit(
-    url: str,
-    n: int,
-    max_rate: float | None,
-    *,
-    adaptive: bool = True,
-    steady: bool = False,
-    start_timeout: float | None = None,
-) -> dict[str, Any]:
-    import anyio
-
-    from notebookops import PollPolicy, RateLimiter, RunState, run_and_wait
-    from notebookops.backends.deepnote import DeepnoteBackend
-    from notebookops.orchestration import DEFAULT_START_TIMEOUT
-
-    _quiet_library_logs()
+async def ratelimit(url: str, n: int, max_rate: float | None, *, steady: bool) -> dict[str, Any]:
+    quiet_library_logs()
     tracker = Tracker()
     meter = Meter()
     meter.start()
-    limiter = RateLimiter(max_rate, adaptive=adaptive)
     # steady: every wait reads about every 1.5 s for the whole run, so demand stays above the
     # server's rate (the default PollPolicy reads ever more rarely as runs go on).
     poll = PollPolicy(initial=1.5, multiplier=1.0, maximum=1.5, proportion=0.0) if steady else None
-    async with DeepnoteBackend(TOKEN, base_url=url, rate_limiter=limiter) as backend:
+    options: dict[str, Any] = {} if max_rate is None else {"max_rate": max_rate}
+    async with deepnote_backend(url, **options) as backend:
 
         async def one(index: int) -> bool:
-            # One notebook per run: demand stays above R (shared polls would fold it away).
-            run = await run_and_wait(
-                backend,
-                f"notebook-{index}",
-                poll=poll,
-                timeout=WAIT_TIMEOUT,
-                start_timeout=DEFAULT_START_TIMEOUT if start_timeout is None else start_timeout,
-            )
+            # One notebook per run: demand stays above R (shared reads would fold it away).
+            run = await run_and_wait(backend, f"notebook-{index}", poll=poll, timeout=WAIT_TIMEOUT)
             return run.state is RunState.SUCCEEDED
 
-        async with anyio.create_task_group() as group:
-            for index in range(n):
-                group.start_soon(tracker.track, one(index))
+        await asyncio.gather(*(tracker.track(one(index)) for index in range(n)))
     return {**meter.stop(), **tracker.summary()}
 
 
 # --------------------------------------------------------------------------- streaming
 
 
-def _counting(target: Any, name: str, counter: Counter[str]) -> None:
-    original: Callable[..., Awaitable[Any]] = getattr(target, name)
+def _count_calls(backend: Any, counter: Counter[str]) -> None:
+    """Count the backend's ``get_run`` (a status poll) and ``watch_run`` calls, by wrapping
+    the two protocol methods on the instance."""
+    get_run: Callable[..., Awaitable[Any]] = backend.get_run
+    watch_run: Callable[..., Any] = backend.watch_run
 
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        counter[name] += 1
-        return await original(*args, **kwargs)
+    async def counted_get_run(*args: Any, **kwargs: Any) -> Any:
+        counter["get_run"] += 1
+        return await get_run(*args, **kwargs)
 
-    setattr(target, name, counted)
+    def counted_watch_run(*args: Any, **kwargs: Any) -> Any:
+        counter["watch_run"] += 1
+        return watch_run(*args, **kwargs)
+
+    backend.get_run = counted_get_run
+    backend.watch_run = counted_watch_run
 
 
-def _counting_stream(target: Any, name: str, counter: Counter[str]) -> None:
-    original: Callable[..., Any] = getattr(target, name)
+def posthog_backend(url: str) -> Any:
+    """A kernel-mode ``PostHogBackend`` on the PostHog fake (the origin option is ``base_url``
+    or, in older versions, ``host``)."""
+    from posthog_server import PROJECT_ID, TOKEN
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        counter[name] += 1
-        return original(*args, **kwargs)
+    from notebookops.backends.posthog import PostHogBackend
 
-    setattr(target, name, counted)
+    accepted = inspect.signature(PostHogBackend).parameters
+    origin = "base_url" if "base_url" in accepted else "host"
+    options: dict[str, Any] = {origin: url, "project_id": PROJECT_ID, "mode": "kernel"}
+    return PostHogBackend(TOKEN, **options)
 
 
 async def streaming_posthog(url: str) -> dict[str, Any]:
-    from posthog_server import PROJECT_ID
-    from posthog_server import TOKEN as POSTHOG_TOKEN
-
-    from notebookops import run_and_wait
-    from notebookops.backends.posthog import PostHogBackend
+    from posthog_server import TOKEN
 
     rows: list[dict[str, Any]] = []
-    auth = {"Authorization": f"Bearer {POSTHOG_TOKEN}"}
-    async with (
-        _session() as session,
-        PostHogBackend(POSTHOG_TOKEN, project_id=PROJECT_ID, host=url, mode="kernel") as backend,
-    ):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def requests_seen(session: aiohttp.ClientSession) -> list[dict[str, str]]:
+        async with session.get(f"{url}/_bench/requests", headers=auth) as response:
+            seen: list[dict[str, str]] = json.loads(await response.read())
+            return seen
+
+    async with aiohttp.ClientSession() as session, posthog_backend(url) as backend:
         calls: Counter[str] = Counter()
-        _counting(backend, "get_run", calls)
-        _counting_stream(backend, "watch_run", calls)
+        _count_calls(backend, calls)
         for notebook in ("short", "long"):
-            async with session.get(f"{url}/_bench/requests", headers=auth) as response:
-                await response.read()
+            await requests_seen(session)
             calls.clear()
             started = time.perf_counter()
             run = await run_and_wait(backend, notebook, timeout=120)
             wall = time.perf_counter() - started
-            async with session.get(f"{url}/_bench/requests", headers=auth) as response:
-                seen = json.loads(await response.read())
+            seen = await requests_seen(session)
             rows.append(
                 {
                     "notebook": notebook,
@@ -670,22 +356,21 @@ async def streaming_local(short: float, long: float) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from notebookops import run_and_wait
     from notebookops.backends.local import LocalBackend
     from notebookops.testing.local import write_notebook
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="notebookops-bench-") as directory:
-        paths = {}
-        for name, seconds in (("short", short), ("long", long)):
-            paths[name] = write_notebook(
+        paths = {
+            name: write_notebook(
                 Path(directory) / f"{name}.ipynb",
                 ["x = 1", f"import time\ntime.sleep({seconds})\nprint(x)"],
             )
+            for name, seconds in (("short", short), ("long", long))
+        }
         async with LocalBackend() as backend:
             calls: Counter[str] = Counter()
-            _counting(backend, "get_run", calls)
-            _counting_stream(backend, "watch_run", calls)
+            _count_calls(backend, calls)
             for name, path in paths.items():
                 calls.clear()
                 started = time.perf_counter()
@@ -702,115 +387,6 @@ async def streaming_local(short: float, long: float) -> dict[str, Any]:
                     }
                 )
     return {"rows": rows}
-
-
-# --------------------------------------------------------------------------- micro
-
-
-class _CannedResponse:
-    status = 200
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.headers = {"Content-Type": "application/json; charset=utf-8", "Server": "bench"}
-
-    async def read(self) -> bytes:
-        return self.body
-
-
-class _CannedSession:
-    """Answers every request at once with the same body (for :func:`micro`)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.response = _CannedResponse(body)
-
-    def request(self, *args: Any, **kwargs: Any) -> _CannedSession:
-        return self
-
-    async def __aenter__(self) -> _CannedResponse:
-        return self.response
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
-async def micro(loops: int) -> dict[str, Any]:
-    """Per-call CPU of the library's per-request steps, with the network stubbed out."""
-    import timeit
-
-    from notebookops import RunHandle
-    from notebookops._http import HttpResponse, HttpTransport, RateLimiter
-    from notebookops._redact import redact_url
-    from notebookops.backends.deepnote import DeepnoteBackend
-    from notebookops.backends.deepnote._requests import PROFILE, decode_run
-
-    base = "http://127.0.0.1:9"
-    url = f"{base}/v2/runs/0b6f1c9e-5a1d-4c1e-9a2b-3f4e5d6c7b8a?snapshotDelivery=blocks"
-    body = json.dumps(
-        {
-            "run": {
-                "runId": "0b6f1c9e-5a1d-4c1e-9a2b-3f4e5d6c7b8a",
-                "notebookId": "notebook-1",
-                "status": "running",
-                "createdAt": "2026-11-22T03:00:00.000Z",
-                "completedAt": None,
-                "projectId": "project-1",
-                "error": None,
-                "snapshotStatus": "pending",
-                "snapshotContent": None,
-                "snapshotDownloadUrl": None,
-            }
-        }
-    ).encode()
-    response = HttpResponse(
-        status=200,
-        headers={"content-type": "application/json; charset=utf-8"},
-        body=body,
-        method="GET",
-        url=url,
-        vendor="deepnote",
-    )
-    transport = HttpTransport(PROFILE, base_url=base, token=TOKEN)
-
-    def per_call(statement: Callable[[], object]) -> float:
-        return min(timeit.repeat(statement, number=loops, repeat=5)) / loops * 1e6
-
-    async def per_await(make: Callable[[], Awaitable[object]]) -> float:
-        best = float("inf")
-        for _ in range(5):
-            started = time.process_time()
-            for _ in range(loops):
-                await make()
-            best = min(best, time.process_time() - started)
-        return best / loops * 1e6
-
-    figures = {
-        "json.loads(body) (what the floor does per read)": per_call(lambda: json.loads(body)),
-        "decode_run(response): cattrs RunDetails": per_call(lambda: decode_run(response)),
-        "redact_url(url) (built for a disabled debug log)": per_call(lambda: redact_url(url)),
-        "HttpTransport._check_target(url)": per_call(lambda: transport._check_target(url)),
-        "HttpTransport._with_params(url, params)": per_call(
-            lambda: transport._with_params(f"{base}/v2/runs/x", {"snapshotDelivery": "blocks"})
-        ),
-        "HttpTransport._headers_for(url)": per_call(lambda: transport._headers_for(url, None)),
-    }
-    limiter = RateLimiter()
-    figures["RateLimiter.acquire() (unlimited)"] = await per_await(limiter.acquire)
-    # A stand-in for aiohttp's session: what remains is the library's own per-request work.
-    transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
-    transport._owns_session = False
-    figures["HttpTransport.request(), aiohttp stubbed out"] = await per_await(
-        lambda: transport.request("GET", "/v2/runs/x", params={"snapshotDelivery": "blocks"})
-    )
-    async with DeepnoteBackend(TOKEN, base_url=base) as backend:
-        backend._transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
-        backend._transport._owns_session = False
-        handle = RunHandle(backend="deepnote", run_id="x", notebook_id="notebook-1")
-        figures["DeepnoteBackend.get_run() (running run), aiohttp stubbed out"] = await per_await(
-            lambda: backend.get_run(handle)
-        )
-    await transport.aclose()
-    return {"loops": loops, "microseconds": figures}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -840,15 +416,7 @@ def main() -> None:
     limit.add_argument("--url", required=True)
     limit.add_argument("--n", type=int, default=500)
     limit.add_argument("--max-rate", type=float, default=0.0)
-    limit.add_argument(
-        "--fixed", action="store_true", help="RateLimiter(adaptive=False): no learnt pace"
-    )
     limit.add_argument("--steady", action="store_true", help="poll every ~1.5 s throughout")
-    limit.add_argument(
-        "--start-timeout", type=float, default=None, help="each wait's start_timeout"
-    )
-    tiny = sub.add_parser("micro")
-    tiny.add_argument("--loops", type=int, default=20_000)
     stream = sub.add_parser("streaming")
     stream.add_argument("--backend", choices=("posthog", "local"), required=True)
     stream.add_argument("--url", default="")
@@ -861,20 +429,9 @@ def main() -> None:
         result = asyncio.run(OVERHEAD[args.variant](args.url, args.n, args.notebooks))
     elif args.command == "pollcheck":
         result = asyncio.run(pollcheck(args.url, _cases(args.cases), args.seed))
-    elif args.command == "micro":
-        result = asyncio.run(micro(args.loops))
     elif args.command == "ratelimit":
         max_rate = args.max_rate if args.max_rate > 0 else None
-        result = asyncio.run(
-            ratelimit(
-                args.url,
-                args.n,
-                max_rate,
-                adaptive=not args.fixed,
-                steady=args.steady,
-                start_timeout=args.start_timeout,
-            )
-        )
+        result = asyncio.run(ratelimit(args.url, args.n, max_rate, steady=args.steady))
     elif args.backend == "posthog":
         result = asyncio.run(streaming_posthog(args.url))
     else:
