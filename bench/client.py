@@ -7,7 +7,8 @@ Sub-commands (``bench/run.py`` drives them; run one by hand to debug):
 
     * ``lib``: ``notebookops.run_and_wait`` on a ``DeepnoteBackend`` with its defaults (waits on
       the same notebook share status reads through the notebook's runs list);
-    * ``lib-noshare``: the same with ``share_polls=False``: one status read per wait per poll,
+    * ``lib-noshare``: the same with ``DeepnoteOptions(share_reads=False)``: one status read
+      per wait per poll,
       exactly the requests the floor makes;
     * ``adapter``: the same requests through ``DeepnoteBackend.start_run`` / ``get_run`` in a
       hand-written loop (no orchestration): the cost of the layers below ``run_and_wait``;
@@ -188,10 +189,12 @@ def run_body(notebook: str, inputs: dict[str, str] | None) -> dict[str, Any]:
 
 async def overhead_lib(url: str, n: int, notebooks: int, *, share: bool = True) -> dict[str, Any]:
     from notebookops import RunRequest, RunState, run_and_wait
-    from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 
     _check_schedule()
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=share) as backend:
+    async with DeepnoteBackend(
+        TOKEN, base_url=url, options=DeepnoteOptions(share_reads=share)
+    ) as backend:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             request = RunRequest(notebook=notebook, inputs=inputs or {})
@@ -203,11 +206,13 @@ async def overhead_lib(url: str, n: int, notebooks: int, *, share: bool = True) 
 
 async def overhead_adapter(url: str, n: int, notebooks: int) -> dict[str, Any]:
     from notebookops import RunRequest, RunState
-    from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 
     rng = random.Random()
     loop = asyncio.get_running_loop()
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
+    async with DeepnoteBackend(
+        TOKEN, base_url=url, options=DeepnoteOptions(share_reads=False)
+    ) as backend:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             handle = await backend.start_run(RunRequest(notebook=notebook, inputs=inputs or {}))
@@ -223,7 +228,7 @@ async def overhead_adapter(url: str, n: int, notebooks: int) -> dict[str, Any]:
 
 async def overhead_transport(url: str, n: int, notebooks: int) -> dict[str, Any]:
     from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
+    from notebookops.backends.deepnote.client import PROFILE
 
     rng = random.Random()
     loop = asyncio.get_running_loop()
@@ -415,7 +420,7 @@ def guarded_wait(leave_out: Collection[str] = ()) -> Callable[..., Awaitable[boo
     :data:`GUARANTEES` not to do (only to measure what each costs)."""
     from notebookops._convert import parse_datetime
     from notebookops.backends.deepnote._requests import DEEPNOTE_STATES, outputs_from_blocks
-    from notebookops.backends.deepnote._wire import RunDetails, read_fast
+    from notebookops.backends.deepnote._wire import CONVERTER, RunDetails
     from notebookops.models import Run, RunHandle, RunState
 
     unknown = set(leave_out) - set(GUARANTEES)
@@ -442,15 +447,14 @@ def guarded_wait(leave_out: Collection[str] = ()) -> Callable[..., Awaitable[boo
                 created_at=parse_datetime(answer["createdAt"]),
             )
             raw = await finished(handle.run_id)
-            details = read_fast(raw, RunDetails)
-            assert details is not None, "an unusual run body: the fast decoder declined it"
+            details = CONVERTER.structure(raw, RunDetails)
             run = Run(
                 handle=handle,
                 state=DEEPNOTE_STATES.get(details.status, RunState.UNKNOWN),
                 vendor_state=details.status,
                 created_at=details.created_at,
                 finished_at=details.finished_at,
-                outputs=tuple(outputs_from_blocks(details.snapshot_blocks or ())),
+                outputs=outputs_from_blocks(details.snapshot_blocks or ()).outputs,
                 raw=raw,
             )
         return run.state is RunState.SUCCEEDED
@@ -467,7 +471,7 @@ async def overhead_shared_transport(
     keeping the library's guarantees costs, to tell the guarantees' share of
     ``run_and_wait``'s extra CPU from the rest of its code."""
     from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
+    from notebookops.backends.deepnote.client import PROFILE
 
     rng = random.Random()
     transport = HttpTransport(PROFILE, base_url=url, token=TOKEN)
@@ -524,13 +528,15 @@ async def pollcheck(url: str, cases: list[tuple[float, float, int]], seed: int) 
     import anyio
 
     from notebookops import PollPolicy, RunRequest, RunState, run_and_wait
-    from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 
     rng = random.Random(seed)
     results: list[dict[str, Any]] = []
     # This checks one wait's schedule; shared polls would fold the waits' reads together, and
     # their freshness window (real seconds) would not scale with the simulated time.
-    async with DeepnoteBackend(TOKEN, base_url=url, share_polls=False) as backend:
+    async with DeepnoteBackend(
+        TOKEN, base_url=url, options=DeepnoteOptions(share_reads=False)
+    ) as backend:
 
         async def one(length: float, scale: float) -> None:
             actual = length * rng.uniform(0.95, 1.05)
@@ -742,7 +748,9 @@ async def micro(loops: int) -> dict[str, Any]:
     from notebookops._http import HttpResponse, HttpTransport, RateLimiter
     from notebookops._redact import redact_url
     from notebookops.backends.deepnote import DeepnoteBackend
-    from notebookops.backends.deepnote._requests import PROFILE, decode_run
+    from notebookops.backends.deepnote._requests import decode
+    from notebookops.backends.deepnote._wire import RunDetails
+    from notebookops.backends.deepnote.client import PROFILE
 
     base = "http://127.0.0.1:9"
     url = f"{base}/v2/runs/0b6f1c9e-5a1d-4c1e-9a2b-3f4e5d6c7b8a?snapshotDelivery=blocks"
@@ -786,7 +794,9 @@ async def micro(loops: int) -> dict[str, Any]:
 
     figures = {
         "json.loads(body) (what the floor does per read)": per_call(lambda: json.loads(body)),
-        "decode_run(response): cattrs RunDetails": per_call(lambda: decode_run(response)),
+        "decode_run(response): cattrs RunDetails": per_call(
+            lambda: decode(response, RunDetails, envelope="run")
+        ),
         "redact_url(url) (built for a disabled debug log)": per_call(lambda: redact_url(url)),
         "HttpTransport._check_target(url)": per_call(lambda: transport._check_target(url)),
         "HttpTransport._with_params(url, params)": per_call(
@@ -803,8 +813,8 @@ async def micro(loops: int) -> dict[str, Any]:
         lambda: transport.request("GET", "/v2/runs/x", params={"snapshotDelivery": "blocks"})
     )
     async with DeepnoteBackend(TOKEN, base_url=base) as backend:
-        backend._transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
-        backend._transport._owns_session = False
+        backend.client._transport._session = cast(aiohttp.ClientSession, _CannedSession(body))
+        backend.client._transport._owns_session = False
         handle = RunHandle(backend="deepnote", run_id="x", notebook_id="notebook-1")
         figures["DeepnoteBackend.get_run() (running run), aiohttp stubbed out"] = await per_await(
             lambda: backend.get_run(handle)

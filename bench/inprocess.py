@@ -15,7 +15,7 @@ Workloads (``--variant``), N waits started at once on N/100 notebooks, runs of 3
 the default PollPolicy, as in scenario 1 of ``bench/run.py``:
 
 * ``lib``: ``run_and_wait`` on a ``DeepnoteBackend`` with its defaults (shared polls);
-* ``lib-noshare``: the same with ``share_polls=False``;
+* ``lib-noshare``: the same with ``share_reads=False``;
 * ``shared-floor``: a hand-written shared-poll loop (one runs-list read per notebook for all
   of its waits, one run read per finished run), with no abstraction at all;
 * ``transport-floor``: ``shared-floor`` making its requests through the library's transport;
@@ -221,11 +221,14 @@ def _patch_transport() -> None:
 
 
 def _backend(share: bool) -> Any:
-    from notebookops.backends.deepnote import DeepnoteBackend
+    from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 
     _patch_transport()
     return DeepnoteBackend(
-        "bench-token", base_url="http://127.0.0.1:9", allow_http=True, share_polls=share
+        "bench-token",
+        base_url="http://127.0.0.1:9",
+        allow_http=True,
+        options=DeepnoteOptions(share_reads=share),
     )
 
 
@@ -288,7 +291,7 @@ async def _with_transport_floor(
     guarantees take (``bench/client.py``'s ``guarded_wait``, without the pieces named in
     ``leave_out``), the least a wait keeping them costs."""
     from notebookops._http import HttpTransport
-    from notebookops.backends.deepnote._requests import PROFILE
+    from notebookops.backends.deepnote.client import PROFILE
 
     _patch_transport()
     rng = random.Random(4)
@@ -344,14 +347,16 @@ async def _with_library_phase(phase: str, work: Callable[[Wait], Awaitable[Any]]
             if phase == "lib-finished-read":
                 await asyncio.sleep(_AFTER_THE_END)
                 return bool((await backend.get_run(handle)).state is RunState.SUCCEEDED)
-            # lib-adapter: the whole wait as run_and_wait's _poll drives it with nobody
-            # listening (handed over before any read, only the terminal read returned),
-            # without the rest of run_and_wait (shielded start, deadline, tracker).
+            # lib-adapter: the whole wait as a sleep-and-read loop on run_and_wait's poll
+            # schedule, without the rest of run_and_wait (shielded start, deadline, tracker).
             schedule = orchestration._Schedule(
                 orchestration._default_poll(), orchestration._running_loop()
             )
-            run = await backend.next_change(handle, None, schedule, quiet=True)
-            return bool(run.state is RunState.SUCCEEDED)
+            while True:
+                await asyncio.sleep(schedule())
+                run = await backend.get_run(handle)
+                if run.state.is_terminal:
+                    return bool(run.state is RunState.SUCCEEDED)
 
         return await work(one)
 

@@ -195,7 +195,7 @@ VARIANT_NAMES = {
     "shared-transport": "layers: hand-written shared polls on `HttpTransport.request`",
     "shared-guarded": "layers: the same, with the guarantees' per-run work (shielded start task, "
     "deadline, typed handle and Run with outputs)",
-    "lib-noshare": "notebookops `run_and_wait`, `share_polls=False`",
+    "lib-noshare": "notebookops `run_and_wait`, `share_reads=False`",
     "adapter": "layers: `DeepnoteBackend` start_run/get_run, hand loop",
     "transport": "layers: `HttpTransport.request`, hand loop",
     "floor": "hand-written aiohttp loop, one read per wait (floor)",
@@ -510,14 +510,14 @@ def _overhead_report(
     )
     section.add(
         f"Cyclic garbage collection, per run: {gc_ms['lib-noshare']:.3f} ms for `run_and_wait` "
-        f"(`share_polls=False`) against {gc_ms['floor']:.3f} ms for the floor: {gc_said}."
+        f"(`share_reads=False`) against {gc_ms['floor']:.3f} ms for the floor: {gc_said}."
     )
     same_run_ratios = per_repeat("lib-noshare", cpu)
     same_request_ratios = per_repeat("lib-noshare", per_request)
     same_run, same_request = median(same_run_ratios), median(same_request_ratios)
     section.target(
         f"client CPU/run <= 1.3x floor, same requests ({label})",
-        f"`share_polls=False` vs the floor: {_vs_target(same_run)} per run "
+        f"`share_reads=False` vs the floor: {_vs_target(same_run)} per run "
         f"({ms['lib-noshare']:.3f} vs "
         f"{ms['floor']:.3f} ms, {ms['lib-noshare'] / ms['floor']:.2f}x on the medians), "
         f"{_vs_target(same_request)} per request "
@@ -556,7 +556,7 @@ def _overhead_report(
     section.target(
         f"same-notebook waits share polls ({label})",
         f"{shared_reqs:.2f} requests/run with the defaults vs {alone_reqs:.2f} with "
-        f"`share_polls=False` ({(1 - shared_reqs / alone_reqs) * 100:.0f}% fewer); the "
+        f"`share_reads=False` ({(1 - shared_reqs / alone_reqs) * 100:.0f}% fewer); the "
         f"hand-written shared loop: {requests_per_run('shared'):.2f}"
         + (
             "; every run was over by its first read (2 requests/run is the minimum), so "

@@ -801,7 +801,9 @@ def _json_default(value: object) -> str:
 
 async def _cmd_list_deepnote_projects(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
-        projects = await _take(backend.list_projects(name_contains=args.name_contains), args.limit)
+        projects = await _take(
+            backend.client.list_projects(name_contains=args.name_contains), args.limit
+        )
     rows = [[p.id, p.name, len(p.notebooks), p.updated_at] for p in projects]
     _print_rows(session.console, args, ["ID", "NAME", "NOTEBOOKS", "UPDATED"], rows)
     return EXIT_OK
@@ -810,9 +812,9 @@ async def _cmd_list_deepnote_projects(args: argparse.Namespace, session: _Sessio
 async def _cmd_list_deepnote_notebooks(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
         if args.project:
-            projects = [await backend.get_project(args.project)]
+            projects = [await backend.client.get_project(args.project)]
         else:
-            projects = await _take(backend.list_projects(), args.limit)
+            projects = await _take(backend.client.list_projects(), args.limit)
     rows = [
         [f"deepnote:{notebook.id}", notebook.name, project.name, notebook.last_run_at]
         for project in projects
@@ -824,7 +826,7 @@ async def _cmd_list_deepnote_notebooks(args: argparse.Namespace, session: _Sessi
 
 async def _cmd_list_deepnote_runs(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
-        runs = await _take(backend.list_notebook_runs(args.notebook), args.limit)
+        runs = await _take(backend.client.list_notebook_runs(args.notebook), args.limit)
     rows = [[r.run_id, r.status, r.created_at, r.finished_at] for r in runs]
     _print_rows(session.console, args, ["RUN ID", "STATUS", "CREATED", "FINISHED"], rows)
     return EXIT_OK

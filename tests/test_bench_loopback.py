@@ -87,17 +87,3 @@ def _check(variant: str, figures: dict[str, Any]) -> None:
     for key in ("cpu", "cpu_user", "cpu_sys", "gc_cpu", "wall", "rss_growth", "warm_up_cpu"):
         assert figures[key] >= 0, (variant, key)
     assert 0 < figures["latency_median"] <= figures["latency_max"], variant
-
-
-def test_start_answers_counts_every_start() -> None:
-    # bench/start_answers.py, quoted in the CHANGELOG: each start answer is counted once.
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "start_answers.py"), "--n", "30", "--duration", "0.05"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["runs_ok"] == 30
-    assert sum(result["start_answers"].values()) == 31  # and the warm-up wait's

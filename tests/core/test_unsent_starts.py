@@ -742,7 +742,7 @@ async def test_deepnote_starts_paced_by_the_rate_limit_are_all_sent_and_succeed(
     # Before, every start but the first came back as StartOutcomeUnknown.
     async with fake_deepnote() as server:
         notebook = server.add_notebook(script=RunScript.succeed(0.0))
-        async with server.backend(max_rate=10, share_polls=False) as backend:
+        async with server.backend(max_rate=10, share_reads=False) as backend:
             runs = await asyncio.gather(
                 *(
                     run_and_wait(backend, notebook.id, poll=FAST, timeout=10, start_timeout=LIMIT)

@@ -16,10 +16,12 @@ from notebookops.backends.deepnote import (
     Notebook,
     Project,
     ProjectPage,
+    RunDetails,
     RunPage,
+    RunStarted,
     Schedule,
 )
-from notebookops.backends.deepnote._requests import decode, decode_run, decode_started
+from notebookops.backends.deepnote._requests import decode
 from notebookops.backends.deepnote._wire import ReorderResult
 
 URL = "https://api.deepnote.com/v2/runs/r1?snapshotDelivery=blocks&sig=secret"
@@ -35,6 +37,14 @@ def response(data: Any, status: int = 200) -> HttpResponse:
         url=URL,
         vendor="deepnote",
     )
+
+
+def decode_run(answer: HttpResponse) -> RunDetails:
+    return decode(answer, RunDetails, envelope="run")
+
+
+def decode_started(answer: HttpResponse) -> RunStarted:
+    return decode(answer, RunStarted, envelope="run")
 
 
 def at(text: str) -> datetime:
@@ -105,7 +115,11 @@ def test_get_run_with_blocks_delivery() -> None:
     assert details.finished_at == at("2026-07-30T08:01:00Z")
     assert details.created_at == datetime(2026, 7, 30, 8, 0, 0, 123456, tzinfo=UTC)
     assert details.snapshot_blocks is not None
-    assert details.snapshot_blocks[0].outputs[1].traceback == ["Traceback...", "ValueError: boom"]
+    assert details.snapshot_blocks[0].outputs[1]["traceback"] == [
+        "Traceback...",
+        "ValueError: boom",
+    ]
+    assert details.snapshot_blocks[0].metadata == {"execution_millis": 12}
     assert details.raw["someNewField"] == {"nested": 1}
 
 
@@ -156,8 +170,27 @@ def test_get_run_nested_snapshot_and_id_fallback() -> None:
         )
     )
     assert details.run_id == "r9"
-    assert details.snapshot_content == "version: 1.0.0\n"
-    assert details.snapshot_download_url == "https://s3/x"
+    assert details.snapshot_text == "version: 1.0.0\n"
+    assert details.download_url == "https://s3/x"
+
+
+def test_nulls_in_optional_nested_fields_read_as_absent() -> None:
+    details = decode_run(
+        response(
+            {
+                "run": {
+                    "runId": "r1",
+                    "status": "success",
+                    "snapshotBlocks": [
+                        {"id": "b1", "type": None, "metadata": None, "outputs": None}
+                    ],
+                }
+            }
+        )
+    )
+    assert details.snapshot_blocks is not None
+    assert details.snapshot_blocks[0].metadata == {}
+    assert details.snapshot_blocks[0].outputs == []
 
 
 def test_get_run_error_as_object_is_kept() -> None:
