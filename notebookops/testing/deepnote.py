@@ -40,6 +40,7 @@ import attrs
 import yaml
 from aiohttp import web
 
+from .._validate import utc_now
 from ..backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from ..models import RunRequest
 from ..policies import RetryPolicy
@@ -359,7 +360,7 @@ class FakeDeepnoteServer(FakeServer):
 
     def now(self) -> datetime:
         """The server's clock (``clock_offset`` applied)."""
-        return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
+        return utc_now() + timedelta(seconds=self.clock_offset)
 
     # -- seeding and driving (for tests)
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 from aioresponses import aioresponses
 from aioresponses.compat import normalize_url
@@ -19,6 +20,7 @@ from notebookops import (
     BadRequest,
     ConfigurationError,
     Conflict,
+    ConnectError,
     ConnectionLost,
     NotFound,
     PermissionDenied,
@@ -655,6 +657,32 @@ async def test_start_run_unknown_outcome_after_transport_failure() -> None:
     assert error.notebook == "nb1"
     assert "read 2: no run created since" in error.evidence
     assert isinstance(error.__cause__, ConnectionLost)
+
+
+async def test_a_start_that_never_left_is_raised_and_does_not_hold_up_later_ones() -> None:
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    key = ConnectionKey("api.deepnote.com", 443, True, True, None, None, None)
+    created = datetime.now(UTC).isoformat()
+    runs_url = f"{API}/v2/notebooks/nb1/runs?pageSize=20"
+    with aioresponses() as mocked:
+        mocked.post(
+            f"{API}/v2/runs",
+            exception=aiohttp.ClientConnectorError(key, OSError(111, "refused")),
+        )
+        mocked.post(f"{API}/v2/runs", status=502, payload={"message": "Bad gateway"})
+        mocked.get(
+            runs_url, payload=_runs_page({"runId": "r2", "status": "pending", "createdAt": created})
+        )
+        async with make_backend(reconcile_interval=0.01) as backend:
+            with pytest.raises(ConnectError) as caught:
+                await backend.start_run(RunRequest(notebook="nb1"))
+            assert caught.value.request_sent is False
+            # The unsent start no longer counts as in flight: this reconciliation goes ahead.
+            with anyio.fail_after(5):
+                handle = await backend.start_run(RunRequest(notebook="nb1"))
+    assert handle.run_id == "r2"
 
 
 async def test_cancel_is_unsupported() -> None:

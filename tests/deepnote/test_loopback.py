@@ -760,9 +760,19 @@ async def test_projects_notebooks_blocks_and_schedules(
     assert utc.created_at == schedule.created_at
     with pytest.raises(BadRequest, match="Invalid cron expression"):
         await backend.client.upsert_schedule(notebook.id, "every day")
+    assert {n.id: n.is_scheduled for n in (await backend.client.get_project(project.id)).notebooks}[
+        notebook.id
+    ]
+    # One scheduled notebook per project: removing it through another notebook finds nothing.
+    other = project.notebooks[0].id
+    assert await backend.client.delete_schedule(other) is False
+    assert await backend.client.delete_schedule(notebook.id) is True
+    assert await backend.client.delete_schedule(notebook.id) is False
+    assert not any(n.is_scheduled for n in (await backend.client.get_project(project.id)).notebooks)
     server.scheduling_enabled = False
     with pytest.raises(PermissionDenied, match="scheduling is not enabled"):
         await backend.client.upsert_schedule(notebook.id, "0 9 * * *")
+    assert await backend.client.delete_schedule(notebook.id) is False  # not plan-gated
 
     full = await backend.client.get_project(project.id)
     assert {n.name for n in full.notebooks} == {"Notebook 1", "ETL"}
@@ -777,6 +787,51 @@ async def test_projects_notebooks_blocks_and_schedules(
     await backend.client.delete_project(project.id)
     with pytest.raises(NotFound, match="Project not found"):
         await backend.client.get_project(project.id)
+
+
+async def test_web_urls_route_as_deepnotes_own_links(server: FakeDeepnoteServer) -> None:
+    """Issue 28 item 9: the workspace segment is {slug}-{id} (a slug alone does not route),
+    the project segment "-{id}", the notebook segment its id, as Deepnote's client builds."""
+    notebook = server.add_notebook(script=RunScript.long())
+    async with server.backend(workspace=None) as plain:
+        me = await plain.client.me()
+        handle = await plain.start_run(RunRequest(notebook.id))
+        assert handle.web_url is None  # no workspace: no guessed link
+        assert (await plain.get_run(handle)).web_url is None
+    expected = (
+        f"https://deepnote.com/workspace/{me.workspace.slug}-{me.workspace.id}"
+        f"/project/-{notebook.project_id}/notebook/{notebook.id}"
+    )
+    for workspace in (f"{me.workspace.slug}-{me.workspace.id}", me.workspace.id):
+        async with server.backend(workspace=workspace) as backend:
+            # Unknown at the start (no project id given), known from the run's own read.
+            assert handle.web_url is None
+            run = await backend.get_run(handle)
+            assert run.web_url == expected.replace(
+                f"{me.workspace.slug}-{me.workspace.id}", workspace
+            )
+            # A listed read of the notebook's runs, after one read named the project.
+            other = await backend.start_run(RunRequest(notebook.id))
+            listed = await read_together(backend, [handle, other])
+            assert all(r.web_url == run.web_url for r in listed)
+            with_project = await backend.start_run(
+                RunRequest(notebook.id, options=DeepnoteRunOptions(project_id="a/b"))
+            )
+            assert with_project.web_url is not None
+            assert with_project.web_url.endswith(f"/project/-a%2Fb/notebook/{notebook.id}")
+    assert len(server.requests_to("GET", r"/runs$")) == 2
+
+
+async def read_together(backend: DeepnoteBackend, handles: list[RunHandle]) -> list[Run]:
+    runs: list[Run] = []
+
+    async def read(handle: RunHandle) -> None:
+        runs.append(await backend.get_run(handle))
+
+    async with anyio.create_task_group() as group:
+        for handle in handles:
+            group.start_soon(read, handle)
+    return runs
 
 
 async def test_v1_execute_endpoint_starts_a_listed_run(

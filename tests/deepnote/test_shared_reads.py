@@ -9,7 +9,9 @@ import anyio
 import pytest
 
 from notebookops import (
+    BackendClosed,
     PermissionDenied,
+    ResponseDecodeError,
     Run,
     RunHandle,
     RunRequest,
@@ -232,3 +234,39 @@ async def test_a_cancelled_sender_leaves_the_others_reading_on_their_own(
     assert count(server, LIST) == 1
     assert count(server, READ) == 2
     assert len(runs) == 2
+
+
+@pytest.mark.parametrize("fault", ["invalid_json", "missing_fields"])
+async def test_a_malformed_list_is_a_decode_error_for_every_read(
+    server: FakeDeepnoteServer, fault: str
+) -> None:
+    notebook = server.add_notebook(script=RunScript.long())
+    server.faults.add(Fault(fault, path=LIST))  # type: ignore[arg-type]
+    async with server.backend() as backend:
+        handles = await start(backend, notebook.id, 3)
+        with pytest.raises(ExceptionGroup) as caught:
+            await read_all(backend, handles)
+    assert [type(e) for e in caught.value.exceptions] == [ResponseDecodeError] * 3
+    assert count(server, LIST) == 1
+
+
+async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(script=RunScript.long())
+    backend = server.backend()
+    handles = await start(backend, notebook.id, 3)
+    server.hold_runs_list = anyio.Event()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            for handle in handles:
+                group.start_soon(backend.get_run, handle)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+    await backend.aclose()
+    server.hold_runs_list.set()
+    with pytest.raises(BackendClosed):
+        await backend.get_run(handles[0])
+    assert backend._reads is not None
+    assert not backend._reads._open  # no request left open for later reads to join
+    assert count(server, LIST) == 1

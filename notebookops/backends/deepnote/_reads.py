@@ -9,8 +9,8 @@ them in one answer, so reads that happen at the same time share it (the dataload
 * Otherwise it opens a new request for N and lets the reads of N made in the same event-loop
   turn join it. With company, it sends ``GET /v2/notebooks/{N}/runs`` (100 rows), which more
   reads may join while it is in flight; alone, it reads nothing here and the caller sends its
-  own ``GET /v2/runs/{id}``, the lighter request for one run. So sharing never costs a
-  request: a list request answers two reads or more.
+  own ``GET /v2/runs/{id}``, the lighter request for one run. So a list request is only
+  sent for two reads or more.
 * The list says nothing of a run's snapshot or error, and may not show a run at all (one
   older than the page, or newer than the request): such reads get None and the caller reads
   the run on its own, so a finished run always carries its outputs.

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 import anyio
+import attrs
 
 from ..._validate import utc_now
 from ...errors import (
@@ -60,23 +61,19 @@ _REFUSED: Final = (AuthenticationError, PermissionDenied, NotFound)
 HandleMaker = Callable[[str, str, datetime | None, str | None, dict[str, str]], RunHandle]
 
 
+@attrs.frozen(kw_only=True)
 class StartSettings:
     """The timing of reconciliation and v1 discovery (see ``DeepnoteOptions``)."""
 
-    def __init__(
-        self,
-        *,
-        attempts: int,
-        interval: float,
-        clock_skew: float,
-        v1_timeout: float,
-        v1_interval: float,
-    ) -> None:
-        self.attempts = attempts
-        self.interval = interval
-        self.skew = timedelta(seconds=clock_skew)
-        self.v1_timeout = v1_timeout
-        self.v1_interval = v1_interval
+    attempts: int
+    interval: float
+    clock_skew: float
+    v1_timeout: float
+    v1_interval: float
+
+    @property
+    def skew(self) -> timedelta:
+        return timedelta(seconds=self.clock_skew)
 
 
 async def runs_since(
@@ -142,9 +139,9 @@ class Reconciler:
                 notebook_id, inputs=request.inputs, blocks=request.blocks, options=options
             )
         except AMBIGUOUS as error:
+            self._done_posting(notebook_id)
             if isinstance(error, TransportError) and not error.request_sent:
                 raise  # provably never reached Deepnote: no run can exist
-            self._done_posting(notebook_id)
             self._ambiguous.setdefault(notebook_id, []).append(attempt_at)
             async with self._locks.setdefault(notebook_id, anyio.Lock()):
                 return await self._settle(notebook_id, attempt_at, error)
