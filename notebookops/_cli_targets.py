@@ -129,10 +129,11 @@ def parse_inputs(json_pairs: Iterable[str], text_pairs: Iterable[str] = ()) -> d
 
 
 def deepnote_backend() -> DeepnoteBackend:
-    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL``."""
-    from .backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
+    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL`` (the adapter's
+    ``TOKEN_ENV`` and ``URL_ENV``, which it reads itself)."""
+    from .backends.deepnote import DeepnoteBackend
 
-    return DeepnoteBackend(base_url=os.environ.get(DEEPNOTE_URL_ENV) or DEFAULT_BASE_URL)
+    return DeepnoteBackend()
 
 
 def posthog_backend(mode: str | None = None) -> PostHogBackend:
