@@ -11,16 +11,18 @@ import pytest
 from notebookops import (
     BackendClosed,
     PermissionDenied,
+    PollPolicy,
     ResponseDecodeError,
     Run,
     RunHandle,
     RunRequest,
     RunState,
     ServerError,
+    run_and_wait,
 )
 from notebookops.backends.deepnote import DeepnoteBackend
 from notebookops.testing._server import Fault
-from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
+from notebookops.testing.deepnote import FakeDeepnoteServer, FakeInput, RunScript, fake_deepnote
 
 LIST = r"^/v2/notebooks/[^/]+/runs$"
 READ = r"^/v2/runs/"
@@ -270,3 +272,28 @@ async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
     assert backend._reads is not None
     assert not backend._reads._open  # no request left open for later reads to join
     assert count(server, LIST) == 1
+
+
+async def test_concurrent_waits_ride_out_a_failing_list_and_get_their_own_outputs(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(
+        script=RunScript.succeed(0.2), inputs=[FakeInput(name="day", value="")]
+    )
+    server.faults.add(Fault("status", status=502, body={"message": "down"}, path=LIST, times=6))
+    poll = PollPolicy(initial=0.02, multiplier=1.0, maximum=0.02, jitter=0.0)
+    runs: dict[str, Run] = {}
+    async with server.backend() as backend:
+
+        async def one(day: str) -> None:
+            request = RunRequest(notebook.id, inputs={"day": day})
+            runs[day] = await run_and_wait(backend, request, poll=poll, timeout=30)
+
+        async with anyio.create_task_group() as group:
+            for index in range(5):
+                group.start_soon(one, f"day-{index}")
+    assert all(run.state is RunState.SUCCEEDED for run in runs.values())
+    for day, run in runs.items():  # each wait got its own run's outputs
+        assert all(f'"day": "{day}"' in (output.text or "") for output in run.outputs)
+    assert server.runs_started == 5
+    assert not server.faults.scripted

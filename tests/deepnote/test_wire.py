@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notebookops import ResponseDecodeError
+from notebookops._convert import parse_datetime
 from notebookops._http import HttpResponse
 from notebookops.backends.deepnote import (
     Me,
@@ -451,3 +454,34 @@ def test_started_without_id_is_a_decode_error() -> None:
         decode_started(response({"runId": " ", "status": "pending"}, 202))
     with pytest.raises(ResponseDecodeError, match="run_id"):
         decode_started(response({"status": "pending"}, 202))
+
+
+# --------------------------------------------------------------------------- timestamps
+
+MOMENTS = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1))
+
+
+@given(MOMENTS, st.sampled_from([0, 3, 6]))
+def test_common_timestamps_read_as_the_moment(moment: datetime, digits: int) -> None:
+    if digits == 0:
+        moment = moment.replace(microsecond=0)
+        text = moment.isoformat() + "Z"
+    elif digits == 3:
+        moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        text = moment.isoformat(timespec="milliseconds") + "Z"
+    else:
+        text = moment.isoformat(timespec="microseconds") + "Z"
+    details = decode_run(response({"run": {"runId": "r", "status": "x", "createdAt": text}}))
+    assert details.created_at == moment.replace(tzinfo=UTC)
+    # The general path (taken once the text is padded) reads it the same way.
+    assert parse_datetime(f" {text} ") == parse_datetime(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-13-01T00:00:00Z", "2026-02-30T00:00:00.000Z", "2026-01-01T24:00:00.000000Z"]
+)
+def test_impossible_timestamps_are_decode_errors(text: str) -> None:
+    with pytest.raises(ResponseDecodeError, match="created_at"):
+        decode_run(response({"run": {"runId": "r", "status": "x", "createdAt": text}}))
+    with pytest.raises(ValueError, match="not an ISO-8601 timestamp"):
+        parse_datetime(text)
