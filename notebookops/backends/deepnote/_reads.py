@@ -27,7 +27,6 @@ concurrent reads; nothing is kept between polls.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
@@ -35,7 +34,8 @@ import anyio.lowlevel
 import attrs
 
 from ...errors import NotebookOpsError
-from ._wire import RunPage, RunSummary
+from ._wire import RunSummary
+from .client import DeepnoteClient
 
 __all__ = ["PAGE_SIZE", "ReadCoalescer"]
 
@@ -62,14 +62,11 @@ def _copy(error: NotebookOpsError) -> NotebookOpsError:
 
 
 class ReadCoalescer:
-    """Merges concurrent reads of one notebook's runs into one runs-list request.
+    """Merges concurrent reads of one notebook's runs into one runs-list request, sent with
+    ``client``'s ``list_notebook_runs_page``."""
 
-    ``list_runs(notebook_id, page_size)`` sends the request (``DeepnoteClient``'s
-    ``list_notebook_runs_page``).
-    """
-
-    def __init__(self, list_runs: Callable[[str, int], Awaitable[RunPage]]) -> None:
-        self._list_runs = list_runs
+    def __init__(self, client: DeepnoteClient) -> None:
+        self._client = client
         #: Per notebook: the list request reads may join (being made or in flight).
         self._open: dict[str, _Request] = {}
 
@@ -98,7 +95,7 @@ class ReadCoalescer:
 
     async def _send(self, notebook_id: str, request: _Request) -> None:
         try:
-            page = await self._list_runs(notebook_id, PAGE_SIZE)
+            page = await self._client.list_notebook_runs_page(notebook_id, page_size=PAGE_SIZE)
             request.rows = {row.run_id: row for row in page.runs}
         except NotebookOpsError as error:
             request.error = error

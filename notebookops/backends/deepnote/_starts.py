@@ -36,7 +36,7 @@ from ...errors import (
     TransportError,
 )
 from ...models import RunHandle, RunRequest
-from ._requests import DeepnoteRunOptions, build_run_body
+from ._requests import DeepnoteRunOptions
 from ._wire import RunStarted, RunSummary
 from .client import DeepnoteClient
 
@@ -130,8 +130,6 @@ class Reconciler:
     ) -> RunStarted | RunSummary:
         """``POST /v2/runs`` once; an ambiguous failure settled through the runs list."""
         notebook_id = request.notebook
-        # Checked before anything counts as posting: bad input never reaches Deepnote.
-        build_run_body(notebook_id, inputs=request.inputs, blocks=request.blocks, options=options)
         attempt_at = utc_now()
         self._posting[notebook_id] += 1
         try:

@@ -184,7 +184,7 @@ class DeepnoteBackend(BaseBackend):
             raise ConfigurationError(
                 f"client must be a DeepnoteClient, got {type(client).__name__}"
             )
-        elif token is not None or base_url is not None or retry is not None or rate_limiter:
+        elif any(value is not None for value in (token, base_url, retry, max_rate, rate_limiter)):
             raise ConfigurationError(
                 "pass the connection settings to the DeepnoteClient given as client=, not to "
                 "the backend as well"
@@ -206,15 +206,7 @@ class DeepnoteBackend(BaseBackend):
         )
         self._starts = Reconciler(client, settings)
         self._v1 = V1Starter(client, settings)
-        self._reads = (
-            ReadCoalescer(
-                lambda notebook_id, size: client.list_notebook_runs_page(
-                    notebook_id, page_size=size
-                )
-            )
-            if options.share_reads
-            else None
-        )
+        self._reads = ReadCoalescer(client) if options.share_reads else None
         self._projects: OrderedDict[str, str] = OrderedDict()
 
     async def _aclose(self) -> None:
