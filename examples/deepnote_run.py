@@ -19,7 +19,7 @@ import sys
 import anyio
 
 from notebookops import NotebookOpsError, PollPolicy, Run, run_and_wait
-from notebookops.backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
+from notebookops.backends.deepnote import DeepnoteBackend
 
 
 def show(run: Run) -> None:
@@ -31,10 +31,9 @@ async def main(name: str) -> int:
     if not notebook_id:
         print("set DEEPNOTE_NOTEBOOK_ID (see this script's docstring)", file=sys.stderr)
         return 2
-    base_url = os.environ.get("DEEPNOTE_API_URL") or DEFAULT_BASE_URL
     try:
-        # The API key comes from DEEPNOTE_API_KEY.
-        async with DeepnoteBackend(base_url=base_url) as deepnote:
+        # The API key comes from DEEPNOTE_API_KEY (TOKEN_ENV), the origin from DEEPNOTE_API_URL.
+        async with DeepnoteBackend() as deepnote:
             run = await run_and_wait(
                 deepnote,
                 notebook_id,

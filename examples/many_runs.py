@@ -20,7 +20,7 @@ import sys
 import anyio
 
 from notebookops import PollPolicy, RunRequest, run_many
-from notebookops.backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
+from notebookops.backends.deepnote import DeepnoteBackend
 
 NAMES: list[object] = ["Ada", "Grace", "Linus", "Barbara", 42]
 
@@ -30,9 +30,8 @@ async def main() -> int:
     if not notebook_id:
         print("set DEEPNOTE_NOTEBOOK_ID (see this script's docstring)", file=sys.stderr)
         return 2
-    base_url = os.environ.get("DEEPNOTE_API_URL") or DEFAULT_BASE_URL
     requests = [RunRequest(notebook=notebook_id, inputs={"name": name}) for name in NAMES]
-    async with DeepnoteBackend(base_url=base_url) as deepnote:
+    async with DeepnoteBackend() as deepnote:  # DEEPNOTE_API_KEY and DEEPNOTE_API_URL
         outcomes = await run_many(
             deepnote,
             requests,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .backend import NotebookBackend, StateTable
+from .backend import NotebookBackend
 from .errors import ConfigurationError
 from .models import Capability, RunHandle
 
@@ -30,7 +30,6 @@ __all__ = [
     "Target",
     "backend_for_handle",
     "deepnote_backend",
-    "deepnote_states",
     "describe_environment",
     "make_backend",
     "not_resumable_reason",
@@ -209,17 +208,11 @@ def _plain(name: str, value: Any) -> Any:
 
 
 def deepnote_backend() -> DeepnoteBackend:
-    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL``."""
-    from .backends.deepnote import DEFAULT_BASE_URL, DeepnoteBackend
+    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL`` (the adapter's
+    ``TOKEN_ENV`` and ``URL_ENV``, which it reads itself)."""
+    from .backends.deepnote import DeepnoteBackend
 
-    return DeepnoteBackend(base_url=os.environ.get(DEEPNOTE_URL_ENV) or DEFAULT_BASE_URL)
-
-
-def deepnote_states() -> StateTable:
-    """Deepnote's run statuses mapped to the states ``run`` shows (succeeded, failed, ...)."""
-    from .backends.deepnote import DEEPNOTE_STATES
-
-    return StateTable("deepnote", DEEPNOTE_STATES)
+    return DeepnoteBackend()
 
 
 def posthog_backend(mode: str | None = None) -> PostHogBackend:

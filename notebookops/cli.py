@@ -45,7 +45,6 @@ from ._cli_targets import (
     Target,
     backend_for_handle,
     deepnote_backend,
-    deepnote_states,
     describe_environment,
     make_backend,
     not_resumable_reason,
@@ -896,7 +895,9 @@ def _json_default(value: object) -> str:
 
 async def _cmd_list_deepnote_projects(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
-        projects = await _take(backend.list_projects(name_contains=args.name_contains), args.limit)
+        projects = await _take(
+            backend.client.list_projects(name_contains=args.name_contains), args.limit
+        )
     rows = [[p.id, p.name, len(p.notebooks), p.updated_at] for p in projects]
     _print_rows(session.console, args, ["ID", "NAME", "NOTEBOOKS", "UPDATED"], rows)
     return EXIT_OK
@@ -905,9 +906,9 @@ async def _cmd_list_deepnote_projects(args: argparse.Namespace, session: _Sessio
 async def _cmd_list_deepnote_notebooks(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
         if args.project:
-            projects = [await backend.get_project(args.project)]
+            projects = [await backend.client.get_project(args.project)]
         else:
-            projects = await _take(backend.list_projects(), args.limit)
+            projects = await _take(backend.client.list_projects(), args.limit)
     rows = [
         [f"deepnote:{notebook.id}", notebook.name, project.name, notebook.last_run_at]
         for project in projects
@@ -919,11 +920,11 @@ async def _cmd_list_deepnote_notebooks(args: argparse.Namespace, session: _Sessi
 
 async def _cmd_list_deepnote_runs(args: argparse.Namespace, session: _Session) -> int:
     async with deepnote_backend() as backend:
-        runs = await _take(backend.list_notebook_runs(args.notebook), args.limit)
-    state_of = deepnote_states()
-    rows = [
-        [r.run_id, state_of(r.status).value, r.status, r.created_at, r.finished_at] for r in runs
-    ]
+        runs = await _take(backend.client.list_notebook_runs(args.notebook), args.limit)
+        rows = [
+            [r.run_id, backend.state_of(r.status).value, r.status, r.created_at, r.finished_at]
+            for r in runs
+        ]
     headers = ["RUN ID", "STATE", "VENDOR STATUS", "CREATED", "FINISHED"]
     _print_rows(session.console, args, headers, rows)
     return EXIT_OK

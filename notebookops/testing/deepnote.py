@@ -12,8 +12,8 @@ It behaves like the real service where notebookops depends on it (see the contra
   the script says so;
 * notebook runs and projects are cursor-paginated (optionally with a server that repeats its
   page token);
-* notebooks, blocks reordering, schedules, projects, ``/me`` and v1 execute (202, starting a
-  run that shows up in the runs list) work;
+* notebooks, blocks reordering, schedules (set and removed), projects, ``/me`` and v1 execute
+  (202, starting a run that shows up in the runs list) work;
 * the bearer token is checked, every request is logged and faults can be injected
   (``server.faults``, from :class:`~notebookops.testing._server.FakeServer`).
 
@@ -30,15 +30,18 @@ import secrets
 import time
 import uuid
 import zoneinfo
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import attrs
+import yaml
 from aiohttp import web
 
-from ..backends.deepnote import DeepnoteBackend
+from .._validate import utc_now
+from ..backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from ..models import RunRequest
 from ..policies import RetryPolicy
 from ._server import FakeServer
@@ -239,98 +242,12 @@ class FakeRun:
         return script.outcome
 
 
-# --------------------------------------------------------------------------- YAML emitter
-
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_./+-]*\Z")
-_RESERVED_WORDS = frozenset({"null", "Null", "NULL", "true", "True", "TRUE", "false", "False"})
-
-
-def _yaml_key(key: object) -> str:
-    text = str(key)
-    if _PLAIN_KEY.match(text) and text not in _RESERVED_WORDS and text != "FALSE":
-        return text
-    return json.dumps(text)
-
-
-def _yaml_scalar(value: object) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ".nan"
-        if math.isinf(value):
-            return ".inf" if value > 0 else "-.inf"
-        return repr(value)
-    if isinstance(value, dict):
-        return "{}"
-    if isinstance(value, list | tuple):
-        return "[]"
-    # JSON strings are valid YAML double-quoted scalars (ASCII-only, so no odd line breaks).
-    return json.dumps(str(value))
-
-
-def _literal_ok(text: str) -> bool:
-    lines = text.rstrip("\n").split("\n")
-    first = next((line for line in lines if line), "")
-    return (
-        "\n" in text
-        and bool(first)
-        # A literal's indentation comes from its first non-empty line.
-        and not first[:1].isspace()
-        and all(line == "" or line.strip() for line in lines)
-        and all(char == "\n" or char.isprintable() for char in text)
-    )
-
-
-def _emit_value(prefix: str, value: object, indent: int, out: list[str]) -> None:
-    if isinstance(value, dict) and value:
-        out.append(prefix)
-        _emit_mapping(value, indent + 2, out)
-    elif isinstance(value, list | tuple) and value:
-        out.append(prefix)
-        _emit_sequence(list(value), indent + 2, out)
-    elif isinstance(value, str) and _literal_ok(value):
-        trailing = len(value) - len(value.rstrip("\n"))
-        chomp = "-" if trailing == 0 else "" if trailing == 1 else "+"
-        body = value[:-1] if value.endswith("\n") else value
-        out.append(f"{prefix} |{chomp}")
-        out.extend((" " * (indent + 2) + line) if line else "" for line in body.split("\n"))
-    else:
-        out.append(f"{prefix} {_yaml_scalar(value)}")
-
-
-def _emit_mapping(mapping: Mapping[Any, Any], indent: int, out: list[str]) -> None:
-    for key, value in mapping.items():
-        _emit_value(" " * indent + _yaml_key(key) + ":", value, indent, out)
-
-
-def _emit_sequence(items: Sequence[Any], indent: int, out: list[str]) -> None:
-    for item in items:
-        dash = " " * indent + "-"
-        if isinstance(item, dict) and item:
-            for position, (key, value) in enumerate(item.items()):
-                lead = dash + " " if position == 0 else " " * (indent + 2)
-                _emit_value(lead + _yaml_key(key) + ":", value, indent + 2, out)
-        else:
-            _emit_value(dash, item, indent, out)
+# --------------------------------------------------------------------------- YAML
 
 
 def dump_yaml(value: object) -> str:
     """Block-style YAML for JSON-like data, as a ``.deepnote`` snapshot is written."""
-    out: list[str] = []
-    if isinstance(value, dict) and value:
-        _emit_mapping(value, 0, out)
-    elif isinstance(value, list | tuple) and value:
-        _emit_sequence(list(value), 0, out)
-    else:
-        _emit_value("---", value, 0, out)
-    return "\n".join(out) + "\n"
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 # --------------------------------------------------------------------------- servers
@@ -380,7 +297,14 @@ class FakeDeepnoteServer(FakeServer):
     * ``completion_field``: ``"completedAt"`` (real) or ``"finishedAt"`` (the seed's name);
     * ``clock_offset``: seconds added to the timestamps the server reports (clock skew);
     * ``v1_start_delay``: seconds before a v1-triggered run appears;
-    * ``scheduling_enabled``: False answers the schedule endpoint with a bare 403.
+    * ``scheduling_enabled``: False answers setting a schedule with a bare 403;
+    * ``send_nulls``: run answers carry ``null`` in optional nested fields, as Deepnote may
+      (a block's ``metadata``, an output's ``traceback`` and ``execution_count``), and each
+      block with outputs gets one more output whose ``output_type`` is ``null``;
+    * ``snapshot_text``: when set, the snapshot document served (inline or downloaded) in place
+      of the one the run made (a malformed one, say);
+    * ``hold_runs_list``: an event; while it is not set, runs-list answers wait for it (a test
+      can hold a list request in flight without sleeping).
     """
 
     vendor = "deepnote"
@@ -405,6 +329,9 @@ class FakeDeepnoteServer(FakeServer):
         self.clock_offset = 0.0
         self.v1_start_delay = 0.0
         self.scheduling_enabled = True
+        self.send_nulls = False
+        self.snapshot_text: str | None = None
+        self.hold_runs_list: anyio.Event | None = None
         #: Every run created, whatever started it (API, v1, "UI").
         self.runs_started = 0
         self.v1_triggers = 0
@@ -422,6 +349,7 @@ class FakeDeepnoteServer(FakeServer):
         r.add_post("/v2/notebooks/{notebook_id}/reorder-blocks", self._reorder_blocks)
         r.add_get("/v2/notebooks/{notebook_id}/runs", self._list_runs)
         r.add_post("/v2/notebooks/{notebook_id}/schedule", self._schedule)
+        r.add_delete("/v2/notebooks/{notebook_id}/schedule", self._delete_schedule)
         r.add_get("/v2/projects", self._list_projects)
         r.add_post("/v2/projects", self._create_project)
         r.add_get("/v2/projects/{project_id}", self._get_project)
@@ -432,7 +360,7 @@ class FakeDeepnoteServer(FakeServer):
 
     def now(self) -> datetime:
         """The server's clock (``clock_offset`` applied)."""
-        return datetime.now(UTC) + timedelta(seconds=self.clock_offset)
+        return utc_now() + timedelta(seconds=self.clock_offset)
 
     # -- seeding and driving (for tests)
 
@@ -527,21 +455,32 @@ class FakeDeepnoteServer(FakeServer):
     def runs_of(self, notebook_id: str) -> list[FakeRun]:
         return [run for run in self.runs.values() if run.notebook_id == notebook_id]
 
+    @property
+    def workspace_segment(self) -> str:
+        """The workspace part of this server's notebook links: ``{slug}-{id}``."""
+        return f"{self.workspace['slug']}-{self.workspace['id']}"
+
     def backend(self, **overrides: Any) -> DeepnoteBackend:
-        """A DeepnoteBackend pointed at this server, with test-friendly short intervals."""
-        settings: dict[str, Any] = {
-            "base_url": self.url,
-            "workspace": self.workspace["slug"],
+        """A DeepnoteBackend pointed at this server, with test-friendly short intervals.
+        ``overrides`` are DeepnoteBackend arguments or DeepnoteOptions fields."""
+        options: dict[str, Any] = {
+            "workspace": self.workspace_segment,
             "snapshot_wait": 2.0,
             "snapshot_interval": 0.02,
             "v1_discovery_timeout": 1.0,
             "v1_discovery_interval": 0.02,
             "reconcile_interval": 0.02,
+        }
+        settings: dict[str, Any] = {
+            "base_url": self.url,
             "timeout": 5.0,
             "retry": RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05),
         }
-        settings.update(overrides)
-        return DeepnoteBackend(settings.pop("api_key", self.token), **settings)
+        fields = attrs.fields_dict(DeepnoteOptions)
+        for name, value in overrides.items():
+            (options if name in fields else settings)[name] = value
+        token = settings.pop("token", self.token)
+        return DeepnoteBackend(token, options=DeepnoteOptions(**options), **settings)
 
     # -- internals
 
@@ -855,16 +794,38 @@ class FakeDeepnoteServer(FakeServer):
         if snapshot_status == "available":
             if delivery == "blocks":
                 data["snapshotBlocks"] = [
-                    {"id": block.id, "type": block.type, "outputs": outputs, "metadata": {}}
+                    {
+                        "id": block.id,
+                        "type": block.type,
+                        "outputs": self._with_nulls(outputs) if self.send_nulls else outputs,
+                        "metadata": None if self.send_nulls else {},
+                    }
                     for block, outputs in self._executed(run, status)
                 ]
             else:
-                text = dump_yaml(self._snapshot_document(run, status))
+                text = self.snapshot_text
+                if text is None:
+                    text = dump_yaml(self._snapshot_document(run, status))
                 if delivery == "inline":
                     data["snapshotContent"] = text
                 else:
                     data["snapshotDownloadUrl"] = self._download_url(run, text.encode())
         return web.json_response({"run": data})
+
+    @staticmethod
+    def _with_nulls(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``outputs`` with ``null`` in the optional fields, and one without a type."""
+        if not outputs:
+            return outputs
+        nulled = [
+            {
+                **output,
+                "execution_count": None,
+                "traceback": output.get("traceback") if output["output_type"] == "error" else None,
+            }
+            for output in outputs
+        ]
+        return [*nulled, {"output_type": None, "data": {"text/plain": "?"}, "metadata": None}]
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         entry = self.snapshot_files.get(request.path)
@@ -880,6 +841,8 @@ class FakeDeepnoteServer(FakeServer):
         page = self._page("runs", notebook_id, request, 20)
         if isinstance(page, web.Response):
             return page
+        if self.hold_runs_list is not None:
+            await self.hold_runs_list.wait()
         size, offset = page
         now = time.monotonic()
         runs = [run for run in self.runs_of(notebook_id) if run.visible(now)]
@@ -1025,6 +988,21 @@ class FakeDeepnoteServer(FakeServer):
         }
         self.schedules[notebook.project_id] = schedule
         return web.json_response({"schedule": schedule})
+
+    @_v2
+    async def _delete_schedule(self, request: web.Request) -> web.StreamResponse:
+        # As Deepnote's own client sees it: 204 when removed, 404 when the notebook has no
+        # schedule; not plan-gated (no bare 403 here).
+        notebook = self._notebook_or_error(request)
+        if isinstance(notebook, web.Response):
+            return notebook
+        if self.projects[notebook.project_id].suspended:
+            return _error(409, "Project is suspended")
+        schedule = self.schedules.get(notebook.project_id)
+        if schedule is None or schedule["notebookId"] != notebook.id:
+            return _error(404, "Notebook has no schedule")
+        del self.schedules[notebook.project_id]
+        return web.Response(status=204)
 
     # -- projects
 

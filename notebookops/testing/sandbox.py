@@ -44,6 +44,8 @@ import anyio
 import attrs
 
 from .._validate import seconds
+from ..backends.deepnote import TOKEN_ENV as DEEPNOTE_TOKEN_ENV
+from ..backends.deepnote import URL_ENV as DEEPNOTE_URL_ENV
 from ..errors import ConfigurationError
 from .datalore import FakeDataloreServer, fake_datalore_server
 from .deepnote import (
@@ -113,8 +115,8 @@ class Sandbox:
     def environment(self) -> dict[str, str]:
         """The variables that point the command line and the examples at the sandbox."""
         return {
-            "DEEPNOTE_API_KEY": self.deepnote.token,
-            "DEEPNOTE_API_URL": self.deepnote.url,
+            DEEPNOTE_TOKEN_ENV: self.deepnote.token,
+            DEEPNOTE_URL_ENV: self.deepnote.url,
             "POSTHOG_PERSONAL_API_KEY": self.posthog.token,
             "POSTHOG_PROJECT_ID": self.posthog.project_id,
             "POSTHOG_HOST": self.posthog.url,

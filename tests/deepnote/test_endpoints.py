@@ -1,5 +1,6 @@
-"""Every Deepnote endpoint with aioresponses: exact method, URL (query included), headers and
-JSON body; each error status mapped to the tree with the vendor's message; configuration."""
+"""Every DeepnoteClient endpoint with aioresponses: exact method, URL (query included), headers
+and JSON body; each error status mapped to the tree with the vendor's message; the backend's
+start at the HTTP level; configuration."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 from aioresponses import aioresponses
 from aioresponses.compat import normalize_url
@@ -18,6 +20,7 @@ from notebookops import (
     BadRequest,
     ConfigurationError,
     Conflict,
+    ConnectError,
     ConnectionLost,
     NotFound,
     PermissionDenied,
@@ -31,8 +34,13 @@ from notebookops import (
     UnsupportedOperation,
 )
 from notebookops.backends.deepnote import (
+    DEFAULT_BASE_URL,
+    TOKEN_ENV,
+    URL_ENV,
     BlockPlacement,
     DeepnoteBackend,
+    DeepnoteClient,
+    DeepnoteOptions,
     DeepnoteRunOptions,
 )
 
@@ -41,9 +49,15 @@ KEY = "dn_live_0123456789abcdef"
 NOW = "2026-07-30T08:00:00Z"
 
 
-def make(**kwargs: Any) -> DeepnoteBackend:
+def make(**kwargs: Any) -> DeepnoteClient:
     kwargs.setdefault("retry", RetryPolicy(max_attempts=1))
-    return DeepnoteBackend(KEY, **kwargs)
+    return DeepnoteClient(KEY, **kwargs)
+
+
+def make_backend(**options: Any) -> DeepnoteBackend:
+    return DeepnoteBackend(
+        KEY, retry=RetryPolicy(max_attempts=1), options=DeepnoteOptions(**options)
+    )
 
 
 def single_call(mocked: aioresponses, method: str, url: str) -> dict[str, Any]:
@@ -144,24 +158,26 @@ async def test_create_run_is_retried_after_429() -> None:
         assert len(mocked.requests[("POST", normalize_url(f"{API}/v2/runs"))]) == 2
 
 
-@pytest.mark.parametrize(
-    ("delivery", "query"),
-    [(None, "blocks"), ("inline", "inline"), ("downloadUrl", "downloadUrl")],
-)
-async def test_get_run_details(delivery: Any, query: str) -> None:
-    url = f"{API}/v2/runs/r1?snapshotDelivery={query}"
+@pytest.mark.parametrize("delivery", ["blocks", "inline", "downloadUrl"])
+async def test_get_run(delivery: Any) -> None:
+    url = f"{API}/v2/runs/r1?snapshotDelivery={delivery}"
     with aioresponses() as mocked:
         mocked.get(url, payload={"run": {"runId": "r1", "status": "running"}})
         async with make() as backend:
-            details = await backend.get_run_details("r1", snapshot_delivery=delivery)
+            details = await backend.get_run("r1", snapshot_delivery=delivery)
         assert_headers(single_call(mocked, "GET", url))
     assert details.status == "running"
 
 
-async def test_get_run_details_rejects_unknown_delivery() -> None:
-    async with make() as backend:
-        with pytest.raises(ConfigurationError, match="snapshot_delivery"):
-            await backend.get_run_details("r1", snapshot_delivery="zip")  # type: ignore[arg-type]
+async def test_get_run_asks_for_blocks_by_default_and_refuses_unknown_deliveries() -> None:
+    url = f"{API}/v2/runs/r1?snapshotDelivery=blocks"
+    with aioresponses() as mocked:
+        mocked.get(url, payload={"run": {"runId": "r1", "status": "running"}})
+        async with make() as backend:
+            await backend.get_run("r1")
+            with pytest.raises(ConfigurationError, match="snapshot_delivery"):
+                await backend.get_run("r1", snapshot_delivery="zip")  # type: ignore[arg-type]
+        single_call(mocked, "GET", url)
 
 
 async def test_identifiers_are_path_encoded() -> None:
@@ -169,9 +185,9 @@ async def test_identifiers_are_path_encoded() -> None:
     with aioresponses() as mocked:
         mocked.get(url, payload={"run": {"runId": "a/b?c", "status": "running"}})
         async with make() as backend:
-            await backend.get_run_details("a/b?c")
+            await backend.get_run("a/b?c")
             with pytest.raises(ConfigurationError, match="run id"):
-                await backend.get_run_details("..")
+                await backend.get_run("..")
             with pytest.raises(ConfigurationError, match="notebook id"):
                 await backend.get_notebook("")
         single_call(mocked, "GET", url)
@@ -355,6 +371,55 @@ async def test_schedule_bare_403_says_scheduling_is_off() -> None:
         async with make() as backend:
             with pytest.raises(PermissionDenied, match="scheduling is not enabled"):
                 await backend.upsert_schedule("nb1", "0 9 * * *")
+
+
+async def test_delete_schedule() -> None:
+    url = f"{API}/v2/notebooks/nb%2F1/schedule"
+    with aioresponses() as mocked:
+        mocked.delete(url, status=204)
+        mocked.delete(url, status=404, payload={"message": "Notebook has no schedule"})
+        async with make() as client:
+            assert await client.delete_schedule("nb/1") is True
+            assert await client.delete_schedule("nb/1") is False
+            with pytest.raises(ConfigurationError, match="notebook id"):
+                await client.delete_schedule("")
+        calls = mocked.requests[("DELETE", normalize_url(url))]
+    assert len(calls) == 2
+    assert_headers(calls[0].kwargs)
+    assert calls[0].kwargs.get("json") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "message"),
+    [
+        (403, "", PermissionDenied, "returned 403"),
+        (403, {"message": "Insufficient permissions"}, PermissionDenied, "Insufficient"),
+        (409, {"message": "Project is suspended"}, Conflict, "Project is suspended"),
+        (401, {"message": "Unauthorized"}, AuthenticationError, "Unauthorized"),
+    ],
+)
+async def test_delete_schedule_errors_are_not_blamed_on_the_plan(
+    status: int, body: Any, cls: type[APIError], message: str
+) -> None:
+    url = f"{API}/v2/notebooks/nb1/schedule"
+    with aioresponses() as mocked:
+        if isinstance(body, dict):
+            mocked.delete(url, status=status, payload=body)
+        else:
+            mocked.delete(url, status=status, body=body)
+        async with make() as client:
+            with pytest.raises(cls, match=message) as caught:
+                await client.delete_schedule("nb1")
+    assert "scheduling is not enabled" not in str(caught.value)
+
+
+async def test_delete_schedule_is_retried_after_a_5xx() -> None:
+    url = f"{API}/v2/notebooks/nb1/schedule"
+    with aioresponses() as mocked:
+        mocked.delete(url, status=503, payload={"message": "busy"})
+        mocked.delete(url, status=204)
+        async with make(retry=RetryPolicy(max_attempts=3, initial_backoff=0.01)) as client:
+            assert await client.delete_schedule("nb1") is True
 
 
 # --------------------------------------------------------------------------- projects, me
@@ -549,7 +614,7 @@ async def test_start_run_reconciles_a_5xx_through_the_runs_list() -> None:
                 {"runId": "old", "status": "success", "createdAt": older},
             ),
         )
-        async with make(reconcile_interval=0.01) as backend:
+        async with make_backend(reconcile_interval=0.01) as backend:
             handle = await backend.start_run(RunRequest(notebook="nb1"))
         single_call(mocked, "POST", f"{API}/v2/runs")
         assert_headers(single_call(mocked, "GET", runs_url))
@@ -566,7 +631,7 @@ async def test_start_run_reconciles_an_unreadable_success(
         mocked.get(
             runs_url, payload=_runs_page({"runId": "r7", "status": "running", "createdAt": created})
         )
-        async with make() as backend:
+        async with make_backend() as backend:
             with caplog.at_level("DEBUG"):
                 handle = await backend.start_run(
                     RunRequest(notebook="nb1", options=DeepnoteRunOptions(project_id="p1"))
@@ -583,7 +648,7 @@ async def test_start_run_unknown_outcome_after_transport_failure() -> None:
     with aioresponses() as mocked:
         mocked.post(f"{API}/v2/runs", exception=ConnectionResetError("reset"))
         mocked.get(runs_url, payload=_runs_page(), repeat=True)
-        async with make(reconcile_attempts=2, reconcile_interval=0.01) as backend:
+        async with make_backend(reconcile_attempts=2, reconcile_interval=0.01) as backend:
             with pytest.raises(StartOutcomeUnknown) as caught:
                 await backend.start_run(RunRequest(notebook="nb1"))
         single_call(mocked, "POST", f"{API}/v2/runs")
@@ -594,10 +659,36 @@ async def test_start_run_unknown_outcome_after_transport_failure() -> None:
     assert isinstance(error.__cause__, ConnectionLost)
 
 
+async def test_a_start_that_never_left_is_raised_and_does_not_hold_up_later_ones() -> None:
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    key = ConnectionKey("api.deepnote.com", 443, True, True, None, None, None)
+    created = datetime.now(UTC).isoformat()
+    runs_url = f"{API}/v2/notebooks/nb1/runs?pageSize=20"
+    with aioresponses() as mocked:
+        mocked.post(
+            f"{API}/v2/runs",
+            exception=aiohttp.ClientConnectorError(key, OSError(111, "refused")),
+        )
+        mocked.post(f"{API}/v2/runs", status=502, payload={"message": "Bad gateway"})
+        mocked.get(
+            runs_url, payload=_runs_page({"runId": "r2", "status": "pending", "createdAt": created})
+        )
+        async with make_backend(reconcile_interval=0.01) as backend:
+            with pytest.raises(ConnectError) as caught:
+                await backend.start_run(RunRequest(notebook="nb1"))
+            assert caught.value.request_sent is False
+            # The unsent start no longer counts as in flight: this reconciliation goes ahead.
+            with anyio.fail_after(5):
+                handle = await backend.start_run(RunRequest(notebook="nb1"))
+    assert handle.run_id == "r2"
+
+
 async def test_cancel_is_unsupported() -> None:
     from notebookops import RunHandle
 
-    async with make() as backend:
+    async with make_backend() as backend:
         handle = RunHandle(backend="deepnote", run_id="r1", notebook_id="nb1")
         with pytest.raises(UnsupportedOperation, match="no endpoint to stop a run") as caught:
             await backend.cancel_run(handle)
@@ -608,10 +699,10 @@ async def test_cancel_is_unsupported() -> None:
 
 
 def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEEPNOTE_API_KEY", "  from-env  ")
+    monkeypatch.setenv(TOKEN_ENV, "  from-env  ")
     backend = DeepnoteBackend()
     assert "from-env" not in repr(backend)
-    assert "from-env" not in repr(backend._transport)
+    assert "from-env" not in repr(backend.client)
 
 
 @pytest.mark.parametrize("value", [None, "", "   "])
@@ -621,17 +712,37 @@ def test_missing_api_key_names_the_variable(monkeypatch: pytest.MonkeyPatch, val
         monkeypatch.setenv("DEEPNOTE_API_KEY", value)
     with pytest.raises(ConfigurationError, match="DEEPNOTE_API_KEY"):
         DeepnoteBackend()
+    with pytest.raises(ConfigurationError, match="DEEPNOTE_API_KEY"):
+        DeepnoteClient()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"api_key": 5}, "api_key must be a string"),
-        ({"api_key": "a\nb"}, "control characters"),
+        ({"token": 5}, "must be a string"),
+        ({"token": "a\nb"}, "control characters"),
         ({"base_url": "https://api.deepnote.com/v2"}, "adds /v1 and /v2 itself"),
         ({"base_url": "http://api.deepnote.com"}, "refusing plain http"),
         ({"base_url": "ftp://x"}, "https://host"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_rate": -1}, "max_rate"),
+        ({"rate_limiter": object()}, "rate_limiter must be a notebookops.RateLimiter"),
+        ({"rate_limiter": RateLimiter(), "max_rate": 5}, "not to the client as well"),
+    ],
+)
+def test_connection_settings_are_validated(kwargs: dict[str, Any], message: str) -> None:
+    kwargs.setdefault("token", KEY)
+    with pytest.raises(ConfigurationError, match=message):
+        DeepnoteClient(**kwargs)
+    with pytest.raises(ConfigurationError, match=message):
+        DeepnoteBackend(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
         ({"workspace": ""}, "workspace"),
+        ({"workspace": "acme-analytics"}, "slug}-{id}"),
         ({"snapshot_delivery": "zip"}, "snapshot_delivery"),
         ({"snapshot_wait": -1}, "snapshot_wait"),
         ({"snapshot_interval": 0}, "snapshot_interval"),
@@ -639,45 +750,60 @@ def test_missing_api_key_names_the_variable(monkeypatch: pytest.MonkeyPatch, val
         ({"reconcile_attempts": 0}, "reconcile_attempts"),
         ({"clock_skew": True}, "clock_skew"),
         ({"use_v1": "yes"}, "use_v1"),
-        ({"timeout": 0}, "timeout"),
-        ({"max_rate": -1}, "max_rate"),
-        ({"rate_limiter": object()}, "rate_limiter must be a notebookops.RateLimiter"),
-        ({"rate_limiter": RateLimiter(), "max_rate": 5}, "not to the backend as well"),
+        ({"share_reads": 1}, "share_reads"),
     ],
 )
-def test_configuration_is_validated(kwargs: dict[str, Any], message: str) -> None:
-    kwargs.setdefault("api_key", KEY)
+def test_options_are_validated(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        DeepnoteBackend(**kwargs)
+        DeepnoteOptions(**kwargs)
 
 
-async def test_one_rate_limiter_can_serve_several_backends() -> None:
+def test_backend_takes_options_and_a_client_but_not_both_connections() -> None:
+    with pytest.raises(ConfigurationError, match="DeepnoteOptions"):
+        DeepnoteBackend(KEY, options={"use_v1": True})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="DeepnoteClient"):
+        DeepnoteBackend(client="client")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="not to the backend as well"):
+        DeepnoteBackend(KEY, client=make())
+    with pytest.raises(ConfigurationError, match="refusing plain http"):
+        DeepnoteBackend(KEY, options=DeepnoteOptions(web_base_url="http://deepnote.example.com"))
+
+
+async def test_a_client_passed_in_is_used_and_left_open() -> None:
+    client = make()
+    async with DeepnoteBackend(client=client) as backend:
+        assert backend.client is client
+    assert not client._transport.closed
+    await client.aclose()
+
+
+async def test_one_rate_limiter_can_serve_several_clients() -> None:
     limiter = RateLimiter(max_rate=50)
     first, second = make(rate_limiter=limiter), make(rate_limiter=limiter)
     try:
-        assert first._transport.rate_limiter is limiter
-        assert second._transport.rate_limiter is limiter
+        assert first.rate_limiter is limiter
+        assert second.rate_limiter is limiter
     finally:
         await first.aclose()
         await second.aclose()
     async with make(max_rate=7) as own:
-        assert own._transport.rate_limiter.max_rate == 7
-        assert own._transport.rate_limiter.adaptive
+        assert own.rate_limiter.max_rate == 7
+        assert own.rate_limiter.adaptive
 
 
 async def test_closed_backend_refuses_every_call() -> None:
-    backend = make()
+    backend = make_backend()
     await backend.aclose()
     with pytest.raises(BackendClosed):
-        await backend.me()
+        await backend.client.me()
     with pytest.raises(BackendClosed):
-        backend.list_projects()
+        await anext(backend.client.list_projects())
     with pytest.raises(BackendClosed):
         await backend.start_run(RunRequest(notebook="nb1"))
 
 
 async def test_wrong_options_type_is_refused() -> None:
-    async with make() as backend:
+    async with make_backend() as backend:
         with pytest.raises(ConfigurationError, match="DeepnoteRunOptions"):
             await backend.start_run(RunRequest(notebook="nb1", options={"detached": True}))
         with pytest.raises(ConfigurationError, match="RunRequest"):
@@ -685,10 +811,10 @@ async def test_wrong_options_type_is_refused() -> None:
 
 
 def test_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEEPNOTE_API_URL", "http://127.0.0.1:9999")
+    monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9999")
     assert DeepnoteBackend("key").base_url.startswith("http://127.0.0.1:9999")
-    monkeypatch.delenv("DEEPNOTE_API_URL")
-    assert DeepnoteBackend("key").base_url.startswith("https://api.deepnote.com")
-    monkeypatch.setenv("DEEPNOTE_API_URL", "http://example.com")
+    monkeypatch.delenv(URL_ENV)
+    assert DeepnoteBackend("key").base_url.startswith(DEFAULT_BASE_URL)
+    monkeypatch.setenv(URL_ENV, "http://example.com")
     with pytest.raises(ConfigurationError, match="allow_http"):
         DeepnoteBackend("key")

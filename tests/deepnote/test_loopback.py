@@ -100,9 +100,10 @@ async def test_success_with_inputs_outputs_and_web_url(
     assert all('"day": "2026-11-22", "flag": true' in (o.text or "") for o in run.outputs)
     assert run.outputs[0].cell_index == 2  # after the two input blocks
     assert run.error is None
+    # The link Deepnote's own client builds: {slug}-{id}, then "-{project id}".
     assert run.web_url == (
-        f"https://deepnote.com/workspace/acme-analytics/project/{notebook.project_id}"
-        f"/notebook/{notebook.id}"
+        f"https://deepnote.com/workspace/acme-analytics-{server.workspace['id']}"
+        f"/project/-{notebook.project_id}/notebook/{notebook.id}"
     )
     assert {u.state for u in updates} >= {RunState.RUNNING, RunState.SUCCEEDED}
     assert server.runs_started == 1
@@ -136,6 +137,68 @@ async def test_every_snapshot_delivery_gives_the_same_outputs(
             assert all("Authorization" not in r.headers for r in downloads)
         else:
             assert all(r.headers.get("Authorization") == "Bearer test-token" for r in downloads)
+
+
+@pytest.mark.parametrize("delivery", ["inline", "downloadUrl"])
+async def test_yaml_snapshots_give_the_outputs_exactly(delivery: str) -> None:
+    text = "line 1\n  indented: yes\n# not a comment\n'quoted' \"x\" \u00fc \U0001f600 \\n\n\n"
+    rich = {"text/plain": ["a", "b"], "text/html": "<b>x</b>", "application/json": {"k": [1, None]}}
+    async with fake_deepnote(second_origin=True) as server:
+        blocks = [
+            FakeBlock(
+                id="b1",
+                outputs=[
+                    {"output_type": "stream", "name": "stdout", "text": text},
+                    {"output_type": "display_data", "data": rich, "metadata": {}},
+                ],
+            )
+        ]
+        notebook = server.add_notebook(blocks=blocks, script=RunScript.succeed(0.01))
+        async with server.backend(snapshot_delivery=delivery) as backend:
+            run = await wait(backend, notebook.id)
+    assert run.state is RunState.SUCCEEDED
+    assert [o.text for o in run.outputs] == [text, None]
+    assert run.outputs[1].data == rich
+    assert run.outputs[1].plain_text == "ab"
+
+
+@pytest.mark.parametrize("delivery", ["inline", "downloadUrl"])
+async def test_a_malformed_snapshot_costs_the_outputs_not_the_run(
+    delivery: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with fake_deepnote(second_origin=True) as server:
+        server.snapshot_text = "project: [unclosed\n"
+        notebook = server.add_notebook(script=RunScript.succeed(0.01))
+        async with server.backend(snapshot_delivery=delivery) as backend:
+            with caplog.at_level(logging.WARNING, logger="notebookops.deepnote"):
+                run = await wait(backend, notebook.id)
+    assert run.state is RunState.SUCCEEDED
+    assert run.outputs == ()
+    assert "could not read the snapshot" in caplog.text
+    assert "cannot be read: not YAML" in caplog.text
+    assert "X-Amz-Signature=" not in caplog.text.replace("X-Amz-Signature=***", "")
+
+
+async def test_nulls_in_optional_nested_fields_never_fail_a_succeeded_run(
+    server: FakeDeepnoteServer, backend: DeepnoteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 28 item 7: a null in snapshotBlocks[].metadata, outputs[].traceback,
+    execution_count or output_type used to fail every status read, and the succeeded run
+    was reported as a timeout. Now the run SUCCEEDED, readable outputs are read, and an
+    output without a type is kept as it came, with a warning."""
+    server.send_nulls = True
+    notebook = server.add_notebook(script=RunScript.succeed(0.02))
+    with caplog.at_level(logging.WARNING, logger="notebookops.deepnote"):
+        run = await wait(backend, notebook.id, timeout=5)
+    assert run.state is RunState.SUCCEEDED
+    readable = [o for o in run.outputs if "unreadable" not in o.metadata]
+    kept = [o for o in run.outputs if "unreadable" in o.metadata]
+    assert [o.cell_id for o in readable] == [b.id for b in notebook.blocks]
+    assert all(o.traceback == () for o in readable)
+    assert [o.output_type for o in kept] == ["unknown", "unknown"]
+    assert kept[0].metadata["unreadable"]["output_type"] is None
+    assert "2 output(s) could not be read" in caplog.text
+    assert server.requests_to("GET", r"^/v2/runs/")[-1].query == {"snapshotDelivery": "blocks"}
 
 
 @pytest.mark.parametrize("delivery", ["blocks", "inline", "downloadUrl"])
@@ -200,15 +263,15 @@ async def test_a_run_finished_by_the_test_ends_now_with_its_outcome(
 ) -> None:
     notebook = server.add_notebook(script=RunScript.long())
     handle = await backend.start_run(RunRequest(notebook=notebook.id))
-    assert (await backend.get_run_details(handle.run_id)).status in ("pending", "running")
+    assert (await backend.client.get_run(handle.run_id)).status in ("pending", "running")
     server.finish_run(handle.run_id, outcome)
-    details = await backend.get_run_details(handle.run_id)
+    details = await backend.client.get_run(handle.run_id)
     assert details.status == outcome
     assert details.finished_at is not None
     assert details.created_at is not None
     assert details.finished_at >= details.created_at
     server.finish_run(handle.run_id, "internal_error")  # over already: left as it was
-    assert (await backend.get_run_details(handle.run_id)).status == outcome
+    assert (await backend.client.get_run(handle.run_id)).status == outcome
     with pytest.raises(ValueError, match="stopped"):
         server.finish_run(handle.run_id, "stopped")  # stop_run is for that
 
@@ -292,7 +355,7 @@ async def test_expired_download_url_costs_outputs_not_the_run(
             run = await wait(backend, notebook.id)
     assert run.state is RunState.SUCCEEDED
     assert run.outputs == ()
-    assert "could not download the snapshot" in caplog.text
+    assert "could not read the snapshot" in caplog.text
     assert host.files
     for signature, _ in host.files.values():
         assert signature not in caplog.text
@@ -352,9 +415,9 @@ async def test_suspended_project_is_a_conflict(server: FakeDeepnoteServer) -> No
 
 
 async def test_wrong_token_is_an_authentication_error(server: FakeDeepnoteServer) -> None:
-    async with server.backend(api_key="wrong-key") as backend:
+    async with server.backend(token="wrong-key") as backend:
         with pytest.raises(AuthenticationError, match="Unauthorized") as caught:
-            await backend.me()
+            await backend.client.me()
     assert "wrong-key" not in str(caught.value) + repr(caught.value)
 
 
@@ -366,7 +429,7 @@ async def test_notebook_runs_are_paginated_newest_first(
 ) -> None:
     notebook = server.add_notebook(script=RunScript.succeed(0.01))
     started = [server.start_run_directly(notebook.id).id for _ in range(23)]
-    seen = [run.run_id async for run in backend.list_notebook_runs(notebook.id, page_size=5)]
+    seen = [run.run_id async for run in backend.client.list_notebook_runs(notebook.id, page_size=5)]
     assert seen == list(reversed(started))
     pages = server.requests_to("GET", rf"^/v2/notebooks/{notebook.id}/runs$")
     assert len(pages) == 5
@@ -381,9 +444,9 @@ async def test_projects_are_paginated_and_filtered(
     for index in range(7):
         server.add_project(f"Sales {index}")
     server.add_project("Marketing")
-    names = [p.name async for p in backend.list_projects(name_contains="sales", page_size=3)]
+    names = [p.name async for p in backend.client.list_projects(name_contains="sales", page_size=3)]
     assert names == [f"Sales {index}" for index in range(7)]
-    everything = [p async for p in backend.list_projects()]
+    everything = [p async for p in backend.client.list_projects()]
     assert len(everything) == 8
 
 
@@ -396,7 +459,7 @@ async def test_a_server_repeating_its_page_token_is_stopped(
         server.start_run_directly(notebook.id)
     seen: list[Any] = []
     with pytest.raises(ResponseDecodeError, match="already returned"):
-        await drain(backend.list_notebook_runs(notebook.id, page_size=2), seen)
+        await drain(backend.client.list_notebook_runs(notebook.id, page_size=2), seen)
     # Page 2 answered with page 1's token again: it is not trusted, and nothing is re-asked.
     assert len(seen) == 2
     assert len(server.requests_to("GET", r"/runs$")) == 2
@@ -406,7 +469,7 @@ async def test_invalid_page_token_is_a_bad_request(
     server: FakeDeepnoteServer, backend: DeepnoteBackend
 ) -> None:
     with pytest.raises(BadRequest, match="invalid pageToken"):
-        await backend.list_projects_page(page_token="forged")
+        await backend.client.list_projects_page(page_token="forged")
 
 
 # --------------------------------------------------------------------------- v1
@@ -662,65 +725,122 @@ async def test_handle_resumes_on_another_backend(server: FakeDeepnoteServer) -> 
 async def test_projects_notebooks_blocks_and_schedules(
     server: FakeDeepnoteServer, backend: DeepnoteBackend
 ) -> None:
-    project = await backend.create_project("Reporting")
+    project = await backend.client.create_project("Reporting")
     assert [n.name for n in project.notebooks] == ["Notebook 1"]
-    notebook = await backend.create_notebook(project.id, "ETL")
+    notebook = await backend.client.create_notebook(project.id, "ETL")
     assert notebook.project_id == project.id
     with pytest.raises(Conflict, match="already exists"):
-        await backend.create_notebook(project.id, "ETL")
+        await backend.client.create_notebook(project.id, "ETL")
     with pytest.raises(NotFound, match="Folder not found"):
-        await backend.create_project("X", folder_id="nope")
+        await backend.client.create_project("X", folder_id="nope")
 
     fake = server.notebooks[notebook.id]
     fake.blocks = [FakeBlock(id=f"b{i}") for i in range(1, 5)]
-    order = await backend.reorder_blocks(notebook.id, ["b4", "b1"], BlockPlacement.after("b2"))
+    order = await backend.client.reorder_blocks(
+        notebook.id, ["b4", "b1"], BlockPlacement.after("b2")
+    )
     assert order == ["b2", "b4", "b1", "b3"]
-    assert await backend.reorder_blocks(notebook.id, ["b3"], BlockPlacement.start()) == [
+    assert await backend.client.reorder_blocks(notebook.id, ["b3"], BlockPlacement.start()) == [
         "b3",
         "b2",
         "b4",
         "b1",
     ]
     with pytest.raises(BadRequest, match="unknown blockId"):
-        await backend.reorder_blocks(notebook.id, ["zz"], BlockPlacement.end())
-    fetched = await backend.get_notebook(notebook.id)
+        await backend.client.reorder_blocks(notebook.id, ["zz"], BlockPlacement.end())
+    fetched = await backend.client.get_notebook(notebook.id)
     assert fetched.blocks is not None
     assert [b.id for b in fetched.blocks] == ["b3", "b2", "b4", "b1"]
 
-    schedule = await backend.upsert_schedule(notebook.id, "0 9 * * 1-5", "Europe/Prague")
+    schedule = await backend.client.upsert_schedule(notebook.id, "0 9 * * 1-5", "Europe/Prague")
     assert schedule.timezone == "Europe/Prague"
     assert schedule.notebook_id == notebook.id
-    utc = await backend.upsert_schedule(notebook.id, "30 6 * * *")
+    utc = await backend.client.upsert_schedule(notebook.id, "30 6 * * *")
     assert utc.timezone == "UTC"
     assert utc.created_at == schedule.created_at
     with pytest.raises(BadRequest, match="Invalid cron expression"):
-        await backend.upsert_schedule(notebook.id, "every day")
+        await backend.client.upsert_schedule(notebook.id, "every day")
+    assert {n.id: n.is_scheduled for n in (await backend.client.get_project(project.id)).notebooks}[
+        notebook.id
+    ]
+    # One scheduled notebook per project: removing it through another notebook finds nothing.
+    other = project.notebooks[0].id
+    assert await backend.client.delete_schedule(other) is False
+    assert await backend.client.delete_schedule(notebook.id) is True
+    assert await backend.client.delete_schedule(notebook.id) is False
+    assert not any(n.is_scheduled for n in (await backend.client.get_project(project.id)).notebooks)
     server.scheduling_enabled = False
     with pytest.raises(PermissionDenied, match="scheduling is not enabled"):
-        await backend.upsert_schedule(notebook.id, "0 9 * * *")
+        await backend.client.upsert_schedule(notebook.id, "0 9 * * *")
+    assert await backend.client.delete_schedule(notebook.id) is False  # not plan-gated
 
-    full = await backend.get_project(project.id)
+    full = await backend.client.get_project(project.id)
     assert {n.name for n in full.notebooks} == {"Notebook 1", "ETL"}
     assert full.files
-    me = await backend.me()
+    me = await backend.client.me()
     assert me.workspace.slug == "acme-analytics"
     assert me.access_level == "admin"
 
-    await backend.delete_notebook(notebook.id)
+    await backend.client.delete_notebook(notebook.id)
     with pytest.raises(NotFound, match="Notebook not found"):
-        await backend.get_notebook(notebook.id)
-    await backend.delete_project(project.id)
+        await backend.client.get_notebook(notebook.id)
+    await backend.client.delete_project(project.id)
     with pytest.raises(NotFound, match="Project not found"):
-        await backend.get_project(project.id)
+        await backend.client.get_project(project.id)
+
+
+async def test_web_urls_route_as_deepnotes_own_links(server: FakeDeepnoteServer) -> None:
+    """Issue 28 item 9: the workspace segment is {slug}-{id} (a slug alone does not route),
+    the project segment "-{id}", the notebook segment its id, as Deepnote's client builds."""
+    notebook = server.add_notebook(script=RunScript.long())
+    async with server.backend(workspace=None) as plain:
+        me = await plain.client.me()
+        handle = await plain.start_run(RunRequest(notebook.id))
+        assert handle.web_url is None  # no workspace: no guessed link
+        assert (await plain.get_run(handle)).web_url is None
+    expected = (
+        f"https://deepnote.com/workspace/{me.workspace.slug}-{me.workspace.id}"
+        f"/project/-{notebook.project_id}/notebook/{notebook.id}"
+    )
+    for workspace in (f"{me.workspace.slug}-{me.workspace.id}", me.workspace.id):
+        async with server.backend(workspace=workspace) as backend:
+            # Unknown at the start (no project id given), known from the run's own read.
+            assert handle.web_url is None
+            run = await backend.get_run(handle)
+            assert run.web_url == expected.replace(
+                f"{me.workspace.slug}-{me.workspace.id}", workspace
+            )
+            # A listed read of the notebook's runs, after one read named the project.
+            other = await backend.start_run(RunRequest(notebook.id))
+            listed = await read_together(backend, [handle, other])
+            assert all(r.web_url == run.web_url for r in listed)
+            with_project = await backend.start_run(
+                RunRequest(notebook.id, options=DeepnoteRunOptions(project_id="a/b"))
+            )
+            assert with_project.web_url is not None
+            assert with_project.web_url.endswith(f"/project/-a%2Fb/notebook/{notebook.id}")
+    assert len(server.requests_to("GET", r"/runs$")) == 2
+
+
+async def read_together(backend: DeepnoteBackend, handles: list[RunHandle]) -> list[Run]:
+    runs: list[Run] = []
+
+    async def read(handle: RunHandle) -> None:
+        runs.append(await backend.get_run(handle))
+
+    async with anyio.create_task_group() as group:
+        for handle in handles:
+            group.start_soon(read, handle)
+    return runs
 
 
 async def test_v1_execute_endpoint_starts_a_listed_run(
     server: FakeDeepnoteServer, backend: DeepnoteBackend
 ) -> None:
     notebook = server.add_notebook(script=RunScript.succeed(0.01))
-    await backend.execute_v1(notebook.project_id, notebook.id)
-    runs = [run async for run in backend.list_notebook_runs(notebook.id)]
+    await backend.client.execute_v1(notebook.project_id, notebook.id)
+    runs = [run async for run in backend.client.list_notebook_runs(notebook.id)]
     assert len(runs) == 1
     assert server.runs_started == 1
     with pytest.raises(NotFound):
-        await backend.execute_v1(notebook.project_id, "other")
+        await backend.client.execute_v1(notebook.project_id, "other")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,28 +9,22 @@ import pytest
 from notebookops import ConfigurationError, PermissionDenied, ResponseDecodeError, RunState
 from notebookops._api_errors import build_api_error
 from notebookops.backend import StateTable
-from notebookops.backends.deepnote import DEEPNOTE_STATES, BlockPlacement, DeepnoteRunOptions
+from notebookops.backends.deepnote import BlockPlacement, DeepnoteRunOptions
 from notebookops.backends.deepnote._requests import (
-    PROFILE,
+    DEEPNOTE_STATES,
     build_notebook_body,
     build_project_body,
     build_reorder_body,
     build_run_body,
     build_schedule_body,
     check_page_size,
-    created_since,
     next_page_token,
-    notebook_web_url,
     outputs_from_blocks,
     outputs_from_snapshot,
     run_error_info,
 )
-from notebookops.backends.deepnote._wire import (
-    Pagination,
-    RunDetails,
-    SnapshotBlock,
-    SnapshotOutput,
-)
+from notebookops.backends.deepnote._wire import Pagination, RunDetails, SnapshotBlock
+from notebookops.backends.deepnote.client import PROFILE
 from notebookops.models import CellOutput, RunErrorInfo
 from notebookops.testing.deepnote import dump_yaml
 from notebookops.transport import Response
@@ -376,21 +369,48 @@ def test_outputs_from_blocks_keep_block_ids_and_order() -> None:
             id="b1",
             type="code",
             outputs=[
-                SnapshotOutput(output_type="stream", name="stdout", text=["a\n", "b\n"]),
-                SnapshotOutput(
-                    output_type="execute_result",
-                    data={"text/plain": "42"},
-                    execution_count=3,
-                ),
+                {"output_type": "stream", "name": "stdout", "text": ["a\n", "b\n"]},
+                {
+                    "output_type": "execute_result",
+                    "data": {"text/plain": "42"},
+                    "execution_count": 3,
+                },
             ],
         ),
     ]
-    outputs = outputs_from_blocks(blocks)
+    result = outputs_from_blocks(blocks)
+    outputs = result.outputs
     assert [o.cell_id for o in outputs] == ["b1", "b1"]
     assert [o.cell_index for o in outputs] == [1, 1]
     assert outputs[0].text == "a\nb\n"
     assert outputs[1].plain_text == "42"
     assert outputs[1].metadata == {"execution_count": 3}
+    assert result.unreadable == 0
+
+
+def test_outputs_with_nulls_are_read_and_unreadable_ones_kept_as_they_came() -> None:
+    unreadable = [{"output_type": None, "text": "?"}, {"output_type": "stream", "text": 5}, 7]
+    blocks = [
+        SnapshotBlock(
+            id="b1",
+            outputs=[
+                {
+                    "output_type": "stream",
+                    "text": "ok",
+                    "traceback": None,
+                    "metadata": None,
+                    "execution_count": None,
+                },
+                *unreadable,
+            ],
+        )
+    ]
+    result = outputs_from_blocks(blocks)
+    assert [o.output_type for o in result.outputs] == ["stream", "unknown", "stream", "unknown"]
+    assert result.outputs[0].text == "ok"
+    assert result.outputs[0].traceback == ()
+    assert [o.metadata["unreadable"] for o in result.outputs[1:]] == unreadable
+    assert result.unreadable == 3
 
 
 def _snapshot(notebooks: list[dict[str, Any]], **extra: Any) -> str:
@@ -437,7 +457,7 @@ def test_unknown_notebook_in_a_multi_notebook_snapshot_gives_no_outputs() -> Non
     assert outputs_from_snapshot(text, "nb1").outputs == ()
 
 
-def test_unreadable_outputs_are_skipped_and_counted() -> None:
+def test_unreadable_snapshot_outputs_are_kept_and_counted() -> None:
     text = _snapshot(
         [
             {
@@ -452,8 +472,13 @@ def test_unreadable_outputs_are_skipped_and_counted() -> None:
         ]
     )
     result = outputs_from_snapshot(text, "nb1")
-    assert [o.text for o in result.outputs] == ["ok"]
-    assert result.skipped_outputs == 3
+    assert [o.text for o in result.outputs] == [None, None, None, "ok"]
+    assert [o.metadata.get("unreadable") for o in result.outputs[:3]] == [
+        {"no_type": 1},
+        {"output_type": "stream", "text": 5},
+        "not a list",
+    ]
+    assert result.unreadable == 3
 
 
 @pytest.mark.parametrize(
@@ -463,30 +488,14 @@ def test_unreadable_outputs_are_skipped_and_counted() -> None:
         "version: 1\n",
         "project: {notebooks: 5}\n",
         "project:\n  notebooks:\n    - id: nb1\n      blocks: 5\n",
+        "project: [unclosed\n",
+        "project: !!python/object:os.system {}\n",
+        "a: *undefined\n",
+        "[" * 5000,
     ],
 )
-def test_snapshot_of_the_wrong_shape_is_a_value_error(text: str) -> None:
-    with pytest.raises(ValueError, match=r"snapshot|blocks"):
-        outputs_from_snapshot(text, "nb1")
-
-
-def test_web_url_only_when_every_id_is_known() -> None:
-    base = "https://deepnote.com"
-    assert (
-        notebook_web_url(base, "acme", "p-1", "nb1")
-        == "https://deepnote.com/workspace/acme/project/p-1/notebook/nb1"
-    )
-    assert notebook_web_url(base, None, "p", "n") is None
-    assert notebook_web_url(base, "w", None, "n") is None
-    assert notebook_web_url(base, "w", "p", None) is None
-    assert notebook_web_url(base, "w", "..", "n") is None
-    assert notebook_web_url(base, "w", "a/b", "n") == (
-        "https://deepnote.com/workspace/w/project/a%2Fb/notebook/n"
-    )
-
-
-def test_created_since() -> None:
-    threshold = datetime(2026, 1, 1, tzinfo=UTC)
-    assert created_since(threshold, threshold)
-    assert not created_since(datetime(2025, 12, 31, tzinfo=UTC), threshold)
-    assert not created_since(None, threshold)
+def test_a_malformed_snapshot_is_a_decode_error(text: str) -> None:
+    with pytest.raises(ResponseDecodeError, match="snapshot") as caught:
+        outputs_from_snapshot(text, "nb1", url="https://s3.example.com/x?X-Amz-Signature=secret")
+    assert caught.value.vendor == "deepnote"
+    assert "secret" not in str(caught.value)

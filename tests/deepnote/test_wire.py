@@ -8,17 +8,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notebookops import ResponseDecodeError
+from notebookops._convert import parse_datetime
 from notebookops.backends.deepnote import (
     Me,
     Notebook,
     Project,
     ProjectPage,
+    RunDetails,
     RunPage,
+    RunStarted,
     Schedule,
 )
-from notebookops.backends.deepnote._requests import decode, decode_run, decode_started
+from notebookops.backends.deepnote._requests import decode
 from notebookops.backends.deepnote._wire import ReorderResult
 from notebookops.transport import Response
 
@@ -35,6 +40,14 @@ def response(data: Any, status: int = 200) -> Response:
         url=URL,
         vendor="deepnote",
     )
+
+
+def decode_run(answer: Response) -> RunDetails:
+    return decode(answer, RunDetails, envelope="run")
+
+
+def decode_started(answer: Response) -> RunStarted:
+    return decode(answer, RunStarted, envelope="run")
 
 
 def at(text: str) -> datetime:
@@ -105,7 +118,11 @@ def test_get_run_with_blocks_delivery() -> None:
     assert details.finished_at == at("2026-07-30T08:01:00Z")
     assert details.created_at == datetime(2026, 7, 30, 8, 0, 0, 123456, tzinfo=UTC)
     assert details.snapshot_blocks is not None
-    assert details.snapshot_blocks[0].outputs[1].traceback == ["Traceback...", "ValueError: boom"]
+    assert details.snapshot_blocks[0].outputs[1]["traceback"] == [
+        "Traceback...",
+        "ValueError: boom",
+    ]
+    assert details.snapshot_blocks[0].metadata == {"execution_millis": 12}
     assert details.raw["someNewField"] == {"nested": 1}
 
 
@@ -156,8 +173,27 @@ def test_get_run_nested_snapshot_and_id_fallback() -> None:
         )
     )
     assert details.run_id == "r9"
-    assert details.snapshot_content == "version: 1.0.0\n"
-    assert details.snapshot_download_url == "https://s3/x"
+    assert details.snapshot_text == "version: 1.0.0\n"
+    assert details.download_url == "https://s3/x"
+
+
+def test_nulls_in_optional_nested_fields_read_as_absent() -> None:
+    details = decode_run(
+        response(
+            {
+                "run": {
+                    "runId": "r1",
+                    "status": "success",
+                    "snapshotBlocks": [
+                        {"id": "b1", "type": None, "metadata": None, "outputs": None}
+                    ],
+                }
+            }
+        )
+    )
+    assert details.snapshot_blocks is not None
+    assert details.snapshot_blocks[0].metadata == {}
+    assert details.snapshot_blocks[0].outputs == []
 
 
 def test_get_run_error_as_object_is_kept() -> None:
@@ -418,3 +454,34 @@ def test_started_without_id_is_a_decode_error() -> None:
         decode_started(response({"runId": " ", "status": "pending"}, 202))
     with pytest.raises(ResponseDecodeError, match="run_id"):
         decode_started(response({"status": "pending"}, 202))
+
+
+# --------------------------------------------------------------------------- timestamps
+
+MOMENTS = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1))
+
+
+@given(MOMENTS, st.sampled_from([0, 3, 6]))
+def test_common_timestamps_read_as_the_moment(moment: datetime, digits: int) -> None:
+    if digits == 0:
+        moment = moment.replace(microsecond=0)
+        text = moment.isoformat() + "Z"
+    elif digits == 3:
+        moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        text = moment.isoformat(timespec="milliseconds") + "Z"
+    else:
+        text = moment.isoformat(timespec="microseconds") + "Z"
+    details = decode_run(response({"run": {"runId": "r", "status": "x", "createdAt": text}}))
+    assert details.created_at == moment.replace(tzinfo=UTC)
+    # The general path (taken once the text is padded) reads it the same way.
+    assert parse_datetime(f" {text} ") == parse_datetime(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-13-01T00:00:00Z", "2026-02-30T00:00:00.000Z", "2026-01-01T24:00:00.000000Z"]
+)
+def test_impossible_timestamps_are_decode_errors(text: str) -> None:
+    with pytest.raises(ResponseDecodeError, match="created_at"):
+        decode_run(response({"run": {"runId": "r", "status": "x", "createdAt": text}}))
+    with pytest.raises(ValueError, match="not an ISO-8601 timestamp"):
+        parse_datetime(text)

@@ -106,7 +106,8 @@ class StubTransport:
 
 
 def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
-    """Put a StubTransport in place of ``backend._transport``'s network methods."""
-    transport = backend._transport  # type: ignore[attr-defined]
+    """Put a StubTransport in place of the backend's transport's network methods (an adapter
+    with a client keeps its transport there)."""
+    transport = getattr(backend, "client", backend)._transport  # type: ignore[attr-defined]
     assert isinstance(transport, ApiClient)
     return StubTransport(transport, body, **kwargs)

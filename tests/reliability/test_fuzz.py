@@ -32,8 +32,8 @@ from notebookops import (
 from notebookops._api_errors import VendorProfile, build_api_error
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.datalore.backend import PROFILE as DATALORE_PROFILE
-from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
-from notebookops.backends.deepnote._requests import PROFILE as DEEPNOTE_PROFILE
+from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend, DeepnoteOptions
+from notebookops.backends.deepnote.client import PROFILE as DEEPNOTE_PROFILE
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.backends.posthog._requests import PROFILE as POSTHOG_PROFILE
 from notebookops.models import Run, RunState
@@ -273,16 +273,18 @@ def deepnote() -> DeepnoteBackend:
     return DeepnoteBackend(
         "dn-key",
         base_url=DEEPNOTE_URL,
-        workspace="w",
-        snapshot_wait=0,
-        reconcile_attempts=2,
-        reconcile_interval=0,
-        v1_discovery_timeout=0,
+        options=DeepnoteOptions(
+            workspace="w-0b3b2c53-a7ad-441b-80f8-bf8350752305",
+            snapshot_wait=0,
+            reconcile_attempts=2,
+            reconcile_interval=0,
+            v1_discovery_timeout=0,
+        ),
     )
 
 
 async def _first_runs(backend: DeepnoteBackend) -> None:
-    async with aclosing(backend.list_notebook_runs("nb1")) as runs:  # type: ignore[type-var]
+    async with aclosing(backend.client.list_notebook_runs("nb1")) as runs:
         count = 0
         async for _ in runs:
             count += 1
@@ -297,40 +299,48 @@ DEEPNOTE_CALLS: dict[str, tuple[tuple[Any, ...], Call, tuple[type[NotebookOpsErr
         (StartOutcomeUnknown,),
     ),
     "get_run": ((DN_RUN, DN_RUN_INLINE), lambda b: b.get_run(DN_HANDLE), (ResponseDecodeError,)),
-    "get_run_details": ((DN_RUN,), lambda b: b.get_run_details("r1"), (ResponseDecodeError,)),
+    "client.get_run": ((DN_RUN,), lambda b: b.client.get_run("r1"), (ResponseDecodeError,)),
     "list_notebook_runs_page": (
         (DN_PAGE,),
-        lambda b: b.list_notebook_runs_page("nb1"),
+        lambda b: b.client.list_notebook_runs_page("nb1"),
         (ResponseDecodeError,),
     ),
     "list_notebook_runs": ((DN_PAGE,), _first_runs, (ResponseDecodeError,)),
-    "get_notebook": ((DN_NOTEBOOK,), lambda b: b.get_notebook("nb1"), (ResponseDecodeError,)),
+    "get_notebook": (
+        (DN_NOTEBOOK,),
+        lambda b: b.client.get_notebook("nb1"),
+        (ResponseDecodeError,),
+    ),
     "create_notebook": (
         (DN_NOTEBOOK,),
-        lambda b: b.create_notebook("p1", "N"),
+        lambda b: b.client.create_notebook("p1", "N"),
         (ResponseDecodeError,),
     ),
-    "get_project": ((DN_PROJECT,), lambda b: b.get_project("p1"), (ResponseDecodeError,)),
-    "create_project": ((DN_PROJECT,), lambda b: b.create_project("P"), (ResponseDecodeError,)),
+    "get_project": ((DN_PROJECT,), lambda b: b.client.get_project("p1"), (ResponseDecodeError,)),
+    "create_project": (
+        (DN_PROJECT,),
+        lambda b: b.client.create_project("P"),
+        (ResponseDecodeError,),
+    ),
     "list_projects_page": (
         (DN_PROJECTS,),
-        lambda b: b.list_projects_page(),
+        lambda b: b.client.list_projects_page(),
         (ResponseDecodeError,),
     ),
-    "me": ((DN_ME,), lambda b: b.me(), (ResponseDecodeError,)),
+    "me": ((DN_ME,), lambda b: b.client.me(), (ResponseDecodeError,)),
     "upsert_schedule": (
         (DN_SCHEDULE,),
-        lambda b: b.upsert_schedule("nb1", "0 * * * *"),
+        lambda b: b.client.upsert_schedule("nb1", "0 * * * *"),
         (ResponseDecodeError,),
     ),
     "reorder_blocks": (
         ({"blockIds": ["b1", "b2"]},),
-        lambda b: b.reorder_blocks("nb1", ["b1"], BlockPlacement.start()),
+        lambda b: b.client.reorder_blocks("nb1", ["b1"], BlockPlacement.start()),
         (ResponseDecodeError,),
     ),
     "fetch_snapshot": (
         (SNAPSHOT_YAML,),
-        lambda b: b.fetch_snapshot(f"{DEEPNOTE_URL}/snapshots/r1"),
+        lambda b: b.client.fetch_snapshot(f"{DEEPNOTE_URL}/snapshots/r1"),
         (ResponseDecodeError,),
     ),
 }

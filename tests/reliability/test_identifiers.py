@@ -25,7 +25,7 @@ from notebookops._api_errors import VendorProfile
 from notebookops._client import ApiClient
 from notebookops._urls import path_segment
 from notebookops.backends.datalore import DataloreBackend
-from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
+from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.testing._server import FakeServer
 
@@ -132,7 +132,9 @@ def fixed(make: Callable[[], Any]) -> Callable[[str], Callable[[], Any]]:
 
 
 def deepnote() -> DeepnoteBackend:
-    return DeepnoteBackend("dn-key", base_url="https://api.deepnote.test", snapshot_wait=0)
+    return DeepnoteBackend(
+        "dn-key", base_url="https://api.deepnote.test", options=DeepnoteOptions(snapshot_wait=0)
+    )
 
 
 def dn_handle(run_id: str) -> RunHandle:
@@ -140,21 +142,24 @@ def dn_handle(run_id: str) -> RunHandle:
 
 
 DEEPNOTE: dict[str, Target] = {
-    "get_run_details": lambda b, x: b.get_run_details(x),
+    "client.get_run": lambda b, x: b.client.get_run(x),
     "get_run": lambda b, x: b.get_run(dn_handle(x)),
-    "list_notebook_runs_page": lambda b, x: b.list_notebook_runs_page(x),
-    "list_notebook_runs": lambda b, x: _drain(b.list_notebook_runs(x)),
-    "list_notebook_runs_page token": lambda b, x: b.list_notebook_runs_page("nb", page_token=x),
-    "get_notebook": lambda b, x: b.get_notebook(x),
-    "delete_notebook": lambda b, x: b.delete_notebook(x),
-    "reorder_blocks": lambda b, x: b.reorder_blocks(x, ["b1"], BlockPlacement.start()),
-    "upsert_schedule": lambda b, x: b.upsert_schedule(x, "0 * * * *"),
-    "get_project": lambda b, x: b.get_project(x),
-    "delete_project": lambda b, x: b.delete_project(x),
-    "list_projects_page name": lambda b, x: b.list_projects_page(name_contains=x),
-    "list_projects_page token": lambda b, x: b.list_projects_page(page_token=x),
-    "execute_v1 project": lambda b, x: b.execute_v1(x, "nb"),
-    "execute_v1 notebook": lambda b, x: b.execute_v1("proj", x),
+    "list_notebook_runs_page": lambda b, x: b.client.list_notebook_runs_page(x),
+    "list_notebook_runs": lambda b, x: _drain(b.client.list_notebook_runs(x)),
+    "list_notebook_runs_page token": lambda b, x: b.client.list_notebook_runs_page(
+        "nb", page_token=x
+    ),
+    "get_notebook": lambda b, x: b.client.get_notebook(x),
+    "delete_notebook": lambda b, x: b.client.delete_notebook(x),
+    "reorder_blocks": lambda b, x: b.client.reorder_blocks(x, ["b1"], BlockPlacement.start()),
+    "upsert_schedule": lambda b, x: b.client.upsert_schedule(x, "0 * * * *"),
+    "delete_schedule": lambda b, x: b.client.delete_schedule(x),
+    "get_project": lambda b, x: b.client.get_project(x),
+    "delete_project": lambda b, x: b.client.delete_project(x),
+    "list_projects_page name": lambda b, x: b.client.list_projects_page(name_contains=x),
+    "list_projects_page token": lambda b, x: b.client.list_projects_page(page_token=x),
+    "execute_v1 project": lambda b, x: b.client.execute_v1(x, "nb"),
+    "execute_v1 notebook": lambda b, x: b.client.execute_v1("proj", x),
 }
 
 

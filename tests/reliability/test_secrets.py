@@ -122,8 +122,11 @@ def debug_logs() -> Iterator[_Capture]:
 def test_backends_and_transports_never_show_the_token() -> None:
     for backend in backends():
         assert_no_token(backend, type(backend).__name__)
-        assert_no_token(backend._transport, f"{type(backend).__name__}'s transport")
-        assert TOKEN not in repr(vars(backend._transport))
+        transport = getattr(backend, "client", backend)._transport
+        assert_no_token(transport, f"{type(backend).__name__}'s transport")
+        assert TOKEN not in repr(vars(transport))
+        if hasattr(backend, "client"):
+            assert_no_token(backend.client, f"{type(backend).__name__}'s client")
 
 
 def test_malformed_tokens_are_refused_without_echoing_them() -> None:
@@ -179,7 +182,7 @@ async def test_a_server_echoing_the_token_never_gets_it_into_errors(status: int)
         ),
     ]
     calls: list[Callable[[Any], Awaitable[Any]]] = [
-        lambda b: b.me(),
+        lambda b: b.client.me(),
         lambda b: b.get_run(
             RunHandle(backend="datalore", run_id="r1", notebook_id="own/nb", extra={})
         ),
@@ -206,7 +209,7 @@ async def test_a_refused_token_is_not_repeated_back(vendor: str) -> None:
             backend: Any = DeepnoteBackend(TOKEN, base_url=dn.url, retry=NO_RETRY)
             async with backend:
                 with pytest.raises(AuthenticationError) as caught:
-                    await backend.me()
+                    await backend.client.me()
     elif vendor == "datalore":
         async with fake_datalore_server(token="another-token-entirely") as dl:
             dl.add_notebook("own/nb")
@@ -236,7 +239,7 @@ def _redirect_cases() -> list[tuple[Callable[[], Any], str, Callable[[Any], Awai
         (
             lambda: DeepnoteBackend(TOKEN, base_url=DEEPNOTE, retry=NO_RETRY),
             f"{DEEPNOTE}/v2/me",
-            lambda b: b.me(),
+            lambda b: b.client.me(),
         ),
         (
             lambda: PostHogBackend(TOKEN, project_id="1", host=POSTHOG, retry=NO_RETRY),

@@ -26,7 +26,7 @@ from notebookops import (
 from notebookops._api_errors import VendorProfile
 from notebookops._client import ApiClient
 from notebookops.backends.datalore import DataloreBackend
-from notebookops.backends.deepnote import DeepnoteBackend
+from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import RetryPolicy
 
@@ -42,7 +42,7 @@ FACTORIES: dict[str, Factory] = {
 
 
 def _url_of(backend: Any) -> str:
-    url = backend._transport.base_url
+    url = getattr(backend, "client", backend)._transport.base_url
     assert isinstance(url, str)
     return url
 
@@ -84,7 +84,7 @@ def test_plain_http_to_loopback_is_allowed(vendor: str, url: str) -> None:
 
 def test_deepnote_web_links_follow_the_same_rule() -> None:
     with pytest.raises(ConfigurationError):
-        DeepnoteBackend(TOKEN, web_base_url="http://deepnote.example.com")
+        DeepnoteBackend(TOKEN, options=DeepnoteOptions(web_base_url="http://deepnote.example.com"))
 
 
 _TLS_SWITCH = re.compile(r"ssl|tls|verify|insecure|cert|fingerprint", re.IGNORECASE)
@@ -193,7 +193,7 @@ async def test_an_untrusted_certificate_is_refused_and_not_retried(
     assert "not trusted" in str(caught.value)
     assert seen == []
     calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
-        "deepnote": lambda backend: backend.me(),
+        "deepnote": lambda backend: backend.client.me(),
         "datalore": lambda backend: backend.start_run(_request("own/nb")),
         "posthog": lambda backend: backend.get_notebook("nb"),
     }

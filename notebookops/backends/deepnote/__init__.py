@@ -15,27 +15,23 @@ What to know:
 * No CANCEL capability: Deepnote's API cannot stop a run, so at a deadline the run is left
   going (``RunTimeout.cancelled`` is False and says why).
 * Input values are strings, booleans or lists of strings (numbers as strings, e.g. ``"5"``);
-  the names are the notebook's input variables (``await deepnote.get_notebook(id)``).
+  the names are the notebook's input variables (``await deepnote.client.get_notebook(id)``).
 * Whole-notebook runs are detached by default (as Deepnote's own client does); runs of selected
   ``blocks`` are live, as Deepnote requires.
-* v1 mode (``DeepnoteBackend(use_v1=True)`` or ``DeepnoteRunOptions(use_v1=True)``) triggers
+* v1 mode (``DeepnoteOptions(use_v1=True)`` or ``DeepnoteRunOptions(use_v1=True)``) triggers
   ``/v1/.../execute`` and then tracks the run it started through the v2 runs list; when that
   run cannot be found, the result is a SUBMITTED run and ``run_and_wait`` returns at once.
 * A run-starting request is never repeated; an ambiguous failure is settled through the
   notebook's runs list or reported as :class:`~notebookops.StartOutcomeUnknown`.
-* The typed endpoint methods (``get_notebook``, ``list_projects``, ``upsert_schedule``...)
-  return the attrs models exported here.
+* Concurrent waits on runs of one notebook share its runs list (``DeepnoteOptions.share_reads``).
+* :class:`DeepnoteClient` (also ``DeepnoteBackend.client``) has every endpoint as a typed
+  method (``get_notebook``, ``list_projects``, ``upsert_schedule``, ``delete_schedule``...)
+  returning the attrs models exported here.
 """
 
 from __future__ import annotations
 
-from ._requests import (
-    DEEPNOTE_STATES,
-    BlockPlacement,
-    DeepnoteRunOptions,
-    SnapshotYamlError,
-    parse_yaml,
-)
+from ._requests import BlockPlacement, DeepnoteRunOptions
 from ._wire import (
     FolderPathItem,
     Me,
@@ -57,14 +53,17 @@ from ._wire import (
     SnapshotOutput,
     Workspace,
 )
-from .backend import API_KEY_ENV, DEFAULT_BASE_URL, DeepnoteBackend
+from .backend import DeepnoteBackend, DeepnoteOptions
+from .client import DEFAULT_BASE_URL, TOKEN_ENV, URL_ENV, DeepnoteClient
 
 __all__ = [
-    "API_KEY_ENV",
-    "DEEPNOTE_STATES",
     "DEFAULT_BASE_URL",
+    "TOKEN_ENV",
+    "URL_ENV",
     "BlockPlacement",
     "DeepnoteBackend",
+    "DeepnoteClient",
+    "DeepnoteOptions",
     "DeepnoteRunOptions",
     "FolderPathItem",
     "Me",
@@ -84,7 +83,5 @@ __all__ = [
     "Schedule",
     "SnapshotBlock",
     "SnapshotOutput",
-    "SnapshotYamlError",
     "Workspace",
-    "parse_yaml",
 ]

@@ -3,61 +3,51 @@
 Everything here is a plain function of its arguments, tested without an event loop. Local
 validation refuses what Deepnote is known to reject anyway (empty or duplicate block ids,
 blocks on a detached run, an unknown timezone), so the mistake is reported before a request is
-spent on it, with a message that says how to fix it.
+spent on it, with a message that says how to fix it. Responses are read with :func:`decode`,
+the one way JSON becomes a wire class; snapshot documents (YAML) with PyYAML's ``safe_load``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import attrs
+import cattrs
+from cattrs.v import format_exception
 
-from ..._api_errors import VendorProfile, default_error_message
 from ..._redact import redact_url, trim
-from ..._urls import path_segment
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunState
-from ...transport import Response
-from ._wire import (
-    Pagination,
-    RunDetails,
-    RunStarted,
-    SnapshotBlock,
-    SnapshotOutput,
-    converter,
-    read_fast,
-)
+from ._wire import CONVERTER, Pagination, RunDetails, SnapshotBlock, SnapshotOutput
+
+if TYPE_CHECKING:
+    from .client import Response
 
 __all__ = [
     "DEEPNOTE_STATES",
     "MAX_PAGE_SIZE",
-    "PROFILE",
     "SNAPSHOT_DELIVERIES",
     "BlockPlacement",
     "DeepnoteRunOptions",
-    "SnapshotYamlError",
+    "Outputs",
     "build_project_body",
     "build_reorder_body",
     "build_run_body",
     "build_schedule_body",
     "check_page_size",
     "decode",
-    "decode_run",
-    "decode_started",
     "next_page_token",
-    "notebook_web_url",
     "outputs_from_blocks",
     "outputs_from_snapshot",
-    "parse_yaml",
+    "read_output",
+    "refine_error",
     "run_error_info",
+    "with_details",
+    "workspace_segment",
 ]
-
-logger = logging.getLogger("notebookops.deepnote")
 
 T = TypeVar("T")
 
@@ -84,10 +74,9 @@ MAX_PAGE_SIZE: Final = 100
 # --------------------------------------------------------------------------- errors
 
 
-def _error_message(data: Any, text: str) -> str | None:
-    """Deepnote's ``{"message": ...}`` (or the older ``{"error": ...}``), plus any list of
-    validation details, which says which field was wrong."""
-    message = default_error_message(data, text)
+def with_details(message: str | None, data: Any) -> str | None:
+    """An error's ``message`` (Deepnote's ``{"message": ...}``, or the older ``{"error": ...}``)
+    plus any list of validation details in its body, which says which field was wrong."""
     if not isinstance(data, dict):
         return message
     for key in ("details", "issues", "errors"):
@@ -105,21 +94,22 @@ def _error_message(data: Any, text: str) -> str | None:
     return message
 
 
-def _refine_error(error: APIError) -> APIError:
-    # Deepnote's own client reads a bare 403 on the schedule endpoint as "scheduling is not
-    # enabled for this workspace or plan": say so instead of a generic permission hint.
-    if isinstance(error, PermissionDenied) and error.data is None and "/schedule" in error.url:
+def refine_error(error: APIError) -> APIError:
+    """Deepnote's own client reads a bare 403 on setting a schedule as "scheduling is not
+    enabled for this workspace or plan": say so instead of a generic permission hint. (Removing
+    a schedule is not plan-gated, so its 403 keeps the generic words.)"""
+    if (
+        isinstance(error, PermissionDenied)
+        and error.data is None
+        and error.method == "POST"
+        and error.url.endswith("/schedule")
+    ):
         error.message = (
             f"{error.message} (a bare 403 here usually means scheduling is not enabled for "
             "this workspace or plan)"
         )
         error.args = (error.message,)
     return error
-
-
-PROFILE: Final = VendorProfile(
-    name=VENDOR, error_message=_error_message, refine_error=_refine_error
-)
 
 
 def decode_error(response: Response, detail: str) -> ResponseDecodeError:
@@ -135,11 +125,15 @@ def decode_error(response: Response, detail: str) -> ResponseDecodeError:
     )
 
 
-def _describe(exc: Exception) -> str:
-    import cattrs  # loaded with the converter that raised ``exc``
+def _format(exc: BaseException, type_: Any) -> str:
+    if type(exc) is ValueError:  # our own checks (an empty run id) word themselves
+        return str(exc)
+    return format_exception(exc, type_)
 
+
+def _describe(exc: Exception) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        return "; ".join(cattrs.transform_error(exc, path="$"))
+        return "; ".join(cattrs.transform_error(exc, path="$", format_exception=_format))
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -180,9 +174,9 @@ class DeepnoteRunOptions:
     the blocks downstream of them.
 
     ``use_v1``: trigger through the legacy ``/v1/.../execute`` endpoint (no inputs, no blocks)
-    and then look for the run it started in the v2 runs list; ``None`` follows the backend's
-    ``use_v1`` flag. ``project_id`` is needed by v1 (it is looked up from the notebook when
-    absent) and lets the adapter build the notebook's web URL.
+    and then look for the run it started in the v2 runs list; ``None`` follows
+    ``DeepnoteOptions.use_v1``. ``project_id`` is needed by v1 (it is looked up from the
+    notebook when absent) and lets the adapter build the notebook's web URL.
     """
 
     detached: bool | None = attrs.field(default=None, validator=_optional_bool)
@@ -406,173 +400,141 @@ def next_page_token(
 # --------------------------------------------------------------------------- decoding
 
 
-def structure(data: Any, cls: type[T], response: Response, *, envelope: str | None = None) -> T:
-    """Structure decoded JSON into ``cls``; ``{envelope: {...}}`` and the bare object are both
-    accepted (Deepnote's reference and its OpenAPI seed disagree on several endpoints)."""
-    payload = data
-    if envelope is not None and isinstance(data, dict) and isinstance(data.get(envelope), dict):
-        payload = data[envelope]
-    if not isinstance(payload, dict):
-        raise decode_error(response, f"expected a JSON object, got {type(payload).__name__}")
-    # The hand-written reader takes the ordinary shapes of the hot path (every poll reads a
-    # run); the converter everything else, and it words the errors.
-    result = read_fast(payload, cls)
-    if result is not None:
-        return result
-    import cattrs  # loaded by converter() below; kept out of this module's import
+def decode(response: Response, cls: type[T], *, envelope: str | None = None) -> T:
+    """The JSON body of ``response`` read as ``cls`` through the Deepnote converter;
+    ResponseDecodeError (with the body, trimmed) when it is not JSON or not that shape.
 
+    ``{envelope: {...}}`` and the bare object are both accepted: Deepnote's reference and the
+    seed OpenAPI disagree on several endpoints, and Deepnote's own client accepts both.
+    """
+    data = response.json()
+    if envelope is not None and isinstance(data, dict) and isinstance(data.get(envelope), dict):
+        data = data[envelope]
+    if not isinstance(data, dict):
+        raise decode_error(response, f"expected a JSON object, got {type(data).__name__}")
     try:
-        result = converter().structure(payload, cls)
+        return CONVERTER.structure(data, cls)
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise decode_error(response, _describe(exc)) from None
-    if attrs.has(cls) and "raw" in attrs.fields_dict(cls):
-        result = attrs.evolve(result, raw=payload)  # type: ignore[misc]
-    return result
 
 
-def decode(response: Response, cls: type[T], *, envelope: str | None = None) -> T:
-    """Decode a JSON response body into ``cls`` (ResponseDecodeError on anything else)."""
-    return structure(response.json(), cls, response, envelope=envelope)
+# --------------------------------------------------------------------------- outputs
 
 
-def _require_run_id(run_id: str, response: Response) -> None:
-    if not run_id.strip():
-        raise decode_error(response, "the run id is empty")
+@attrs.frozen
+class Outputs:
+    """The outputs read from a snapshot, in block order.
+
+    An output that cannot be read is kept as it came, in ``metadata["unreadable"]`` of a
+    CellOutput whose ``output_type`` is its own when that is a string, else ``"unknown"``;
+    ``unreadable`` counts them (the backend logs a warning). ``error`` is the snapshot
+    document's ``execution.error``, when it has one.
+    """
+
+    outputs: tuple[CellOutput, ...] = ()
+    unreadable: int = 0
+    error: RunErrorInfo | None = None
 
 
-def decode_started(response: Response) -> RunStarted:
-    """``POST /v2/runs``: flat ``{runId, status, createdAt}`` (a ``run`` envelope or ``id`` for
-    ``runId`` is accepted too, as Deepnote's own client does)."""
-    data = response.json()
-    if isinstance(data, dict) and isinstance(data.get("run"), dict):
-        data = data["run"]
-    if isinstance(data, dict) and "runId" not in data and isinstance(data.get("id"), str):
-        data = {**data, "runId": data["id"]}
-    started = structure(data, RunStarted, response)
-    _require_run_id(started.run_id, response)
-    return started
+def read_output(raw: object) -> SnapshotOutput | None:
+    """One Jupyter-style output, or None when it cannot be read."""
+    try:
+        return CONVERTER.structure(raw, SnapshotOutput)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
-def decode_run(response: Response) -> RunDetails:
-    """``GET /v2/runs/{id}``: the ``run`` envelope (or a bare run), with ``id`` accepted for
-    ``runId`` and a nested ``snapshot`` object folded into the flat fields."""
-    data = response.json()
-    if isinstance(data, dict) and isinstance(data.get("run"), dict):
-        data = data["run"]
-    if isinstance(data, dict) and "runId" not in data and isinstance(data.get("id"), str):
-        data = {**data, "runId": data["id"]}
-    details = structure(data, RunDetails, response)
-    _require_run_id(details.run_id, response)
-    nested = details.snapshot
-    if nested is not None:
-        details = attrs.evolve(
-            details,
-            snapshot_content=details.snapshot_content or nested.snapshot_content,
-            snapshot_download_url=details.snapshot_download_url or nested.download_url,
+def _cell_output(raw: object, cell_id: str | None, cell_index: int | None) -> CellOutput:
+    output = read_output(raw)
+    if output is None:
+        kind = raw.get("output_type") if isinstance(raw, dict) else None
+        return CellOutput(
+            output_type=kind if isinstance(kind, str) else "unknown",
+            cell_id=cell_id,
+            cell_index=cell_index,
+            metadata={"unreadable": raw},
         )
-    return details
-
-
-# --------------------------------------------------------------------------- results
-
-
-def _cell_output(raw: SnapshotOutput, cell_id: str | None, cell_index: int | None) -> CellOutput:
-    text = "".join(raw.text) if isinstance(raw.text, list) else raw.text
-    metadata = dict(raw.metadata)
-    if raw.execution_count is not None:
-        metadata.setdefault("execution_count", raw.execution_count)
+    text = "".join(output.text) if isinstance(output.text, list) else output.text
+    metadata = dict(output.metadata)
+    if output.execution_count is not None:
+        metadata.setdefault("execution_count", output.execution_count)
     return CellOutput(
-        output_type=raw.output_type,
+        output_type=output.output_type,
         cell_id=cell_id,
         cell_index=cell_index,
-        name=raw.name,
+        name=output.name,
         text=text,
-        data=dict(raw.data),
-        ename=raw.ename,
-        evalue=raw.evalue,
-        traceback=tuple(raw.traceback),
+        data=dict(output.data),
+        ename=output.ename,
+        evalue=output.evalue,
+        traceback=tuple(output.traceback),
         metadata=metadata,
     )
 
 
-def outputs_from_blocks(blocks: Iterable[SnapshotBlock]) -> list[CellOutput]:
-    """Outputs of a ``snapshotDelivery=blocks`` snapshot, in block order."""
+def _collect(blocks: Iterable[tuple[str | None, object]]) -> tuple[list[CellOutput], int]:
     outputs: list[CellOutput] = []
-    for index, block in enumerate(blocks):
-        outputs.extend(_cell_output(output, block.id, index) for output in block.outputs)
-    return outputs
+    unreadable = 0
+    for index, (block_id, raw_outputs) in enumerate(blocks):
+        if not isinstance(raw_outputs, list):
+            raw_outputs = [raw_outputs]  # kept, as one output nobody can read
+        for raw in raw_outputs:
+            output = _cell_output(raw, block_id, index)
+            unreadable += output.metadata.get("unreadable") is raw
+            outputs.append(output)
+    return outputs, unreadable
 
 
-@attrs.frozen
-class SnapshotResult:
-    """What a ``.deepnote`` snapshot document says about a run."""
-
-    outputs: tuple[CellOutput, ...] = ()
-    #: ``execution.error`` of the snapshot: ``{name, message, traceback}`` when present.
-    error: RunErrorInfo | None = None
-    skipped_outputs: int = 0
+def outputs_from_blocks(blocks: Iterable[SnapshotBlock]) -> Outputs:
+    """Outputs of a ``snapshotDelivery=blocks`` snapshot, in block order."""
+    outputs, unreadable = _collect((block.id, block.outputs) for block in blocks)
+    return Outputs(tuple(outputs), unreadable)
 
 
-class SnapshotFormatError(ValueError):
-    """The snapshot document is YAML, but not shaped like a ``.deepnote`` snapshot."""
-
-
-def outputs_from_snapshot(text: str, notebook_id: str | None) -> SnapshotResult:
-    """Parse a ``.deepnote`` snapshot (YAML) and return the outputs of ``notebook_id``'s blocks.
+def outputs_from_snapshot(text: str, notebook_id: str | None, *, url: str = "") -> Outputs:
+    """Read a ``.deepnote`` snapshot document (YAML) and return the outputs of
+    ``notebook_id``'s blocks, with the document's ``execution.error``.
 
     A snapshot covers the whole project; the run's notebook is picked by id (or, when the
-    snapshot holds a single notebook, that one). Raises SnapshotYamlError or
-    SnapshotFormatError (both ValueError) when the document cannot be read.
+    snapshot holds a single notebook, that one). A document that is not YAML, or not shaped
+    like a snapshot, raises ResponseDecodeError (``url`` says where it came from).
     """
-    doc = parse_yaml(text)
+    import yaml  # only finished runs read documents; importing the adapter should not load it
+
+    def malformed(detail: str) -> ResponseDecodeError:
+        where = redact_url(url) if url else "inline"
+        return ResponseDecodeError(
+            f"{VENDOR} snapshot ({where}) cannot be read: {trim(detail, 300)}",
+            vendor=VENDOR,
+            url=redact_url(url),
+            body=trim(text, 1000),
+        )
+
+    try:
+        doc = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise malformed(f"not YAML ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict):
-        raise SnapshotFormatError("the snapshot is not a YAML mapping")
+        raise malformed("the document is not a mapping")
     project = doc.get("project")
     notebooks = project.get("notebooks") if isinstance(project, dict) else None
     if not isinstance(notebooks, list):
-        raise SnapshotFormatError("the snapshot has no project.notebooks list")
+        raise malformed("it has no project.notebooks list")
     chosen = [nb for nb in notebooks if isinstance(nb, dict) and nb.get("id") == notebook_id]
     if not chosen and len(notebooks) == 1 and isinstance(notebooks[0], dict):
         chosen = [notebooks[0]]
-    outputs: list[CellOutput] = []
-    skipped = 0
-    if chosen:
-        blocks = chosen[0].get("blocks") or []
-        if not isinstance(blocks, list):
-            raise SnapshotFormatError("the notebook's blocks are not a list")
-        for index, block in enumerate(blocks):
-            if not isinstance(block, dict):
-                continue
-            raw_outputs = block.get("outputs") or []
-            if not isinstance(raw_outputs, list):
-                skipped += 1
-                continue
-            block_id = block.get("id") if isinstance(block.get("id"), str) else None
-            for raw in raw_outputs:
-                parsed = _snapshot_output(raw)
-                if parsed is None:
-                    skipped += 1
-                    continue
-                outputs.append(_cell_output(parsed, block_id, index))
-    return SnapshotResult(
-        outputs=tuple(outputs),
-        error=_execution_error(doc.get("execution")),
-        skipped_outputs=skipped,
+    blocks = (chosen[0].get("blocks") or []) if chosen else []
+    if not isinstance(blocks, list):
+        raise malformed("the notebook's blocks are not a list")
+    outputs, unreadable = _collect(
+        (
+            block.get("id") if isinstance(block.get("id"), str) else None,
+            block.get("outputs") or [],
+        )
+        for block in blocks
+        if isinstance(block, dict)
     )
-
-
-def _snapshot_output(raw: object) -> SnapshotOutput | None:
-    """One output of a snapshot document, or None when it cannot be read."""
-    if isinstance(raw, dict):
-        parsed = read_fast(raw, SnapshotOutput)
-        if parsed is not None:
-            return parsed
-    import cattrs  # loaded by converter() below; kept out of this module's import
-
-    try:
-        return converter().structure(raw, SnapshotOutput)
-    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError):
-        return None
+    return Outputs(tuple(outputs), unreadable, _execution_error(doc.get("execution")))
 
 
 def _execution_error(execution: object) -> RunErrorInfo | None:
@@ -650,690 +612,24 @@ def run_error_info(
     )
 
 
-def notebook_web_url(
-    web_base: str, workspace: str | None, project_id: str | None, notebook_id: str | None
-) -> str | None:
-    """``{web_base}/workspace/{w}/project/{p}/notebook/{n}``, only when every id is known and
-    usable in a path (otherwise None: no guessed URLs)."""
-    if not (workspace and project_id and notebook_id):
-        return None
-    try:
-        parts = (
-            path_segment(workspace, what="workspace"),
-            path_segment(project_id, what="project id"),
-            path_segment(notebook_id, what="notebook id"),
+# --------------------------------------------------------------------------- web links
+
+#: A workspace segment of Deepnote's links: ``{slug}-{id}`` or the bare id, the id a UUID.
+_WORKSPACE_SEGMENT = re.compile(
+    r"(?:[A-Za-z0-9][A-Za-z0-9-]*-)?"
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
+)
+
+
+def workspace_segment(workspace: str) -> str:
+    """Check a workspace as Deepnote's links name it: ``{slug}-{id}`` (what the address bar
+    shows, e.g. ``acme-0b3b2c53-a7ad-441b-80f8-bf8350752305``) or the bare workspace id. A
+    slug alone does not route (Deepnote finds the workspace by the id at its end)."""
+    if not isinstance(workspace, str) or not _WORKSPACE_SEGMENT.match(workspace.strip()):
+        raise ConfigurationError(
+            f"workspace must be the workspace part of a Deepnote link, '{{slug}}-{{id}}' or "
+            f"the workspace id (a UUID, e.g. 'acme-0b3b2c53-a7ad-441b-80f8-bf8350752305' "
+            f"from https://deepnote.com/workspace/acme-0b3b2c53-...), got {workspace!r}; "
+            "`GET /v2/me` (DeepnoteClient.me()) gives both parts"
         )
-    except ConfigurationError:
-        return None
-    return f"{web_base}/workspace/{parts[0]}/project/{parts[1]}/notebook/{parts[2]}"
-
-
-def created_since(created_at: datetime | None, threshold: datetime) -> bool:
-    """True when a run was created at or after ``threshold`` (runs without a time never are)."""
-    return created_at is not None and created_at >= threshold
-
-
-# --------------------------------------------------------------------------- YAML subset
-
-# Deepnote snapshots are YAML (``.snapshot.deepnote``) and notebookops depends on no YAML
-# library, so this reads the block-style subset that YAML emitters produce: mappings,
-# sequences, plain/quoted/literal/folded scalars, flow collections and comments. Anchors,
-# aliases, tags and complex keys are refused with SnapshotYamlError rather than misread.
-
-_MAX_DEPTH: Final = 100
-_NULLS: Final = frozenset({"", "~", "null", "Null", "NULL"})
-_TRUE: Final = frozenset({"true", "True", "TRUE"})
-_FALSE: Final = frozenset({"false", "False", "FALSE"})
-_INT = re.compile(r"[-+]?[0-9]+\Z")
-_OCT = re.compile(r"0o[0-7]+\Z")
-_HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
-_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?\Z")
-_INF = re.compile(r"[-+]?\.(inf|Inf|INF)\Z")
-_NAN = re.compile(r"\.(nan|NaN|NAN)\Z")
-_ESCAPES: Final = {
-    "0": "\0",
-    "a": "\a",
-    "b": "\b",
-    "t": "\t",
-    "\t": "\t",
-    "n": "\n",
-    "v": "\v",
-    "f": "\f",
-    "r": "\r",
-    "e": "\x1b",
-    " ": " ",
-    '"': '"',
-    "/": "/",
-    "\\": "\\",
-    "N": "\x85",
-    "_": "\xa0",
-    "L": "\u2028",
-    "P": "\u2029",
-}
-_HEX_ESCAPES: Final = {"x": 2, "u": 4, "U": 8}
-
-
-class SnapshotYamlError(ValueError):
-    """The snapshot text is not YAML this reader understands."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        where = f" (line {line + 1})" if line is not None else ""
-        super().__init__(f"{message}{where}")
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse one YAML document (the subset described above) into JSON-like Python values."""
-    if not isinstance(text, str):
-        raise SnapshotYamlError("expected YAML text")
-    try:
-        return _YamlReader(text).document()
-    except RecursionError:
-        raise SnapshotYamlError("the document is nested too deeply") from None
-
-
-def resolve_plain(text: str) -> Any:
-    """Type a plain scalar as YAML 1.2's core schema does."""
-    if text in _NULLS:
-        return None
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    if _INT.match(text):
-        return int(text)
-    if _OCT.match(text):
-        return int(text[2:], 8)
-    if _HEX.match(text):
-        return int(text[2:], 16)
-    if _FLOAT.match(text):
-        return float(text)
-    if _INF.match(text):
-        return float("-inf") if text.startswith("-") else float("inf")
-    if _NAN.match(text):
-        return float("nan")
-    return text
-
-
-def _indent_of(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _is_doc_marker(line: str) -> bool:
-    return line[:3] in ("---", "...") and (len(line) == 3 or line[3] in " \t")
-
-
-def _is_entry(content: str) -> bool:
-    return content == "-" or content.startswith(("- ", "-\t"))
-
-
-def _strip_comment(text: str) -> str:
-    """Cut a ``#`` comment off a plain (unquoted) fragment."""
-    for index, char in enumerate(text):
-        if char == "#" and (index == 0 or text[index - 1] in " \t"):
-            return text[:index]
-    return text
-
-
-def _rest_is_empty(rest: str) -> bool:
-    stripped = rest.strip(" \t")
-    return not stripped or (stripped.startswith("#") and rest[:1] in (" ", "\t"))
-
-
-class _YamlReader:
-    def __init__(self, text: str) -> None:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if text.startswith("\ufeff"):
-            text = text[1:]
-        # YAML line breaks are \n and \r only (str.splitlines would also split on \x85...).
-        self.lines = text.split("\n")
-        if len(self.lines) > 1 and self.lines[-1] == "":
-            # The final line break ends the last line; it does not start an empty one.
-            self.lines.pop()
-        self.pos = 0
-        self.depth = 0
-
-    # -- helpers
-
-    def _content_index(self) -> int | None:
-        """Skip blank and comment lines; the index of the next content line, or None."""
-        while self.pos < len(self.lines):
-            line = self.lines[self.pos]
-            stripped = line.lstrip(" ")
-            if not stripped.strip(" \t") or stripped.startswith("#"):
-                self.pos += 1
-                continue
-            if stripped.startswith("\t"):
-                raise SnapshotYamlError("tabs cannot indent YAML", self.pos)
-            return self.pos
-        return None
-
-    # -- structure
-
-    def document(self) -> Any:
-        index = self._content_index()
-        while index is not None and self.lines[index].startswith("%"):
-            self.pos += 1
-            index = self._content_index()
-        if (
-            index is not None
-            and self.lines[index].startswith("---")
-            and _is_doc_marker(self.lines[index])
-        ):
-            rest = self.lines[index][3:].strip(" \t")
-            if rest and not rest.startswith("#"):
-                self.lines[index] = rest
-            else:
-                self.pos = index + 1
-        value = self.block_node(0, -1)
-        index = self._content_index()
-        if index is not None:
-            line = self.lines[index]
-            if line.startswith("...") and _is_doc_marker(line):
-                self.pos = index + 1
-                if self._content_index() is None:
-                    return value
-            elif line.startswith("---") and _is_doc_marker(line):
-                raise SnapshotYamlError("expected one YAML document, found several", index)
-            raise SnapshotYamlError("unexpected content after the document", index)
-        return value
-
-    def block_node(self, min_indent: int, parent_indent: int) -> Any:
-        index = self._content_index()
-        if index is None:
-            return None
-        line = self.lines[index]
-        indent = _indent_of(line)
-        if indent < min_indent or (indent == 0 and _is_doc_marker(line)):
-            return None
-        self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            raise SnapshotYamlError("the document is nested too deeply", index)
-        try:
-            content = line[indent:]
-            if _is_entry(content):
-                return self.sequence(indent)
-            if self.split_key(content, index) is not None:
-                return self.mapping(indent)
-            return self.scalar(index, indent, content, parent_indent)
-        finally:
-            self.depth -= 1
-
-    def sequence(self, indent: int) -> list[Any]:
-        items: list[Any] = []
-        while True:
-            index = self._content_index()
-            if index is None:
-                break
-            line = self.lines[index]
-            line_indent = _indent_of(line)
-            if line_indent < indent or (line_indent == 0 and _is_doc_marker(line)):
-                break
-            if line_indent > indent:
-                raise SnapshotYamlError("bad indentation in a sequence", index)
-            content = line[line_indent:]
-            if not _is_entry(content):
-                break
-            rest = content[1:]
-            stripped = rest.lstrip(" \t")
-            if not stripped or stripped.startswith("#"):
-                self.pos = index + 1
-                items.append(self.block_node(indent + 1, indent))
-                continue
-            # Re-read the entry's content as a node of its own at its column, so that
-            # "- key: value" continues with the following "  key: value" lines.
-            column = indent + 1 + len(rest) - len(stripped)
-            self.lines[index] = " " * column + stripped
-            self.pos = index
-            items.append(self.block_node(column, indent))
-        return items
-
-    def mapping(self, indent: int) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        while True:
-            index = self._content_index()
-            if index is None:
-                break
-            line = self.lines[index]
-            line_indent = _indent_of(line)
-            if line_indent < indent or (line_indent == 0 and _is_doc_marker(line)):
-                break
-            if line_indent > indent:
-                raise SnapshotYamlError("bad indentation in a mapping", index)
-            content = line[line_indent:]
-            split = self.split_key(content, index)
-            if split is None:
-                raise SnapshotYamlError("expected 'key: value'", index)
-            key, rest = split
-            result[key] = self.value_after_key(index, indent, line, rest)
-        return result
-
-    def value_after_key(self, index: int, indent: int, line: str, rest: str) -> Any:
-        if _rest_is_empty(rest) or not rest.strip(" \t"):
-            self.pos = index + 1
-            following = self._content_index()
-            if following is not None:
-                next_line = self.lines[following]
-                next_indent = _indent_of(next_line)
-                # A sequence may sit at its key's own indentation.
-                if (
-                    next_indent == indent
-                    and _is_entry(next_line[next_indent:])
-                    and not (next_indent == 0 and _is_doc_marker(next_line))
-                ):
-                    return self.sequence(indent)
-            return self.block_node(indent + 1, indent)
-        stripped = rest.lstrip(" \t")
-        column = len(line) - len(stripped)
-        return self.scalar(index, column, stripped, indent)
-
-    def split_key(self, content: str, index: int) -> tuple[str, str] | None:
-        """``(key, text after the colon)`` when ``content`` starts a mapping entry."""
-        first = content[:1]
-        if first in ('"', "'"):
-            value, end_line, end_col = self.scan_quoted(index, _indent_of(self.lines[index]))
-            if end_line != index:
-                return None
-            after = self.lines[index][end_col:].lstrip(" \t")
-            if after.startswith(":") and (len(after) == 1 or after[1] in " \t"):
-                return value, after[1:]
-            return None
-        if first in ("", "#", "[", "{", "|", ">"):
-            return None
-        if first == "?" and (len(content) == 1 or content[1] in " \t"):
-            raise SnapshotYamlError("complex mapping keys are not supported", index)
-        for position, char in enumerate(content):
-            if char == "#" and position > 0 and content[position - 1] in " \t":
-                return None
-            if char == ":" and (position + 1 == len(content) or content[position + 1] in " \t"):
-                key = content[:position].rstrip(" \t")
-                if not key:
-                    return None
-                if key[0] in "&*!":
-                    raise SnapshotYamlError("anchors, aliases and tags are not supported", index)
-                return key, content[position + 1 :]
-        return None
-
-    # -- scalars
-
-    def scalar(self, index: int, column: int, text: str, parent_indent: int) -> Any:
-        first = text[0]
-        if first in "|>":
-            return self.block_scalar(index, text, parent_indent)
-        if first in "\"'":
-            value, end_line, end_col = self.scan_quoted(index, column)
-            if not _rest_is_empty(self.lines[end_line][end_col:]):
-                raise SnapshotYamlError("unexpected text after a quoted string", end_line)
-            self.pos = end_line + 1
-            return value
-        if first in "[{":
-            return self.flow(index, column)
-        if first in "&*!%@`":
-            raise SnapshotYamlError(
-                "anchors, aliases, tags and reserved indicators are not supported", index
-            )
-        return self.plain(index, text, parent_indent)
-
-    def plain(self, index: int, text: str, parent_indent: int) -> Any:
-        parts = [_strip_comment(text).strip(" \t")]
-        if text.lstrip(" \t") != _strip_comment(text).lstrip(" \t"):
-            # A comment ends a plain scalar.
-            self.pos = index + 1
-            return resolve_plain(parts[0])
-        position = index + 1
-        breaks = 0
-        while position < len(self.lines):
-            line = self.lines[position]
-            stripped = line.strip(" \t")
-            if not stripped:
-                breaks += 1
-                position += 1
-                continue
-            line_indent = _indent_of(line)
-            if (
-                line_indent <= parent_indent
-                or (line_indent == 0 and _is_doc_marker(line))
-                or line.lstrip(" ").startswith("#")
-            ):
-                break
-            piece = _strip_comment(stripped).strip(" \t")
-            if ": " in piece or piece.endswith(":"):
-                raise SnapshotYamlError("a mapping key inside a multi-line plain scalar", position)
-            parts.append("\n" * breaks if breaks else " ")
-            parts.append(piece)
-            breaks = 0
-            position += 1
-            if piece != stripped:
-                break
-        self.pos = position
-        if len(parts) == 1:
-            return resolve_plain(parts[0])
-        return "".join(parts)
-
-    def scan_quoted(self, index: int, column: int) -> tuple[str, int, int]:
-        return _scan_quoted(self.lines, index, column)
-
-    def block_scalar(self, index: int, header: str, parent_indent: int) -> str:
-        style = header[0]
-        chomp = ""
-        increment: int | None = None
-        position = 1
-        while position < len(header) and header[position] not in " \t":
-            char = header[position]
-            if char in "+-" and not chomp:
-                chomp = char
-            elif char in "123456789" and increment is None:
-                increment = int(char)
-            else:
-                raise SnapshotYamlError("bad block scalar header", index)
-            position += 1
-        if not _rest_is_empty(header[position:]) and header[position:].strip(" \t"):
-            raise SnapshotYamlError("unexpected text after a block scalar header", index)
-        lines = self.lines
-        min_indent = max(parent_indent + 1, 1)
-        line_no = index + 1
-        if increment is not None:
-            content_indent = min_indent + increment - 1
-        else:
-            probe = line_no
-            while probe < len(lines) and not lines[probe].strip(" "):
-                probe += 1
-            content_indent = _indent_of(lines[probe]) if probe < len(lines) else min_indent
-            if content_indent < min_indent:
-                content_indent = min_indent
-        body: list[str] = []
-        while line_no < len(lines):
-            line = lines[line_no]
-            # Blank lines belong to the scalar whatever their indentation.
-            if not line.strip(" ") or _indent_of(line) >= content_indent:
-                body.append(line[content_indent:])
-            else:
-                break
-            line_no += 1
-        self.pos = line_no
-        trailing = 0
-        while body and not body[-1].strip(" "):
-            body.pop()
-            trailing += 1
-        text = "\n".join(body) if style == "|" else _fold(body)
-        if not body:
-            return "\n" * trailing if chomp == "+" else ""
-        if chomp == "-":
-            return text
-        if chomp == "+":
-            return text + "\n" + "\n" * trailing
-        return text + "\n"
-
-    def flow(self, index: int, column: int) -> Any:
-        """A flow collection (``[...]``/``{...}``), possibly over several lines."""
-        pieces: list[str] = []
-        depth = 0
-        quote = ""
-        line_no = index
-        position = column
-        text = self.lines[index]
-        while True:
-            end: int | None = None
-            start = position
-            while position < len(text):
-                char = text[position]
-                if quote == '"':
-                    if char == "\\":
-                        position += 2
-                        continue
-                    if char == '"':
-                        quote = ""
-                elif quote == "'":
-                    if char == "'":
-                        quote = ""
-                elif char in "\"'":
-                    quote = char
-                elif char == "#" and position > 0 and text[position - 1] in " \t":
-                    break
-                elif char in "[{":
-                    depth += 1
-                elif char in "]}":
-                    depth -= 1
-                    if depth == 0:
-                        end = position + 1
-                        break
-                position += 1
-            if end is not None:
-                pieces.append(text[start:end])
-                if not _rest_is_empty(text[end:]):
-                    raise SnapshotYamlError("unexpected text after a flow collection", line_no)
-                break
-            pieces.append(text[start:position])
-            line_no += 1
-            if line_no >= len(self.lines):
-                raise SnapshotYamlError("unterminated flow collection", index)
-            text = self.lines[line_no]
-            position = 0
-        self.pos = line_no + 1
-        parser = _FlowParser(" ".join(pieces), index)
-        value = parser.value(0)
-        parser.skip_space()
-        if parser.position != len(parser.text):
-            raise SnapshotYamlError("unexpected text after a flow collection", index)
-        return value
-
-
-def _scan_quoted(lines: list[str], index: int, column: int) -> tuple[str, int, int]:
-    """Read a quoted scalar starting at (index, column); returns the value and the line
-    and column just after the closing quote. Line breaks fold as YAML says."""
-    quote = lines[index][column]
-    line_no = index
-    text = lines[index]
-    position = column + 1
-    out: list[str] = []
-    segment: list[str] = []
-    protected = 0  # characters of `segment` (escapes) that trailing-space trimming keeps
-    while True:
-        if position >= len(text):
-            joined = "".join(segment)
-            out.append(joined[:protected] + joined[protected:].rstrip(" \t"))
-            line_no += 1
-            breaks = 0
-            while line_no < len(lines) and not lines[line_no].strip(" \t"):
-                breaks += 1
-                line_no += 1
-            if line_no >= len(lines):
-                raise SnapshotYamlError("unterminated quoted string", index)
-            text = lines[line_no]
-            if _indent_of(text) == 0 and _is_doc_marker(text):
-                raise SnapshotYamlError("unterminated quoted string", index)
-            out.append("\n" * breaks if breaks else " ")
-            position = len(text) - len(text.lstrip(" \t"))
-            segment, protected = [], 0
-            continue
-        char = text[position]
-        if quote == "'":
-            if char == "'":
-                if text[position + 1 : position + 2] == "'":
-                    segment.append("'")
-                    position += 2
-                    protected = len(segment)
-                    continue
-                break
-            segment.append(char)
-            position += 1
-            continue
-        if char == '"':
-            break
-        if char != "\\":
-            segment.append(char)
-            position += 1
-            continue
-        if position + 1 >= len(text):
-            # An escaped line break joins the lines without a space.
-            out.append("".join(segment))
-            segment, protected = [], 0
-            line_no += 1
-            if line_no >= len(lines):
-                raise SnapshotYamlError("unterminated quoted string", index)
-            text = lines[line_no]
-            position = len(text) - len(text.lstrip(" \t"))
-            continue
-        escape = text[position + 1]
-        if escape in _ESCAPES:
-            segment.append(_ESCAPES[escape])
-            position += 2
-        elif escape in _HEX_ESCAPES:
-            width = _HEX_ESCAPES[escape]
-            digits = text[position + 2 : position + 2 + width]
-            if len(digits) != width or not all(c in "0123456789abcdefABCDEF" for c in digits):
-                raise SnapshotYamlError(f"bad \\{escape} escape", line_no)
-            code = int(digits, 16)
-            position += 2 + width
-            # JSON-style surrogate pairs (\ud83d\ude00) are one character.
-            if 0xD800 <= code <= 0xDBFF and text[position : position + 2] == "\\u":
-                low_digits = text[position + 2 : position + 6]
-                if len(low_digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in low_digits):
-                    low = int(low_digits, 16)
-                    if 0xDC00 <= low <= 0xDFFF:
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-                        position += 6
-            if code > 0x10FFFF:
-                raise SnapshotYamlError("escape out of the Unicode range", line_no)
-            segment.append(chr(code))
-        else:
-            raise SnapshotYamlError(f"unknown escape \\{escape}", line_no)
-        protected = len(segment)
-    out.append("".join(segment))
-    return "".join(out), line_no, position + 1
-
-
-def _fold(lines: list[str]) -> str:
-    """Folded block scalar: single breaks between normal lines become spaces."""
-    out: list[str] = []
-    previous: str | None = None
-    empties = 0
-    for line in lines:
-        if not line:
-            empties += 1
-            continue
-        kind = "more" if line[0] in " \t" else "normal"
-        if previous is None:
-            out.append("\n" * empties)
-        elif previous == "normal" and kind == "normal":
-            out.append("\n" * empties if empties else " ")
-        else:
-            out.append("\n" * (empties + 1))
-        out.append(line)
-        previous = kind
-        empties = 0
-    return "".join(out)
-
-
-class _FlowParser:
-    """Recursive descent over one flow collection's text."""
-
-    def __init__(self, text: str, line: int) -> None:
-        self.text = text
-        self.position = 0
-        self.line = line
-
-    def error(self, message: str) -> SnapshotYamlError:
-        return SnapshotYamlError(f"{message} in a flow collection", self.line)
-
-    def skip_space(self) -> None:
-        while self.position < len(self.text) and self.text[self.position] in " \t\n":
-            self.position += 1
-
-    def peek(self) -> str:
-        return self.text[self.position] if self.position < len(self.text) else ""
-
-    def value(self, depth: int) -> Any:
-        if depth > _MAX_DEPTH:
-            raise self.error("nesting too deep")
-        self.skip_space()
-        char = self.peek()
-        if char == "[":
-            return self.sequence(depth)
-        if char == "{":
-            return self.mapping(depth)
-        if char in ('"', "'"):
-            return self.quoted()
-        if char in ("&", "*", "!", "|", ">", "%", "@", "`"):
-            raise self.error(f"unsupported indicator {char!r}")
-        return resolve_plain(self.plain())
-
-    def sequence(self, depth: int) -> list[Any]:
-        self.position += 1
-        items: list[Any] = []
-        while True:
-            self.skip_space()
-            char = self.peek()
-            if char == "]":
-                self.position += 1
-                return items
-            if not char:
-                raise self.error("unterminated sequence")
-            if char == ",":
-                raise self.error("empty entry")
-            items.append(self.value(depth + 1))
-            self.skip_space()
-            char = self.peek()
-            if char == ",":
-                self.position += 1
-            elif char == ":":
-                raise self.error("single-pair mappings are not supported")
-            elif char != "]":
-                raise self.error("expected ',' or ']'")
-
-    def mapping(self, depth: int) -> dict[str, Any]:
-        self.position += 1
-        result: dict[str, Any] = {}
-        while True:
-            self.skip_space()
-            char = self.peek()
-            if char == "}":
-                self.position += 1
-                return result
-            if not char:
-                raise self.error("unterminated mapping")
-            if char == ",":
-                raise self.error("empty entry")
-            if char in ('"', "'"):
-                key = self.quoted()
-            elif char in "[{":
-                raise self.error("collection keys are not supported")
-            else:
-                key = self.plain()
-            self.skip_space()
-            value: Any = None
-            if self.peek() == ":":
-                self.position += 1
-                self.skip_space()
-                if self.peek() not in (",", "}"):
-                    value = self.value(depth + 1)
-            result[key] = value
-            self.skip_space()
-            char = self.peek()
-            if char == ",":
-                self.position += 1
-            elif char != "}":
-                raise self.error("expected ',' or '}'")
-
-    def quoted(self) -> str:
-        value, end_line, end_col = _scan_quoted([self.text], 0, self.position)
-        if end_line != 0:  # pragma: no cover - the flow text is a single line
-            raise self.error("unterminated string")
-        self.position = end_col
-        return value
-
-    def plain(self) -> str:
-        start = self.position
-        text = self.text
-        while self.position < len(text):
-            char = text[self.position]
-            if char in ",[]{}":
-                break
-            if char == ":" and (
-                self.position + 1 == len(text) or text[self.position + 1] in " \t\n,[]{}"
-            ):
-                break
-            self.position += 1
-        value = text[start : self.position].strip(" \t\n")
-        if not value and self.peek() not in (":",):
-            raise self.error("expected a value")
-        return value
+    return workspace.strip()
