@@ -132,7 +132,7 @@ def test_the_test_kit_never_imports_the_command_line() -> None:
         "for module in pkgutil.iter_modules(notebookops.testing.__path__):\n"
         "    if module.name != 'conformance':\n"
         "        __import__(f'notebookops.testing.{module.name}')\n"
-        "leaked = sorted(name for name in sys.modules if name.startswith('notebookops._cli')\n"
+        "leaked = sorted(name for name in sys.modules if name.startswith('notebookops._cli_')\n"
         "                or name == 'notebookops.cli')\n"
         "assert not leaked, leaked\n"
     )
