@@ -85,13 +85,16 @@ class RateLimiter:
       when it is part of a sustained run (or ``adaptive=False``): alone, its own request's
       retry backs off and the others carry on;
     * with ``adaptive=True`` (the default), a learnt pace, from sustained 429s only: at least
-      10 in the last second, and at least 5% of its answers. At each such 429 the limiter
-      estimates the rate the vendor lets through and spaces requests at 90% of it. Sporadic
-      429s (a vendor's background noise) set no pace. Once paced, each second without a 429
-      raises the pace by 0.5%, and a lone 429 sets it back to what was learnt;
-    * recovery: when the vendor let through far less during the run than just before it (an
-      outage, another client on the same key), the learnt pace doubles each second without
-      sustained 429s until it is back where it was before the run (or unpaced);
+      8 within a quarter second, and at least 5% of the answers then (a vendor's limit
+      refuses in bursts). At each such 429 the limiter estimates the rate the vendor lets
+      through and spaces requests at 90% of it. Sporadic 429s (a vendor's background noise,
+      1% of requests say) set no pace. Once paced, each second without a 429 raises the pace
+      by 0.5%, and a lone 429 sets it back to what was learnt;
+    * recovery: when, in a spell of sustained 429s, the vendor let through less than half of
+      the pace that had held for 10 s before it (an outage, another client on the same key),
+      the pace doubles each second without sustained 429s until it is back there. If the
+      429s cut the climb short, the next climb waits twice as long (1, 2, 4 ... s); past
+      30 s the lower rate is kept as the vendor's new limit;
     * ``max_rate``: a fixed ceiling in requests per second, whatever was learnt.
 
     The estimate counts answers, not sends: requests that passed the limiter may still queue

@@ -128,20 +128,6 @@ def test_429s_that_are_a_small_share_of_the_answers_teach_nothing() -> None:
     assert limiter.rate is None
 
 
-def test_a_429_with_retry_after_pauses_every_caller() -> None:
-    async def main() -> None:
-        limiter = RateLimiter()
-        limiter.on_rate_limited(2.0)
-        started = anyio.current_time()
-        async with anyio.create_task_group() as group:
-            for _ in range(3):
-                group.start_soon(limiter.acquire)
-        assert anyio.current_time() - started == pytest.approx(2.0)
-        assert limiter.rate_limited_count == 1
-
-    virtual(main)
-
-
 def test_a_lone_429_without_retry_after_pauses_nobody_else() -> None:
     async def main() -> None:
         limiter = RateLimiter()
