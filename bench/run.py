@@ -11,12 +11,12 @@ Scenarios (``--scenario``, comma-separated names or numbers; ``all`` by default)
 
 1. ``overhead``: N concurrent waits, ``run_and_wait`` (defaults, and read sharing off) vs a
    hand-written aiohttp loop: client CPU, wall, RSS, requests.
-2. ``sharing``: waits on one notebook, read sharing on vs off: requests per run.
-3. ``polling``: status reads and detection lag per run length for several cadences (pure
+2. ``polling``: status reads and detection lag per run length for several cadences (pure
    computation), plus a time-scaled real-time check of the library.
-4. ``ratelimit``: 500 concurrent waits against a server enforcing R requests/s.
-5. ``import``: ``import notebookops`` (and the Deepnote adapter) vs ``import aiohttp``.
-6. ``streaming``: status reads made while waiting on the PostHog kernel and local backends.
+3. ``ratelimit``: 500 concurrent waits against a server enforcing R requests/s.
+4. ``import``: ``import notebookops`` (and the Deepnote adapter) vs ``import aiohttp``.
+5. ``streaming``: status reads made while waiting on the PostHog kernel and local backends.
+6. ``sharing``: waits on one notebook, read sharing on vs off: requests per run.
 
 Every server and every client workload runs in its own process on 127.0.0.1. The report
 (``benchmarks.md``, rendered from ``benchmarks.json``) goes to a new scratch directory unless
@@ -51,9 +51,9 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 README = BENCH / "README.md"
 PY = sys.executable
-SCENARIOS = ("overhead", "sharing", "polling", "ratelimit", "import", "streaming")
+SCENARIOS = ("overhead", "polling", "ratelimit", "import", "streaming", "sharing")
 #: What issue 24's performance budget needs, and scenario 1's sizes for it.
-BUDGET = ("overhead", "sharing", "import", "streaming")
+BUDGET = ("overhead", "import", "streaming", "sharing")
 BUDGET_SIZES = (1000, 10_000)
 #: The CPU target: client CPU per run at most this multiple of the floor's.
 CPU_TARGET = 1.3
@@ -356,13 +356,13 @@ def overhead_report(section: Section, raw: dict[str, Any]) -> None:
     )
 
 
-# --------------------------------------------------------------------------- 2: sharing
+# --------------------------------------------------------------------------- 6: sharing
 
 
 def scenario_sharing(args: argparse.Namespace) -> list[Section]:
     n = 30 if args.quick else 100
     repeats = args.repeats
-    section = Section("sharing", "Scenario 2: shared reads on one notebook")
+    section = Section("sharing", "Scenario 6: shared reads on one notebook")
     variants = ("lib", "lib-noshare")
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with process("server.py", "--duration", "3", "--spread", "0.2") as url:
@@ -382,7 +382,7 @@ def scenario_sharing(args: argparse.Namespace) -> list[Section]:
 
 
 def sharing_report(section: Section, raw: dict[str, Any]) -> None:
-    """Scenario 2's table and target row, from its samples."""
+    """Scenario 6's table and target row, from its samples."""
     n, samples = raw["n"], raw["samples"]
 
     def per_run(variant: str, kind: str | None = None) -> float:
@@ -427,7 +427,7 @@ def sharing_report(section: Section, raw: dict[str, Any]) -> None:
     )
 
 
-# --------------------------------------------------------------------------- 3: polling
+# --------------------------------------------------------------------------- 2: polling
 
 LENGTHS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 
@@ -460,7 +460,7 @@ def cadences() -> list[tuple[str, schedules.Cadence]]:
 
 def scenario_polling(args: argparse.Namespace) -> list[Section]:
     runs = 201 if args.quick else 1001
-    section = Section("polling", "Scenario 3: polling efficiency")
+    section = Section("polling", "Scenario 2: polling efficiency")
     results = {
         name: {length: schedules.sample(cadence, length, runs) for length in LENGTHS}
         for name, cadence in cadences()
@@ -473,7 +473,7 @@ def scenario_polling(args: argparse.Namespace) -> list[Section]:
 def polling_report(
     section: Section, results: dict[str, dict[float, schedules.Sampled]], runs: int
 ) -> None:
-    """Scenario 3's tables and target rows, from the simulated schedules."""
+    """Scenario 2's tables and target rows, from the simulated schedules."""
     headers = ["cadence", *(label(length) for length in LENGTHS)]
     section.add(
         f"**Computed** over each cadence's schedule: {runs} runs per length, each lasting "
@@ -618,13 +618,13 @@ def _polling_realtime(
     )
 
 
-# --------------------------------------------------------------------------- 4: rate limits
+# --------------------------------------------------------------------------- 3: rate limits
 
 
 def scenario_ratelimit(args: argparse.Namespace) -> list[Section]:
     rate, n = args.rate, 500
     repeats = 1 if args.quick else args.repeats
-    section = Section("ratelimit", "Scenario 4: rate limits")
+    section = Section("ratelimit", "Scenario 3: rate limits")
     # (name, server's run length, client options, repeats)
     cases: list[tuple[str, float, list[object], int]] = [
         ("default (adaptive limiter)", 10.0, [], repeats),
@@ -723,11 +723,11 @@ def ratelimit_report(section: Section, raw: dict[str, Any]) -> None:
     )
 
 
-# --------------------------------------------------------------------------- 5: import
+# --------------------------------------------------------------------------- 4: import
 
 
 def scenario_import(args: argparse.Namespace) -> list[Section]:
-    section = Section("import", "Scenario 5: import time")
+    section = Section("import", "Scenario 4: import time")
     repeats = 5 if args.quick else 21
     modules = ("aiohttp", "notebookops", "notebookops.backends.deepnote")
     times: dict[str, list[float]] = {m: [] for m in modules}
@@ -777,12 +777,12 @@ def scenario_import(args: argparse.Namespace) -> list[Section]:
     return [section]
 
 
-# --------------------------------------------------------------------------- 6: streaming
+# --------------------------------------------------------------------------- 5: streaming
 
 
 def scenario_streaming(args: argparse.Namespace) -> list[Section]:
     short, long = 0.5, 3.0
-    section = Section("streaming", "Scenario 6: streaming backends")
+    section = Section("streaming", "Scenario 5: streaming backends")
     log("[streaming] posthog kernel")
     with process("posthog_server.py", "--short", str(short), "--long", str(long)) as url:
         posthog = client("streaming", "--backend", "posthog", "--url", url)
@@ -1003,7 +1003,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5,
         help="scenario 1's repeats (default 5)",
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="scenario 4's R (req/s)")
+    parser.add_argument("--rate", type=float, default=200.0, help="scenario 3's R (req/s)")
     parser.add_argument(
         "--out", type=Path, help="directory for benchmarks.md/.json (default: a new scratch one)"
     )

@@ -18,7 +18,7 @@ def report(load_bench: Callable[[str], ModuleType], tmp_path: Path) -> ModuleTyp
     module = load_bench("run.py")
 
     def instant(args: argparse.Namespace) -> list[object]:
-        section = module.Section("import", "Scenario 5: import time")
+        section = module.Section("import", "Scenario 4: import time")
         section.add("body")
         section.target("`import notebookops` <= 1.2x `import aiohttp`", "0.25x", True)
         return [section]
@@ -50,7 +50,7 @@ def test_a_quick_run_writes_to_a_new_scratch_directory(
     written = Path(err.strip().splitlines()[-1].split("wrote ")[1])
     assert written.parent.parent == scratch
     assert written.name == "benchmarks.md"
-    assert "Scenario 5: import time" in written.read_text()
+    assert "Scenario 4: import time" in written.read_text()
     # The targets of what was just run, on stdout.
     assert "| `import notebookops` <= 1.2x `import aiohttp` | 0.25x | **met** |" in out
 
@@ -83,7 +83,7 @@ def test_publish_refuses_a_smoke_run_or_another_directory(
 
 def test_budget_runs_exactly_the_budgets_scenarios(report: ModuleType) -> None:
     args = report.parse_arguments(["--budget"])
-    assert args.wanted == ["overhead", "sharing", "import", "streaming"]
+    assert args.wanted == ["overhead", "import", "streaming", "sharing"]
     assert args.out is None
 
 
