@@ -104,8 +104,14 @@ class StubTransport:
         yield iterate()
 
 
-def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
-    """Put a StubTransport in place of ``backend._transport``'s network methods."""
-    transport = backend._transport  # type: ignore[attr-defined]
+def transport_of(backend: object) -> HttpTransport:
+    """The transport under ``backend``: its own, or its client's (the client/backend shape)."""
+    owner = getattr(backend, "client", backend)
+    transport = owner._transport  # type: ignore[attr-defined]
     assert isinstance(transport, HttpTransport)
-    return StubTransport(transport, body, **kwargs)
+    return transport
+
+
+def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
+    """Put a StubTransport in place of the network methods of ``backend``'s transport."""
+    return StubTransport(transport_of(backend), body, **kwargs)
