@@ -16,17 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notebookops import ConfigurationError, RunErrorInfo
-from notebookops.backends.local import (
-    INJECTED_TAG,
-    LocalBackend,
-    LocalRunOptions,
-    parameterize_notebook,
-    read_notebook,
-)
+from notebookops.backends.local import INJECTED_TAG, LocalBackend, LocalRunOptions
 from notebookops.backends.local.backend import (
     _error_info,
     cell_outputs,
+    parameterize_notebook,
     parameters_source,
+    read_notebook,
 )
 from notebookops.testing.local import Cell, write_notebook
 

@@ -10,15 +10,18 @@ It implements the same protocol as the vendor adapters, so ``run_and_wait(LocalB
 * every run gets a fresh kernel, started in the background in a task group the backend owns;
   progress (``completed`` of ``total`` code cells) and outputs are published as each cell
   finishes, pushed to ``watch_run`` (STREAMING) and visible to ``get_run``;
-* ``cancel_run`` interrupts the kernel (KeyboardInterrupt in the running cell) and kills it if
-  it has not stopped after ``interrupt_grace`` seconds; closing the backend kills every kernel
-  it started. A run only reaches a terminal state once its kernel process is gone and its
-  notebook saved.
+* ``cancel_run`` interrupts the kernel (KeyboardInterrupt in the running cell), kills it if
+  it has not stopped after ``interrupt_grace`` seconds, and returns once the run has ended;
+  closing the backend kills every kernel it started. A run only reaches a terminal state once
+  its kernel process is gone and its notebook saved.
+
+Runs are hosted by :class:`~notebookops.backends._runhost.RunHost`, which also bounds what
+finished runs keep (``keep_output_bytes``, ``keep_finished_runs``).
 
 Limits: runs live in this backend instance's memory, so handles are **not resumable** from
 another process or instance (``get_run`` there raises :class:`~notebookops.NotFound`); the
 backend needs asyncio (nbclient and jupyter_client are asyncio libraries) and stays bound to
-the event loop that first used it.
+the event loop that first started a run.
 """
 
 from __future__ import annotations
