@@ -80,7 +80,9 @@ class DataloreBackend(BaseBackend):
             self._owns_client = True
         elif not isinstance(client, DataloreClient):
             raise ConfigurationError(f"expected a DataloreClient, got {type(client).__name__}")
-        elif (token, base_url, session, retry, rate_limiter) != (None,) * 5 or allow_http:
+        elif (token, base_url, session, retry, rate_limiter) != (None,) * 5 or (
+            timeout != 30.0 or allow_http
+        ):
             raise ConfigurationError(
                 "pass either client= or the settings to build one (token, base_url...), not both"
             )
