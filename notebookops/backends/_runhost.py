@@ -339,13 +339,16 @@ class RunHost:
     def closed(self) -> bool:
         return self._closed
 
-    async def aclose(self, reason: str) -> None:
+    async def aclose(self, reason: str, *, timeout: float = 30.0) -> None:
         """Stop every run still going (``reason`` is recorded), wait until each has settled and
-        end the host's task. Idempotent; shielded from the caller's cancellation."""
-        with anyio.CancelScope(shield=True):
-            if self._closed:
-                return
-            self._closed = True
+        end the host's task. Idempotent; shielded from the caller's cancellation, but for at
+        most ``timeout`` seconds: a run whose cleanup takes longer is logged, reported
+        CANCELLED and left to finish in the background."""
+        timeout = seconds("timeout", timeout) or 0.0
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout) as scope:
             active = [run for run in self._runs.values() if not run.finished]
             for run in active:
                 run.cancel_requested = True
@@ -364,8 +367,15 @@ class RunHost:
                         "told to stop but not waited for",
                         self.name,
                     )
-            for run in active:
-                run.finish(RunState.CANCELLED, vendor_state="cancelled")
+        if scope.cancelled_caught:
+            logger.warning(
+                "the %s backend's runs did not settle within %gs of closing; left to finish "
+                "in the background",
+                self.name,
+                timeout,
+            )
+        for run in active:
+            run.finish(RunState.CANCELLED, vendor_state="cancelled")
 
     async def _stop_run(self, run: HostedRun, *, closing: bool) -> None:
         if run.on_cancel is not None:

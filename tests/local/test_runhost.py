@@ -239,3 +239,25 @@ def test_output_size_counts_text_errors_and_data() -> None:
 def test_bounds_are_validated(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError, match="integer >= 0"):
         RunHost("test", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_closing_is_bounded_when_a_cleanup_hangs(caplog: pytest.LogCaptureFixture) -> None:
+    host = RunHost("test")
+    release = anyio.Event()
+
+    async def stubborn(run: HostedRun) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await release.wait()  # a cleanup that never ends on its own
+
+    run = await host.start(handle("r1"), stubborn)
+    await anyio.lowlevel.checkpoint()
+    with anyio.fail_after(5):
+        await host.aclose("closed", timeout=0.2)
+    assert run.state is RunState.CANCELLED
+    assert "did not settle within 0.2s" in caplog.text
+    release.set()
+    for _ in range(10):  # let the body and the host's task end before the loop does
+        await anyio.lowlevel.checkpoint()

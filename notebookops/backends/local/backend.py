@@ -102,7 +102,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _MAX_LITERAL_DEPTH = 100
 #: Seconds a cancel waits, beyond ``interrupt_grace``, for the run to end (kernel shutdown,
 #: saving the notebook).
-_SETTLE_SECONDS = 10.0
+_SETTLE_SECONDS = 5.0
 #: Characters of kernel stderr quoted when a kernel fails to start.
 _STDERR_TAIL = 2000
 
@@ -689,7 +689,9 @@ class LocalBackend(BaseBackend):
 
     async def _aclose(self) -> None:
         """Kill every kernel this backend started and wait until each run has settled."""
-        await self._host.aclose("the backend was closed")
+        await self._host.aclose(
+            "the backend was closed", timeout=self.interrupt_grace + self.startup_timeout
+        )
 
     # -- starting
 
