@@ -10,12 +10,19 @@
 What it models (from https://www.jetbrains.com/help/datalore/run-api.html and the error table
 there):
 
-* ``POST /api/run/v1/notebook`` starts a run; ``parameters`` are checked against the notebook's
-  declared controls (400 for an unknown name); ``GET /api/run/v1/{runId}`` reports it, with a
-  ``status`` (configurable per notebook, including strings the adapter does not know) only while
-  it runs, then ``endTime``, ``success`` and the run's notebook file in ``artifacts``, which can
-  be downloaded from its path;
-* ``POST /api/computation/v1/notebook`` (no run id, empty answer);
+* ``POST /api/run/v1/notebook`` starts a run. It parses strictly, as a server that refuses
+  unknown JSON properties does: a field it does not know is a 400 (``run_fields`` lists the
+  ones it knows: every documented field by default; leave out ``directFileStorageWrite`` to
+  play an installation older than 2026.1), parameter values must be strings (the documented
+  type), and ``parameters`` are checked against the notebook's declared controls (400 for an
+  unknown name);
+* ``GET /api/run/v1/{runId}`` reports a run: while it is queued (``queued`` seconds per
+  notebook) with none of ``status``, ``endTime`` and ``success``; while it runs with a
+  ``status`` word (configurable per notebook, including words the adapter does not know);
+  then with ``endTime``, ``success`` and the run's notebook file in ``artifacts``, which can
+  be downloaded from its path. A notebook with a ``finished_status`` word reports its finished
+  runs by that word alone, without ``endTime`` (the docs do not say which words exist);
+* ``POST /api/computation/v1/notebook`` takes only ``notebookId`` (no run id, empty answer);
 * 401 for a bad token, 403 when the token's account may only view the notebook, 404 when the
   notebook is not shared with it; error bodies use ``error`` or ``message`` (``error_key``);
 * every fault of :class:`~notebookops.testing._server.FaultPlan` through ``server.faults``.
@@ -29,10 +36,10 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 from aiohttp import web
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from .conformance import ConformanceTarget, Outcome
 
 __all__ = [
+    "DOCUMENTED_RUN_FIELDS",
     "FAST_RETRY",
     "FakeDataloreNotebook",
     "FakeDataloreRun",
@@ -57,7 +65,10 @@ __all__ = [
 Access = Literal["edit", "view", "none"]
 
 _ID = re.compile(r"^([^/\s]+)/([^/\s]+)$")
-_PARAMETER_TYPES = (str, int, float, bool)
+#: The fields of a run request that Datalore documents (2026.1 and later).
+DOCUMENTED_RUN_FIELDS: Final = frozenset(
+    {"notebookId", "updateReport", "directFileStorageWrite", "parameters"}
+)
 
 
 def _iso(moment: datetime) -> str:
@@ -68,10 +79,13 @@ def _iso(moment: datetime) -> str:
 class FakeDataloreNotebook:
     """A notebook on the fake server and how its runs behave.
 
-    ``duration`` is how long a run takes in seconds (``None``: it never finishes);
-    ``in_progress_status`` is the ``status`` reported meanwhile; ``succeed`` decides the
-    outcome. ``access`` is what the token's account may do with it: ``"edit"`` (run it),
-    ``"view"`` (403 on runs) or ``"none"`` (not shared: 404).
+    ``queued`` is how long a run waits before it starts (its status then has none of
+    ``status``, ``endTime``, ``success``); ``duration`` is how long it then takes in seconds
+    (``None``: it never finishes); ``in_progress_status`` is the ``status`` reported meanwhile;
+    ``succeed`` decides the outcome. With ``finished_status``, a finished run reports that
+    ``status`` word alone (no ``endTime``, no ``success``). ``access`` is what the token's
+    account may do with it: ``"edit"`` (run it), ``"view"`` (403 on runs) or ``"none"`` (not
+    shared: 404).
     """
 
     owner: str
@@ -82,6 +96,8 @@ class FakeDataloreNotebook:
     succeed: bool = True
     in_progress_status: str = "RUNNING"
     access: Access = "edit"
+    queued: float = 0.0
+    finished_status: str | None = None
 
     @property
     def notebook_id(self) -> str:
@@ -95,7 +111,7 @@ class FakeDataloreRun:
     run_id: str
     notebook: FakeDataloreNotebook
     """A copy of the notebook's settings when the run started."""
-    parameters: dict[str, Any]
+    parameters: dict[str, str]
     update_report: str
     direct_file_storage_write: bool
     started: float
@@ -103,9 +119,14 @@ class FakeDataloreRun:
     reads: int = 0
 
     @property
+    def queued(self) -> bool:
+        return time.monotonic() - self.started < self.notebook.queued
+
+    @property
     def finished(self) -> bool:
         duration = self.notebook.duration
-        return duration is not None and time.monotonic() - self.started >= duration
+        elapsed = time.monotonic() - self.started - self.notebook.queued
+        return duration is not None and elapsed >= duration
 
     @property
     def artifact_path(self) -> str:
@@ -120,6 +141,7 @@ class FakeDataloreServer(FakeServer):
     ``null_fields_while_running`` sends ``endTime``/``success`` as ``null`` while a run is in
     progress instead of leaving them out (the docs do not say which Datalore does).
     ``extra_status_fields`` are merged into every status document (unknown fields).
+    ``run_fields`` are the run-request fields the server knows; any other is a 400.
     """
 
     vendor = "datalore"
@@ -130,8 +152,10 @@ class FakeDataloreServer(FakeServer):
         token: str = "test-token",
         error_key: Literal["error", "message"] = "error",
         null_fields_while_running: bool = False,
+        run_fields: Collection[str] = DOCUMENTED_RUN_FIELDS,
     ) -> None:
         super().__init__(token=token)
+        self.run_fields = frozenset(run_fields)
         self.error_key = error_key
         self.null_fields_while_running = null_fields_while_running
         self.extra_status_fields: dict[str, Any] = {}
@@ -177,6 +201,14 @@ class FakeDataloreServer(FakeServer):
             return self._error(400, "The request body must be a JSON object")
         return body
 
+    def _unknown_fields(self, body: dict[str, Any], known: frozenset[str]) -> web.Response | None:
+        unknown = sorted(set(body) - known)
+        if not unknown:
+            return None
+        return self._error(
+            400, f"Unrecognized field {unknown[0]!r}: not one of {', '.join(sorted(known))}"
+        )
+
     def _notebook(self, body: dict[str, Any]) -> FakeDataloreNotebook | web.Response:
         notebook_id = body.get("notebookId")
         if not isinstance(notebook_id, str) or _ID.match(notebook_id) is None:
@@ -190,18 +222,18 @@ class FakeDataloreServer(FakeServer):
 
     def _parameters(
         self, raw: object, notebook: FakeDataloreNotebook
-    ) -> dict[str, Any] | web.Response:
+    ) -> dict[str, str] | web.Response:
         if raw is None:
             return {}
         if not isinstance(raw, list):
             return self._error(400, "parameters must be a list of {name, value}")
-        values: dict[str, Any] = {}
+        values: dict[str, str] = {}
         for item in raw:
             if not isinstance(item, dict) or set(item) != {"name", "value"}:
                 return self._error(400, "each parameter must be an object {name, value}")
             name, value = item["name"], item["value"]
-            if not isinstance(name, str) or not isinstance(value, _PARAMETER_TYPES):
-                return self._error(400, f"invalid parameter {item!r}")
+            if not isinstance(name, str) or not isinstance(value, str):
+                return self._error(400, f"invalid parameter {item!r}: name and value are strings")
             if name not in notebook.controls:
                 return self._error(
                     400, f"Unknown parameter {name!r}: no interactive control has this variable"
@@ -215,6 +247,9 @@ class FakeDataloreServer(FakeServer):
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
+        unknown = self._unknown_fields(body, self.run_fields)
+        if unknown is not None:
+            return unknown
         notebook = self._notebook(body)
         if isinstance(notebook, web.Response):
             return notebook
@@ -249,14 +284,21 @@ class FakeDataloreServer(FakeServer):
             "runId": run.run_id,
             "userId": notebook.owner,
             "notebookId": notebook.id,
-            "startTime": _iso(run.start_time),
             "updateReport": run.update_report,
             "directFileStorageWrite": run.direct_file_storage_write,
             "readOnly": notebook.access == "view",
         }
-        if run.finished:
+        if run.queued:
+            document["artifacts"] = []
+            document.update(self.extra_status_fields)
+            return web.json_response(document)
+        document["startTime"] = _iso(run.start_time + timedelta(seconds=notebook.queued))
+        if run.finished and notebook.finished_status is not None:
+            document["status"] = notebook.finished_status
+            document["artifacts"] = []
+        elif run.finished:
             assert notebook.duration is not None
-            end = run.start_time + timedelta(seconds=notebook.duration)
+            end = run.start_time + timedelta(seconds=notebook.queued + notebook.duration)
             document["endTime"] = _iso(end)
             document["success"] = notebook.succeed
             document["artifacts"] = [{"name": f"{notebook.name}.ipynb", "path": run.artifact_path}]
@@ -273,6 +315,9 @@ class FakeDataloreServer(FakeServer):
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
+        unknown = self._unknown_fields(body, frozenset({"notebookId"}))
+        if unknown is not None:
+            return unknown
         notebook = self._notebook(body)
         if isinstance(notebook, web.Response):
             return notebook
@@ -301,10 +346,14 @@ async def fake_datalore_server(
     token: str = "test-token",
     error_key: Literal["error", "message"] = "error",
     null_fields_while_running: bool = False,
+    run_fields: Collection[str] = DOCUMENTED_RUN_FIELDS,
 ) -> AsyncIterator[FakeDataloreServer]:
     """A started :class:`FakeDataloreServer` on 127.0.0.1, closed on exit."""
     server = FakeDataloreServer(
-        token=token, error_key=error_key, null_fields_while_running=null_fields_while_running
+        token=token,
+        error_key=error_key,
+        null_fields_while_running=null_fields_while_running,
+        run_fields=run_fields,
     )
     async with server:
         yield server

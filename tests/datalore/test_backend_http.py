@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import ClientResponse
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -30,9 +29,16 @@ from notebookops import (
     UnsupportedOperation,
     run_and_wait,
 )
-from notebookops.backends.datalore import DataloreBackend, DataloreRunOptions
+from notebookops.backends.datalore import (
+    DataloreBackend,
+    DataloreClient,
+    DataloreRunOptions,
+    RunStatus,
+)
 from notebookops.models import Capability
 from notebookops.policies import RetryPolicy
+
+from ._mock import add, calls
 
 TOKEN = "dl-SECRET-token-123"
 BASE = "https://datalore.jetbrains.com"
@@ -40,26 +46,6 @@ RUN_URL = f"{BASE}/api/run/v1/notebook"
 COMPUTATION_URL = f"{BASE}/api/computation/v1/notebook"
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.002)
 FAST_POLL = PollPolicy(initial=0.01, maximum=0.05)
-
-
-class _Sent:
-    output_size = 0
-
-
-class CompatResponse(ClientResponse):
-    """aioresponses 0.7.9 builds responses without aiohttp 3.14's ``stream_writer``."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", _Sent())
-        super().__init__(method, url, **kwargs)
-
-
-def add(mocked: aioresponses, method: str, url: str, **kwargs: Any) -> None:
-    mocked.add(url, method, response_class=CompatResponse, **kwargs)
-
-
-def calls(mocked: aioresponses, method: str, url: str) -> list[Any]:
-    return list(mocked.requests.get((method, URL(url)), []))
 
 
 @pytest.fixture(autouse=True)
@@ -188,14 +174,13 @@ async def test_start_run_exact_request(backend: DataloreBackend) -> None:
             RunRequest("own/nb", inputs={"Columns": "revenue", "n": 3, "on": False})
         )
     (call,) = calls(mocked, "POST", RUN_URL)
+    # Only the documented fields, the optional ones only when set; values as strings.
     assert call.kwargs["json"] == {
         "notebookId": "own/nb",
-        "updateReport": "never",
-        "directFileStorageWrite": False,
         "parameters": [
             {"name": "Columns", "value": "revenue"},
-            {"name": "n", "value": 3},
-            {"name": "on", "value": False},
+            {"name": "n", "value": "3"},
+            {"name": "on", "value": "false"},
         ],
     }
     headers = call.kwargs["headers"]
@@ -270,26 +255,45 @@ async def test_start_error_without_body_still_explains(backend: DataloreBackend)
             await backend.start_run(RunRequest("own/nb"))
 
 
-async def test_start_garbage_response(backend: DataloreBackend) -> None:
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"body": "<html>welcome</html>", "content_type": "text/html"},
+        {"payload": {"id": "r1"}},
+        {"payload": {"runId": ""}},
+        {"payload": {"runId": None}},
+        {"payload": [{"runId": "r1"}]},
+    ],
+)
+async def test_start_garbage_response_is_outcome_unknown(
+    backend: DataloreBackend, reply: dict[str, Any]
+) -> None:
     with aioresponses() as mocked:
-        add(mocked, "POST", RUN_URL, body="<html>welcome</html>", content_type="text/html")
-        with pytest.raises(ResponseDecodeError) as caught:
+        add(mocked, "POST", RUN_URL, **reply)
+        with pytest.raises(StartOutcomeUnknown) as caught:
             await backend.start_run(RunRequest("own/nb"))
-    assert "probably running" in str(caught.value)
-    assert f"{BASE}/notebook/own/nb" in str(caught.value)
-    assert caught.value.body == "<html>welcome</html>"
+    error = caught.value
+    assert "may be running now" in str(error)
+    assert f"{BASE}/notebook/own/nb" in str(error)
+    assert error.notebook == "own/nb"
+    assert "HTTP 200" in error.evidence
+    decode = error.__cause__
+    assert isinstance(decode, ResponseDecodeError)
+    assert decode.status == 200
+    assert decode.body[:8] in error.evidence
 
 
 async def test_start_is_not_retried_after_a_server_error(backend: DataloreBackend) -> None:
     with aioresponses() as mocked:
         add(mocked, "POST", RUN_URL, status=503, payload={"error": "busy"})
         add(mocked, "POST", RUN_URL, payload={"runId": "r1"})
-        with pytest.raises(ServerError, match="busy"):
+        with pytest.raises(StartOutcomeUnknown, match="busy") as caught:
             await backend.start_run(RunRequest("own/nb"))
     assert len(calls(mocked, "POST", RUN_URL)) == 1
+    assert "HTTP 503" in caught.value.evidence
 
 
-@pytest.mark.parametrize("status", [502, 504])
+@pytest.mark.parametrize("status", [500, 502, 504])
 async def test_start_gateway_failure_is_outcome_unknown(
     backend: DataloreBackend, status: int
 ) -> None:
@@ -310,7 +314,8 @@ async def test_start_connection_lost_is_outcome_unknown(backend: DataloreBackend
         with pytest.raises(StartOutcomeUnknown, match="not retried") as caught:
             await backend.start_run(RunRequest("own/nb"))
     assert len(calls(mocked, "POST", RUN_URL)) == 1
-    assert "no way to list" in caught.value.evidence
+    assert "cannot list a notebook's runs" in caught.value.evidence
+    assert "answer was lost" in caught.value.evidence
 
 
 async def test_start_refused_connection_is_retried(backend: DataloreBackend) -> None:
@@ -549,3 +554,61 @@ async def test_closed_backend(backend: DataloreBackend) -> None:
         await backend.start_run(RunRequest("own/nb"))
     with pytest.raises(BackendClosed):
         await backend.get_run(handle_for())
+
+
+# --------------------------------------------------------------------------- the client
+
+
+async def test_client_endpoints_exact_requests() -> None:
+    async with DataloreClient(TOKEN, retry=FAST_RETRY) as client:
+        assert TOKEN not in repr(client)
+        with aioresponses() as mocked:
+            add(mocked, "POST", RUN_URL, payload={"runId": "r7"})
+            add(mocked, "GET", status_url("r7"), payload={**RUNNING, "runId": "r7"})
+            add(mocked, "POST", COMPUTATION_URL, body="")
+            run_id = await client.start_run(
+                f"{BASE}/notebook/own/nb",
+                {"big": 1e20, "ratio": 0.25, "on": True, "n": -3},
+                update_report="on success",
+                direct_file_storage_write=False,
+            )
+            status = await client.run_status(run_id)
+            await client.start_computation("own/nb")
+        (start,) = calls(mocked, "POST", RUN_URL)
+        assert start.kwargs["json"] == {
+            "notebookId": "own/nb",
+            "updateReport": "on success",
+            "directFileStorageWrite": False,
+            "parameters": [
+                {"name": "big", "value": "1e+20"},
+                {"name": "ratio", "value": "0.25"},
+                {"name": "on", "value": "true"},
+                {"name": "n", "value": "-3"},
+            ],
+        }
+        (computation,) = calls(mocked, "POST", COMPUTATION_URL)
+        assert computation.kwargs["json"] == {"notebookId": "own/nb"}
+    assert run_id == "r7"
+    assert isinstance(status, RunStatus)
+    assert (status.run_id, status.status, status.success) == ("r7", "RUNNING", None)
+    assert status.raw == {**RUNNING, "runId": "r7"}
+    assert client.notebook_url("own/nb") == f"{BASE}/notebook/own/nb"
+
+
+async def test_backend_over_a_given_client() -> None:
+    client = DataloreClient(TOKEN, retry=FAST_RETRY)
+    async with DataloreBackend(client=client) as backend:
+        assert backend.client is client
+        with aioresponses() as mocked:
+            add(mocked, "POST", RUN_URL, payload={"runId": "r1"})
+            handle = await backend.start_run(RunRequest("own/nb"))
+        assert handle.extra == {"mode": "run", "base_url": BASE}
+    # The caller's client is left open for the caller to close.
+    with aioresponses() as mocked:
+        add(mocked, "GET", status_url(), payload=RUNNING)
+        assert (await client.run_status("r1")).status == "RUNNING"
+    await client.aclose()
+    with pytest.raises(ConfigurationError, match="not both"):
+        DataloreBackend(TOKEN, client=client)
+    with pytest.raises(ConfigurationError, match="expected a DataloreClient"):
+        DataloreBackend(client=object())  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anyio
 import pytest
 
 from notebookops import (
@@ -20,6 +21,7 @@ from notebookops import (
     RunRequest,
     RunState,
     RunTimeout,
+    ServerError,
     StartOutcomeUnknown,
     run_and_wait,
     start_run,
@@ -27,7 +29,12 @@ from notebookops import (
 )
 from notebookops.backends.datalore import DataloreBackend, DataloreRunOptions
 from notebookops.testing._server import Fault
-from notebookops.testing.datalore import FAST_RETRY, FakeDataloreServer, fake_datalore_server
+from notebookops.testing.datalore import (
+    DOCUMENTED_RUN_FIELDS,
+    FAST_RETRY,
+    FakeDataloreServer,
+    fake_datalore_server,
+)
 
 POLL = PollPolicy(initial=0.01, maximum=0.05)
 
@@ -70,7 +77,8 @@ async def test_run_with_parameters_and_artifacts(
     assert run.finished_at is not None
     assert run.url == f"{server.url}/notebook/team/slow"
     fake = server.runs[run.run_id]
-    assert fake.parameters == {"day": "2026-11-22", "n": 3}
+    # Values travel as the documented strings; the strict fake refuses anything else.
+    assert fake.parameters == {"day": "2026-11-22", "n": "3"}
     assert fake.update_report == "on success"
     (artifact,) = run.artifacts
     assert artifact.name == "Slow.ipynb"
@@ -83,10 +91,11 @@ async def test_run_with_parameters_and_artifacts(
         notebook = await reply.json()
     assert notebook["nbformat"] == 4
     (post,) = server.requests_to("POST", r"^/api/run/v1/notebook$")
-    assert post.json["parameters"] == [
-        {"name": "day", "value": "2026-11-22"},
-        {"name": "n", "value": 3},
-    ]
+    assert post.json == {
+        "notebookId": "team/slow",
+        "updateReport": "on success",
+        "parameters": [{"name": "day", "value": "2026-11-22"}, {"name": "n", "value": "3"}],
+    }
     assert post.headers["Authorization"] == f"Bearer {server.token}"
 
 
@@ -235,8 +244,102 @@ async def test_start_rate_limited_then_accepted(
 
 async def test_start_garbage_reply(backend: DataloreBackend, server: FakeDataloreServer) -> None:
     server.faults.add(Fault("invalid_json", method="POST"))
-    with pytest.raises(ResponseDecodeError, match="probably running"):
+    with pytest.raises(StartOutcomeUnknown, match="may be running now") as caught:
         await backend.start_run(RunRequest("team/report"))
+    assert "HTTP 200" in caught.value.evidence
+    assert isinstance(caught.value.__cause__, ResponseDecodeError)
+    assert len(server.requests_to("POST", "/api/run/v1/notebook")) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_start_server_error_is_outcome_unknown(
+    backend: DataloreBackend, server: FakeDataloreServer, status: int
+) -> None:
+    """A 5xx may come after Datalore created the run: never a plain (retryable) ServerError."""
+    server.faults.status(status, {"error": "overloaded"}, method="POST")
+    with pytest.raises(StartOutcomeUnknown) as caught:
+        await backend.start_run(RunRequest("team/report"))
+    error = caught.value
+    assert error.notebook == "team/report"
+    assert f"HTTP {status}" in error.evidence
+    assert "overloaded" in error.evidence
+    assert "cannot list" in error.evidence
+    assert f"{server.url}/notebook/team/report" in str(error)
+    # Not a ServerError, which retry wrappers take as transient (a retry could run it twice).
+    assert not isinstance(error, ServerError | ResponseDecodeError)
+    assert len(server.requests_to("POST", "/api/run/v1/notebook")) == 1
+
+
+# --------------------------------------------------------------------------- status words
+
+
+async def test_queued_run_is_pending_then_succeeds(server: FakeDataloreServer) -> None:
+    server.add_notebook("team/queued", queued=0.3, duration=0.05)
+    async with DataloreBackend(server.token, base_url=server.url) as backend:
+        handle = await backend.start_run(RunRequest("team/queued"))
+        first = await backend.get_run(handle)
+        run = await wait_for_run(backend, handle, poll=POLL, timeout=10)
+    assert not {"status", "endTime", "success"} & set(first.raw)
+    assert first.state is RunState.PENDING
+    assert first.error is None
+    assert run.state is RunState.SUCCEEDED
+
+
+async def test_failure_word_without_end_time_fails_at_once(server: FakeDataloreServer) -> None:
+    server.add_notebook("team/crash", duration=0.05, succeed=False, finished_status="FAILED")
+    async with DataloreBackend(server.token, base_url=server.url) as backend:
+        with anyio.fail_after(5):  # not held until the deadline as an unknown word would be
+            with pytest.raises(RunFailed) as caught:
+                await run_and_wait(backend, "team/crash", poll=POLL, timeout=60)
+    run = caught.value.run
+    assert run is not None
+    assert "endTime" not in run.raw
+    assert (run.state, run.vendor_state) == (RunState.FAILED, "FAILED")
+    assert run.error is not None
+    assert "reported the run as 'FAILED'" in run.error.message
+
+
+async def test_stop_word_is_cancelled(server: FakeDataloreServer) -> None:
+    server.add_notebook("team/stopped", duration=0.01, finished_status="stopped")
+    async with DataloreBackend(server.token, base_url=server.url) as backend:
+        run = await run_and_wait(
+            backend, "team/stopped", poll=POLL, timeout=10, raise_on_failure=False
+        )
+    assert (run.state, run.vendor_state) == (RunState.CANCELLED, "stopped")
+
+
+# --------------------------------------------------------------------------- strict requests
+
+
+async def test_only_set_fields_reach_an_older_strict_server() -> None:
+    """An installation older than 2026.1 does not know directFileStorageWrite: a run that
+    does not set it must not send it, and one that does gets the server's refusal."""
+    older = DOCUMENTED_RUN_FIELDS - {"directFileStorageWrite"}
+    async with fake_datalore_server(run_fields=older) as server:
+        server.add_notebook("team/report", controls=("flag", "ratio"), duration=0.01)
+        async with DataloreBackend(server.token, base_url=server.url) as backend:
+            run = await run_and_wait(
+                backend,
+                "team/report",
+                inputs={"flag": True, "ratio": 0.5},
+                options=DataloreRunOptions(update_report="never"),
+                poll=POLL,
+                timeout=10,
+            )
+            assert run.state is RunState.SUCCEEDED
+            with pytest.raises(BadRequest, match="Unrecognized field 'directFileStorageWrite'"):
+                await backend.start_run(
+                    RunRequest(
+                        "team/report", options=DataloreRunOptions(direct_file_storage_write=False)
+                    )
+                )
+    first = server.requests_to("POST", "/api/run/v1/notebook")[0]
+    assert first.json == {
+        "notebookId": "team/report",
+        "updateReport": "never",
+        "parameters": [{"name": "flag", "value": "true"}, {"name": "ratio", "value": "0.5"}],
+    }
+    assert server.runs[run.run_id].parameters == {"flag": "true", "ratio": "0.5"}
 
 
 async def test_status_faults_are_ridden_out(
@@ -279,6 +382,9 @@ async def test_fake_server_validates_requests(server: FakeDataloreServer) -> Non
     url = f"{server.url}/api/run/v1/notebook"
     bad_bodies: list[object] = [
         [],
+        {"notebookId": "team/report", "unknownSetting": 1},
+        {"notebookId": "team/report", "parameters": [{"name": "day", "value": 1}]},
+        {"notebookId": "team/report", "parameters": [{"name": "day", "value": True}]},
         {"notebookId": "no-slash"},
         {"notebookId": "team/report", "updateReport": "always"},
         {"notebookId": "team/report", "directFileStorageWrite": "yes"},
@@ -297,6 +403,11 @@ async def test_fake_server_validates_requests(server: FakeDataloreServer) -> Non
                 assert "error" in await reply.json()
         async with session.post(url, data=b"{", headers=headers) as reply:
             assert reply.status == 400
+        computation = f"{server.url}/api/computation/v1/notebook"
+        body = {"notebookId": "team/report", "updateReport": "never"}
+        async with session.post(computation, json=body, headers=headers) as reply:
+            assert reply.status == 400
+            assert "Unrecognized field 'updateReport'" in (await reply.json())["error"]
         artifact = f"{server.url}/notebook/team/report/artifacts/run9999/Report.ipynb"
         async with session.get(artifact, headers=headers) as reply:
             assert reply.status == 404

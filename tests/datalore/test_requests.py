@@ -1,14 +1,17 @@
-"""Pure tests of the Datalore request builders, decoders and error hints (no event loop)."""
+"""The Datalore request builders and error hints (pure), and how every status document is
+read (through DataloreBackend.get_run, against aioresponses)."""
 
 from __future__ import annotations
 
 import json
 import math
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import attrs
 import pytest
+from aioresponses import aioresponses
 
 from notebookops import (
     APIError,
@@ -23,24 +26,26 @@ from notebookops import (
     ServerError,
 )
 from notebookops._api_errors import build_api_error
-from notebookops.backend import StateTable
-from notebookops.backends.datalore import DATALORE_IN_PROGRESS_STATES, DataloreRunOptions
+from notebookops.backends.datalore import (
+    DATALORE_STATES,
+    DataloreBackend,
+    DataloreClient,
+    DataloreRunOptions,
+)
 from notebookops.backends.datalore._requests import (
     artifact_url,
     build_computation_body,
     build_parameters,
     build_run_body,
-    decode_run_started,
-    decode_run_status,
-    handle_web_url,
-    notebook_web_url,
+    check_computation,
     parse_notebook_id,
-    run_from_status,
-    status_path,
     submitted_run,
 )
-from notebookops.backends.datalore.backend import PROFILE
-from notebookops.transport import Response
+from notebookops.backends.datalore.client import PROFILE
+from notebookops.models import Run
+from notebookops.policies import RetryPolicy
+
+from ._mock import add
 
 BASE = "https://datalore.jetbrains.com"
 HANDLE = RunHandle(
@@ -52,27 +57,16 @@ HANDLE = RunHandle(
 )
 
 
-def response(body: Any, *, status: int = 200, method: str = "GET") -> Response:
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+async def to_run(body: Any, handle: RunHandle = HANDLE) -> Run:
+    """``body`` as the answer of the run's status read, through the backend."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Response(
-        status=status,
-        headers={"content-type": "application/json"},
-        body=raw,
-        method=method,
-        url=f"{BASE}/api/run/v1/r1",
-        vendor="datalore",
-    )
-
-
-def to_run(body: Any) -> Any:
-    wire, raw = decode_run_status(response(body))
-    return run_from_status(
-        wire,
-        raw,
-        handle=HANDLE,
-        base_url=BASE,
-        states=StateTable("datalore", DATALORE_IN_PROGRESS_STATES),
-    )
+    async with DataloreBackend("t", base_url=BASE, retry=NO_RETRY) as backend:
+        with aioresponses() as mocked:
+            add(mocked, "GET", f"{BASE}/api/run/v1/{handle.run_id}", body=raw)
+            return await backend.get_run(handle)
 
 
 # --------------------------------------------------------------------------- notebook ids
@@ -154,13 +148,12 @@ def test_parse_notebook_id_unreadable_url() -> None:
         parse_notebook_id("https://[::1/notebook/own/nb")
 
 
-def test_web_and_status_urls_are_encoded() -> None:
-    assert notebook_web_url(BASE, "own/nb") == f"{BASE}/notebook/own/nb"
-    assert notebook_web_url(BASE, "o%/n b") == f"{BASE}/notebook/o%25/n%20b"
-    assert status_path("r1") == "/api/run/v1/r1"
-    assert status_path("a/b?c#d") == "/api/run/v1/a%2Fb%3Fc%23d"
-    with pytest.raises(ConfigurationError):
-        status_path("..")
+async def test_web_urls_are_encoded() -> None:
+    async with DataloreClient("t", base_url=BASE) as client:
+        assert client.notebook_url("own/nb") == f"{BASE}/notebook/own/nb"
+        assert client.notebook_url("o%/n b") == f"{BASE}/notebook/o%25/n%20b"
+        with pytest.raises(ConfigurationError):
+            await client.run_status("..")
 
 
 @pytest.mark.parametrize(
@@ -180,10 +173,10 @@ def test_artifact_url(path: str, expected: str) -> None:
 # --------------------------------------------------------------------------- options
 
 
-def test_options_defaults() -> None:
+def test_options_defaults_are_unset() -> None:
     options = DataloreRunOptions()
-    assert options.update_report == "never"
-    assert options.direct_file_storage_write is False
+    assert options.update_report is None
+    assert options.direct_file_storage_write is None
     assert options.mode == "run"
 
 
@@ -205,28 +198,51 @@ def test_options_refuse_bad_values(kwargs: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- request bodies
 
 
-def test_run_body_defaults_without_parameters() -> None:
-    assert build_run_body("own/nb", {}, DataloreRunOptions()) == {
-        "notebookId": "own/nb",
-        "updateReport": "never",
-        "directFileStorageWrite": False,
-    }
+def test_run_body_without_settings_is_only_the_notebook() -> None:
+    assert build_run_body("own/nb", {}, DataloreRunOptions()) == {"notebookId": "own/nb"}
 
 
-def test_run_body_with_options_and_parameters_in_order() -> None:
-    options = DataloreRunOptions(update_report="on success", direct_file_storage_write=True)
-    inputs = {"Columns": "revenue", "n": 3, "ratio": 0.5, "flag": True}
-    assert build_run_body("own/nb", inputs, options) == {
-        "notebookId": "own/nb",
-        "updateReport": "on success",
-        "directFileStorageWrite": True,
-        "parameters": [
-            {"name": "Columns", "value": "revenue"},
-            {"name": "n", "value": 3},
-            {"name": "ratio", "value": 0.5},
-            {"name": "flag", "value": True},
-        ],
+@pytest.mark.parametrize(
+    ("options", "sent"),
+    [
+        (DataloreRunOptions(update_report="never"), {"updateReport": "never"}),
+        (DataloreRunOptions(direct_file_storage_write=False), {"directFileStorageWrite": False}),
+        (
+            DataloreRunOptions(update_report="on success", direct_file_storage_write=True),
+            {"updateReport": "on success", "directFileStorageWrite": True},
+        ),
+    ],
+)
+def test_run_body_sends_exactly_the_settings_given(
+    options: DataloreRunOptions, sent: dict[str, Any]
+) -> None:
+    assert build_run_body("own/nb", {}, options) == {"notebookId": "own/nb", **sent}
+
+
+def test_run_body_parameters_in_order_as_strings() -> None:
+    class Colour(StrEnum):
+        RED = "red"
+
+    inputs = {
+        "Columns": "revenue",
+        "n": 3,
+        "ratio": 0.5,
+        "big": 1e20,
+        "flag": True,
+        "off": False,
+        "colour": Colour.RED,
+        "empty": "",
     }
+    assert build_run_body("own/nb", inputs, DataloreRunOptions())["parameters"] == [
+        {"name": "Columns", "value": "revenue"},
+        {"name": "n", "value": "3"},
+        {"name": "ratio", "value": "0.5"},
+        {"name": "big", "value": "1e+20"},
+        {"name": "flag", "value": "true"},
+        {"name": "off", "value": "false"},
+        {"name": "colour", "value": "red"},
+        {"name": "empty", "value": ""},
+    ]
 
 
 @pytest.mark.parametrize("value", [None, ["a"], {"a": 1}, b"x", datetime(2026, 1, 1)])
@@ -239,53 +255,31 @@ def test_parameters_refuse_other_types(value: object) -> None:
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_parameters_refuse_non_finite_floats(value: float) -> None:
-    with pytest.raises(ConfigurationError, match="JSON cannot carry"):
+    with pytest.raises(ConfigurationError, match="no value a control accepts"):
         build_parameters({"x": value})
 
 
 def test_computation_body() -> None:
-    body = build_computation_body("own/nb", {}, DataloreRunOptions(mode="computation"))
-    assert body == {"notebookId": "own/nb"}
+    assert build_computation_body("own/nb") == {"notebookId": "own/nb"}
 
 
-def test_computation_body_refuses_inputs_and_run_settings() -> None:
+def test_computation_refuses_inputs_and_run_settings() -> None:
+    check_computation({}, DataloreRunOptions(mode="computation"))
     with pytest.raises(ConfigurationError, match="takes no parameters"):
-        build_computation_body("own/nb", {"x": 1}, DataloreRunOptions(mode="computation"))
+        check_computation({"x": 1}, DataloreRunOptions(mode="computation"))
     for options in (
-        DataloreRunOptions(mode="computation", update_report="on success"),
-        DataloreRunOptions(mode="computation", direct_file_storage_write=True),
+        DataloreRunOptions(mode="computation", update_report="never"),
+        DataloreRunOptions(mode="computation", direct_file_storage_write=False),
     ):
         with pytest.raises(ConfigurationError, match="Run API only"):
-            build_computation_body("own/nb", {}, options)
-
-
-# --------------------------------------------------------------------------- start responses
-
-
-def test_decode_run_started() -> None:
-    body = {"runId": "abc", "unexpected": [1, 2]}
-    assert decode_run_started(response(body, method="POST"), web_url="W") == "abc"
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"<html>oops</html>", b"", {"id": "abc"}, {"runId": ""}, {"runId": None}, [{"runId": "a"}]],
-)
-def test_decode_run_started_garbage(body: Any) -> None:
-    with pytest.raises(ResponseDecodeError) as caught:
-        decode_run_started(response(body, method="POST"), web_url=f"{BASE}/notebook/own/nb")
-    error = caught.value
-    assert "probably running" in str(error)
-    assert f"{BASE}/notebook/own/nb" in str(error)
-    assert error.vendor == "datalore"
-    assert error.status == 200
+            check_computation({}, options)
 
 
 # --------------------------------------------------------------------------- status responses
 
 
-def test_status_running_known() -> None:
-    run = to_run(
+async def test_status_running_known() -> None:
+    run = await to_run(
         {
             "runId": "r1",
             "userId": "own",
@@ -317,19 +311,19 @@ def test_status_running_known() -> None:
         ("example", RunState.UNKNOWN),
     ],
 )
-def test_status_strings(status: str, state: RunState) -> None:
-    run = to_run({"runId": "r1", "status": status})
+async def test_status_strings(status: str, state: RunState) -> None:
+    run = await to_run({"runId": "r1", "status": status})
     assert run.state is state
     assert run.vendor_state == status
 
 
-def test_status_running_with_null_finish_fields() -> None:
-    run = to_run({"runId": "r1", "status": "RUNNING", "endTime": None, "success": None})
+async def test_status_running_with_null_finish_fields() -> None:
+    run = await to_run({"runId": "r1", "status": "RUNNING", "endTime": None, "success": None})
     assert run.state is RunState.RUNNING
 
 
-def test_status_succeeded_with_artifacts_and_unknown_fields() -> None:
-    run = to_run(
+async def test_status_succeeded_with_artifacts_and_unknown_fields() -> None:
+    run = await to_run(
         {
             "runId": "r1",
             "startTime": "2026-01-01T10:00:00Z",
@@ -361,8 +355,8 @@ def test_status_succeeded_with_artifacts_and_unknown_fields() -> None:
     assert run.raw["brandNewField"] == {"nested": True}
 
 
-def test_status_failed_explains_missing_reason() -> None:
-    run = to_run({"runId": "r1", "endTime": "2026-01-01T10:05:30Z", "success": False})
+async def test_status_failed_explains_missing_reason() -> None:
+    run = await to_run({"runId": "r1", "endTime": "2026-01-01T10:05:30Z", "success": False})
     assert run.state is RunState.FAILED
     assert run.error is not None
     assert "unsuccessful" in run.error.message
@@ -370,35 +364,84 @@ def test_status_failed_explains_missing_reason() -> None:
     assert f"{BASE}/notebook/own/nb" in run.error.message
 
 
-def test_status_finished_without_success_is_failed() -> None:
-    run = to_run({"runId": "r1"})
+async def test_status_finished_without_success_is_failed() -> None:
+    run = await to_run({"runId": "r1", "endTime": "2026-01-01T10:05:30Z"})
     assert run.state is RunState.FAILED
     assert run.error is not None
     assert "without saying whether it succeeded" in run.error.message
 
 
-def test_status_null_counts_as_absent() -> None:
-    assert to_run({"runId": "r1", "status": None, "success": True}).state is RunState.SUCCEEDED
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"runId": "r1"},
+        {"runId": "r1", "userId": "own", "notebookId": "nb", "artifacts": [], "readOnly": False},
+        {"runId": "r1", "status": None, "endTime": None, "success": None},
+    ],
+)
+async def test_status_with_none_of_status_end_time_success_is_queued(body: Any) -> None:
+    run = await to_run(body)
+    assert run.state is RunState.PENDING
+    assert run.vendor_state is None
+    assert run.error is None
 
 
-def test_end_time_wins_over_a_lingering_status() -> None:
-    run = to_run({"runId": "r1", "status": "DONE", "endTime": "2026-01-01T10:00:00Z"})
+@pytest.mark.parametrize(
+    ("word", "state"),
+    [
+        ("FAILED", RunState.FAILED),
+        ("error", RunState.FAILED),
+        ("Crashed", RunState.FAILED),
+        ("CANCELLED", RunState.CANCELLED),
+        ("stopped", RunState.CANCELLED),
+    ],
+)
+async def test_terminal_words_without_end_time_end_the_run(word: str, state: RunState) -> None:
+    run = await to_run({"runId": "r1", "status": word, "startTime": "2026-01-01T10:00:00Z"})
+    assert (run.state, run.vendor_state) == (state, word)
+    assert run.finished_at is None
+    if state is RunState.FAILED:
+        assert run.error is not None
+        assert f"reported the run as {word!r}" in run.error.message
+        assert f"{BASE}/notebook/own/nb" in run.error.message
+    else:
+        assert run.error is None
+
+
+async def test_words_of_success_alone_do_not_end_the_run() -> None:
+    """Only ``success: true`` says a run worked; a word alone is followed until it says."""
+    run = await to_run({"runId": "r1", "status": "SUCCEEDED"})
+    assert run.state is RunState.UNKNOWN
+
+
+def test_state_table_has_no_word_of_success() -> None:
+    assert RunState.SUCCEEDED not in DATALORE_STATES.values()
+    assert all(key == key.lower() for key in DATALORE_STATES)
+
+
+async def test_status_null_counts_as_absent() -> None:
+    run = await to_run({"runId": "r1", "status": None, "success": True})
+    assert run.state is RunState.SUCCEEDED
+
+
+async def test_end_time_wins_over_a_lingering_status() -> None:
+    run = await to_run({"runId": "r1", "status": "DONE", "endTime": "2026-01-01T10:00:00Z"})
     assert run.state is RunState.FAILED
     assert run.vendor_state == "DONE"
-    run = to_run(
+    run = await to_run(
         {"runId": "r1", "status": "DONE", "endTime": "2026-01-01T10:00:00Z", "success": True}
     )
     assert run.state is RunState.SUCCEEDED
 
 
-def test_numeric_ids_are_read_as_strings() -> None:
-    run = to_run({"runId": 42, "userId": 7, "status": 3})
+async def test_numeric_ids_are_read_as_strings() -> None:
+    run = await to_run({"runId": 42, "userId": 7, "status": 3})
     assert run.state is RunState.UNKNOWN
     assert run.vendor_state == "3"
 
 
-def test_epoch_timestamps_are_read() -> None:
-    run = to_run({"startTime": 1767261600000, "endTime": 1767261900, "success": True})
+async def test_epoch_timestamps_are_read() -> None:
+    run = await to_run({"startTime": 1767261600000, "endTime": 1767261900, "success": True})
     assert run.started_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
     assert run.finished_at == datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
 
@@ -421,9 +464,9 @@ def test_epoch_timestamps_are_read() -> None:
         {"readOnly": "no"},
     ],
 )
-def test_status_garbage_is_a_decode_error(body: Any) -> None:
+async def test_status_garbage_is_a_decode_error(body: Any) -> None:
     with pytest.raises(ResponseDecodeError) as caught:
-        to_run(body)
+        await to_run(body)
     error = caught.value
     assert error.vendor == "datalore"
     assert error.status == 200
@@ -431,16 +474,14 @@ def test_status_garbage_is_a_decode_error(body: Any) -> None:
     assert error.body
 
 
-def test_hand_made_handle_with_odd_notebook_id() -> None:
+async def test_hand_made_handle_with_odd_notebook_id() -> None:
     handle = RunHandle(backend="datalore", run_id="r1", notebook_id="just-an-id")
-    wire, raw = decode_run_status(response({"success": False}))
-    states = StateTable("datalore", DATALORE_IN_PROGRESS_STATES)
-    run = run_from_status(wire, raw, handle=handle, base_url=BASE, states=states)
+    run = await to_run({"success": False}, handle)
     assert run.url is None
     assert run.error is not None
     assert "the notebook just-an-id in Datalore" in run.error.message
     with_url = attrs.evolve(handle, notebook_id="own/nb")
-    assert handle_web_url(with_url, BASE) == f"{BASE}/notebook/own/nb"
+    assert (await to_run({"success": False}, with_url)).url == f"{BASE}/notebook/own/nb"
 
 
 def test_submitted_run() -> None:

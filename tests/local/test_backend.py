@@ -177,7 +177,7 @@ async def test_failing_cell_fails_the_run_with_its_traceback(tmp_path: Path) -> 
     # No parameters cell: the inputs went in at the top, so the failing cell is index 2.
     assert (error.name, error.message, error.cell_id, error.cell_index, error.platform) == (
         "ValueError",
-        "ValueError: bad value 7",
+        "bad value 7",
         "cell-1",
         2,
         False,
@@ -185,7 +185,7 @@ async def test_failing_cell_fails_the_run_with_its_traceback(tmp_path: Path) -> 
     trace = "\n".join(error.traceback)
     assert "explode" in trace
     assert "\x1b" not in trace
-    assert "failed in cell cell-1: ValueError: bad value 7" in str(caught.value)
+    assert "failed in cell cell-1: bad value 7" in str(caught.value)
     assert [(output.cell_id, output.output_type) for output in run.outputs] == [
         ("cell-0", "stream"),
         ("cell-1", "error"),
@@ -339,6 +339,11 @@ async def test_run_and_wait_timeout_cancels_the_run(tmp_path: Path) -> None:
         with pytest.raises(RunTimeout) as caught:
             await run_and_wait(backend, str(path), timeout=3, poll=FAST)
         assert caught.value.cancelled is True
+        # The cancel returned once the run had ended: the error reports it CANCELLED, not
+        # still running (issue 29, item 8).
+        reported = caught.value.run
+        assert reported is not None
+        assert (reported.state, reported.vendor_state) == (RunState.CANCELLED, "cancelled")
         handle = caught.value.handle
         assert handle is not None
         final = await until(backend, handle, finished, timeout=30)
@@ -422,6 +427,27 @@ async def test_closing_the_backend_kills_running_kernels(tmp_path: Path) -> None
     await backend.aclose()
 
 
+# -- retention
+
+
+async def test_finished_runs_outputs_are_bounded_by_bytes(tmp_path: Path) -> None:
+    """Two runs print 40 characters each; with room for 50, the older run keeps its state
+    but its outputs are released (issue 30, item 3)."""
+    path = write_notebook(tmp_path / "prints.ipynb", ['print("x" * 39)'])
+    async with LocalBackend(keep_output_bytes=50, keep_finished_runs=2) as backend:
+        first = await run_and_wait(backend, str(path), timeout=120, poll=FAST)
+        assert texts(first) == "x" * 39 + "\n"
+        second = await run_and_wait(backend, str(path), timeout=120, poll=FAST)
+        older = await backend.get_run(first.handle)
+        newer = await backend.get_run(second.handle)
+    assert older.state is RunState.SUCCEEDED
+    assert older.outputs == ()
+    assert older.raw["outputs_released"] is True
+    assert newer.outputs == second.outputs
+    assert "outputs_released" not in newer.raw
+    assert not kernel_running(older)
+
+
 # -- errors before any run exists (no kernel)
 
 
@@ -463,7 +489,7 @@ async def test_request_problems_are_raised_by_start_run(tmp_path: Path) -> None:
 async def test_unknown_runs_are_not_found() -> None:
     async with LocalBackend() as backend:
         stranger = RunHandle(backend="local", run_id="5e1f", notebook_id="x.ipynb")
-        with pytest.raises(NotFound, match="not resumable across processes"):
+        with pytest.raises(NotFound, match=r"not resumable across processes.*finished runs"):
             await backend.get_run(stranger)
         with pytest.raises(NotFound):
             await backend.cancel_run(stranger)
@@ -489,23 +515,27 @@ async def test_relative_paths_and_working_dir(
     assert run.state is RunState.CANCELLED
 
 
-async def test_event_loop_requirements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from notebookops.backends.local import backend as local_module
-
+async def test_event_loop_requirements(tmp_path: Path) -> None:
     path = write_notebook(tmp_path / "nb.ipynb", ["1"])
     async with LocalBackend() as backend:
-        monkeypatch.setattr(local_module, "_running_loop", lambda: None)
-        with pytest.raises(ConfigurationError, match="needs asyncio"):
-            await backend.start_run(RunRequest(str(path)))
-        monkeypatch.undo()
         handle = await backend.start_run(RunRequest(str(path)))
         await backend.cancel_run(handle)  # before it begins: no kernel
-        other = asyncio.new_event_loop()
-        try:
-            monkeypatch.setattr(local_module, "_running_loop", lambda: other)
-            with pytest.raises(ConfigurationError, match="another event loop"):
-                await backend.start_run(RunRequest(str(path)))
-            monkeypatch.undo()
-        finally:
-            other.close()
+
+        def from_another_loop() -> None:
+            asyncio.run(backend.start_run(RunRequest(str(path))))
+
+        with pytest.raises(ConfigurationError, match="another event loop"):
+            await anyio.to_thread.run_sync(from_another_loop)
         assert (await until(backend, handle, finished)).state is RunState.CANCELLED
+
+
+def test_runs_need_asyncio(tmp_path: Path) -> None:
+    pytest.importorskip("trio")
+    path = write_notebook(tmp_path / "nb.ipynb", ["1"])
+
+    async def main() -> None:
+        async with LocalBackend() as backend:
+            await backend.start_run(RunRequest(str(path)))
+
+    with pytest.raises(ConfigurationError, match="run it under asyncio"):
+        anyio.run(main, backend="trio")

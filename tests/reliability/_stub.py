@@ -105,9 +105,14 @@ class StubTransport:
         yield iterate()
 
 
-def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
-    """Put a StubTransport in place of the backend's transport's network methods (an adapter
-    with a client keeps its transport there)."""
-    transport = getattr(backend, "client", backend)._transport  # type: ignore[attr-defined]
+def transport_of(backend: object) -> ApiClient:
+    """The transport under ``backend``: its own, or its client's (the client/backend shape)."""
+    owner = getattr(backend, "client", backend)
+    transport = owner._transport  # type: ignore[attr-defined]
     assert isinstance(transport, ApiClient)
-    return StubTransport(transport, body, **kwargs)
+    return transport
+
+
+def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
+    """Put a StubTransport in place of the network methods of ``backend``'s transport."""
+    return StubTransport(transport_of(backend), body, **kwargs)

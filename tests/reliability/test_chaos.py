@@ -15,7 +15,6 @@ import pytest
 
 from notebookops import (
     ConnectionLost,
-    ResponseDecodeError,
     RunRequest,
     RunState,
     StartOutcomeUnknown,
@@ -146,12 +145,12 @@ async def test_unknown_status_fault_is_ridden_out() -> None:
 
 async def test_missing_fields_fault_runs_the_handler_then_drops_a_field() -> None:
     """Datalore's start answer has one field: dropping it leaves a started run whose id is
-    unreadable, which the adapter reports as probably running (and never retries)."""
+    unreadable, which the adapter reports as an unknown start outcome (and never retries)."""
     async with fake_datalore_server(token=TOKEN) as server:
         server.add_notebook("own/nb", duration=None)
         server.faults.add(Fault("missing_fields", method="POST"))
         async with DataloreBackend(token=TOKEN, base_url=server.url) as backend:
-            with pytest.raises(ResponseDecodeError, match="probably running"):
+            with pytest.raises(StartOutcomeUnknown, match="may be running now"):
                 await backend.start_run(RunRequest("own/nb"))
     assert len(server.runs) == 1
     assert len(server.requests_to("POST", r"/notebook$")) == 1

@@ -10,7 +10,8 @@ import anyio
 import pytest
 from aiohttp import web
 
-from notebookops._http import HttpTransport, VendorProfile
+from notebookops._api_errors import VendorProfile
+from notebookops._client import ApiClient
 from notebookops._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent
 from notebookops.errors import ResponseDecodeError
 from notebookops.policies import RetryPolicy
@@ -63,7 +64,7 @@ async def test_an_endless_line_fails_the_stream_past_the_cap(
     server: tuple[str, EndlessLine],
 ) -> None:
     url, hostile = server
-    transport = HttpTransport(
+    transport = ApiClient(
         VendorProfile("hostile"),
         base_url=url,
         token="hostile-test-token",

@@ -35,6 +35,7 @@ from notebookops.testing.deepnote import RunScript, fake_deepnote
 from notebookops.testing.posthog import posthog_server
 
 from ._chaos import TOKEN, VENDORS, Call, Settings, chaos_scenario
+from ._stub import transport_of
 
 FAST = PollPolicy(initial=0.01, maximum=0.05)
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -122,7 +123,7 @@ def debug_logs() -> Iterator[_Capture]:
 def test_backends_and_transports_never_show_the_token() -> None:
     for backend in backends():
         assert_no_token(backend, type(backend).__name__)
-        transport = getattr(backend, "client", backend)._transport
+        transport = transport_of(backend)
         assert_no_token(transport, f"{type(backend).__name__}'s transport")
         assert TOKEN not in repr(vars(transport))
         if hasattr(backend, "client"):

@@ -30,6 +30,8 @@ from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import RetryPolicy
 
+from ._stub import transport_of
+
 TOKEN = "tls-test-token-0123"
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -42,7 +44,7 @@ FACTORIES: dict[str, Factory] = {
 
 
 def _url_of(backend: Any) -> str:
-    url = getattr(backend, "client", backend)._transport.base_url
+    url = transport_of(backend).base_url
     assert isinstance(url, str)
     return url
 

@@ -10,28 +10,27 @@
         for artifact in run.artifacts:
             print(artifact.name, artifact.url)
 
-See :class:`DataloreBackend` for what Datalore can and cannot do (no cancel, no failure
-reason, no per-cell outputs).
+:class:`DataloreBackend` implements the notebookops protocol over :class:`DataloreClient`,
+which has one method per Datalore endpoint. See :class:`DataloreBackend` for what Datalore
+can and cannot do (no cancel, no failure reason, no per-cell outputs), and
+:data:`DATALORE_STATES` for how a run's status document is read.
 """
 
 from __future__ import annotations
 
-from ._requests import (
-    DATALORE_IN_PROGRESS_STATES,
-    DEFAULT_BASE_URL,
-    DataloreRunOptions,
-    notebook_web_url,
-    parse_notebook_id,
-)
-from .backend import TOKEN_ENV, URL_ENV, DataloreBackend
+from ._requests import DATALORE_STATES, DataloreRunOptions
+from ._wire import RunArtifact, RunStatus
+from .backend import DataloreBackend
+from .client import DEFAULT_BASE_URL, TOKEN_ENV, URL_ENV, DataloreClient
 
 __all__ = [
-    "DATALORE_IN_PROGRESS_STATES",
+    "DATALORE_STATES",
     "DEFAULT_BASE_URL",
     "TOKEN_ENV",
     "URL_ENV",
     "DataloreBackend",
+    "DataloreClient",
     "DataloreRunOptions",
-    "notebook_web_url",
-    "parse_notebook_id",
+    "RunArtifact",
+    "RunStatus",
 ]

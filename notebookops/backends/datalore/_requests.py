@@ -1,64 +1,78 @@
-"""Pure pieces of the Datalore adapter: options, id parsing, request bodies, response decoding.
+"""Pure pieces of the Datalore adapter: options, ids, request bodies, the status table.
 
-Nothing here does I/O; every function is tested without an event loop.
+Nothing here does I/O or knows about HTTP; every function is tested without an event loop.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
-import cattrs
 
 from ..._redact import redact_url, trim
-from ..._urls import path_segment
 from ...backend import StateTable
-from ...errors import APIError, ConfigurationError, ResponseDecodeError
+from ...errors import APIError, ConfigurationError
 from ...models import Artifact, Run, RunErrorInfo, RunHandle, RunState
-from ...transport import Response
 from ._wire import (
     CONVERTER,
-    ArtifactWire,
     ComputationRequestWire,
     ParameterWire,
+    RunArtifact,
     RunNotebookRequestWire,
-    RunStartedWire,
-    RunStatusWire,
+    RunStatus,
 )
 
 __all__ = [
     "COMPUTATION_PATH",
-    "DATALORE_IN_PROGRESS_STATES",
-    "DEFAULT_BASE_URL",
+    "DATALORE_STATES",
     "RUN_PATH",
     "DataloreRunOptions",
+    "artifact_url",
     "build_computation_body",
     "build_parameters",
     "build_run_body",
-    "decode_run_started",
-    "decode_run_status",
-    "handle_web_url",
-    "notebook_web_url",
+    "check_computation",
+    "parameter_value",
     "parse_notebook_id",
     "refine_error",
     "run_from_status",
-    "status_path",
+    "split_notebook_id",
     "submitted_run",
 ]
 
-DEFAULT_BASE_URL: Final = "https://datalore.jetbrains.com"
 RUN_PATH: Final = "/api/run/v1/notebook"
 COMPUTATION_PATH: Final = "/api/computation/v1/notebook"
 
-#: Datalore's in-progress ``status`` strings. The docs show only a placeholder ("example"), so
-#: this table is a guess at the usual spellings (compared case-insensitively); anything else is
-#: reported as RunState.UNKNOWN, with the raw string kept in ``Run.vendor_state``. Finished runs
-#: carry no ``status`` at all: ``success`` decides their outcome.
-DATALORE_IN_PROGRESS_STATES: Final[Mapping[str, RunState]] = {
+#: Datalore's ``status`` words and the state each means, compared case-insensitively.
+#:
+#: Datalore documents ``status`` as present only while a run is in progress and shows no real
+#: value (only ``"example"``), so this table holds the usual spellings. How a status document
+#: is read, in order:
+#:
+#: 1. ``endTime`` is set: the run has finished; ``success: true`` is SUCCEEDED, anything else
+#:    FAILED (nothing says the run worked).
+#: 2. ``status`` is set: its word is looked up here. Words of a run in progress give PENDING or
+#:    RUNNING; words of failure give FAILED and words of a stopped run CANCELLED at once, even
+#:    without ``endTime``. A word not in the table is UNKNOWN (logged once per word): the run is
+#:    treated as still in progress and followed until it finishes or the deadline passes.
+#:    Words of success are not in the table on purpose: only ``success: true`` says a run
+#:    worked.
+#: 3. No ``status`` but ``success`` is set: the run has finished, and ``success`` decides.
+#: 4. None of ``status``, ``endTime``, ``success``: Datalore accepted the run and has not
+#:    started it yet (queued): PENDING.
+#:
+#: The raw word is kept in ``Run.vendor_state``.
+DATALORE_STATES: Final[Mapping[str, RunState]] = {
+    "pending": RunState.PENDING,
+    "queued": RunState.PENDING,
+    "waiting": RunState.PENDING,
+    "starting": RunState.PENDING,
+    "scheduled": RunState.PENDING,
+    "created": RunState.PENDING,
     "running": RunState.RUNNING,
     "in_progress": RunState.RUNNING,
     "in progress": RunState.RUNNING,
@@ -67,11 +81,17 @@ DATALORE_IN_PROGRESS_STATES: Final[Mapping[str, RunState]] = {
     "executing": RunState.RUNNING,
     "computing": RunState.RUNNING,
     "started": RunState.RUNNING,
-    "pending": RunState.PENDING,
-    "queued": RunState.PENDING,
-    "starting": RunState.PENDING,
-    "scheduled": RunState.PENDING,
-    "created": RunState.PENDING,
+    "failed": RunState.FAILED,
+    "failure": RunState.FAILED,
+    "error": RunState.FAILED,
+    "errored": RunState.FAILED,
+    "crashed": RunState.FAILED,
+    "timeout": RunState.FAILED,
+    "timed_out": RunState.FAILED,
+    "cancelled": RunState.CANCELLED,
+    "canceled": RunState.CANCELLED,
+    "stopped": RunState.CANCELLED,
+    "aborted": RunState.CANCELLED,
 }
 
 UpdateReport = Literal["never", "on success"]
@@ -106,30 +126,44 @@ def _is_bool(instance: Any, attribute: attrs.Attribute[Any], value: object) -> N
         )
 
 
+def _optional(check: Any) -> Any:
+    def optional(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
 @attrs.frozen
 class DataloreRunOptions:
     """Datalore-specific settings for :class:`~notebookops.RunRequest` ``options``.
 
     * ``update_report``: ``"on success"`` updates the notebook's published report when the
-      run succeeds (Datalore ignores it if no report was published); default ``"never"``.
-    * ``direct_file_storage_write``: save run data into the notebook's files instead of the
-      run's isolated artifact storage (the UI's "Run data isolation"); default False.
+      run succeeds (Datalore ignores it if no report was published), ``"never"`` does not.
+    * ``direct_file_storage_write``: True saves run data into the notebook's files instead of
+      the run's isolated artifact storage (the UI's "Run data isolation").
     * ``mode``: ``"run"`` (the Run API: a tracked run with a run id, parameters and artifacts)
       or ``"computation"`` (the Computation API: the notebook is run interactively and its
       outputs are updated in place). Datalore returns no run id for a computation, so its run
       is :attr:`~notebookops.RunState.SUBMITTED` at once and ``run_and_wait`` returns
       immediately without knowing the outcome. A computation takes no inputs and neither of
       the two settings above.
+
+    The two settings default to ``None``: not sent, so Datalore applies its own defaults
+    (``"never"`` and False). Only settings given here are sent, which keeps requests
+    acceptable to older on-premises servers that refuse fields they do not know.
     """
 
-    update_report: UpdateReport = attrs.field(
-        default="never", validator=_one_of(_UPDATE_REPORT_VALUES)
+    update_report: UpdateReport | None = attrs.field(
+        default=None, validator=_optional(_one_of(_UPDATE_REPORT_VALUES))
     )
-    direct_file_storage_write: bool = attrs.field(default=False, validator=_is_bool)
+    direct_file_storage_write: bool | None = attrs.field(
+        default=None, validator=_optional(_is_bool)
+    )
     mode: Mode = attrs.field(default="run", validator=_one_of(_MODES))
 
 
-# --------------------------------------------------------------------------- ids and URLs
+# --------------------------------------------------------------------------- ids
 
 
 def _check_id_part(part: str, original: object) -> str:
@@ -184,32 +218,10 @@ def _id_from_url(text: str, original: str, base_url: str | None) -> str:
     return f"{_check_id_part(owner, original)}/{_check_id_part(notebook, original)}"
 
 
-def _split_id(notebook_id: str) -> tuple[str, str]:
+def split_notebook_id(notebook_id: str) -> tuple[str, str]:
+    """``"owner/id"`` as ``(owner, id)``."""
     owner, _, notebook = notebook_id.partition("/")
     return owner, notebook
-
-
-def notebook_web_url(base_url: str, notebook_id: str) -> str:
-    """The notebook's page for people: ``{base_url}/notebook/{owner}/{id}``."""
-    owner, notebook = _split_id(notebook_id)
-    owner_part = path_segment(owner, what="Datalore notebook owner")
-    notebook_part = path_segment(notebook, what="Datalore notebook id")
-    return f"{base_url}/notebook/{owner_part}/{notebook_part}"
-
-
-def handle_web_url(handle: RunHandle, base_url: str) -> str | None:
-    """The handle's page, or the notebook's; None for a hand-made handle with an odd id."""
-    if handle.web_url:
-        return handle.web_url
-    try:
-        return notebook_web_url(base_url, handle.notebook_id)
-    except ConfigurationError:
-        return None
-
-
-def status_path(run_id: str) -> str:
-    """``/api/run/v1/{runId}``, with the id safely encoded."""
-    return f"/api/run/v1/{path_segment(run_id, what='Datalore run id')}"
 
 
 def artifact_url(base_url: str, path: str) -> str:
@@ -224,61 +236,78 @@ def artifact_url(base_url: str, path: str) -> str:
 # --------------------------------------------------------------------------- requests
 
 
+def parameter_value(name: str, value: object) -> str:
+    """One input as the string Datalore documents for parameter values.
+
+    Strings are sent as they are; booleans as ``"true"``/``"false"`` and numbers as their JSON
+    text (``3``, ``0.5``, ``1e+20``), the spellings a notebook control shows. Anything else
+    (None, lists, dates...) is refused rather than guessed at: convert it to the string the
+    notebook's control expects.
+    """
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        try:
+            return json.dumps(float(value), allow_nan=False)
+        except ValueError:
+            raise ConfigurationError(
+                f"Datalore parameter {name!r} is {value!r}, which has no value a control accepts"
+            ) from None
+    raise ConfigurationError(
+        f"Datalore parameter {name!r} must be a str, int, float or bool, got "
+        f"{type(value).__name__}: convert it to a string the notebook's control accepts"
+    )
+
+
 def build_parameters(inputs: Mapping[str, Any]) -> list[ParameterWire]:
     """``inputs`` as Datalore ``parameters``: ``[{"name", "value"}]`` in the given order.
 
-    Names are the ``Variable`` of the notebook's interactive controls. Values are sent as given
-    if they are str, int, float or bool; Datalore documents only string values, so when in
-    doubt pass strings. Anything else is refused rather than silently converted.
+    Names are the ``Variable`` of the notebook's interactive controls; values are converted
+    by :func:`parameter_value`.
     """
-    parameters: list[ParameterWire] = []
-    for name, value in inputs.items():
-        if not isinstance(value, str | int | float | bool):
-            raise ConfigurationError(
-                f"Datalore parameter {name!r} must be a str, int, float or bool, got "
-                f"{type(value).__name__}: convert it to a string the notebook's control accepts"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigurationError(
-                f"Datalore parameter {name!r} is {value!r}, which JSON cannot carry"
-            )
-        parameters.append(ParameterWire(name=name, value=value))
-    return parameters
+    return [
+        ParameterWire(name=name, value=parameter_value(name, value))
+        for name, value in inputs.items()
+    ]
 
 
 def build_run_body(
     notebook_id: str, inputs: Mapping[str, Any], options: DataloreRunOptions
 ) -> dict[str, Any]:
-    """The JSON body of ``POST /api/run/v1/notebook`` (``parameters`` only when there are)."""
-    parameters = build_parameters(inputs)
+    """The JSON body of ``POST /api/run/v1/notebook``: ``notebookId``, then only what was set
+    (``updateReport``, ``directFileStorageWrite``, ``parameters`` when there are inputs)."""
     wire = RunNotebookRequestWire(
         notebook_id=notebook_id,
         update_report=options.update_report,
         direct_file_storage_write=options.direct_file_storage_write,
-        parameters=parameters or None,
+        parameters=build_parameters(inputs) or None,
     )
     body: dict[str, Any] = CONVERTER.unstructure(wire)
     return body
 
 
-def build_computation_body(
-    notebook_id: str, inputs: Mapping[str, Any], options: DataloreRunOptions
-) -> dict[str, Any]:
-    """The JSON body of ``POST /api/computation/v1/notebook``.
-
-    The Computation API takes only the notebook id: inputs or run settings are refused rather
-    than dropped, so nobody believes a parameter reached the notebook when it did not.
-    """
+def check_computation(inputs: Mapping[str, Any], options: DataloreRunOptions) -> None:
+    """Refuse what the Computation API cannot take (it takes only the notebook id): inputs
+    and run settings are refused rather than dropped, so nobody believes a parameter reached
+    the notebook when it did not."""
     if inputs:
         raise ConfigurationError(
             "Datalore's Computation API takes no parameters: drop the inputs, or use "
             "DataloreRunOptions(mode='run') to pass them to a tracked run"
         )
-    if options.update_report != "never" or options.direct_file_storage_write:
+    if options.update_report is not None or options.direct_file_storage_write is not None:
         raise ConfigurationError(
             "update_report and direct_file_storage_write apply to the Run API only; "
-            "leave them at their defaults with mode='computation'"
+            "leave them unset with mode='computation'"
         )
+
+
+def build_computation_body(notebook_id: str) -> dict[str, Any]:
+    """The JSON body of ``POST /api/computation/v1/notebook``: only ``notebookId``."""
     body: dict[str, Any] = CONVERTER.unstructure(ComputationRequestWire(notebook_id=notebook_id))
     return body
 
@@ -286,60 +315,7 @@ def build_computation_body(
 # --------------------------------------------------------------------------- responses
 
 
-def _decode_error(response: Response, what: str, detail: str) -> ResponseDecodeError:
-    url = redact_url(response.url)
-    return ResponseDecodeError(
-        f"datalore {response.method} {url} returned {response.status} with {what} this version "
-        f"cannot read: {detail}",
-        vendor="datalore",
-        url=url,
-        status=response.status,
-        body=trim(response.text, 1000),
-    )
-
-
-def _structure(response: Response, cls: type[Any], what: str) -> tuple[Any, Any]:
-    """``(instance of cls, decoded JSON)``; anything unreadable is a ResponseDecodeError."""
-    data = response.json()
-    try:
-        return CONVERTER.structure(data, cls), data
-    except cattrs.BaseValidationError as exc:
-        details = "; ".join(cattrs.transform_error(exc))
-        raise _decode_error(response, what, details.replace(f"{__package__}._wire.", "")) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _decode_error(response, what, str(exc)) from None
-
-
-def decode_run_started(response: Response, *, web_url: str) -> str:
-    """The ``runId`` of a successful start response.
-
-    Datalore accepted the run when this is called, so a failure here says so: the notebook is
-    most likely running, and starting it again would run it twice.
-    """
-    what = "a run-start answer"
-    try:
-        wire: RunStartedWire = _structure(response, RunStartedWire, what)[0]
-        if not wire.run_id.strip():
-            raise _decode_error(response, what, "runId is empty")
-    except ResponseDecodeError as error:
-        raise ResponseDecodeError(
-            f"{error.message}. Datalore accepted the request, so the notebook is probably "
-            f"running, but its run id is unknown: check {web_url} before starting it again",
-            vendor=error.vendor,
-            url=error.url,
-            status=error.status,
-            body=error.body,
-        ) from None
-    return wire.run_id
-
-
-def decode_run_status(response: Response) -> tuple[RunStatusWire, Any]:
-    """The status document of ``GET /api/run/v1/{runId}`` and the raw JSON it came from."""
-    wire, data = _structure(response, RunStatusWire, "a run status")
-    return wire, data
-
-
-def _artifact(wire: ArtifactWire, base_url: str) -> Artifact | None:
+def _artifact(wire: RunArtifact, base_url: str) -> Artifact | None:
     if not wire.path and not wire.name:
         return None
     name = wire.name or (wire.path or "").rstrip("/").rsplit("/", 1)[-1] or "artifact"
@@ -347,38 +323,41 @@ def _artifact(wire: ArtifactWire, base_url: str) -> Artifact | None:
     return Artifact(name=name, url=url, path=wire.path)
 
 
+def _state(status: RunStatus, states: StateTable) -> RunState:
+    """The four rules documented at :data:`DATALORE_STATES`."""
+    if status.end_time is not None:
+        return RunState.SUCCEEDED if status.success is True else RunState.FAILED
+    if status.status is not None:
+        return states(status.status)
+    if status.success is not None:
+        return RunState.SUCCEEDED if status.success else RunState.FAILED
+    return RunState.PENDING
+
+
 def run_from_status(
-    wire: RunStatusWire,
-    raw: Any,
+    status: RunStatus,
     *,
     handle: RunHandle,
     base_url: str,
+    web_url: str | None,
     states: StateTable,
 ) -> Run:
-    """Map a status document to a :class:`Run`.
+    """Map a status document to a :class:`Run` by the rules at :data:`DATALORE_STATES`.
 
-    The run is still in progress while ``status`` is present (``null`` counts as absent); it
-    has finished once ``status`` is gone or ``endTime`` is set, and then ``success`` decides
-    between SUCCEEDED and FAILED (a missing ``success`` counts as a failure: nothing says the
-    run worked).
+    ``web_url`` is the notebook's page (None when the handle's id cannot name one).
     """
-    web_url = handle_web_url(handle, base_url)
     where = web_url or f"the notebook {handle.notebook_id} in Datalore"
-    found = (_artifact(artifact, base_url) for artifact in wire.artifacts or ())
+    found = (_artifact(artifact, base_url) for artifact in status.artifacts or ())
     artifacts = tuple(artifact for artifact in found if artifact is not None)
-    finished = wire.status is None or wire.end_time is not None
+    state = _state(status, states)
     error: RunErrorInfo | None = None
-    if not finished:
-        state = states(wire.status)
-    elif wire.success is True:
-        state = RunState.SUCCEEDED
-    else:
-        state = RunState.FAILED
-        said = (
-            "reported the run as unsuccessful"
-            if wire.success is False
-            else "reported the run as finished without saying whether it succeeded"
-        )
+    if state is RunState.FAILED:
+        if status.end_time is None and status.status is not None:
+            said = f"reported the run as {status.status!r}"
+        elif status.success is False:
+            said = "reported the run as unsuccessful"
+        else:
+            said = "reported the run as finished without saying whether it succeeded"
         error = RunErrorInfo(
             message=(
                 f"Datalore {said}, and its Run API gives no failure reason: open {where} "
@@ -389,14 +368,14 @@ def run_from_status(
     return Run(
         handle=handle,
         state=state,
-        vendor_state=wire.status,
+        vendor_state=status.status,
         created_at=handle.created_at,
-        started_at=wire.start_time,
-        finished_at=wire.end_time,
+        started_at=status.start_time,
+        finished_at=status.end_time,
         artifacts=artifacts,
         error=error,
         web_url=web_url,
-        raw=raw,
+        raw=status.raw,
     )
 
 

@@ -1,9 +1,11 @@
-"""Datalore Run API payloads, shaped like the vendor's JSON, and the Datalore converter.
+"""Datalore Run API payloads, shaped like the vendor's JSON, and :func:`make_converter`.
 
-Field names follow https://www.jetbrains.com/help/datalore/run-api.html (camelCase on the wire,
-snake_case here). Everything the responses carry is optional except where the adapter cannot
-work without it: the docs leave open whether finished-run fields are ``null`` or absent while a
-run is in progress, and extra fields are ignored.
+:class:`RunStatus` and :class:`RunArtifact` are public (what :class:`DataloreClient` returns);
+the request bodies are internal. Field names follow
+https://www.jetbrains.com/help/datalore/run-api.html (camelCase on the wire, snake_case here).
+Everything the responses carry is optional except where the adapter cannot work without it:
+the docs leave open whether finished-run fields are ``null`` or absent while a run is in
+progress, and extra fields are ignored.
 """
 
 from __future__ import annotations
@@ -15,37 +17,45 @@ from typing import Any
 import attrs
 import cattrs
 
-from ..._convert import make_converter, parse_datetime, register_camel_case
+from ..._convert import make_converter as base_converter
+from ..._convert import parse_datetime, register_camel_case
 
 __all__ = [
     "CONVERTER",
-    "ArtifactWire",
     "ComputationRequestWire",
-    "ParameterValue",
     "ParameterWire",
+    "RunArtifact",
     "RunNotebookRequestWire",
     "RunStartedWire",
-    "RunStatusWire",
+    "RunStatus",
+    "make_converter",
 ]
-
-ParameterValue = str | int | float | bool
 
 
 @attrs.frozen
 class ParameterWire:
-    """One ``{"name", "value"}`` entry of ``parameters``: a value for an interactive control."""
+    """One ``{"name", "value"}`` entry of ``parameters``: a value for an interactive control.
+
+    Datalore documents the value as a string, and strict servers accept nothing else.
+    """
 
     name: str
-    value: ParameterValue
+    value: str
 
 
 @attrs.frozen
 class RunNotebookRequestWire:
-    """Body of ``POST /api/run/v1/notebook``."""
+    """Body of ``POST /api/run/v1/notebook``: ``None`` fields are left out of the JSON.
+
+    Only ``notebookId`` is required; the optional fields are sent only when the caller set
+    them, so an older on-premises server that refuses fields it does not know (such as
+    ``directFileStorageWrite``, documented from 2026.1) accepts every request that does not
+    need them.
+    """
 
     notebook_id: str
-    update_report: str
-    direct_file_storage_write: bool
+    update_report: str | None = None
+    direct_file_storage_write: bool | None = None
     parameters: list[ParameterWire] | None = None
 
 
@@ -64,7 +74,7 @@ class RunStartedWire:
 
 
 @attrs.frozen
-class ArtifactWire:
+class RunArtifact:
     """One entry of a run's ``artifacts``: the run's notebook file (``.ipynb``) and its path."""
 
     name: str | None = None
@@ -72,10 +82,11 @@ class ArtifactWire:
 
 
 @attrs.frozen
-class RunStatusWire:
-    """Response of ``GET /api/run/v1/{runId}``.
+class RunStatus:
+    """The answer of ``GET /api/run/v1/{runId}`` (every field may be missing).
 
-    ``status`` is documented as present only while the run is in progress.
+    ``status`` is documented as present only while the run is in progress; ``end_time`` and
+    ``success`` once it has finished. ``raw`` is the JSON document as received.
     """
 
     run_id: str | None = None
@@ -87,8 +98,9 @@ class RunStatusWire:
     status: str | None = None
     update_report: str | None = None
     direct_file_storage_write: bool | None = None
-    artifacts: list[ArtifactWire] | None = None
+    artifacts: list[RunArtifact] | None = None
     read_only: bool | None = None
+    raw: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 def _strict_str(value: Any, _: type[Any]) -> str:
@@ -108,12 +120,6 @@ def _strict_bool(value: Any, _: type[Any]) -> bool:
     raise TypeError(f"expected true or false, got {type(value).__name__}")
 
 
-def _parameter_value(value: Any, _: Any) -> ParameterValue:
-    if isinstance(value, str | int | float | bool):
-        return value
-    raise TypeError(f"expected a string, number or boolean, got {type(value).__name__}")
-
-
 def _timestamp(value: Any, _: type[Any]) -> datetime:
     # Documented as ISO-8601 UTC ("1971-04-26T12:26:06Z"); epoch numbers are accepted too,
     # since the examples are placeholders and JVM servers often emit epoch milliseconds.
@@ -125,30 +131,30 @@ def _timestamp(value: Any, _: type[Any]) -> datetime:
     return parse_datetime(value)
 
 
-def _make_converter() -> cattrs.Converter:
-    converter = make_converter()
+def make_converter() -> cattrs.Converter:
+    """The converter for Datalore's JSON: camelCase keys, strict strings and booleans."""
+    converter = base_converter()
     # Primitive hooks first: the per-class functions below look them up when generated.
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(datetime, _timestamp)
-    converter.register_structure_hook(ParameterValue, _parameter_value)
     register_camel_case(
         converter, ParameterWire, RunNotebookRequestWire, ComputationRequestWire, omit_none=True
     )
-    register_camel_case(converter, RunStartedWire, ArtifactWire)
+    register_camel_case(converter, RunStartedWire, RunArtifact)
     _require_object(converter, RunStartedWire)
-    _require_object(converter, ArtifactWire)
-    artifact = converter.get_structure_hook(ArtifactWire)
+    _require_object(converter, RunArtifact)
+    artifact = converter.get_structure_hook(RunArtifact)
 
-    def artifacts(value: Any, _: Any) -> list[ArtifactWire]:
+    def artifacts(value: Any, _: Any) -> list[RunArtifact]:
         # cattrs would iterate a string character by character.
         if not isinstance(value, list):
             raise TypeError(f"expected a list of artifacts, got {type(value).__name__}")
-        return [artifact(item, ArtifactWire) for item in value]
+        return [artifact(item, RunArtifact) for item in value]
 
-    converter.register_structure_hook_func(lambda t: t == list[ArtifactWire], artifacts)
-    register_camel_case(converter, RunStatusWire)
-    _require_object(converter, RunStatusWire)
+    converter.register_structure_hook_func(lambda t: t == list[RunArtifact], artifacts)
+    register_camel_case(converter, RunStatus)
+    _require_object(converter, RunStatus)
     return converter
 
 
@@ -165,4 +171,4 @@ def _require_object(converter: cattrs.Converter, cls: type[Any]) -> None:
 
 
 #: The Datalore converter. Never use the global cattrs functions.
-CONVERTER = _make_converter()
+CONVERTER = make_converter()

@@ -1,63 +1,32 @@
-"""The Datalore adapter: the Run API (tracked runs with parameters) and the Computation API."""
+"""The Datalore adapter: the notebookops protocol over :class:`DataloreClient`."""
 
 from __future__ import annotations
 
-import os
-import re
 import uuid
-from datetime import UTC, datetime
-from typing import Final
 
 import aiohttp
 
-from ..._api_errors import VendorProfile
-from ..._client import ApiClient
-from ..._redact import Secret
+from ..._validate import utc_now
 from ...backend import BaseBackend, StateTable
-from ...errors import (
-    ConfigurationError,
-    ServerError,
-    StartOutcomeUnknown,
-    TransportError,
-    UnsupportedOperation,
-)
+from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
-from ...transport import Response
 from ._requests import (
-    COMPUTATION_PATH,
-    DATALORE_IN_PROGRESS_STATES,
-    DEFAULT_BASE_URL,
-    RUN_PATH,
+    DATALORE_STATES,
     DataloreRunOptions,
-    build_computation_body,
-    build_run_body,
-    decode_run_started,
-    decode_run_status,
-    handle_web_url,
-    notebook_web_url,
+    check_computation,
     parse_notebook_id,
-    refine_error,
     run_from_status,
-    status_path,
     submitted_run,
 )
+from .client import DataloreClient
 
 __all__ = ["DataloreBackend"]
 
-TOKEN_ENV: Final = "DATALORE_TOKEN"
-URL_ENV: Final = "DATALORE_URL"
-
-PROFILE: Final = VendorProfile(name="datalore", refine_error=refine_error)
-
-# Statuses a gateway uses when it lost track of a request it forwarded: the run may exist.
-_AMBIGUOUS_STATUSES: Final = frozenset({502, 504})
-_TOKEN_BAD_CHARS: Final = re.compile(r"[\s\x00-\x1f\x7f]")
-
 
 class DataloreBackend(BaseBackend):
-    """Runs JetBrains Datalore notebooks through the Run API.
+    """Runs JetBrains Datalore notebooks through the Run API (over :class:`DataloreClient`).
 
     ``token`` defaults to ``$DATALORE_TOKEN`` (Datalore: Account settings > API tokens);
     ``base_url`` to ``$DATALORE_URL``, then ``https://datalore.jetbrains.com``. On-premises
@@ -65,13 +34,15 @@ class DataloreBackend(BaseBackend):
 
     Notebooks are named ``"owner/id"`` (from ``.../notebook/<owner>/<id>``) or by their full
     URL. ``inputs`` become the run's ``parameters`` (values of the notebook's interactive
-    controls). Pass :class:`DataloreRunOptions` as ``options`` for the report update, direct
-    file storage, or the Computation API (``mode="computation"``, whose runs are
-    :attr:`~notebookops.RunState.SUBMITTED`: Datalore gives no way to follow them).
+    controls, sent as strings). Pass :class:`DataloreRunOptions` as ``options`` for the report
+    update, direct file storage, or the Computation API (``mode="computation"``, whose runs
+    are :attr:`~notebookops.RunState.SUBMITTED`: Datalore gives no way to follow them).
 
-    Datalore documents no way to cancel a run, so there is no CANCEL capability: when
-    ``run_and_wait`` reaches its deadline the run is left running and :class:`RunTimeout`
-    says so. Failed runs carry no reason (the API gives none), only a pointer to the notebook.
+    A run's state is read from its status document by the rules documented at
+    :data:`DATALORE_STATES`. Datalore documents no way to cancel a run, so there is no CANCEL
+    capability: when ``run_and_wait`` reaches its deadline the run is left running and
+    :class:`RunTimeout` says so. Failed runs carry no reason (the API gives none), only a
+    pointer to the notebook.
     """
 
     name = "datalore"
@@ -89,50 +60,46 @@ class DataloreBackend(BaseBackend):
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        client: DataloreClient | None = None,
     ) -> None:
-        """Create the backend; see the class docstring for the environment fallbacks.
+        """Create the backend; the arguments are :class:`DataloreClient`'s.
 
-        ``session`` is used as is and not closed by the backend. ``rate_limiter`` may be shared
-        with other backends using the same token. ``allow_http`` permits plain http:// for a
-        non-loopback on-premises host (the token then travels unencrypted).
+        Or pass a ready ``client`` (and none of the others): the backend then uses it and
+        leaves closing it to the caller.
         """
-        raw: object = os.environ.get(TOKEN_ENV) if token is None else token
-        if not isinstance(raw, str | None):
-            kind = type(raw).__name__
-            raise ConfigurationError(f"the Datalore token must be a string, not {kind}")
-        token = (raw or "").strip()
-        if not token:
-            raise ConfigurationError(
-                f"no Datalore API token: pass token= or set {TOKEN_ENV} (create a token in "
-                "Datalore under Account settings > API tokens)"
+        if client is None:
+            client = DataloreClient(
+                token,
+                base_url=base_url,
+                session=session,
+                timeout=timeout,
+                retry=retry,
+                rate_limiter=rate_limiter,
+                allow_http=allow_http,
             )
-        if _TOKEN_BAD_CHARS.search(token):
+            self._owns_client = True
+        elif not isinstance(client, DataloreClient):
+            raise ConfigurationError(f"expected a DataloreClient, got {type(client).__name__}")
+        elif (token, base_url, session, retry, rate_limiter) != (None,) * 5 or (
+            timeout != 30.0 or allow_http
+        ):
             raise ConfigurationError(
-                "the Datalore API token contains whitespace or control characters; "
-                "copy it again from Datalore"
+                "pass either client= or the settings to build one (token, base_url...), not both"
             )
-        if base_url is None:
-            base_url = os.environ.get(URL_ENV) or DEFAULT_BASE_URL
-        self._transport = ApiClient(
-            PROFILE,
-            base_url=base_url,
-            token=Secret(token),
-            session=session,
-            timeout=timeout,
-            retry=retry,
-            rate_limiter=rate_limiter,
-            allow_http=allow_http,
-        )
+        else:
+            self._owns_client = False
+        self.client = client
         #: The Datalore installation in use, without a trailing slash.
-        self.base_url = self._transport.base_url
-        self._states = StateTable(self.name, DATALORE_IN_PROGRESS_STATES)
+        self.base_url = client.base_url
+        self._states = StateTable(self.name, DATALORE_STATES)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<DataloreBackend {self.base_url} ({state})>"
 
     async def _aclose(self) -> None:
-        await self._transport.aclose()
+        if self._owns_client:
+            await self.client.aclose()
 
     # -- protocol
 
@@ -150,16 +117,19 @@ class DataloreBackend(BaseBackend):
         if request.blocks is not None:
             self._require(Capability.BLOCK_SELECTION, "run selected blocks")
         notebook_id = parse_notebook_id(request.notebook, base_url=self.base_url)
-        web_url = notebook_web_url(self.base_url, notebook_id)
+        web_url = self.client.notebook_url(notebook_id)
         if options.mode == "computation":
-            body = build_computation_body(notebook_id, request.inputs, options)
-            await self._post_start(COMPUTATION_PATH, body, notebook_id, web_url)
+            check_computation(request.inputs, options)
+            await self.client.start_computation(notebook_id)
             # No run id exists: a local one keeps the handle unique and serialisable.
             local_id = f"computation-{uuid.uuid4().hex}"
             return self._handle(local_id, notebook_id, web_url, "computation")
-        body = build_run_body(notebook_id, request.inputs, options)
-        response = await self._post_start(RUN_PATH, body, notebook_id, web_url)
-        run_id = decode_run_started(response, web_url=web_url)
+        run_id = await self.client.start_run(
+            notebook_id,
+            request.inputs,
+            update_report=options.update_report,
+            direct_file_storage_write=options.direct_file_storage_write,
+        )
         return self._handle(run_id, notebook_id, web_url, "run")
 
     async def get_run(self, handle: RunHandle) -> Run:
@@ -174,16 +144,19 @@ class DataloreBackend(BaseBackend):
         if mode != "run":
             raise ConfigurationError(f"unknown Datalore handle mode {mode!r}")
         self._check_installation(handle)
-        response = await self._transport.request("GET", status_path(handle.run_id))
-        wire, raw = decode_run_status(response)
+        status = await self.client.run_status(handle.run_id)
         return run_from_status(
-            wire, raw, handle=handle, base_url=self.base_url, states=self._states
+            status,
+            handle=handle,
+            base_url=self.base_url,
+            web_url=self._web_url(handle),
+            states=self._states,
         )
 
     async def cancel_run(self, handle: RunHandle) -> None:
         """Always UnsupportedOperation: Datalore's Run API has no cancel endpoint."""
         self._check_handle(handle)
-        where = handle_web_url(handle, self.base_url) or "the notebook's page in Datalore"
+        where = self._web_url(handle) or "the notebook's page in Datalore"
         raise UnsupportedOperation(
             "the datalore backend cannot cancel runs (no CANCEL capability): Datalore's Run "
             f"API has no cancel endpoint; stop run {handle.run_id} from {where}",
@@ -192,36 +165,21 @@ class DataloreBackend(BaseBackend):
 
     # -- helpers
 
-    async def _post_start(
-        self, path: str, body: dict[str, object], notebook_id: str, web_url: str
-    ) -> Response:
+    def _web_url(self, handle: RunHandle) -> str | None:
+        """The handle's page, or the notebook's; None for a hand-made handle with an odd id."""
+        if handle.web_url:
+            return handle.web_url
         try:
-            return await self._transport.request("POST", path, json=body)
-        except TransportError as error:
-            if not error.request_sent:
-                raise
-            raise self._outcome_unknown(notebook_id, web_url, str(error)) from error
-        except ServerError as error:
-            if error.status not in _AMBIGUOUS_STATUSES:
-                raise
-            raise self._outcome_unknown(notebook_id, web_url, str(error)) from error
-
-    @staticmethod
-    def _outcome_unknown(notebook_id: str, web_url: str, what: str) -> StartOutcomeUnknown:
-        return StartOutcomeUnknown(
-            f"starting Datalore notebook {notebook_id} failed after the request may have "
-            f"reached Datalore ({what}); it was not retried, since that could run the notebook "
-            f"twice. Check {web_url} before starting it again",
-            notebook=notebook_id,
-            evidence="Datalore's API offers no way to list a notebook's runs",
-        )
+            return self.client.notebook_url(handle.notebook_id)
+        except ConfigurationError:
+            return None
 
     def _handle(self, run_id: str, notebook_id: str, web_url: str, mode: str) -> RunHandle:
         return RunHandle(
             backend=self.name,
             run_id=run_id,
             notebook_id=notebook_id,
-            created_at=datetime.now(UTC),
+            created_at=utc_now(),
             web_url=web_url,
             extra={"mode": mode, "base_url": self.base_url},
         )

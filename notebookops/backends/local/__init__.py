@@ -14,22 +14,6 @@ Importing this package is cheap and works without the optional dependencies; cre
 
 from __future__ import annotations
 
-from .backend import (
-    INJECTED_TAG,
-    LOCAL_STATES,
-    PARAMETERS_TAG,
-    LocalBackend,
-    LocalRunOptions,
-    parameterize_notebook,
-    read_notebook,
-)
+from .backend import INJECTED_TAG, LOCAL_STATES, PARAMETERS_TAG, LocalBackend, LocalRunOptions
 
-__all__ = [
-    "INJECTED_TAG",
-    "LOCAL_STATES",
-    "PARAMETERS_TAG",
-    "LocalBackend",
-    "LocalRunOptions",
-    "parameterize_notebook",
-    "read_notebook",
-]
+__all__ = ["INJECTED_TAG", "LOCAL_STATES", "PARAMETERS_TAG", "LocalBackend", "LocalRunOptions"]

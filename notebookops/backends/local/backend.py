@@ -10,21 +10,24 @@ It implements the same protocol as the vendor adapters, so ``run_and_wait(LocalB
 * every run gets a fresh kernel, started in the background in a task group the backend owns;
   progress (``completed`` of ``total`` code cells) and outputs are published as each cell
   finishes, pushed to ``watch_run`` (STREAMING) and visible to ``get_run``;
-* ``cancel_run`` interrupts the kernel (KeyboardInterrupt in the running cell) and kills it if
-  it has not stopped after ``interrupt_grace`` seconds; closing the backend kills every kernel
-  it started. A run only reaches a terminal state once its kernel process is gone and its
-  notebook saved.
+* ``cancel_run`` interrupts the kernel (KeyboardInterrupt in the running cell), kills it if
+  it has not stopped after ``interrupt_grace`` seconds, and returns once the run has ended;
+  closing the backend kills every kernel it started. A run only reaches a terminal state once
+  its kernel process is gone and its notebook saved.
+
+Runs are hosted by :class:`~notebookops.backends._runhost.RunHost`, which also bounds what
+finished runs keep (``keep_output_bytes``, ``keep_finished_runs``).
 
 Limits: runs live in this backend instance's memory, so handles are **not resumable** from
 another process or instance (``get_run`` there raises :class:`~notebookops.NotFound`); the
 backend needs asyncio (nbclient and jupyter_client are asyncio libraries) and stays bound to
-the event loop that first used it.
+the event loop that first started a run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import keyword
 import logging
 import math
@@ -34,7 +37,6 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncGenerator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -42,7 +44,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from ...backend import BaseBackend, StateTable
+from ..._validate import seconds, seconds_option, utc_now
+from ...backend import BaseBackend
 from ...errors import ConfigurationError, NotFound
 from ...models import (
     Artifact,
@@ -51,10 +54,10 @@ from ...models import (
     Run,
     RunErrorInfo,
     RunHandle,
-    RunProgress,
     RunRequest,
     RunState,
 )
+from .._runhost import DEFAULT_KEEP_FINISHED_RUNS, DEFAULT_KEEP_OUTPUT_BYTES, HostedRun, RunHost
 
 if TYPE_CHECKING:
     from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -97,6 +100,9 @@ LOCAL_STATES: Mapping[str, RunState] = {
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _MAX_LITERAL_DEPTH = 100
+#: Seconds a cancel waits, beyond ``interrupt_grace``, for the run to end (kernel shutdown,
+#: saving the notebook).
+_SETTLE_SECONDS = 5.0
 #: Characters of kernel stderr quoted when a kernel fails to start.
 _STDERR_TAIL = 2000
 
@@ -114,15 +120,16 @@ def _nbformat() -> Any:
 
 
 def _require_dependencies() -> None:
-    """Import the optional dependencies once, or say how to install them."""
+    """Import the optional dependencies once, or say which one is missing and how to install."""
     try:
         import jupyter_client.manager  # noqa: F401
         import nbclient  # noqa: F401
         import nbformat  # noqa: F401
     except ImportError as exc:
+        missing = f"{exc.name!r} is missing" if exc.name else str(exc)
         raise ConfigurationError(
-            f"the local backend needs nbclient, nbformat and ipykernel ({exc}); "
-            f"install them with: {_INSTALL_HINT}"
+            f"the local backend needs nbclient, nbformat, jupyter_client and ipykernel, and "
+            f"{missing}; install them with: {_INSTALL_HINT}"
         ) from None
 
 
@@ -288,7 +295,12 @@ def _plain(text: str) -> str:
 
 
 def _error_info(cell: Mapping[str, Any], index: int, fallback: BaseException) -> RunErrorInfo:
-    """Why a cell failed, from its error output (ANSI colours removed), else the exception."""
+    """Why a cell failed, from its error output (ANSI colours removed), else the exception.
+
+    ``message`` is the error's value and ``name`` its type, as every adapter reports them
+    (readers print ``name: message``; a message that began with the name too would read
+    ``TypeError: TypeError: ...``).
+    """
     cell_id = cell.get("id") if isinstance(cell.get("id"), str) else None
     for output in reversed(cell.get("outputs", [])):
         if output.get("output_type") == "error":
@@ -296,7 +308,7 @@ def _error_info(cell: Mapping[str, Any], index: int, fallback: BaseException) ->
             value = _plain(str(output.get("evalue") or ""))
             lines = tuple(_plain(str(line)) for line in output.get("traceback", []))
             return RunErrorInfo(
-                message=f"{name}: {value}" if value else name,
+                message=value or name,
                 name=name,
                 traceback=lines,
                 cell_id=cell_id,
@@ -305,7 +317,7 @@ def _error_info(cell: Mapping[str, Any], index: int, fallback: BaseException) ->
     name = str(getattr(fallback, "ename", "") or type(fallback).__name__)
     value = _plain(str(getattr(fallback, "evalue", "") or fallback))
     return RunErrorInfo(
-        message=f"{name}: {value}" if value else name,
+        message=value or name,
         name=name,
         cell_id=cell_id,
         cell_index=index,
@@ -342,22 +354,6 @@ def _to_path(value: str | os.PathLike[str] | None) -> Path | None:
     return Path(value).expanduser()
 
 
-def _positive_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-
-
-def _check_cell_timeout(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    _positive_seconds(f"LocalRunOptions.{attribute.name}", value, allow_none=True)
-
-
 @attrs.frozen
 class LocalRunOptions:
     """Per-run options of the local backend (``RunRequest(options=LocalRunOptions(...))``).
@@ -372,7 +368,7 @@ class LocalRunOptions:
     """
 
     save_to: Path | None = attrs.field(default=None, converter=_to_path)
-    cell_timeout: float | None = attrs.field(default=None, validator=_check_cell_timeout)
+    cell_timeout: float | None = attrs.field(default=None, validator=seconds_option)
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -504,43 +500,18 @@ class _Kernel:
 
 @attrs.define(eq=False)
 class _LocalRun:
-    """Everything known about one run; ``changed`` fires (and is replaced) on each update."""
+    """What the local backend knows about one run beyond its :class:`HostedRun`."""
 
-    handle: RunHandle
     path: Path
     cwd: Path
     kernel_name: str
     notebook: Notebook
     options: LocalRunOptions
     save_to: Path | None
-    total: int
-    changed: anyio.Event = attrs.field(factory=anyio.Event)
-    version: int = 0
-    vendor_state: str = "queued"
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    completed: int = 0
-    current: str | None = None
-    outputs: list[CellOutput] = attrs.field(factory=list)
-    error: RunErrorInfo | None = None
-    artifacts: tuple[Artifact, ...] = ()
     kernel: _Kernel | None = None
-    kernel_pid: int | None = None
     executing: bool = False
-    cancel_requested: bool = False
-    cancel_reason: str = ""
     startup_scope: anyio.CancelScope | None = None
-    finished: bool = False
-
-    def stop_requested(self) -> bool:
-        """Whether the run was asked to stop (a method, so type checkers re-read it after
-        every await)."""
-        return self.cancel_requested
-
-    def touch(self) -> None:
-        self.version += 1
-        previous, self.changed = self.changed, anyio.Event()
-        previous.set()
+    artifacts: tuple[Artifact, ...] = ()
 
 
 @attrs.frozen
@@ -556,18 +527,14 @@ class _NbclientLog(logging.LoggerAdapter[logging.Logger]):
     about the kernel we interrupted or killed on purpose are expected, so they become debug
     messages."""
 
-    def __init__(self, record: _LocalRun) -> None:
+    def __init__(self, run: HostedRun) -> None:
         super().__init__(logging.getLogger("notebookops.local.nbclient"), {})
-        self.record = record
+        self.run = run
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if self.record.stop_requested() and level > logging.DEBUG:
+        if self.run.stop_requested() and level > logging.DEBUG:
             level = logging.DEBUG
         super().log(level, msg, *args, **kwargs)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class LocalBackend(BaseBackend):
@@ -586,9 +553,15 @@ class LocalBackend(BaseBackend):
     :param startup_timeout: seconds a kernel may take to start and answer.
     :param interrupt_grace: seconds a cancelled run's kernel gets to stop after the interrupt
         before it is killed.
+    :param keep_output_bytes: how much output of finished runs is kept for late readers
+        (default 64 MiB); beyond it the oldest finished runs' outputs are released, their
+        state kept (the snapshot's ``raw`` says ``"outputs_released": True``).
+    :param keep_finished_runs: how many finished runs are remembered at all (default 1,000);
+        ``get_run`` on an older one raises :class:`~notebookops.NotFound`.
 
     Runs are kept in memory by this instance: not resumable from another process (no
-    RESUMABLE capability). Requires asyncio.
+    RESUMABLE capability). Requires asyncio, and stays bound to the event loop that first
+    started a run.
     """
 
     name = "local"
@@ -610,24 +583,23 @@ class LocalBackend(BaseBackend):
         output_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
         interrupt_grace: float = 5.0,
+        keep_output_bytes: int = DEFAULT_KEEP_OUTPUT_BYTES,
+        keep_finished_runs: int = DEFAULT_KEEP_FINISHED_RUNS,
     ) -> None:
         _require_dependencies()
         if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
             raise ConfigurationError(f"kernel_name must be a non-empty string, got {kernel_name!r}")
-        _positive_seconds("startup_timeout", startup_timeout)
-        _positive_seconds("interrupt_grace", interrupt_grace)
         self.kernel_name = kernel_name
         self.working_dir = _to_path(working_dir)
         self.output_dir = _to_path(output_dir)
-        self.startup_timeout = float(startup_timeout)
-        self.interrupt_grace = float(interrupt_grace)
-        self._states = StateTable(self.name, LOCAL_STATES)
-        self._runs: dict[str, _LocalRun] = {}
+        self.startup_timeout = float(seconds("startup_timeout", startup_timeout) or 0)
+        self.interrupt_grace = float(seconds("interrupt_grace", interrupt_grace) or 0)
+        self._host = RunHost(
+            self.name,
+            keep_output_bytes=keep_output_bytes,
+            keep_finished_runs=keep_finished_runs,
+        )
         self._known_kernels: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._group: anyio.abc.TaskGroup | None = None
-        self._group_ready: anyio.Event | None = None
 
     # -- protocol
 
@@ -653,30 +625,36 @@ class LocalBackend(BaseBackend):
             raise ConfigurationError(f"working directory {str(cwd)!r} does not exist")
         run_id = str(uuid.uuid4())
         save_to = await self._save_target(options, path, run_id)
-        # Checked on both sides of the await: no task group may be created after aclose(),
-        # and no run added to one that aclose() is tearing down.
-        self._ensure_open()
-        group = await self._task_group()
         self._ensure_open()
         handle = RunHandle(
             backend=self.name,
             run_id=run_id,
             notebook_id=request.notebook,
-            created_at=_now(),
+            created_at=utc_now(),
             extra={"path": str(path)},
         )
-        record = _LocalRun(
-            handle=handle,
+        local = _LocalRun(
             path=path,
             cwd=cwd,
             kernel_name=kernel_name,
             notebook=notebook,
             options=options,
             save_to=save_to,
-            total=sum(1 for cell in notebook["cells"] if _executable(cell)),
         )
-        self._runs[run_id] = record
-        group.start_soon(self._execute, record, name=f"notebookops local run {run_id}")
+        await self._host.start(
+            handle,
+            functools.partial(self._execute, local),
+            total=sum(1 for cell in notebook["cells"] if _executable(cell)),
+            raw={
+                "path": str(path),
+                "cwd": str(cwd),
+                "kernel_name": kernel_name,
+                "kernel_pid": None,
+                "saved_to": str(save_to) if save_to else None,
+                "cancel_reason": None,
+            },
+            on_cancel=functools.partial(self._stop, local),
+        )
         logger.info("started local run %s of %s", run_id, path)
         return handle
 
@@ -685,106 +663,35 @@ class LocalBackend(BaseBackend):
         self._check_handle(handle)
         await anyio.lowlevel.checkpoint()
         self._ensure_open()
-        return self._snapshot(self._record(handle))
+        return self._host.snapshot(self._hosted(handle))
 
     async def cancel_run(self, handle: RunHandle) -> None:
-        """Stop the run: interrupt its kernel (KeyboardInterrupt in the running cell), then kill
-        the kernel if it has not stopped within ``interrupt_grace`` seconds. Returns once the
-        interrupt is sent; the run reports CANCELLED when its kernel is gone. Finished runs
-        are left as they are."""
+        """Stop the run: interrupt its kernel (KeyboardInterrupt in the running cell), kill the
+        kernel if it has not stopped within ``interrupt_grace`` seconds, and return once the
+        run has ended (CANCELLED), at most ``interrupt_grace`` plus a few seconds after the
+        call. Finished runs are left as they are."""
         self._check_handle(handle)
         self._require(Capability.CANCEL, "cancel runs")
-        record = self._record(handle)
-        # The request is recorded before anything is awaited, so a run that has not begun
-        # yet never starts a kernel.
-        await self._request_cancel(record, "cancel requested")
-        await anyio.lowlevel.checkpoint()
+        run = self._hosted(handle)
+        await self._host.cancel(run, "cancel requested")
+        # A reader right after the cancel (run_and_wait's final read) sees the run ended.
+        await self._host.wait_finished(run, self.interrupt_grace + _SETTLE_SECONDS)
 
     async def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         """Yield the run now and after every change (state, each finished cell), ending after
         a terminal state."""
         self._check_handle(handle)
-        record = self._record(handle)
-        seen = -1
-        while True:
-            if record.version != seen:
-                seen = record.version
-                changed = record.changed
-                run = self._snapshot(record)
-                yield run
-                if run.state.is_terminal:
-                    return
-            else:
-                changed = record.changed
-            await changed.wait()
+        hosted = self._hosted(handle)
+        async for run in self._host.watch(hosted):
+            yield self._host.snapshot(run)
 
     # -- lifecycle
 
     async def _aclose(self) -> None:
         """Kill every kernel this backend started and wait until each run has settled."""
-        with anyio.CancelScope(shield=True):
-            active = [record for record in self._runs.values() if not record.finished]
-            for record in active:
-                record.cancel_requested = True
-                record.cancel_reason = record.cancel_reason or "the backend was closed"
-                if record.kernel is not None:
-                    await record.kernel.kill()
-            supervisor = self._supervisor
-            if supervisor is not None and not supervisor.done():
-                if self._loop is _running_loop():
-                    # A first start_run may still be waiting for the group to exist.
-                    assert self._group_ready is not None
-                    await self._group_ready.wait()
-                    if self._group is not None:
-                        self._group.cancel_scope.cancel()
-                    try:
-                        await supervisor
-                    except Exception:
-                        logger.exception("the local backend's run supervisor failed")
-                else:
-                    logger.warning(
-                        "LocalBackend closed from another event loop; its kernels were killed"
-                    )
-            for record in active:
-                if not record.finished:
-                    self._finish(record, _Outcome("cancelled"))
-
-    async def _task_group(self) -> anyio.abc.TaskGroup:
-        """The backend's task group, created on first use inside the running loop.
-
-        It lives in a supervisor task of its own so that the task calling ``aclose`` need not
-        be the one that happened to start the first run.
-        """
-        loop = _running_loop()
-        if loop is None:
-            raise ConfigurationError(
-                "the local backend needs asyncio (nbclient and jupyter_client are asyncio "
-                "libraries); run it under asyncio, e.g. anyio.run(main, backend='asyncio')"
-            )
-        if self._loop is not None and self._loop is not loop:
-            raise ConfigurationError(
-                "this LocalBackend belongs to another event loop; create one per event loop"
-            )
-        if self._supervisor is None:
-            self._loop = loop
-            self._group_ready = anyio.Event()
-            self._supervisor = loop.create_task(self._supervise(), name="notebookops local runs")
-        assert self._group_ready is not None
-        await self._group_ready.wait()
-        if self._group is None or self._supervisor.done():
-            raise ConfigurationError("the local backend's event loop is shutting down")
-        return self._group
-
-    async def _supervise(self) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-                self._group = group
-                assert self._group_ready is not None
-                self._group_ready.set()
-                await anyio.sleep_forever()
-        finally:
-            if self._group_ready is not None:
-                self._group_ready.set()
+        await self._host.aclose(
+            "the backend was closed", timeout=self.interrupt_grace + self.startup_timeout
+        )
 
     # -- starting
 
@@ -846,22 +753,23 @@ class LocalBackend(BaseBackend):
 
     # -- running
 
-    async def _execute(self, record: _LocalRun) -> None:
-        """The background task of one run. Never raises except to propagate cancellation."""
+    async def _execute(self, local: _LocalRun, run: HostedRun) -> None:
+        """The body of one run (see RunHost). Ends the run itself; never raises except to
+        propagate cancellation."""
         outcome = _Outcome("cancelled")
         kernel: _Kernel | None = None
         try:
-            if record.stop_requested():
+            if run.stop_requested():
                 return
-            kernel = _Kernel(record.kernel_name, record.cwd)
-            record.kernel = kernel
-            outcome = await self._run_cells(record, kernel)
+            kernel = _Kernel(local.kernel_name, local.cwd)
+            local.kernel = kernel
+            outcome = await self._run_cells(local, run, kernel)
         except _KernelStartError as exc:
             outcome = _Outcome("failed", RunErrorInfo(str(exc), "KernelStartError", platform=True))
-            if record.stop_requested():
+            if run.stop_requested():
                 outcome = _Outcome("cancelled")
         except Exception as exc:
-            logger.exception("local run %s failed unexpectedly", record.handle.run_id)
+            logger.exception("local run %s failed unexpectedly", run.handle.run_id)
             outcome = _Outcome(
                 "failed",
                 RunErrorInfo(f"the local backend failed: {exc!r}", type(exc).__name__),
@@ -870,46 +778,63 @@ class LocalBackend(BaseBackend):
             with anyio.CancelScope(shield=True):
                 if kernel is not None:
                     await kernel.shutdown(now=not outcome.idle)
-                outcome = await self._save(record, outcome)
-                self._finish(record, outcome)
+                outcome = await self._save(local, run, outcome)
+                local.kernel = None
+                local.executing = False
+                run.finish(
+                    LOCAL_STATES[outcome.vendor_state],
+                    vendor_state=outcome.vendor_state,
+                    error=outcome.error,
+                    artifacts=local.artifacts,
+                )
+                if outcome.vendor_state == "cancelled":
+                    logger.info("local run %s cancelled (%s)", run.handle.run_id, run.cancel_reason)
 
-    async def _run_cells(self, record: _LocalRun, kernel: _Kernel) -> _Outcome:
+    def _progress(self, run: HostedRun, vendor_state: str, **changes: Any) -> None:
+        """Move the run to ``vendor_state`` (its state from LOCAL_STATES), unless it is being
+        stopped: then it stays "cancelling" until it ends."""
+        if run.stop_requested() and vendor_state in ("starting", "running"):
+            run.update(**changes)
+        else:
+            run.update(state=LOCAL_STATES[vendor_state], vendor_state=vendor_state, **changes)
+
+    async def _run_cells(self, local: _LocalRun, run: HostedRun, kernel: _Kernel) -> _Outcome:
         from nbclient import NotebookClient
         from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-        self._update(record, vendor_state="starting")
+        self._progress(run, "starting")
         with anyio.CancelScope() as startup:
-            record.startup_scope = startup
+            local.startup_scope = startup
             try:
                 await kernel.launch(self.startup_timeout)
-                record.kernel_pid = kernel.pid
-                self._update(record)
+                run.raw["kernel_pid"] = kernel.pid
+                run.update()
                 await kernel.connect(self.startup_timeout)
             finally:
-                record.startup_scope = None
-        if startup.cancelled_caught or record.stop_requested():
+                local.startup_scope = None
+        if startup.cancelled_caught or run.stop_requested():
             return _Outcome("cancelled")
-        notebook = record.notebook
+        notebook = local.notebook
         if kernel.language_info is not None:
             notebook["metadata"]["language_info"] = kernel.language_info
-        cell_timeout = record.options.cell_timeout
+        cell_timeout = local.options.cell_timeout
         client = NotebookClient(
             notebook,
             km=kernel.manager,
             timeout_func=(lambda cell: cell_timeout) if cell_timeout is not None else None,
-            log=_NbclientLog(record),
+            log=_NbclientLog(run),
         )
         client.kc = kernel.client
-        self._update(record, vendor_state="running", started_at=_now())
+        self._progress(run, "running", started_at=utc_now())
         for index, cell in enumerate(notebook["cells"]):
             if not _executable(cell):
                 continue
-            if record.stop_requested():
+            if run.stop_requested():
                 return _Outcome("cancelled", idle=True)
-            self._update(record, current=cell.get("id") or f"cell {index}")
+            run.update(current=cell.get("id") or f"cell {index}")
             failure: BaseException | None = None
             idle = True
-            record.executing = True
+            local.executing = True
             try:
                 # nbclient must never see a cancellation mid-cell (it would turn it into
                 # DeadKernelError and leave helper tasks behind): runs are stopped through
@@ -925,30 +850,29 @@ class LocalBackend(BaseBackend):
             except CellExecutionError as exc:
                 failure = exc
             finally:
-                record.executing = False
-            record.outputs.extend(cell_outputs(cell, index))
-            record.completed += 1
-            self._update(record)
+                local.executing = False
+            run.add_outputs(cell_outputs(cell, index))
+            run.update(completed=run.completed + 1)
             if failure is not None:
-                if record.stop_requested():
+                if run.stop_requested():
                     return _Outcome("cancelled", idle=idle)
                 error = _cell_error(cell, index, failure, cell_timeout)
                 return _Outcome("failed", error, idle=idle)
         return _Outcome("succeeded", idle=True)
 
-    async def _save(self, record: _LocalRun, outcome: _Outcome) -> _Outcome:
-        target = record.save_to
+    async def _save(self, local: _LocalRun, run: HostedRun, outcome: _Outcome) -> _Outcome:
+        target = local.save_to
         if target is None:
             return outcome
         try:
-            size = await anyio.to_thread.run_sync(_write_notebook, record.notebook, target)
+            size = await anyio.to_thread.run_sync(_write_notebook, local.notebook, target)
         except Exception as exc:
             message = f"could not save the executed notebook to {str(target)!r}: {exc}"
             if outcome.vendor_state == "succeeded":
                 return _Outcome("failed", RunErrorInfo(message, type(exc).__name__))
-            logger.warning("local run %s: %s", record.handle.run_id, message)
+            logger.warning("local run %s: %s", run.handle.run_id, message)
             return outcome
-        record.artifacts = (
+        local.artifacts = (
             Artifact(
                 name=target.name,
                 path=str(target),
@@ -958,141 +882,82 @@ class LocalBackend(BaseBackend):
         )
         return outcome
 
-    async def _request_cancel(self, record: _LocalRun, reason: str) -> None:
-        if record.finished or record.cancel_requested:
+    async def _stop(self, local: _LocalRun, run: HostedRun, closing: bool) -> None:
+        """How a local run is stopped (RunHost's ``on_cancel``): never by cancelling nbclient
+        mid-cell, always through the kernel. Closing kills the kernel at once."""
+        if closing:
+            if local.kernel is not None:
+                await local.kernel.kill()
             return
-        record.cancel_requested = True
-        record.cancel_reason = reason
-        self._update(record, vendor_state="cancelling" if record.started_at else None)
-        if record.startup_scope is not None:
-            record.startup_scope.cancel()
+        if run.started_at is not None:
+            run.update(vendor_state="cancelling")
+        if local.startup_scope is not None:
+            local.startup_scope.cancel()
             return
-        kernel = record.kernel
-        if kernel is None or not record.executing:
-            return  # the run task stops at its next step
+        kernel = local.kernel
+        if kernel is None or not local.executing:
+            return  # the run stops at its next step
         try:
             await kernel.interrupt()
         except Exception as exc:
-            logger.warning("could not interrupt local run %s (%s)", record.handle.run_id, exc)
+            logger.warning("could not interrupt local run %s (%s)", run.handle.run_id, exc)
             await kernel.kill()
             return
-        if self._group is not None:
-            self._group.start_soon(self._escalate, record, kernel)
+        self._host.spawn(
+            self._escalate, local, run, kernel, name=f"notebookops local kill {run.handle.run_id}"
+        )
 
-    async def _escalate(self, record: _LocalRun, kernel: _Kernel) -> None:
+    async def _escalate(self, local: _LocalRun, run: HostedRun, kernel: _Kernel) -> None:
         """Kill a kernel that ignored the interrupt (e.g. stuck in native code)."""
         await anyio.sleep(self.interrupt_grace)
-        if not record.finished and record.executing and record.kernel is kernel:
+        if not run.finished and local.executing and local.kernel is kernel:
             logger.warning(
                 "local run %s did not stop %gs after the interrupt; killing its kernel",
-                record.handle.run_id,
+                run.handle.run_id,
                 self.interrupt_grace,
             )
             await kernel.kill()
 
     # -- state
 
-    def _update(
-        self,
-        record: _LocalRun,
-        *,
-        vendor_state: str | None = None,
-        started_at: datetime | None = None,
-        current: str | None = None,
-    ) -> None:
-        if record.finished:
-            return
-        if vendor_state is not None and not (
-            record.cancel_requested and vendor_state in ("starting", "running")
-        ):
-            record.vendor_state = vendor_state
-        if started_at is not None:
-            record.started_at = started_at
-        if current is not None:
-            record.current = current
-        record.touch()
-
-    def _finish(self, record: _LocalRun, outcome: _Outcome) -> None:
-        if record.finished:
-            return
-        record.vendor_state = outcome.vendor_state
-        record.error = outcome.error
-        record.current = None
-        record.executing = False
-        record.finished_at = _now()
-        record.finished = True
-        record.kernel = None
-        if outcome.vendor_state == "cancelled" and record.cancel_reason:
-            logger.info("local run %s cancelled (%s)", record.handle.run_id, record.cancel_reason)
-        record.touch()
-
-    def _record(self, handle: RunHandle) -> _LocalRun:
-        try:
-            return self._runs[handle.run_id]
-        except KeyError:
+    def _hosted(self, handle: RunHandle) -> HostedRun:
+        run = self._host.get(handle.run_id)
+        if run is None:
             raise NotFound(
                 f"local run {handle.run_id} not found: local runs are known only to the "
-                "LocalBackend instance that started them (not resumable across processes)",
+                "LocalBackend instance that started them (not resumable across processes), "
+                f"which remembers its latest {self._host.keep_finished_runs} finished runs",
                 status=404,
                 vendor=self.name,
                 method="GET",
                 url=f"local://runs/{handle.run_id}",
-            ) from None
-
-    def _snapshot(self, record: _LocalRun) -> Run:
-        state = self._states(record.vendor_state)
-        return Run(
-            handle=record.handle,
-            state=state,
-            vendor_state=record.vendor_state,
-            created_at=record.handle.created_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            outputs=tuple(record.outputs),
-            artifacts=record.artifacts,
-            error=record.error,
-            progress=RunProgress(
-                completed=record.completed, total=record.total, current=record.current
-            ),
-            raw={
-                "path": str(record.path),
-                "cwd": str(record.cwd),
-                "kernel_name": record.kernel_name,
-                "kernel_pid": record.kernel_pid,
-                "saved_to": str(record.save_to) if record.save_to else None,
-                "cancel_reason": record.cancel_reason or None,
-            },
-        )
+            )
+        return run
 
 
 def _cell_error(
     cell: Notebook, index: int, failure: BaseException, cell_timeout: float | None
 ) -> RunErrorInfo:
+    """Why ``cell`` failed. The cell is named by ``cell_id`` and ``cell_index``, not in the
+    message, so a reader that names it (``failed in cell ...``) does not name it twice."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     cell_id = cell.get("id")
     if isinstance(failure, CellTimeoutError):
         return RunErrorInfo(
-            f"cell {index} did not finish within its cell_timeout of {cell_timeout:g}s",
+            f"the cell did not finish within its cell_timeout of {cell_timeout:g}s",
             "CellTimeoutError",
             cell_id=cell_id,
             cell_index=index,
         )
     if isinstance(failure, DeadKernelError):
         return RunErrorInfo(
-            f"the kernel died while running cell {index}",
+            "the kernel died while the cell ran",
             "DeadKernelError",
             cell_id=cell_id,
             cell_index=index,
         )
     return _error_info(cell, index, failure)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _notebook_kernel(notebook: Notebook) -> str:
