@@ -289,7 +289,12 @@ class ApiClient:
         attempts = _Attempts()
         while True:
             self._ensure_open()
-            await self.rate_limiter.acquire()
+            # Reads go before queued starts: runs already started keep getting their status
+            # read while a burst of new starts waits for its turn.
+            if safe:
+                await self.rate_limiter.acquire_read()
+            else:
+                await self.rate_limiter.acquire()
             try:
                 response = await self._send_in_turn(request, safe=safe)
             except TransportError as error:
@@ -525,6 +530,15 @@ class ApiClient:
             error.vendor = error.vendor or self.profile.name
             error.partial_event = parser.has_partial_event
             raise
+        except ResponseDecodeError as error:  # an event over the parser's size cap
+            raise ResponseDecodeError(
+                f"the event stream from {self.profile.name} {method} {redact_url(url)}: "
+                f"{error.message}",
+                vendor=self.profile.name,
+                url=redact_url(url),
+                status=response.status,
+                body=error.body,
+            ) from None
         if parser.close():
             cut = ConnectionLost(
                 f"the event stream from {self.profile.name} {method} {redact_url(url)} "

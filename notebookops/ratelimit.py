@@ -265,20 +265,6 @@ class RateLimiter:
             late = now - self._next_slot
             self._next_slot = (self._next_slot if late < interval else now) + interval
 
-    def reserve(self) -> float:
-        """Book the next slot; return how many seconds to wait for it.
-
-        Transitional: the transport of 0.1.0.dev0 inlines :meth:`acquire` with this. It
-        bypasses the queues (no priority); removed with that transport.
-        """
-        now = self._clock()
-        slot = max(now, self._free_at())
-        self._take_slot(slot)
-        return slot - now
-
-    def record_send(self) -> None:
-        """Transitional, with :meth:`reserve`: nothing to do (the slot was taken)."""
-
     # ------------------------------------------------------------------------------ learning
 
     def _step(self, now: float) -> None:

@@ -553,11 +553,11 @@ async def test_the_limiter_hears_every_answer_but_429s(server: EchoServer) -> No
         await t.aclose()
 
 
-async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
+async def test_requests_pace_through_the_limiter_reads_by_their_own_turn(
     server: EchoServer,
 ) -> None:
-    """The transport books each attempt's slot with the limiter (RateLimiter's own acquire is
-    inlined), and a subclass that changes ``acquire`` is still called for every attempt."""
+    """Each attempt takes its turn from the limiter: a read through ``acquire_read`` (reads go
+    before queued starts), anything else through ``acquire``."""
     paced = ApiClient(
         VendorProfile("acme"),
         base_url=server.url,
@@ -567,11 +567,16 @@ async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
     )
 
     class Counting(RateLimiter):
-        calls = 0
+        reads = 0
+        others = 0
 
         async def acquire(self) -> None:
-            Counting.calls += 1
+            Counting.others += 1
             await super().acquire()
+
+        async def acquire_read(self) -> None:
+            Counting.reads += 1
+            await super().acquire_read()
 
     counted = ApiClient(
         VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=FAST, rate_limiter=Counting()
@@ -583,7 +588,9 @@ async def test_requests_pace_through_the_limiter_and_a_subclass_of_it(
         assert anyio.current_time() - started >= 2 / 100 - 0.001
         server.faults.status(503, {"message": "busy"}, path="/echo")
         await counted.request("GET", "/echo")
-        assert Counting.calls == 2  # the 503 and its retry
+        assert (Counting.reads, Counting.others) == (2, 0)  # the 503 and its retry
+        await counted.request("POST", "/echo")
+        assert (Counting.reads, Counting.others) == (2, 1)
     finally:
         await paced.aclose()
         await counted.aclose()

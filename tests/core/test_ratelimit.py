@@ -390,12 +390,6 @@ def test_a_cancelled_waiter_leaves_the_queue_moving() -> None:
     assert virtual(main) == [0, 1, 2, 3, 4]
 
 
-def test_reserve_still_books_slots_for_the_current_transport() -> None:
-    limiter, _ = limiter_with_clock(max_rate=10)
-    assert [limiter.reserve() for _ in range(3)] == pytest.approx([0.0, 0.1, 0.2])
-    limiter.record_send()
-
-
 # --------------------------------------------------------------------------- a fleet, modelled
 
 
