@@ -308,17 +308,26 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     if str(mode).lower() != "wal":
         raise StoreUnavailable(f"the run store {path} cannot use WAL mode (got {mode!r})")
     connection.execute("PRAGMA synchronous = FULL")
-    with _transaction(connection):
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreCorrupted(
-                f"the run store {path} was written by a newer notebookops (schema {version})"
-            )
-        if version < SCHEMA_VERSION:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    version = _schema_version(connection)
+    if version < SCHEMA_VERSION:
+        # Only a new file takes the write lock to open: others open while a writer works.
+        with _transaction(connection):
+            version = _schema_version(connection)  # another process may have just made it
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                version = SCHEMA_VERSION
+    if version > SCHEMA_VERSION:
+        raise StoreCorrupted(
+            f"the run store {path} was written by a newer notebookops (schema {version})"
+        )
+
+
+def _schema_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 @contextmanager

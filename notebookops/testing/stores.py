@@ -142,9 +142,10 @@ def require_redis_server() -> None:
 
 
 @contextmanager
-def redis_server(*, startup_timeout: float = 10.0) -> Iterator[str]:
-    """Run a real ``redis-server`` on a free loopback port, without persistence, and yield its
-    URL (``redis://127.0.0.1:PORT/0``); stop it (by its PID) on exit."""
+def redis_server(*, port: int | None = None, startup_timeout: float = 10.0) -> Iterator[str]:
+    """Run a real ``redis-server`` on a free loopback port (or ``port``, e.g. to bring a
+    stopped server back), without persistence, and yield its URL
+    (``redis://127.0.0.1:PORT/0``); stop it (by its PID) on exit."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise FileNotFoundError("redis-server is not installed")
@@ -152,17 +153,17 @@ def redis_server(*, startup_timeout: float = 10.0) -> Iterator[str]:
         log = Path(directory) / "redis.log"
         # The free port is found by binding and closing it; another process may take it in
         # between, which shows as the server exiting: try another port.
-        for _ in range(5):
-            port = _free_port()
+        for _ in range(1 if port else 5):
+            chosen = port or _free_port()
             command = [
                 executable,
-                *("--port", str(port), "--bind", "127.0.0.1", "--dir", directory),
+                *("--port", str(chosen), "--bind", "127.0.0.1", "--dir", directory),
                 *("--save", "", "--appendonly", "no", "--logfile", str(log)),
             ]
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             try:
-                if _wait_for_ping(process, port, startup_timeout):
-                    yield f"redis://127.0.0.1:{port}/0"
+                if _wait_for_ping(process, chosen, startup_timeout):
+                    yield f"redis://127.0.0.1:{chosen}/0"
                     return
             finally:
                 _stop(process)
@@ -576,14 +577,21 @@ class StoreConformance:
         assert await store.acquire_lease(name + "-other", owner="a", ttl=LEASE)
 
     async def test_a_lease_expires_unless_renewed(self, store: RunStore, other: RunStore) -> None:
-        name = f"lease-{uuid.uuid4().hex}"
-        assert await store.acquire_lease(name, owner="a", ttl=0.3)
-        assert not await other.acquire_lease(name, owner="b", ttl=0.3)
-        await anyio.sleep(0.15)
-        assert await store.acquire_lease(name, owner="a", ttl=0.3)  # renewed for 0.3 s more
-        await anyio.sleep(0.2)  # past the first ttl, within the renewed one
-        assert not await other.acquire_lease(name, owner="b", ttl=0.3)
-        await anyio.sleep(0.4)
+        # Real time (a Redis lease runs on the server's clock), with margins measured around
+        # each call so that a slow machine cannot make the checks wrong.
+        name, ttl = f"lease-{uuid.uuid4().hex}", 1.0
+        assert await store.acquire_lease(name, owner="a", ttl=ttl)
+        first_ends_by = time.monotonic() + ttl
+        assert not await other.acquire_lease(name, owner="b", ttl=ttl)
+        await anyio.sleep(ttl / 2)
+        renewed_from = time.monotonic()
+        assert await store.acquire_lease(name, owner="a", ttl=ttl)
+        renewed_ends_by = time.monotonic() + ttl
+        await anyio.sleep(max(0.0, first_ends_by + 0.02 - time.monotonic()))
+        taken = await other.acquire_lease(name, owner="b", ttl=ttl)
+        if time.monotonic() < renewed_from + ttl:
+            assert not taken  # past the first ttl, within the renewed one
+        await anyio.sleep(max(0.0, renewed_ends_by + 0.02 - time.monotonic()))
         assert await other.acquire_lease(name, owner="b", ttl=LEASE)
 
     async def test_one_of_many_concurrent_lease_takers_wins(self, target: StoreTarget) -> None:
