@@ -23,11 +23,12 @@ from ._base import (
     StoreUnavailable,
 )
 from ._memory import MemoryRunStore
-from ._open import open_store
+from ._open import STORE_URL_FORMS, open_store
 from ._redis import RedisRunStore
 from ._sqlite import SQLiteRunStore, default_store_path
 
 __all__ = [
+    "STORE_URL_FORMS",
     "Claim",
     "MemoryRunStore",
     "RecordConflict",

@@ -33,8 +33,11 @@ DEFAULT_PREFIX = "notebookops:"
 # why (or that nothing needed writing).
 
 # KEYS: record, expiry index. ARGV: key, fingerprint, owner, reserved_at, lease_until,
-# expires_at, expires_at in ms. Returns nil when it created the record, else the record.
+# expires_at, expires_at in ms, a time before which every record has expired. Returns nil when
+# it created the record, else the record. It also drops index entries of records that Redis
+# expired by itself long ago, so that a fleet that never prunes keeps a bounded index.
 _RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[8])
 local existing = redis.call('HGETALL', KEYS[1])
 if #existing > 0 then return existing end
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'state', 'reserved', 'owner', ARGV[3],
@@ -43,6 +46,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 return false
 """
+
+#: How far the clocks of the workers and of Redis may disagree, for dropping the index
+#: entries of records that Redis has expired.
+_CLOCK_SKEW = 86400.0
 
 # KEYS: record. ARGV: expected owner, owner, lease_until. Returns the new record or nil.
 _TAKE_OVER = """
@@ -202,6 +209,7 @@ class RedisRunStore:
                 repr(record.lease_until),
                 repr(record.expires_at),
                 math.ceil(record.expires_at * 1000),
+                repr(record.reserved_at - _CLOCK_SKEW),
             ],
         )
         if existing is None:

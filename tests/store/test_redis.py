@@ -24,8 +24,8 @@ from notebookops.store import (
 from notebookops.testing.stores import redis_server, require_redis_server
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _closed_port() -> int:
@@ -170,3 +170,17 @@ def test_require_redis_server_fails_in_ci_and_skips_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="apt-get install -y redis-server"):
         require_redis_server()
+
+
+async def test_reserve_drops_index_entries_of_records_expired_long_ago(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        index = "notebookops:runs:expiry"
+        await client.zadd(index, {"gone-long-ago": time.time() - 3 * 86400.0})
+        await client.zadd(index, {"recent": time.time()})
+        async with RedisRunStore(redis_url) as store:
+            await store.reserve("k", "fp", owner="o", lease=1.0, retention=60.0)
+        members = sorted(_text(m) for m in await client.zrange(index, 0, -1))
+    finally:
+        await client.aclose()
+    assert members == ["k", "recent"]
