@@ -165,9 +165,11 @@ class RunStore(Protocol):
         """Release the store's connections. Closing twice is fine."""
         ...
 
+    # The two below have bodies so that a store subclassing this protocol inherits them.
+
     async def __aenter__(self) -> Self:
         """Connect (a store that cannot be reached or read raises here) and return the store."""
-        ...
+        return self
 
     async def __aexit__(
         self,
@@ -176,4 +178,4 @@ class RunStore(Protocol):
         tb: TracebackType | None,
     ) -> None:
         """:meth:`aclose`."""
-        ...
+        await self.aclose()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import anyio.lowlevel
 
 from ..models import Run, RunHandle
 from . import _records
-from ._base import Claim, RunRecord
+from ._base import Claim, RunRecord, RunStore
 
 __all__ = ["MemoryRunStore"]
 
 
-class MemoryRunStore:
+class MemoryRunStore(RunStore):
     """A :class:`~notebookops.store.RunStore` in this process's memory: nothing survives the
     process, so it proves nothing about crashes. Use it in tests.
 
@@ -26,17 +24,6 @@ class MemoryRunStore:
         self._records: dict[str, RunRecord] = {}
         #: lease name -> (owner, Unix time it ends)
         self._leases: dict[str, tuple[str, float]] = {}
-
-    async def __aenter__(self) -> MemoryRunStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"MemoryRunStore(records={len(self._records)})"

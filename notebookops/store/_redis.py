@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -15,7 +14,14 @@ from .._validate import seconds
 from ..errors import ConfigurationError
 from ..models import Run, RunHandle
 from . import _records
-from ._base import Claim, RunRecord, StoreCorrupted, StoreError, StoreUnavailable
+from ._base import (
+    Claim,
+    RunRecord,
+    RunStore,
+    StoreCorrupted,
+    StoreError,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -120,7 +126,7 @@ return {#keys, deleted}
 _PRUNE_BATCH = 500
 
 
-class RedisRunStore:
+class RedisRunStore(RunStore):
     """A :class:`~notebookops.store.RunStore` in Redis, for workers on many machines.
 
     ``url`` is a redis-py URL (``redis://[[user]:password@]host:6379/0``, ``rediss://`` for
@@ -182,14 +188,6 @@ class RedisRunStore:
     async def __aenter__(self) -> RedisRunStore:
         await self._call(lambda: self._client.ping())
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def reserve(
         self, key: str, fingerprint: str, *, owner: str, lease: float, retention: float

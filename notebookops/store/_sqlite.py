@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import anyio.to_thread
@@ -18,6 +17,7 @@ from . import _records
 from ._base import (
     Claim,
     RunRecord,
+    RunStore,
     StoreCorrupted,
     StoreError,
     StoreUnavailable,
@@ -77,7 +77,7 @@ def default_store_path() -> Path:
     return base / "notebookops" / "runs.db"
 
 
-class SQLiteRunStore:
+class SQLiteRunStore(RunStore):
     """A :class:`~notebookops.store.RunStore` in one SQLite file: the embedded default, safe
     for several processes (and several stores in one process) on one machine.
 
@@ -111,14 +111,6 @@ class SQLiteRunStore:
     async def __aenter__(self) -> SQLiteRunStore:
         await self._call(lambda connection: None)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def reserve(
         self, key: str, fingerprint: str, *, owner: str, lease: float, retention: float

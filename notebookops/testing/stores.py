@@ -303,20 +303,14 @@ class StoreConformance:
 
     @pytest.fixture
     async def store(self, target: StoreTarget) -> AsyncIterator[RunStore]:
-        store = target.open()
-        try:
+        async with target.open() as store:
             yield store
-        finally:
-            await store.aclose()
 
     @pytest.fixture
     async def other(self, target: StoreTarget) -> AsyncIterator[RunStore]:
         """A second store instance on the same storage (another process, as it were)."""
-        store = target.open()
-        try:
+        async with target.open() as store:
             yield store
-        finally:
-            await store.aclose()
 
     async def test_is_a_run_store_and_an_async_context_manager(self, target: StoreTarget) -> None:
         store = target.open()
