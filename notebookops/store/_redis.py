@@ -143,6 +143,7 @@ class RedisRunStore(RunStore):
     twice on a lost connection, which is safe: every method can be repeated (see
     :meth:`RunStore.reserve`).
 
+    Runs on asyncio (redis-py's asyncio client), in the event loop of its first use.
     A record is as durable as the server makes it: for runs that must survive a Redis restart,
     run it with ``appendonly yes`` (and ``appendfsync always`` to lose nothing on a power
     cut). Needs one Redis server (not a cluster: :meth:`prune` touches keys it finds in its

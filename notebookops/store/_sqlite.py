@@ -86,12 +86,16 @@ class SQLiteRunStore(RunStore):
     on disk before the call returns, and survives a crash of the process or the machine.
     Every write is one ``BEGIN IMMEDIATE`` transaction, so it is atomic with respect to every
     other process using the file; a writer waits up to ``timeout`` seconds for another
-    process's transaction, then raises :class:`~notebookops.store.StoreUnavailable`.
+    process's transaction, then raises :class:`~notebookops.store.StoreUnavailable`. Each
+    write waits for one ``fsync``: the disk's fsync latency is most of a write's cost.
+    Records stay until :meth:`prune` deletes those past their ``expires_at``: call it now and
+    then (e.g. once a day, or after a keyed run).
 
     Calls run the stdlib ``sqlite3`` module in worker threads (``anyio.to_thread``), never on
     the event loop. The store holds one connection, used by one thread at a time under a lock:
-    SQLite serialises writers anyway, and reads are short. A file that is not a SQLite
-    database, or was written by a newer notebookops, raises
+    SQLite serialises writers anyway, and reads are short. A call whose caller is cancelled
+    still finishes (or rolls back) its transaction before the cancellation goes on. A file
+    that is not a SQLite database, or was written by a newer notebookops, raises
     :class:`~notebookops.store.StoreCorrupted` on first use.
 
     Not for network file systems (NFS, SMB): SQLite's locking is not reliable there; use
@@ -99,6 +103,7 @@ class SQLiteRunStore(RunStore):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        #: The database file (absolute).
         self.path = Path(path).expanduser().absolute()
         self._timeout = _records.check_seconds("timeout", timeout)
         self._lock = threading.Lock()
