@@ -40,6 +40,9 @@ async def test_memory_url_gives_a_new_store() -> None:
     first, second = open_store("memory:"), open_store("memory:")
     assert isinstance(first, MemoryRunStore)
     assert first is not second
+    # Nothing is shared between instances (no module-level state).
+    await first.reserve("k", "fp", owner="o", lease=1.0, retention=60.0)
+    assert await second.get("k") is None
 
 
 @pytest.mark.parametrize(
