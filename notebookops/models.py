@@ -10,7 +10,7 @@ import enum
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -272,7 +272,43 @@ class Run:
         return data
 
     def to_json(self, *, include_raw: bool = False) -> str:
+        """Serialise :meth:`to_dict` to a JSON string; :meth:`from_json` reads it back."""
         return json.dumps(self.to_dict(include_raw=include_raw), default=str)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Run:
+        """Rebuild a run from :meth:`to_dict`'s output. Bad input raises ConfigurationError."""
+        return _structure(cls, data, "run")
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Run:
+        """Parse a run saved by :meth:`to_json`. Bad input raises ConfigurationError."""
+        return _from_json(cls, text, "run")
+
+
+_T = TypeVar("_T")
+
+
+def _from_json(cls: type[_T], text: str | bytes, what: str) -> _T:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"not a valid notebookops {what}: {exc}") from None
+    return _structure(cls, data, what)
+
+
+def _structure(cls: type[_T], data: object, what: str) -> _T:
+    converter = _converter()
+    import cattrs  # loaded by _converter(); kept out of this module's import
+
+    try:
+        return converter.structure(data, cls)
+    except cattrs.BaseValidationError as exc:
+        # cattrs' own words name each field ("required field missing @ $.handle.run_id").
+        problems = "; ".join(cattrs.transform_error(exc, path=what.split()[-1]))
+        raise ConfigurationError(f"not a valid notebookops {what}: {problems}") from None
+    except (ValueError, TypeError, RecursionError, ConfigurationError) as exc:
+        raise ConfigurationError(f"not a valid notebookops {what}: {exc}") from None
 
 
 _CONVERTER: cattrs.Converter | None = None

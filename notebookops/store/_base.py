@@ -4,13 +4,43 @@ that a run is started once per idempotency key, across processes and restarts.""
 from __future__ import annotations
 
 import enum
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 import attrs
 
+from ..errors import NotebookOpsError
 from ..models import Run, RunHandle
 
-__all__ = ["Claim", "RecordState", "RunRecord", "RunStore"]
+__all__ = [
+    "Claim",
+    "RecordConflict",
+    "RecordState",
+    "RunRecord",
+    "RunStore",
+    "StoreCorrupted",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class StoreError(NotebookOpsError):
+    """A run store failed, or holds something it cannot read."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or opened right now: Redis is down or refuses us, the
+    SQLite file cannot be opened or stays locked."""
+
+
+class StoreCorrupted(StoreError):
+    """The store's data cannot be read: the file is not a SQLite database (or a damaged one,
+    or one written by a newer notebookops), or a record does not parse."""
+
+
+class RecordConflict(StoreError):
+    """A key's record is not in the state a call needs: it is reserved by another owner, it
+    holds another run's handle, or it is gone (released, pruned or expired)."""
 
 
 class RecordState(enum.StrEnum):
@@ -57,40 +87,59 @@ class Claim:
 
 @runtime_checkable
 class RunStore(Protocol):
-    """Durable records of keyed runs. Every method is atomic with respect to every other
+    r"""Durable records of keyed runs. Every method is atomic with respect to every other
     process using the same store.
 
     Implementations: :class:`~notebookops.store.SQLiteRunStore` (one machine, several
     processes), :class:`~notebookops.store.RedisRunStore` (a fleet),
-    :class:`~notebookops.store.MemoryRunStore` (tests). Stores are async context managers.
+    :class:`~notebookops.store.MemoryRunStore` (tests). Stores are async context managers;
+    :func:`~notebookops.store.open_store` builds one from a URL.
+
+    Failures are :class:`StoreError`\ s: :class:`StoreUnavailable` when the store cannot be
+    reached, :class:`StoreCorrupted` when its data cannot be read, :class:`RecordConflict`
+    when a record is not in the state a call needs. Durations (``lease``, ``retention``,
+    ``ttl``) are seconds > 0 (ConfigurationError otherwise); times are Unix times of the
+    calling machine's clock. A stored final run keeps no ``raw`` payload.
     """
 
     async def reserve(
         self, key: str, fingerprint: str, *, owner: str, lease: float, retention: float
     ) -> Claim:
         """Create a RESERVED record owned by ``owner`` if the key has none (``created=True``),
-        else return the existing record untouched. Durable before it returns."""
+        else return the existing record untouched. Durable before it returns.
+
+        ``owner`` must be unique to the calling run attempt: a RESERVED record that ``owner``
+        already holds is its own reservation (an earlier try whose answer was lost) and comes
+        back with ``created=True``. That makes every method safe to retry.
+        """
         ...
 
     async def take_over(
         self, key: str, *, expected_owner: str, owner: str, lease: float
     ) -> RunRecord | None:
         """Give a RESERVED record whose owner is ``expected_owner`` to ``owner`` with a new
-        lease (compare-and-set); None if the record changed meanwhile."""
+        lease (compare-and-set); None if the record changed meanwhile. A RESERVED record that
+        ``owner`` already holds (a repeated take-over) comes back with the new lease."""
         ...
 
     async def record_start(self, key: str, *, owner: str, handle: RunHandle) -> None:
         """RESERVED -> STARTED with the handle (only by the record's owner; a record already
-        STARTED with the same handle is left as is)."""
+        STARTED with the same handle is left as is).
+
+        Raises :class:`RecordConflict` when the record is gone, is reserved by another owner
+        (it was taken over) or holds another handle: the caller has lost the key.
+        """
         ...
 
     async def record_finish(self, key: str, run: Run) -> None:
-        """-> FINISHED with the final run (idempotent)."""
+        """-> FINISHED with the final run (idempotent: a FINISHED record keeps the first run
+        recorded). Raises :class:`RecordConflict` when the record is gone or holds another
+        run's handle."""
         ...
 
     async def release(self, key: str, *, owner: str) -> None:
         """Delete a RESERVED record of ``owner``: its start provably sent nothing, so a later
-        call may start the run."""
+        call may start the run. Any other record is left as is."""
         ...
 
     async def get(self, key: str) -> RunRecord | None:
@@ -103,11 +152,30 @@ class RunStore(Protocol):
         ...
 
     async def release_lease(self, name: str, *, owner: str) -> None:
-        """Give the named lease back if ``owner`` holds it."""
+        """Give the named lease back if ``owner`` holds it (otherwise do nothing)."""
         ...
 
     async def prune(self, *, now: float | None = None) -> int:
-        """Delete records past their ``expires_at``; return how many."""
+        """Delete records past their ``expires_at`` (at ``now``, default the current time) and
+        expired leases; return how many records. A store may also drop expired records on its
+        own (Redis key expiry): ``expires_at`` is the earliest a record may go."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release the store's connections. Closing twice is fine."""
+        ...
+
+    # The two below have bodies so that a store subclassing this protocol inherits them.
+
+    async def __aenter__(self) -> Self:
+        """Connect (a store that cannot be reached or read raises here) and return the store."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """:meth:`aclose`."""
+        await self.aclose()
