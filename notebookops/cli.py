@@ -75,6 +75,7 @@ from .errors import (
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 from .orchestration import DEFAULT_TIMEOUT, run_and_wait, start_run, wait_for_run
 from .policies import PollPolicy
+from .store import RunStore, SQLiteRunStore, default_store_path, open_store
 
 __all__ = [
     "EXIT_API_ERROR",
@@ -273,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-handle",
         metavar="FILE",
         help="write the run's handle to FILE as soon as it starts (for status, wait, cancel)",
+    )
+    run.add_argument(
+        "--key",
+        metavar="KEY",
+        help="an idempotency key: the run is started once per key, and running the same "
+        "command again (after Ctrl-C, a crash, a reboot) follows that run instead of "
+        "starting another. Ctrl-C then leaves the run going",
+    )
+    run.add_argument(
+        "--store",
+        metavar="URL",
+        help="where --key records its run: sqlite:///path.db or redis://host:6379/0 "
+        "(default: a SQLite file in your state directory, ~/.local/state/notebookops)",
     )
     run.add_argument(
         "--mode",
@@ -591,8 +605,10 @@ async def _follow(
     request: RunRequest | None,
     handle: RunHandle | None,
     handle_path: Path | None,
+    store: RunStore | None = None,
 ) -> int:
-    """Start (``request``) or resume (``handle``) a run, follow it, report it."""
+    """Start (``request``, once per ``args.key`` in ``store``) or resume (``handle``) a run,
+    follow it, report it."""
     console = session.console
     progress = Progress(console, enabled=not args.quiet)
     seen = _Follow(handle)
@@ -634,7 +650,9 @@ async def _follow(
         with session.interruptible() as scope:
             try:
                 if request is not None:
-                    run = await run_and_wait(backend, request, on_start=on_start, **options)
+                    run = await run_and_wait(
+                        backend, request, on_start=on_start, key=args.key, store=store, **options
+                    )
                 else:
                     assert handle is not None
                     progress.start(handle, verb="following")
@@ -693,6 +711,10 @@ async def _interrupted(
         console.err("notebookops: interrupted before any run started")
         return EXIT_INTERRUPTED
     name = f"{handle.backend} run {handle.run_id}"
+    if getattr(args, "key", None) is not None:
+        console.err(f"notebookops: interrupted: left {name} running (--key)")
+        console.err("notebookops: hint: run the same command again to follow it")
+        return EXIT_INTERRUPTED
     if args.detach:
         console.err(f"notebookops: interrupted: left {name} running (--detach)")
         console.err(f"notebookops: hint: {_resume_hint(handle, handle_path)}")
@@ -802,18 +824,51 @@ async def _start(
                 raise ConfigurationError(f"{flag} would abandon the run: {reason}")
             if handle_path is not None:
                 console.err(f"notebookops: note: the handle is saved for reference only; {reason}")
-        if args.no_wait:
-            with session.interruptible():
-                handle = await start_run(backend, request)
-            console.err(f"notebookops: started {handle.backend} run {handle.run_id}")
-            if handle_path is not None:
-                _write_handle(handle_path, handle)
-                console.err(f"notebookops: hint: follow it with: notebookops wait {handle_path}")
-            console.print(handle.to_json())
-            return EXIT_OK
-        return await _follow(
-            session, backend, args, request=request, handle=None, handle_path=handle_path
-        )
+        store = _store_for(args)
+        if store is not None:
+            async with store:
+                return await _run_or_start(session, backend, args, request, handle_path, store)
+        return await _run_or_start(session, backend, args, request, handle_path, None)
+
+
+def _store_for(args: argparse.Namespace) -> RunStore | None:
+    """The store ``--key`` records its run in (None without ``--key``)."""
+    if args.key is None:
+        if args.store is not None:
+            raise ConfigurationError("--store goes with --key (the store records keyed runs)")
+        return None
+    if args.store is not None:
+        return open_store(args.store)
+    return SQLiteRunStore(default_store_path())
+
+
+async def _run_or_start(
+    session: _Session,
+    backend: NotebookBackend,
+    args: argparse.Namespace,
+    request: RunRequest,
+    handle_path: Path | None,
+    store: RunStore | None,
+) -> int:
+    console = session.console
+    if args.no_wait:
+        with session.interruptible():
+            handle = await start_run(backend, request, key=args.key, store=store)
+        console.err(f"notebookops: started {handle.backend} run {handle.run_id}")
+        if handle_path is not None:
+            _write_handle(handle_path, handle)
+            console.err(f"notebookops: hint: follow it with: notebookops wait {handle_path}")
+        console.print(handle.to_json())
+        return EXIT_OK
+    return await _follow(
+        session,
+        backend,
+        args,
+        request=request,
+        handle=None,
+        handle_path=handle_path,
+        store=store,
+    )
 
 
 async def _cmd_wait(args: argparse.Namespace, session: _Session) -> int:

@@ -85,7 +85,7 @@ class PollPolicy:
     The defaults wait about a fifth of the time the run has taken so far (``proportion=0.2``),
     at least 1 s and at most 60 s. A finished run is therefore noticed within about 20% of
     its running time (10% on the median), never more than 60 s late, and a 2-hour run costs
-    about 147 status reads (``bench/results/benchmarks.md``, scenario 2). A schedule that grows
+    about 147 status reads (``bench/README.md``, scenario 2). A schedule that grows
     per read instead (``multiplier``) lags by up to ``multiplier - 1`` of the elapsed time:
     the previous default (1 s x1.5, capped at 30 s) noticed a 1-minute run up to 23 s late.
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio.base_events
-import importlib.util
 import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Iterator
 from typing import Any
 
 import aioresponses.core
@@ -60,26 +56,3 @@ def _loop_errors_fail_the_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     assert not errors, "the event loop caught: " + "; ".join(
         f"{c.get('message')}: {c.get('exception')!r}" for c in errors
     )
-
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-@pytest.fixture(scope="session")
-def load_bench() -> Callable[[str], ModuleType]:
-    """Load one of ``bench/``'s scripts as a module, under a name of its own (they import
-    their siblings by name, so ``bench/`` leads ``sys.path`` while one loads)."""
-
-    def load(script: str) -> ModuleType:
-        sys.path.insert(0, str(BENCH))
-        try:
-            spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
-            assert spec is not None
-            assert spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(BENCH))
-        return module
-
-    return load
