@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -188,17 +189,33 @@ class CellOutput:
 
     @property
     def plain_text(self) -> str | None:
-        """The output as plain text, whichever form it came in."""
+        """The output as plain text, whichever form it came in.
+
+        A rich display (Markdown, say) whose ``text/plain`` is only its object's repr
+        (``<IPython.core.display.Markdown object>``) reads as its Markdown source instead.
+        """
         if self.text is not None:
             return self.text
-        plain = self.data.get("text/plain")
-        if isinstance(plain, list):
-            return "".join(str(part) for part in plain)
+        plain = _joined(self.data.get("text/plain"))
+        markdown = _joined(self.data.get("text/markdown"))
+        if markdown is not None and (plain is None or _OBJECT_REPR.fullmatch(plain.strip())):
+            return markdown
         if plain is not None:
-            return str(plain)
+            return plain
         if self.output_type == "error":
             return f"{self.ename or 'Error'}: {self.evalue or ''}".rstrip(": ")
         return None
+
+
+#: What IPython puts in ``text/plain`` for an object with no text form of its own.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object(?: at 0x[0-9a-f]+)?>")
+
+
+def _joined(value: object) -> str | None:
+    """A MIME bundle's value as text (notebooks store multi-line text as a list of lines)."""
+    if isinstance(value, list):
+        return "".join(str(part) for part in value)
+    return None if value is None else str(value)
 
 
 @attrs.frozen

@@ -165,3 +165,17 @@ def test_to_camel() -> None:
     assert to_camel("snapshot_delivery") == "snapshotDelivery"
     assert to_camel("run_id") == "runId"
     assert to_camel("name") == "name"
+
+
+def test_plain_text_reads_a_rich_display_whose_plain_form_is_only_a_repr() -> None:
+    markdown = CellOutput(
+        output_type="display_data",
+        data={"text/plain": "<IPython.core.display.Markdown object>", "text/markdown": "# Hi"},
+    )
+    assert markdown.plain_text == "# Hi"
+    both = CellOutput(
+        output_type="execute_result", data={"text/plain": "42", "text/markdown": "**42**"}
+    )
+    assert both.plain_text == "42"
+    lines = CellOutput(output_type="display_data", data={"text/markdown": ["a\n", "b"]})
+    assert lines.plain_text == "a\nb"
