@@ -638,7 +638,9 @@ async def streaming_posthog(url: str) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {POSTHOG_TOKEN}"}
     async with (
         _session() as session,
-        PostHogBackend(POSTHOG_TOKEN, project_id=PROJECT_ID, host=url, mode="kernel") as backend,
+        PostHogBackend(
+            POSTHOG_TOKEN, project_id=PROJECT_ID, base_url=url, mode="kernel"
+        ) as backend,
     ):
         calls: Counter[str] = Counter()
         _counting(backend, "get_run", calls)

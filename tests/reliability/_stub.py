@@ -104,8 +104,15 @@ class StubTransport:
         yield iterate()
 
 
-def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
-    """Put a StubTransport in place of ``backend._transport``'s network methods."""
-    transport = backend._transport  # type: ignore[attr-defined]
+def transport_of(backend: object) -> HttpTransport:
+    """The transport a backend talks through (its client's, where it has a client)."""
+    owner = getattr(backend, "client", backend)
+    transport = owner._transport  # type: ignore[attr-defined]
     assert isinstance(transport, HttpTransport)
+    return transport
+
+
+def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
+    """Put a StubTransport in place of the backend's transport's network methods."""
+    transport = transport_of(backend)
     return StubTransport(transport, body, **kwargs)

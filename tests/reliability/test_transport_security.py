@@ -29,6 +29,8 @@ from notebookops.backends.deepnote import DeepnoteBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import RetryPolicy
 
+from ._stub import transport_of
+
 TOKEN = "tls-test-token-0123"
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -36,12 +38,12 @@ Factory = Callable[..., Any]
 FACTORIES: dict[str, Factory] = {
     "deepnote": lambda url, **kw: DeepnoteBackend(TOKEN, base_url=url, **kw),
     "datalore": lambda url, **kw: DataloreBackend(token=TOKEN, base_url=url, **kw),
-    "posthog": lambda url, **kw: PostHogBackend(TOKEN, project_id="1", host=url, **kw),
+    "posthog": lambda url, **kw: PostHogBackend(TOKEN, project_id="1", base_url=url, **kw),
 }
 
 
 def _url_of(backend: Any) -> str:
-    url = backend._transport.base_url
+    url = transport_of(backend).base_url
     assert isinstance(url, str)
     return url
 
@@ -194,7 +196,7 @@ async def test_an_untrusted_certificate_is_refused_and_not_retried(
     calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "deepnote": lambda backend: backend.me(),
         "datalore": lambda backend: backend.start_run(_request("own/nb")),
-        "posthog": lambda backend: backend.get_notebook("nb"),
+        "posthog": lambda backend: backend.client.get_notebook("nb"),
     }
     for vendor, factory in FACTORIES.items():
         async with factory(url, retry=RETRY) as backend:

@@ -8,13 +8,15 @@ mapping of kernel results to :class:`~notebookops.CellOutput`, and SSE frame dec
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import html
 import json
 import keyword
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -25,7 +27,7 @@ from ..._http import VendorProfile, default_error_message, path_segment
 from ..._redact import trim
 from ..._sse import SSEEvent
 from ...backend import StateTable
-from ...errors import APIError, ConfigurationError, ResponseDecodeError
+from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunProgress, RunState
 from ._errors import (
     CollabConflict,
@@ -38,6 +40,7 @@ from ._errors import (
 )
 from ._wire import (
     CellRunEnvelope,
+    CellRunStatus,
     CollabEvent,
     CollabPresence,
     CollabStep,
@@ -57,12 +60,18 @@ __all__ = [
     "ALLOWED_IDLE_TIMEOUTS",
     "ALLOWED_MEMORY_GB",
     "CELL_KINDS",
+    "LOOKED_FOR",
+    "MARKDOWN_TAGS",
+    "MAX_CELL_TIMEOUT",
+    "MAX_RUN_VARIABLES",
     "PROFILE",
     "SERVER_RUN_STATES",
     "Cell",
     "activity_params",
     "apply_executions",
+    "cell_run_outputs",
     "collab_save_body",
+    "component_props",
     "contains_param",
     "decode_collab_event",
     "decode_kernel_event",
@@ -76,11 +85,13 @@ __all__ = [
     "inputs_code",
     "kernel_config_body",
     "list_params",
+    "markdown_of",
     "markdown_save_body",
     "next_path",
     "notebook_path",
     "notebooks_path",
     "presence_body",
+    "run_variables_body",
     "python_execution_attrs",
     "refine_error",
     "retry_after_from_body",
@@ -286,6 +297,13 @@ def update_body(
     if not isinstance(text_content, _Unset):
         body["text_content"] = text_content
     if version is not None:
+        if isinstance(content, _Unset):
+            # PostHog writes a version sent without content straight to the row, which
+            # would break every other client's next save.
+            raise ConfigurationError(
+                "version is only sent together with content (PostHog would store it as the "
+                "notebook's version otherwise)"
+            )
         if isinstance(version, bool) or not isinstance(version, int):
             raise ConfigurationError(f"version must be an int, got {version!r}")
         body["version"] = version
@@ -379,29 +397,44 @@ def markdown_save_body(
     return body
 
 
-def presence_body(
-    *, client_id: str, version: int, cursor: Mapping[str, int] | None = None
-) -> dict[str, Any]:
-    """``collab/presence/``."""
-    body: dict[str, Any] = {"client_id": _client_id(client_id), "version": _version(version)}
-    clean = _cursor(cursor)
-    if clean is not None:
-        body["cursor"] = clean
-    return body
+def presence_body(*, client_id: str, version: int, cursor: Mapping[str, int]) -> dict[str, Any]:
+    """``collab/presence/``: PostHog requires ``cursor`` (400 without it)."""
+    if not isinstance(cursor, Mapping):
+        raise ConfigurationError(
+            f"cursor is required by collab/presence/ (a mapping such as {{'head': 0}}), "
+            f"got {cursor!r}"
+        )
+    return {
+        "client_id": _client_id(client_id),
+        "version": _version(version),
+        "cursor": _cursor(cursor),
+    }
 
 
-def validate_cell_timeout(value: float | None, what: str = "timeout") -> float | None:
-    """PostHog accepts execution timeouts of 0.1 to 120 seconds."""
+#: PostHog's bounds on an execution timeout, in seconds.
+MAX_CELL_TIMEOUT: Final = 120
+
+
+def validate_cell_timeout(value: float | None, what: str = "timeout") -> int | None:
+    """A kernel execution timeout: whole seconds from 1 to 120.
+
+    PostHog truncates the timeout with ``int()`` and uses it as the sandbox's limit on the
+    cell's **whole run** (0.5 would become 0), so fractions are refused here.
+    """
     if value is None:
         return None
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 0.1 <= value <= 120
+        or value != int(value)
+        or not 1 <= value <= MAX_CELL_TIMEOUT
     ):
-        raise ConfigurationError(f"{what} must be between 0.1 and 120 seconds, got {value!r}")
-    return float(value)
+        raise ConfigurationError(
+            f"{what} must be whole seconds from 1 to {MAX_CELL_TIMEOUT} (PostHog truncates "
+            f"fractions and bounds the cell's whole run with it), got {value!r}"
+        )
+    return int(value)
 
 
 def execute_body(
@@ -430,6 +463,70 @@ def _allowed(value: float | None, allowed: Sequence[float], what: str) -> float 
             f"{what} must be one of {', '.join(f'{v:g}' for v in allowed)}; got {value!r}"
         )
     return value
+
+
+#: At most this many variables per server-side run (PostHog's limit).
+MAX_RUN_VARIABLES: Final = 10
+_SCALAR_TYPES: Final = (("boolean", bool), ("number", int | float), ("string", str))
+
+
+def _run_variable(name: object, value: object, type_: object = None) -> dict[str, Any]:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ConfigurationError(
+            f"run variable name {name!r} is not an identifier (PostHog refuses it)"
+        )
+    if isinstance(value, datetime | date):
+        value, inferred = value.isoformat(), "date"
+    elif value is None:
+        inferred = "string"
+    else:
+        inferred = next((t for t, kind in _SCALAR_TYPES if isinstance(value, kind)), "")
+        if not inferred or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigurationError(
+                f"run variable {name!r} must be a scalar (str, int, float, bool, date or "
+                f"None), got {type(value).__name__}"
+            )
+    if type_ is None:
+        type_ = inferred
+    elif not isinstance(type_, str) or not type_:
+        raise ConfigurationError(f"run variable {name!r} has an invalid type {type_!r}")
+    return {"name": name, "type": type_, "value": value}
+
+
+def run_variables_body(
+    variables: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """``POST runs/``: ``{"variables": [{"name", "type", "value"}, ...]}`` (or ``{}``).
+
+    Takes a name -> value mapping (types inferred: ``string``, ``number``, ``boolean``,
+    ``date``) or PostHog's list shape; at most 10, identifier names, scalar values.
+    """
+    if not variables:
+        return {}
+    items: list[dict[str, Any]] = []
+    if isinstance(variables, Mapping):
+        items = [_run_variable(name, value) for name, value in variables.items()]
+    elif isinstance(variables, list | tuple):
+        for entry in variables:
+            if not isinstance(entry, Mapping) or "name" not in entry:
+                raise ConfigurationError(
+                    f"run variables in list form are {{'name', 'type', 'value'}} objects, "
+                    f"got {entry!r}"
+                )
+            items.append(_run_variable(entry["name"], entry.get("value"), entry.get("type")))
+    else:
+        raise ConfigurationError(
+            f"run variables must be a mapping or a list of {{name, type, value}}, got "
+            f"{type(variables).__name__}"
+        )
+    if len(items) > MAX_RUN_VARIABLES:
+        raise ConfigurationError(
+            f"PostHog accepts at most {MAX_RUN_VARIABLES} run variables, got {len(items)}"
+        )
+    names = [item["name"] for item in items]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"run variable names must be unique, got {names}")
+    return {"variables": items}
 
 
 def kernel_config_body(
@@ -548,31 +645,49 @@ def retry_after_from_body(data: Any) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
+_RUNS_PATH = re.compile(r"/notebooks/[^/]+/(runs|sql_v2)/")
+RUNS_SCOPES: Final = "notebook:write and query:read"
+
+
+def _refine_forbidden(error: APIError, detail: str) -> APIError:
+    """403s with what to do: the scopes an endpoint needs, and which keys PostHog accepts."""
+    runs = bool(_RUNS_PATH.search(error.url))
+    if _SCOPED_KEY_DETAIL in detail.lower():
+        return rebuild_error(
+            ScopedKeyNotAllowed,
+            error,
+            f"{error.message}. This endpoint (kernel, HogQL execute, recording comments or "
+            "project-wide activity) declares no API scope: older PostHog servers refuse "
+            "scoped personal API keys here (even one with '*') and accept a key created "
+            "without scopes; newer servers refuse every personal API key here. On a newer "
+            f"server run notebooks with mode='server' (scopes {RUNS_SCOPES}).",
+        )
+    if _MISSING_SCOPE.search(detail):
+        missing = rebuild_error(MissingScope, error)
+        scope = missing.scope
+        need = (
+            f"server-side runs need the {RUNS_SCOPES} scopes"
+            if runs
+            else f"give the personal API key the '{scope}' scope (':write' covers ':read')"
+        )
+        return rebuild_error(MissingScope, error, f"{error.message}. {need[0].upper()}{need[1:]}.")
+    if runs:
+        return rebuild_error(
+            PermissionDenied,
+            error,
+            f"{error.message}. Server-side runs need the {RUNS_SCOPES} scopes and query "
+            "access in this project.",
+        )
+    return error
+
+
 def refine_error(error: APIError) -> APIError:
     """Replace generic mapped errors with the PostHog-specific ones in ``_errors``."""
     data: dict[str, Any] = error.data if isinstance(error.data, dict) else {}
     raw_detail = data.get("detail")
     detail = raw_detail if isinstance(raw_detail, str) else ""
-    if error.status == 403 and _SCOPED_KEY_DETAIL in detail.lower():
-        return rebuild_error(
-            ScopedKeyNotAllowed,
-            error,
-            f"{error.message}. This endpoint (kernel, HogQL execute, recording comments or "
-            "project-wide activity) declares no API scope, so PostHog refuses every scoped "
-            "personal API key here, even one with the '*' scope: use a personal API key "
-            "created without scopes (full access).",
-        )
-    if error.status == 403 and _MISSING_SCOPE.search(detail):
-        missing = rebuild_error(MissingScope, error)
-        scope = missing.scope
-        if scope:
-            missing = rebuild_error(
-                MissingScope,
-                error,
-                f"{error.message}. Give the personal API key the '{scope}' scope "
-                "(or ':write' for a ':read' scope).",
-            )
-        return missing
+    if error.status == 403:
+        return _refine_forbidden(error, detail)
     if error.status == 409 and data.get("code") == "conflict":
         if "steps" in data or "updates" in data or "client_ids" in data:
             return rebuild_error(CollabConflict, error)
@@ -587,6 +702,14 @@ def refine_error(error: APIError) -> APIError:
         )
     if error.status == 410:
         return rebuild_error(CollabStale, error)
+    if error.status == 400 and "/sharing/" in error.url:
+        return rebuild_error(
+            type(error),
+            error,
+            f"{error.message}. PostHog routes notebook sharing but its sharing API only "
+            "serves dashboards, insights and recordings (every version read answers this): "
+            "share it from the PostHog app instead",
+        )
     return error
 
 
@@ -606,6 +729,14 @@ _ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\
 #: Cell kinds the adapter can run, and the ProseMirror node types they come from.
 CELL_KINDS: Final[Mapping[str, str]] = {"python": "ph-python", "hogql": "ph-hogql-sql"}
 _NODE_KINDS: Final = {node: kind for kind, node in CELL_KINDS.items()}
+#: The markdown format's cell tags (inside one ``ph-markdown-notebook`` node).
+MARKDOWN_NODE: Final = "ph-markdown-notebook"
+MARKDOWN_TAGS: Final[Mapping[str, str]] = {"PythonV2": "python", "SQLV2": "hogql"}
+#: How a "no runnable cell" error names what was looked for.
+LOOKED_FOR: Final = (
+    "rich-text nodes ph-python / ph-hogql-sql, or <PythonV2> / <SQLV2> tags in a "
+    "ph-markdown-notebook node"
+)
 
 
 def strip_ansi(text: str) -> str:
@@ -618,7 +749,8 @@ class Cell:
     """A runnable cell of a notebook.
 
     ``index`` is its position among the notebook's code cells in document order (stable
-    whichever cells are selected); ``path`` is where the node sits in the content tree.
+    whichever cells are selected); ``path`` is where a rich-text node sits in the content
+    tree (empty for a markdown-format cell, which lives inside the markdown text).
     """
 
     index: int
@@ -627,6 +759,7 @@ class Cell:
     node_id: str | None = None
     title: str | None = None
     path: tuple[int, ...] = ()
+    markdown: bool = False
 
     @property
     def label(self) -> str:
@@ -644,11 +777,151 @@ def _walk(node: Any, path: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], M
             yield from _walk(child, (*path, position))
 
 
-def extract_cells(content: Mapping[str, Any] | None) -> list[Cell]:
-    """Every Python and HogQL cell of a ProseMirror document, depth-first in document order.
+def markdown_of(content: Mapping[str, Any] | None) -> str | None:
+    """The text of a markdown-format notebook (one ``ph-markdown-notebook`` node), else None."""
+    nodes = content.get("content") if isinstance(content, Mapping) else None
+    if not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], Mapping):
+        return None
+    node = nodes[0]
+    node_attrs = node.get("attrs")
+    text = node_attrs.get("markdown") if isinstance(node_attrs, Mapping) else None
+    return text if node.get("type") == MARKDOWN_NODE and isinstance(text, str) else None
 
-    A node of another type, or one without string ``attrs.code``, is not a cell (an empty
-    ``code`` is: it runs as a no-op, like in the UI).
+
+_TAG_START = re.compile(r"<([A-Z][A-Za-z0-9]*)(?=[\s/>])")
+_PROP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_RAW_VALUE = re.compile(r"[^\s/>]+")
+
+
+def _component_blocks(markdown: str) -> Iterator[tuple[str, str]]:
+    """``(tag, source)`` of each JSX-like component block: it starts a line with ``<Tag`` and
+    ends at ``/>`` or ``</Tag>`` before the next blank line; fenced code is skipped."""
+    lines = markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    position = 0
+    while position < len(lines):
+        line = lines[position].strip()
+        if line.startswith("```"):
+            position += 1
+            while position < len(lines) and not lines[position].strip().startswith("```"):
+                position += 1
+            position += 1
+            continue
+        start = _TAG_START.match(line)
+        if start is None:
+            position += 1
+            continue
+        tag = start.group(1)
+        end = position
+        while end < len(lines) and (end == position or lines[end].strip()):
+            source = "\n".join(lines[position : end + 1]).strip()
+            if source.endswith("/>") or f"</{tag}>" in source:
+                yield tag, source
+                break
+            end += 1
+        position = end + 1
+
+
+def _prop_value(source: str, index: int) -> tuple[Any, int]:
+    """One prop value at ``index``: a quoted string, a ``{...}`` JSON expression or a bare
+    word; returns the value and the index after it."""
+    first = source[index : index + 1]
+    if first in ('"', "'"):
+        end = index + 1
+        while end < len(source) and source[end] != first:
+            end += 2 if source[end] == "\\" else 1
+        text = source[index : end + 1]
+        if first == '"':
+            with contextlib.suppress(ValueError):
+                return html.unescape(json.loads(text)), end + 1
+        return html.unescape(text[1:-1]), end + 1
+    if first == "{":
+        depth, end, quote = 0, index, ""
+        while end < len(source):
+            char = source[end]
+            if quote:
+                if char == "\\":
+                    end += 1
+                elif char == quote:
+                    quote = ""
+            elif char in "\"'":
+                quote = char
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            end += 1
+        inner = source[index + 1 : end].strip()
+        try:
+            return json.loads(inner), end + 1
+        except ValueError:
+            return inner, end + 1
+    match = _RAW_VALUE.match(source, index)
+    word = match.group(0) if match else ""
+    return word, index + max(len(word), 1)
+
+
+def component_props(source: str) -> dict[str, Any]:
+    """The props of one component block (``<PythonV2 nodeId="a" code="x = 1" />``)."""
+    start = _TAG_START.match(source)
+    if start is None:
+        return {}
+    body = source[start.end() :]
+    props: dict[str, Any] = {}
+    index = 0
+    while index < len(body):
+        while index < len(body) and body[index].isspace():
+            index += 1
+        name = _PROP_NAME.match(body, index)
+        if name is None:
+            break
+        index = name.end()
+        while index < len(body) and body[index].isspace():
+            index += 1
+        if body[index : index + 1] != "=":
+            props[name.group(0)] = True
+            continue
+        index += 1
+        while index < len(body) and body[index].isspace():
+            index += 1
+        props[name.group(0)], index = _prop_value(body, index)
+    return props
+
+
+def _markdown_cells(markdown: str) -> list[Cell]:
+    cells: list[Cell] = []
+    for tag, source in _component_blocks(markdown):
+        kind = MARKDOWN_TAGS.get(tag)
+        if kind is None:
+            continue
+        props = component_props(source)
+        code = props.get("code", "")
+        node_id = props.get("nodeId")
+        title = props.get("title")
+        if not isinstance(code, str) or not isinstance(node_id, str) or not node_id:
+            continue  # PostHog skips a cell without a nodeId too
+        cells.append(
+            Cell(
+                index=len(cells),
+                kind=kind,
+                code=code,
+                node_id=node_id,
+                title=title if isinstance(title, str) and title else None,
+                markdown=True,
+            )
+        )
+    return cells
+
+
+def extract_cells(content: Mapping[str, Any] | None) -> list[Cell]:
+    """Every Python and HogQL cell of a notebook, in document order, in either format.
+
+    A markdown-format notebook (one ``ph-markdown-notebook`` node, what newer PostHog stores
+    for every new notebook) has ``<PythonV2 nodeId=... code=... />`` and ``<SQLV2 ... />``
+    tags; an older rich-text notebook has ``ph-python`` and ``ph-hogql-sql`` nodes, read
+    depth-first. A node without string code is not a cell (empty code is: it runs as a
+    no-op, like in the UI).
     """
     cells: list[Cell] = []
     if content is None:
@@ -659,6 +932,9 @@ def extract_cells(content: Mapping[str, Any] | None) -> list[Cell]:
             vendor=VENDOR,
             body=trim(repr(content), 500),
         )
+    markdown = markdown_of(content)
+    if markdown is not None:
+        return _markdown_cells(markdown)
     for path, node in _walk(content, ()):
         kind = _NODE_KINDS.get(str(node.get("type")))
         if kind is None:
@@ -845,6 +1121,29 @@ def hogql_output(result: HogQLResult, cell: Cell) -> CellOutput:
     )
 
 
+def cell_run_outputs(
+    status: CellRunStatus, *, cell_id: str | None, cell_index: int
+) -> list[CellOutput]:
+    """One server-side cell run as outputs. A failed cell's ``result`` is null: its reason is
+    in ``error``."""
+    if status.result is not None:
+        return envelope_outputs(status.result, cell_id=cell_id, cell_index=cell_index)
+    if status.error is None:
+        return []
+    text = status.error if isinstance(status.error, str) else json.dumps(status.error)
+    lines = tuple(text.splitlines())
+    return [
+        CellOutput(
+            output_type="error",
+            ename="CellError",
+            evalue=_last_line(lines),
+            traceback=lines,
+            cell_id=cell_id,
+            cell_index=cell_index,
+        )
+    ]
+
+
 def envelope_outputs(
     envelope: CellRunEnvelope, *, cell_id: str | None, cell_index: int
 ) -> list[CellOutput]:
@@ -938,7 +1237,11 @@ def apply_executions(
     if content is None or not executions:
         return None
     updated = copy.deepcopy(dict(content))
-    current = {(cell.node_id or ("index", cell.index)): cell for cell in extract_cells(updated)}
+    current = {
+        (cell.node_id or ("index", cell.index)): cell
+        for cell in extract_cells(updated)
+        if not cell.markdown  # outputs live in rich-text nodes' attrs only
+    }
     changed = False
     for ran, raw in executions.items():
         if ran.kind != "python":
