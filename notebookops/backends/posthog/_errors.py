@@ -43,6 +43,7 @@ __all__ = [
     "NoRunnableCells",
     "ScopedKeyNotAllowed",
     "VersionConflict",
+    "answer_of",
     "rebuild_error",
 ]
 
@@ -154,6 +155,13 @@ class KernelStreamError(ServerError):
     def error(self) -> str:
         value = _dict(self.data).get("error")
         return value if isinstance(value, str) else self.message
+
+
+def answer_of(error: APIError) -> str:
+    """The status and the server's own words, e.g. ``404 Not found.``."""
+    detail = _dict(error.data).get("detail")
+    words = detail if isinstance(detail, str) and detail else error.message
+    return f"{error.status} {words}"
 
 
 class ModeUnavailable(UnsupportedOperation):

@@ -35,7 +35,7 @@ from ...errors import (
     TransportError,
 )
 from ...models import CellOutput, Run, RunErrorInfo, RunHandle, RunProgress, RunRequest, RunState
-from ._errors import KernelRunNotFound, KernelStreamError, ModeUnavailable
+from ._errors import KernelRunNotFound, KernelStreamError, ModeUnavailable, answer_of
 from ._requests import (
     Cell,
     apply_executions,
@@ -127,9 +127,9 @@ class KernelRuns:
             except NotFound as error:
                 raise ModeUnavailable(
                     f"mode='kernel' needs PostHog's kernel endpoints, but POST kernel/start/ of "
-                    f"notebook {short_id!r} answered {error.status} {error.message!r}",
+                    f"notebook {short_id!r} answered {answer_of(error)!r}",
                     mode="kernel",
-                    answer=f"{error.status} {error.message}",
+                    answer=answer_of(error),
                 ) from error
         handle = RunHandle(
             backend="posthog",

@@ -665,11 +665,12 @@ def _refine_forbidden(error: APIError, detail: str) -> APIError:
     if _MISSING_SCOPE.search(detail):
         missing = rebuild_error(MissingScope, error)
         scope = missing.scope
-        need = (
-            f"server-side runs need the {RUNS_SCOPES} scopes"
-            if runs
-            else f"give the personal API key the '{scope}' scope (':write' covers ':read')"
-        )
+        if runs:
+            need = f"server-side runs need the {RUNS_SCOPES} scopes"
+        elif scope:
+            need = f"give the personal API key the '{scope}' scope (':write' covers ':read')"
+        else:
+            need = "give the personal API key the scope PostHog names"
         return rebuild_error(MissingScope, error, f"{error.message}. {need[0].upper()}{need[1:]}.")
     if runs:
         return rebuild_error(

@@ -17,7 +17,7 @@ from ...errors import (
 )
 from ...models import CellOutput, Run, RunHandle, RunRequest
 from ...policies import PollPolicy
-from ._errors import ModeUnavailable
+from ._errors import ModeUnavailable, answer_of
 from ._requests import SERVER_RUN_STATES, cell_run_outputs, server_run_error, server_run_progress
 from ._retention import FinishedRuns, output_bytes
 from .client import PostHogClient
@@ -51,10 +51,10 @@ class ServerRuns:
         except NotFound as error:
             raise ModeUnavailable(
                 f"mode='server' needs PostHog's server-side runs, but POST runs/ of notebook "
-                f"{short_id!r} answered {error.status} {error.message!r}: this server predates "
+                f"{short_id!r} answered {answer_of(error)!r}: this server predates "
                 "them or has the revamped-py-notebooks flag off (use mode='kernel' or 'auto')",
                 mode="server",
-                answer=f"{error.status} {error.message}",
+                answer=answer_of(error),
             ) from error
         except TransportError as error:
             if not error.request_sent:
