@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from aiohttp import web
 
+from .._validate import utc_now
 from ..backend import NotebookBackend
 from ..backends.posthog import (
     ALLOWED_CPU_CORES,
@@ -137,10 +138,6 @@ _NEW_ONLY = frozenset({"start_run", "get_run", "interrupt_run", "run_cell", "get
 _OLD_ONLY = frozenset({"hogql_execute", "kernel_execute_stream", "kernel_dataframe"})
 _CELL_PREFIX = "<posthog-fake-cell-"
 _cell_numbers = itertools.count(1)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -588,7 +585,7 @@ class FakeKernel:
         execution = FakeExecution(self.short_id, self.user_id, code, client_gone=client_gone)
         self.server.executions.append(execution)
         async with self.lock:
-            started_at = _now()
+            started_at = utc_now()
             if generation != self.generation or client_gone():
                 # Stopped (or abandoned) while queued: the code never reaches the kernel.
                 execution.interrupted = True
@@ -642,7 +639,7 @@ class FakeKernel:
                 execution.finished = True
                 if self.current is execution:
                     self.current = None
-            self.last_used_at = _now()
+            self.last_used_at = utc_now()
             exception = outcome.pop("exception", None)
             if exception is not None:
                 outcome["traceback"] = _format_error(exception, compiled.filename)
@@ -681,7 +678,7 @@ class FakeKernel:
             "traceback": outcome.get("traceback", []),
             "variables": outcome.get("variables"),
             "started_at": _iso(started_at),
-            "completed_at": _iso(_now()),
+            "completed_at": _iso(utc_now()),
             "kernel_runtime": self.runtime(),
         }
 
@@ -739,8 +736,8 @@ class FakeNotebook:
     created_by: FakeUser
     version: int = 0
     deleted: bool = False
-    created_at: datetime = attrs.field(factory=_now)
-    last_modified_at: datetime = attrs.field(factory=_now)
+    created_at: datetime = attrs.field(factory=utc_now)
+    last_modified_at: datetime = attrs.field(factory=utc_now)
     last_modified_by: FakeUser | None = None
     run_status: str | None = None
     #: Collab stream entries: (version, sequence, event, data).
@@ -808,7 +805,7 @@ class FakeServerRun:
     current_node_id: str | None = None
     failed_node_id: str | None = None
     error: str | None = None
-    created_at: datetime = attrs.field(factory=_now)
+    created_at: datetime = attrs.field(factory=utc_now)
     finished_at: datetime | None = None
     task: asyncio.Task[None] | None = None
 
@@ -1124,7 +1121,7 @@ class PostHogFakeServer(FakeServer):
                     "name": notebook.title,
                     "short_id": notebook.short_id,
                 },
-                "created_at": _iso(_now()),
+                "created_at": _iso(utc_now()),
             },
         )
 
@@ -1313,7 +1310,7 @@ class PostHogFakeServer(FakeServer):
                 id=f"{notebook.version}-1",
             )
         if body:
-            notebook.last_modified_at = _now()
+            notebook.last_modified_at = utc_now()
             notebook.last_modified_by = user
             self._log(notebook, user, activity, changes)
         return web.json_response(notebook.full())
@@ -1448,7 +1445,7 @@ class PostHogFakeServer(FakeServer):
         notebook.text_content = body.get("text_content", "")
         if "title" in body:
             notebook.title = body["title"]
-        notebook.last_modified_at = _now()
+        notebook.last_modified_at = utc_now()
         notebook.last_modified_by = user
         self._log(notebook, user, "updated")
         return web.json_response(notebook.full())
@@ -1930,7 +1927,7 @@ class PostHogFakeServer(FakeServer):
             run.status = "interrupted"
             raise
         finally:
-            run.finished_at = _now()
+            run.finished_at = utc_now()
             run.current_node_id = None
             run.kernel.stop()
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -117,3 +118,25 @@ async def test_a_kernel_run_whose_stream_never_stops_can_be_cancelled() -> None:
                 await backend.start_run(RunRequest("nb"))
                 await anyio.sleep(0.2)
         assert time.monotonic() - began < 8
+
+
+async def test_the_run_host_gives_up_on_a_task_that_ignores_cancellation() -> None:
+    from notebookops._runhost import RunHost
+    from notebookops.errors import BackendClosed
+
+    host = RunHost("stubborn runs", closed_message="closed")
+    finished = anyio.Event()
+
+    async def stubborn() -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(30)
+        finished.set()
+
+    await host.start_soon(stubborn, name="stubborn")
+    await anyio.lowlevel.checkpoint()
+    began = time.monotonic()
+    assert await host.aclose(0.2) is False
+    assert time.monotonic() - began < 2
+    assert not finished.is_set()
+    with pytest.raises(BackendClosed, match="closed"):
+        await host.start_soon(stubborn, name="again")

@@ -8,7 +8,6 @@ on a task group the strategy owns, through ``kernel/execute/stream/`` where the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator
@@ -17,13 +16,12 @@ from datetime import datetime
 from typing import Any, Final
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from ..._runhost import RunHost
 from ..._validate import utc_now
 from ...errors import (
-    BackendClosed,
     BadRequest,
     NotebookOpsError,
     NotFound,
@@ -108,10 +106,10 @@ class KernelRuns:
         self._locks: dict[str, anyio.Lock] = {}
         #: Whether the server streams executions (None: not known yet).
         self.streams: bool | None = None
-        self._host_task: asyncio.Task[None] | None = None
-        self._host_ready: anyio.Event | None = None
-        self._host_stop: anyio.Event | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._host = RunHost(
+            "notebookops posthog runs",
+            closed_message="the posthog backend is closed; create a new one",
+        )
 
     # -- protocol
 
@@ -147,9 +145,12 @@ class KernelRuns:
             changed=anyio.Event(),
             done=anyio.Event(),
         )
-        group = await self._runs_group()
         self._active[handle.run_id] = run
-        group.start_soon(self._drive, run, name=f"posthog run {handle.run_id}")
+        try:
+            await self._host.start_soon(self._drive, run, name=f"posthog run {handle.run_id}")
+        except BaseException:
+            del self._active[handle.run_id]
+            raise
         logger.info(
             "started posthog kernel run %s of %s (%d cells)", handle.run_id, short_id, len(cells)
         )
@@ -203,58 +204,11 @@ class KernelRuns:
             await changed.wait()
 
     async def aclose(self) -> None:
-        """Cancel every run (stopping its kernel, bounded by ``cancel_timeout``)."""
-        host = self._host_task
-        if host is None:
-            return
+        """Cancel every run (each stops its kernel, bounded by ``cancel_timeout``)."""
         for run in self._active.values():
             run.cancel_requested = True
-        assert self._host_stop is not None
-        self._host_stop.set()
         # Each run's own cleanup is bounded by cancel_timeout; this bound is the backstop.
-        with anyio.move_on_after(self._cancel_timeout * 2 + 1, shield=True) as scope:
-            try:
-                await asyncio.shield(host)
-            except Exception:
-                logger.exception("the posthog run task group ended with an error")
-        if scope.cancelled_caught:
-            logger.warning("posthog kernel runs did not settle in time; abandoning them")
-            host.cancel()
-        self._host_task = None
-
-    # -- the task group
-
-    async def _runs_group(self) -> anyio.abc.TaskGroup:
-        """The strategy's own task group, hosted by a task created on first use.
-
-        A task group must be exited by the task that entered it, and start and aclose are
-        called from arbitrary tasks; so one host task owns the group for the backend's
-        lifetime and aclose asks it to finish.
-        """
-        if self._host_task is None:
-            self._host_ready = anyio.Event()
-            self._host_stop = anyio.Event()
-            self._host_task = asyncio.get_running_loop().create_task(
-                self._host_runs(), name="notebookops posthog runs"
-            )
-        assert self._host_ready is not None
-        await self._host_ready.wait()
-        if self._task_group is None or self._host_stop is None or self._host_stop.is_set():
-            raise BackendClosed("the posthog backend is closed; create a new one")
-        return self._task_group
-
-    async def _host_runs(self) -> None:
-        assert self._host_ready is not None
-        assert self._host_stop is not None
-        try:
-            async with anyio.create_task_group() as group:
-                self._task_group = group
-                self._host_ready.set()
-                await self._host_stop.wait()
-                group.cancel_scope.cancel()
-        finally:
-            self._task_group = None
-            self._host_ready.set()
+        await self._host.aclose(self._cancel_timeout * 2 + 1)
 
     def _lock(self, short_id: str) -> anyio.Lock:
         lock = self._locks.get(short_id)
