@@ -39,3 +39,11 @@ class TestNewServerFlagOffAuto(BackendConformance):
             personal_keys_on_unscoped_actions=True,
         )
     )
+
+
+class TestNewServerKernel(BackendConformance):
+    """Newer PostHog, kernel mode forced, for a caller its kernel accepts: cell by cell."""
+
+    target_factory = staticmethod(
+        partial(posthog_target, "new", "kernel", personal_keys_on_unscoped_actions=True)
+    )
