@@ -1,17 +1,36 @@
 """``PostHogBackend``: the NotebookBackend protocol over :class:`PostHogClient`.
 
-PostHog has two ways to run a notebook, and which exist depends on the server's version:
+Which run modes a PostHog server offers depends on its version (read from PostHog's source;
+which version a deployment runs is not announced, so the backend finds out):
 
-* **server** runs (``POST runs/``; newer servers, behind the ``revamped-py-notebooks`` flag,
-  404 where it is off): PostHog runs the notebook's markdown-format cells itself. Resumable
-  from any process; needs the ``notebook:write`` and ``query:read`` scopes.
-* **kernel** runs: this process runs the cells through the notebook's kernel, streaming
-  their output through ``kernel/execute/stream/`` (older servers) or cell by cell through
-  ``kernel/execute/`` (where there is no stream). Runs live in this backend instance.
+=============================  ==========================================================
+older servers                  ``kernel/execute/stream/``, ``kernel/execute/``,
+                               ``hogql/execute/``; no ``runs/``. Kernel mode, streamed.
+                               Needs a personal API key created **without** scopes (the
+                               kernel and HogQL actions declare none, so scoped keys, even
+                               ``*``, get 403).
+newer servers, flag on         ``runs/`` (the ``revamped-py-notebooks`` feature flag).
+                               Server mode: PostHog runs a **markdown-format** notebook's
+                               ``<PythonV2>``/``<SQLV2>`` cells itself; resumable from any
+                               process. Needs the ``notebook:write`` and ``query:read``
+                               scopes. Run inputs become the notebook's variables and
+                               **replace its saved ones**.
+newer servers, flag off        ``runs/`` answers 404; no stream, no HogQL execute; only
+                               ``kernel/execute/`` (cell by cell), which newer servers
+                               refuse to every personal API key.
+=============================  ==========================================================
 
-``mode="auto"`` (the default) picks per run: server runs where the server has them and the
-notebook is in the markdown format, else the kernel. What the server has is learnt once per
-backend and remembered. The mode a run got is ``handle.extra["mode"]``.
+* ``mode="auto"`` (default) picks per run: server runs where the server has them (the first
+  start finds out; a 404 is remembered for the backend's life) and the notebook is in the
+  markdown format, without block selection or kernel-only options; otherwise the kernel,
+  streamed where the server streams, else cell by cell.
+* ``mode="server"`` / ``mode="kernel"`` force one; a mode the server lacks is
+  :class:`ModeUnavailable` (with what the server answered).
+
+The mode a run got is ``handle.extra["mode"]`` (``"server"`` or ``"kernel"``); a kernel run's
+``Run.raw["kernel_api"]`` says ``"stream"`` or ``"execute"``. A notebook with nothing to run
+is :class:`NoRunnableCells` at the start, and a key PostHog refuses before any code ran is a
+:class:`~notebookops.PermissionDenied` (raised), never a failed run.
 """
 
 from __future__ import annotations
