@@ -428,3 +428,39 @@ async def test_sharing_400_keeps_posthogs_words() -> None:
                 await backend.client.get_sharing("aB3dE5fG")
     assert "Either a dashboard, insight or recording must be specified" in str(refused.value)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("answer", "evidence"),
+    [
+        ({"status": 200, "body": "{not json"}, "could not be read"),
+        ({"status": 200, "payload": {"run_id": None}}, "could not be read"),
+        ({"status": 502, "body": "bad gateway"}, "502 from a gateway"),
+    ],
+)
+async def test_an_ambiguous_server_start_is_outcome_unknown(
+    answer: dict[str, Any], evidence: str
+) -> None:
+    from notebookops.errors import StartOutcomeUnknown
+
+    content = markdown_content(markdown_cells(("python", "1")))
+    with aioresponses() as mocked:
+        mocked.get(NB, payload={"id": "u", "short_id": "aB3dE5fG", "content": content})
+        mocked.post(f"{NB}runs/", **answer)
+        async with make_backend(mode="server", retry=None) as backend:
+            with pytest.raises(StartOutcomeUnknown) as unknown:
+                await backend.start_run(RunRequest("aB3dE5fG"))
+    assert evidence in unknown.value.evidence
+    assert unknown.value.notebook == "aB3dE5fG"
+
+
+async def test_posthogs_own_503_on_start_is_a_plain_server_error() -> None:
+    from notebookops.errors import ServerError
+
+    content = markdown_content(markdown_cells(("python", "1")))
+    with aioresponses() as mocked:
+        mocked.get(NB, payload={"id": "u", "short_id": "aB3dE5fG", "content": content})
+        mocked.post(f"{NB}runs/", status=503, payload={"detail": "Failed to start run."})
+        async with make_backend(mode="server") as backend:
+            with pytest.raises(ServerError, match="Failed to start run"):
+                await backend.start_run(RunRequest("aB3dE5fG"))

@@ -12,6 +12,8 @@ from ..._validate import utc_now
 from ...errors import (
     ConfigurationError,
     NotFound,
+    ResponseDecodeError,
+    ServerError,
     StartOutcomeUnknown,
     TransportError,
 )
@@ -25,6 +27,18 @@ from .client import PostHogClient
 __all__ = ["ServerRuns"]
 
 logger = logging.getLogger("notebookops.posthog")
+
+
+def _ambiguous_start(error: Exception) -> str | None:
+    """Why a failed ``POST runs/`` may still have started a run (None: it did not)."""
+    if isinstance(error, TransportError):
+        return "POST runs/ got no response" if error.request_sent else None
+    if isinstance(error, ResponseDecodeError):
+        return f"POST runs/ answered {error.status or 'a'} body that could not be read"
+    if isinstance(error, ServerError) and error.status in (502, 504):
+        # A gateway lost track of a request it forwarded; PostHog's own refusals are 503.
+        return f"POST runs/ answered {error.status} from a gateway"
+    return None
 
 
 class ServerRuns:
@@ -56,15 +70,16 @@ class ServerRuns:
                 mode="server",
                 answer=answer_of(error),
             ) from error
-        except TransportError as error:
-            if not error.request_sent:
+        except (TransportError, ResponseDecodeError, ServerError) as error:
+            evidence = _ambiguous_start(error)
+            if evidence is None:
                 raise
             raise StartOutcomeUnknown(
                 f"starting a server-side run of posthog notebook {short_id!r} failed after the "
                 f"request was sent ({error}); a run may have started. PostHog allows one "
                 "running run per notebook, so a new start answers 409 while it runs.",
                 notebook=short_id,
-                evidence="POST runs/ got no response",
+                evidence=evidence,
             ) from error
         return RunHandle(
             backend="posthog",
