@@ -464,3 +464,11 @@ async def test_posthogs_own_503_on_start_is_a_plain_server_error() -> None:
         async with make_backend(mode="server") as backend:
             with pytest.raises(ServerError, match="Failed to start run"):
                 await backend.start_run(RunRequest("aB3dE5fG"))
+
+
+async def test_write_outputs_is_for_rich_text_notebooks(server: PostHogFakeServer) -> None:
+    server.add_notebook("md", cells=["1"], markdown=True)
+    async with backend_for(server) as backend:
+        with pytest.raises(ConfigurationError, match="rich-text"):
+            await backend.start_run(RunRequest("md", options=PostHogRunOptions(write_outputs=True)))
+    assert not server.requests_to("POST", r"/kernel/")

@@ -283,6 +283,12 @@ class PostHogBackend(BaseBackend):
             if handle is not None:
                 return handle
         selected = select_cells(cells, options.cell_types, request.blocks)
+        if options.write_outputs and any(cell.markdown for cell in selected):
+            raise ConfigurationError(
+                "write_outputs stores each cell's output in a rich-text notebook's ph-python "
+                "node; a markdown-format notebook has no such node (PostHog keeps its "
+                "results with its server-side runs)"
+            )
         if not selected:
             raise NoRunnableCells(
                 f"posthog notebook {short_id!r} has no {'/'.join(options.cell_types)} cell to "
