@@ -17,11 +17,13 @@ from notebookops.backends.posthog import (
     PostHogRunOptions,
     ScopedKeyNotAllowed,
 )
-from notebookops.backends.posthog._requests import (
+from notebookops.backends.posthog._cells import (
     component_props,
     extract_cells,
-    run_variables_body,
     server_run_progress,
+)
+from notebookops.backends.posthog._requests import (
+    run_variables_body,
 )
 from notebookops.backends.posthog._wire import NotebookRunCell, NotebookRunStatus
 from notebookops.errors import BadRequest, ConfigurationError, NotFound, PermissionDenied

@@ -14,7 +14,7 @@ from notebookops.backends.posthog import (
     PostHogRunOptions,
     VariableInfo,
 )
-from notebookops.backends.posthog._requests import (
+from notebookops.backends.posthog._cells import (
     SERVER_RUN_STATES,
     Cell,
     apply_executions,
@@ -24,12 +24,14 @@ from notebookops.backends.posthog._requests import (
     extract_cells,
     hogql_output,
     inputs_code,
-    next_path,
     python_execution_attrs,
     select_cells,
     server_run_error,
     server_run_progress,
     strip_ansi,
+)
+from notebookops.backends.posthog._requests import (
+    next_path,
 )
 from notebookops.backends.posthog._wire import (
     CellRunEnvelope,

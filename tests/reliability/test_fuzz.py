@@ -35,7 +35,9 @@ from notebookops.backends.datalore.backend import PROFILE as DATALORE_PROFILE
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend
 from notebookops.backends.deepnote._requests import PROFILE as DEEPNOTE_PROFILE
 from notebookops.backends.posthog import NoRunnableCells, PostHogBackend
-from notebookops.backends.posthog._requests import PROFILE as POSTHOG_PROFILE
+from notebookops.backends.posthog._requests import (
+    PROFILE as POSTHOG_PROFILE,
+)
 from notebookops.models import Run, RunState
 from notebookops.orchestration import wait_for_run
 from notebookops.policies import PollPolicy, RetryPolicy

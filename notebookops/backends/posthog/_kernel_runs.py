@@ -33,8 +33,7 @@ from ...errors import (
     TransportError,
 )
 from ...models import CellOutput, Run, RunErrorInfo, RunHandle, RunProgress, RunRequest, RunState
-from ._errors import KernelRunNotFound, KernelStreamError, ModeUnavailable, answer_of
-from ._requests import (
+from ._cells import (
     Cell,
     apply_executions,
     execution_error,
@@ -43,6 +42,7 @@ from ._requests import (
     inputs_code,
     strip_ansi,
 )
+from ._errors import KernelRunNotFound, KernelStreamError, ModeUnavailable, answer_of
 from ._retention import FinishedRuns, output_bytes
 from ._wire import ExecutionResult, KernelOutput
 from .client import WRITE_ATTEMPTS, PostHogClient

@@ -19,8 +19,13 @@ from ...errors import (
 )
 from ...models import CellOutput, Run, RunHandle, RunRequest
 from ...policies import PollPolicy
+from ._cells import (
+    SERVER_RUN_STATES,
+    cell_run_outputs,
+    server_run_error,
+    server_run_progress,
+)
 from ._errors import ModeUnavailable, answer_of
-from ._requests import SERVER_RUN_STATES, cell_run_outputs, server_run_error, server_run_progress
 from ._retention import FinishedRuns, output_bytes
 from .client import PostHogClient
 

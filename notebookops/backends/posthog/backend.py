@@ -50,14 +50,16 @@ from ...backend import BaseBackend
 from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import PollPolicy, RetryPolicy
-from ._errors import ModeUnavailable, NoRunnableCells
-from ._kernel_runs import KernelRuns
-from ._requests import (
+from ._cells import (
     CELL_KINDS,
     LOOKED_FOR,
     Cell,
     extract_cells,
     select_cells,
+)
+from ._errors import ModeUnavailable, NoRunnableCells
+from ._kernel_runs import KernelRuns
+from ._requests import (
     validate_cell_timeout,
 )
 from ._retention import FINISHED_RUNS_MAX_BYTES
