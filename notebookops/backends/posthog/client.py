@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -86,6 +87,7 @@ __all__ = ["DEFAULT_BASE_URL", "PROJECT_ENV", "TOKEN_ENV", "URL_ENV", "PostHogCl
 logger = logging.getLogger("notebookops.posthog")
 
 T = TypeVar("T")
+P = TypeVar("P", NotebookPage, ActivityPage)
 
 #: PostHog US cloud; EU cloud is ``https://eu.posthog.com``, self-hosted instances work alike.
 DEFAULT_BASE_URL: Final = "https://us.posthog.com"
@@ -252,6 +254,21 @@ class PostHogClient:
         )
         return self._decode(response, cls, what=what)
 
+    async def _follow(self, page: P, cls: type[P], *, what: str) -> AsyncGenerator[P, None]:
+        """``page`` and every page after it by its ``next`` link (a repeated link ends it)."""
+        seen: set[str] = set()
+        while True:
+            yield page
+            if not page.next:
+                return
+            path = next_path(page.next, self.base_url)
+            if path in seen:
+                logger.warning("posthog repeated a page link (%s); stopping there", what)
+                return
+            seen.add(path)
+            self._check_open()
+            page = await self._request_json("GET", path, cls, what=what)
+
     @staticmethod
     def _decode(response: HttpResponse, cls: type[T], *, what: str) -> T:
         data = response.json() if response.body.strip() else None
@@ -325,19 +342,10 @@ class PostHogClient:
             order=order,
             limit=page_size,
         )
-        seen: set[str] = set()
-        while True:
-            for item in page.results:
-                yield item
-            if not page.next:
-                return
-            path = next_path(page.next, self.base_url)
-            if path in seen:
-                logger.warning("posthog notebook list repeated a page link; stopping there")
-                return
-            seen.add(path)
-            self._check_open()
-            page = await self._request_json("GET", path, NotebookPage, what="a notebook list")
+        async with aclosing(self._follow(page, NotebookPage, what="a notebook list")) as pages:
+            async for each in pages:
+                for item in each.results:
+                    yield item
 
     async def create_notebook(
         self,
@@ -534,19 +542,10 @@ class PostHogClient:
             if short_id is not None
             else await self.project_activity(limit=limit)
         )
-        page = first
-        seen: set[str] = set()
-        while True:
-            for entry in page.results:
-                yield entry
-            if not page.next:
-                return
-            path = next_path(page.next, self.base_url)
-            if path in seen:
-                return
-            seen.add(path)
-            self._check_open()
-            page = await self._request_json("GET", path, ActivityPage, what="an activity page")
+        async with aclosing(self._follow(first, ActivityPage, what="an activity page")) as pages:
+            async for page in pages:
+                for entry in page.results:
+                    yield entry
 
     async def recording_comments(self, recording_id: str) -> list[RecordingComment]:
         """Comments on a session recording made in notebooks (unscoped keys only)."""
