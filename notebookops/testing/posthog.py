@@ -1,11 +1,20 @@
 """A loopback fake of PostHog's notebooks API, for tests (never for anything else).
 
-It keeps notebooks with versions and PostHog's conflict rules (409 on a stale content PATCH,
-collab 409 with missed steps and 410 when they are gone), soft deletion (DELETE is 405), the
-limit/offset list with absolute ``next`` links, activity, recording comments, sharing, the
-collaboration SSE stream (steps, updates, presence, keepalive comments, ``Last-Event-ID``
-resume, closing after ``collab_stream_lifetime`` seconds), HogQL returning a small table, the
-server-side runs API, and a kernel per (notebook, user).
+It follows PostHog's own views (see ``shared/contracts/posthog-source-check.md``): notebooks
+with versions and PostHog's conflict rules (409 on a stale content PATCH, a version sent
+without content written to the row, collab 409 with missed steps and 410 when they are gone),
+both notebook formats (rich-text ``ph-python`` nodes and markdown-format ``<PythonV2>`` tags),
+soft deletion (DELETE is 405), the limit/offset list with absolute ``next`` links, activity,
+recording comments, sharing routes that answer 400 as PostHog's do, the collaboration SSE
+stream (``cursor`` required on presence), HogQL returning a small table, the kernel per
+(notebook, user), and server-side runs (markdown notebooks only, list-shaped ``variables``
+that replace the saved ones, null cell statuses before their turn).
+
+Two server versions: ``version="old"`` (kernel streaming, HogQL and dataframes; no ``runs/``)
+and ``version="new"`` (``runs/`` and ``sql_v2`` behind ``runs_flag``, 404 when off; no
+stream, HogQL or dataframe routes; personal API keys refused on actions that declare no
+scope unless ``personal_keys_on_unscoped_actions=True``). Scopes are checked per route for
+keys added with ``add_user(token, scopes=...)``.
 
 **The fake kernel really executes the Python it receives** (``exec`` in a per-kernel namespace,
 in a worker thread, with stdout/stderr captured), so variables persist between executions
@@ -813,8 +822,11 @@ class FakeServerRun:
 class PostHogFakeServer(FakeServer):
     """The fake PostHog (see the module docstring). Knobs for tests:
 
+    * ``version`` ("old" / "new"), ``runs_flag``, ``personal_keys_on_unscoped_actions``:
+      which PostHog this is (see the module docstring);
     * ``faults``: scripted HTTP faults (from :class:`FakeServer`);
-    * ``add_user(token, scoped=True)``: another caller, e.g. a scoped key;
+    * ``add_user(token, scopes=("notebook:read",))``: another caller with a scoped key
+      (``scoped=True``: the ``*`` scope);
     * ``kernel_stream_errors``: the next N execute streams send an ``event: error`` frame;
     * ``collab_stream_errors``: the next N collab streams send ``event: error`` and close;
     * ``collab_stream_lifetime`` / ``collab_keepalive``: seconds before a collab stream is
