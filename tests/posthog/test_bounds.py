@@ -106,14 +106,24 @@ async def test_a_kernel_run_whose_stream_never_stops_can_be_cancelled() -> None:
         began = time.monotonic()
         with anyio.fail_after(20):
             async with PostHogBackend(
-                "phx_k", project_id="1", base_url=url, allow_http=True, cancel_timeout=1.0
+                "phx_k",
+                project_id="1",
+                base_url=url,
+                allow_http=True,
+                cancel_timeout=1.0,
+                stream_output_max_bytes=10_000,
             ) as backend:
                 with pytest.raises(RunTimeout) as timed_out:
                     await run_and_wait(backend, "nb", poll=FAST_POLL, timeout=1.0)
                 assert timed_out.value.cancelled is True
                 handle = timed_out.value.handle
                 assert handle is not None
-                assert (await backend.get_run(handle)).state is RunState.CANCELLED
+                cancelled = await backend.get_run(handle)
+                assert cancelled.state is RunState.CANCELLED
+                # The endless output is kept up to the cap, then one marker says so.
+                texts = [output.text or "" for output in cancelled.outputs]
+                assert sum(map(len, texts[:-1])) < 10_000
+                assert "passed 10000 bytes; the rest was not kept" in texts[-1]
                 # A second run, left running, must not hold the exit.
                 await backend.start_run(RunRequest("nb"))
                 await anyio.sleep(0.2)

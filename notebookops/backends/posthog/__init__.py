@@ -32,7 +32,7 @@ from ._requests import (
     MAX_CELL_TIMEOUT,
     MAX_RUN_VARIABLES,
 )
-from ._retention import FINISHED_RUNS_MAX_BYTES
+from ._retention import FINISHED_RUNS_MAX_BYTES, STREAM_OUTPUT_MAX_BYTES
 from ._wire import (
     ActivityEntry,
     ActivityPage,
@@ -80,6 +80,7 @@ __all__ = [
     "MAX_CELL_TIMEOUT",
     "MAX_RUN_VARIABLES",
     "PROJECT_ENV",
+    "STREAM_OUTPUT_MAX_BYTES",
     "TOKEN_ENV",
     "URL_ENV",
     "ActivityEntry",

@@ -82,6 +82,8 @@ class _KernelRun:
     stop_error: NotebookOpsError | None = None
     #: PostHog refused the run's requests before any of its code ran: raised to readers.
     refused: PermissionDenied | None = None
+    #: Streamed output bytes kept of the current cell (see ``stream_output_max_bytes``).
+    cell_stream_bytes: int = 0
 
     def notify(self) -> None:
         """Wake every watcher; later changes use a fresh event."""
@@ -98,8 +100,16 @@ class KernelRuns:
 
     mode = "kernel"
 
-    def __init__(self, client: PostHogClient, *, cancel_timeout: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        client: PostHogClient,
+        *,
+        cancel_timeout: float,
+        max_bytes: int,
+        stream_output_max_bytes: int,
+    ) -> None:
         self.client = client
+        self._stream_output_max_bytes = stream_output_max_bytes
         self._cancel_timeout = cancel_timeout
         self._active: dict[str, _KernelRun] = {}
         self._finished: FinishedRuns[_KernelRun] = FinishedRuns(max_bytes)
@@ -376,8 +386,18 @@ class KernelRuns:
         run.kernel_api = "execute"
         return await self.client.kernel_execute(short_id, cell.code, **body)
 
-    @staticmethod
-    def _stream_output(run: _KernelRun, cell: Cell, event: KernelOutput) -> None:
+    def _stream_output(self, run: _KernelRun, cell: Cell, event: KernelOutput) -> None:
+        limit = self._stream_output_max_bytes
+        if run.cell_stream_bytes >= limit:
+            return
+        run.cell_stream_bytes += len(event.text)
+        if run.cell_stream_bytes >= limit:
+            # Say so once, instead of keeping (or silently losing) the rest.
+            event = KernelOutput(
+                name=event.name,
+                text=f"\n[notebookops: this cell's streamed output passed {limit} bytes; "
+                "the rest was not kept]\n",
+            )
         run.outputs.append(
             CellOutput(
                 output_type="stream",
@@ -396,6 +416,7 @@ class KernelRuns:
             "timeout": run.options.cell_timeout,
         }
         before = len(run.outputs)
+        run.cell_stream_bytes = 0
         try:
             result = await self._execute(run, cell, body, record)
         except NotebookOpsError as error:

@@ -1,4 +1,4 @@
-"""How long finished runs stay readable from a backend's memory: bounded by bytes."""
+"""What runs keep in a backend's memory: finished runs and streamed output, bounded by bytes."""
 
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ from typing import Any, Final, Generic, TypeVar
 
 from ...models import CellOutput
 
-__all__ = ["FINISHED_RUNS_MAX_BYTES", "FinishedRuns", "output_bytes"]
+__all__ = [
+    "FINISHED_RUNS_MAX_BYTES",
+    "STREAM_OUTPUT_MAX_BYTES",
+    "FinishedRuns",
+    "output_bytes",
+]
 
 V = TypeVar("V")
 
 #: The default budget for finished runs kept for late readers (their outputs, roughly).
 FINISHED_RUNS_MAX_BYTES: Final = 32 * 1024 * 1024
+#: The default cap on one cell's streamed stdout/stderr kept in a kernel run; past it the
+#: rest is dropped and one marker output says so.
+STREAM_OUTPUT_MAX_BYTES: Final = 16 * 1024 * 1024
 
 
 def output_bytes(outputs: Iterable[CellOutput], extra: Any = None) -> int:

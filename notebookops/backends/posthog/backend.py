@@ -62,7 +62,7 @@ from ._kernel_runs import KernelRuns
 from ._requests import (
     validate_cell_timeout,
 )
-from ._retention import FINISHED_RUNS_MAX_BYTES
+from ._retention import FINISHED_RUNS_MAX_BYTES, STREAM_OUTPUT_MAX_BYTES
 from ._server_runs import ServerRuns
 from .client import PostHogClient
 
@@ -180,8 +180,10 @@ class PostHogBackend(BaseBackend):
 
     Capabilities follow ``mode``: ``"server"`` declares RESUMABLE; ``"kernel"`` and
     ``"auto"`` declare STREAMING and BLOCK_SELECTION (a server run in ``auto`` is watched by
-    polling with ``poll``). ``finished_runs_max_bytes`` bounds what finished runs keep in
-    memory for late readers (oldest forgotten first).
+    polling with ``poll``). ``finished_runs_max_bytes`` (default 32 MiB) bounds what finished
+    runs keep in memory for late readers, oldest forgotten first; ``stream_output_max_bytes``
+    (default 16 MiB) bounds one kernel cell's streamed output, past which one marker output
+    says the rest was not kept.
     """
 
     name = "posthog"
@@ -205,17 +207,16 @@ class PostHogBackend(BaseBackend):
         stream_idle_timeout: float = 60.0,
         collab_reconnect_delay: float = 1.0,
         finished_runs_max_bytes: int = FINISHED_RUNS_MAX_BYTES,
+        stream_output_max_bytes: int = STREAM_OUTPUT_MAX_BYTES,
     ) -> None:
         _mode(mode)
         seconds("cancel_timeout", cancel_timeout)
-        if (
-            isinstance(finished_runs_max_bytes, bool)
-            or not isinstance(finished_runs_max_bytes, int)
-            or finished_runs_max_bytes < 0
+        for what, value in (
+            ("finished_runs_max_bytes", finished_runs_max_bytes),
+            ("stream_output_max_bytes", stream_output_max_bytes),
         ):
-            raise ConfigurationError(
-                f"finished_runs_max_bytes must be an int >= 0, got {finished_runs_max_bytes!r}"
-            )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{what} must be an int >= 0, got {value!r}")
         if client is None:
             client = PostHogClient(
                 personal_api_key,
@@ -237,7 +238,10 @@ class PostHogBackend(BaseBackend):
             client, poll=poll or PollPolicy(), max_bytes=finished_runs_max_bytes
         )
         self._kernel = KernelRuns(
-            client, cancel_timeout=float(cancel_timeout), max_bytes=finished_runs_max_bytes
+            client,
+            cancel_timeout=float(cancel_timeout),
+            max_bytes=finished_runs_max_bytes,
+            stream_output_max_bytes=stream_output_max_bytes,
         )
         #: Whether this server has ``runs/`` (None until a start finds out).
         self.server_runs_available: bool | None = None
