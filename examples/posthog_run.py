@@ -35,8 +35,9 @@ async def main(name: str) -> int:
         print("set POSTHOG_NOTEBOOK_ID (see this script's docstring)", file=sys.stderr)
         return 2
     try:
-        # Key, project and host come from the POSTHOG_* variables. The default "kernel" mode
-        # streams each cell's output as it runs (no polling).
+        # Key, project and base URL come from the POSTHOG_* variables. The default "auto"
+        # mode uses PostHog's server-side runs where the server has them; otherwise it runs
+        # the cells through the notebook's kernel, streaming their output (no polling).
         async with PostHogBackend() as posthog:
             run = await run_and_wait(
                 posthog,

@@ -54,7 +54,7 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     (DEEPNOTE_URL_ENV, "Deepnote API origin (default https://api.deepnote.com)"),
     ("POSTHOG_PERSONAL_API_KEY", "PostHog personal API key (phx_...)"),
     ("POSTHOG_PROJECT_ID", "PostHog project id"),
-    ("POSTHOG_HOST", "PostHog host (default https://us.posthog.com)"),
+    ("POSTHOG_HOST", "PostHog base URL (default https://us.posthog.com)"),
     ("DATALORE_TOKEN", "Datalore API token"),
     ("DATALORE_URL", "Datalore installation (default https://datalore.jetbrains.com)"),
 )
@@ -216,12 +216,16 @@ def deepnote_backend() -> DeepnoteBackend:
 
 
 def posthog_backend(mode: str | None = None) -> PostHogBackend:
-    """A PostHogBackend from the ``POSTHOG_*`` variables, in ``mode`` (default kernel)."""
+    """A PostHogBackend from the ``POSTHOG_*`` variables, in ``mode`` (default auto)."""
     from .backends.posthog import PostHogBackend
 
-    if mode not in (None, "kernel", "server"):
-        raise ConfigurationError(f"the PostHog mode must be kernel or server, got {mode!r}")
-    return PostHogBackend(mode="server" if mode == "server" else "kernel")
+    if mode is None or mode == "auto":
+        return PostHogBackend()
+    if mode == "kernel":
+        return PostHogBackend(mode="kernel")
+    if mode == "server":
+        return PostHogBackend(mode="server")
+    raise ConfigurationError(f"the PostHog mode must be auto, kernel or server, got {mode!r}")
 
 
 def make_backend(name: str, *, posthog_mode: str | None = None) -> NotebookBackend:

@@ -290,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mode",
-        choices=("kernel", "server"),
-        help="PostHog only: run through the notebook's kernel from here (default) or as a "
-        "server-side run (resumable from another process)",
+        choices=("auto", "kernel", "server"),
+        help="PostHog only: auto (default: server-side runs where the server has them, else "
+        "the kernel), kernel (run the cells from here) or server (resumable from another "
+        "process)",
     )
     run.add_argument(
         "-o",
@@ -987,7 +988,7 @@ async def _cmd_list_deepnote_runs(args: argparse.Namespace, session: _Session) -
 
 async def _cmd_list_posthog_notebooks(args: argparse.Namespace, session: _Session) -> int:
     async with posthog_backend() as backend:
-        notebooks = await _take(backend.list_notebooks(search=args.search), args.limit)
+        notebooks = await _take(backend.client.list_notebooks(search=args.search), args.limit)
     rows = [[f"posthog:{n.short_id}", n.title, n.last_modified_at] for n in notebooks]
     _print_rows(session.console, args, ["TARGET", "TITLE", "MODIFIED"], rows)
     return EXIT_OK

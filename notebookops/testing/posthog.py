@@ -1,11 +1,20 @@
 """A loopback fake of PostHog's notebooks API, for tests (never for anything else).
 
-It keeps notebooks with versions and PostHog's conflict rules (409 on a stale content PATCH,
-collab 409 with missed steps and 410 when they are gone), soft deletion (DELETE is 405), the
-limit/offset list with absolute ``next`` links, activity, recording comments, sharing, the
-collaboration SSE stream (steps, updates, presence, keepalive comments, ``Last-Event-ID``
-resume, closing after ``collab_stream_lifetime`` seconds), HogQL returning a small table, the
-server-side runs API, and a kernel per (notebook, user).
+It follows PostHog's own views (see ``shared/contracts/posthog-source-check.md``): notebooks
+with versions and PostHog's conflict rules (409 on a stale content PATCH, a version sent
+without content written to the row, collab 409 with missed steps and 410 when they are gone),
+both notebook formats (rich-text ``ph-python`` nodes and markdown-format ``<PythonV2>`` tags),
+soft deletion (DELETE is 405), the limit/offset list with absolute ``next`` links, activity,
+recording comments, sharing routes that answer 400 as PostHog's do, the collaboration SSE
+stream (``cursor`` required on presence), HogQL returning a small table, the kernel per
+(notebook, user), and server-side runs (markdown notebooks only, list-shaped ``variables``
+that replace the saved ones, null cell statuses before their turn).
+
+Two server versions: ``version="old"`` (kernel streaming, HogQL and dataframes; no ``runs/``)
+and ``version="new"`` (``runs/`` and ``sql_v2`` behind ``runs_flag``, 404 when off; no
+stream, HogQL or dataframe routes; personal API keys refused on actions that declare no
+scope unless ``personal_keys_on_unscoped_actions=True``). Scopes are checked per route for
+keys added with ``add_user(token, scopes=...)``.
 
 **The fake kernel really executes the Python it receives** (``exec`` in a per-kernel namespace,
 in a worker thread, with stdout/stderr captured), so variables persist between executions
@@ -17,7 +26,7 @@ Use it through :func:`posthog_server` or, for the conformance suite, :func:`post
     async with posthog_server() as server:
         server.add_notebook("abc123", cells=["x = 1", "print(x + 1)"])
         async with PostHogBackend(server.token, project_id=server.project_id,
-                                  host=server.url) as backend:
+                                  base_url=server.url) as backend:
             run = await run_and_wait(backend, "abc123")
 """
 
@@ -32,6 +41,7 @@ import io
 import itertools
 import json
 import linecache
+import re
 import secrets
 import sys
 import threading
@@ -47,16 +57,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from aiohttp import web
 
+from .._validate import utc_now
 from ..backend import NotebookBackend
-from ..backends.posthog import PostHogBackend, PostHogRunOptions
-from ..backends.posthog._requests import (
+from ..backends.posthog import (
     ALLOWED_CPU_CORES,
     ALLOWED_IDLE_TIMEOUTS,
     ALLOWED_MEMORY_GB,
-    extract_cells,
-    inputs_code,
+    PostHogBackend,
+    RunMode,
 )
-from ..errors import ConfigurationError
 from ..models import RunHandle, RunRequest
 from ..policies import PollPolicy, RetryPolicy
 from ._server import FakeServer, Handler
@@ -65,6 +74,7 @@ if TYPE_CHECKING:
     from .conformance import ConformanceTarget, Outcome
 
 __all__ = [
+    "SERVER_VERSIONS",
     "FakeCellRun",
     "FakeExecution",
     "FakeKernel",
@@ -73,6 +83,7 @@ __all__ = [
     "FakeUser",
     "PostHogFakeServer",
     "hogql_cell",
+    "markdown_cells",
     "markdown_content",
     "notebook_content",
     "posthog_server",
@@ -90,12 +101,52 @@ HOGQL_COLUMNS = ["id", "name"]
 HOGQL_TYPES = [["id", "Int64"], ["name", "String"]]
 HOGQL_ROWS: list[list[Any]] = [[1, "alpha"], [2, "beta"], [3, "gamma"]]
 _SCOPED_DETAIL = "This action does not support Personal API Key access"
+_SHARING_DETAIL = "Either a dashboard, insight or recording must be specified"
+
+#: The server versions the fake can be: ``"old"`` is PostHog A/B (kernel streaming, HogQL,
+#: dataframes; no ``runs/``), ``"new"`` is C (``runs/`` and ``sql_v2`` behind the
+#: ``revamped-py-notebooks`` flag; the kernel's stream, HogQL and dataframe routes gone, and
+#: personal API keys refused on every action that declares no scope).
+SERVER_VERSIONS: tuple[Literal["old", "new"], ...] = ("old", "new")
+
+#: Scopes each route needs (PostHog's ``required_scopes`` or what its action derives);
+#: ``None`` marks an action that declares none, refused to scoped personal API keys (and to
+#: every personal API key on the "new" server).
+_ROUTE_SCOPES: dict[str, tuple[str, ...] | None] = {
+    "list": ("notebook:read",),
+    "create": ("notebook:write",),
+    "retrieve": ("notebook:read",),
+    "update": ("notebook:write",),
+    "destroy": ("notebook:write",),
+    "markdown": ("notebook:read",),
+    "notebook_activity": ("activity_log:read",),
+    "project_activity": None,
+    "recording_comments": None,
+    "collab_save": ("notebook:write",),
+    "collab_markdown_save": ("notebook:write",),
+    "collab_presence": ("notebook:write",),
+    "collab_stream": ("notebook:read",),
+    "hogql_execute": None,
+    "kernel_start": None,
+    "kernel_restart": None,
+    "kernel_stop": None,
+    "kernel_status": ("notebook:read",),
+    "kernel_config": ("notebook:write",),
+    "kernel_execute": None,
+    "kernel_execute_stream": None,
+    "kernel_dataframe": None,
+    "start_run": ("notebook:write", "query:read"),
+    "get_run": ("notebook:read", "query:read"),
+    "interrupt_run": ("notebook:write", "query:read"),
+    "run_cell": ("notebook:write", "query:read"),
+    "get_cell_run": ("notebook:read", "query:read"),
+    "sharing": ("sharing_configuration:read",),
+}
+#: Routes the "old" server does not have, and the ones the "new" server dropped.
+_NEW_ONLY = frozenset({"start_run", "get_run", "interrupt_run", "run_cell", "get_cell_run"})
+_OLD_ONLY = frozenset({"hogql_execute", "kernel_execute_stream", "kernel_dataframe"})
 _CELL_PREFIX = "<posthog-fake-cell-"
 _cell_numbers = itertools.count(1)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -189,6 +240,44 @@ def markdown_content(markdown: str) -> dict[str, Any]:
         "type": "doc",
         "content": [{"type": "ph-markdown-notebook", "attrs": {"markdown": markdown}}],
     }
+
+
+def markdown_cells(*cells: tuple[str, str], node_ids: Sequence[str] | None = None) -> str:
+    """Markdown-notebook text with one ``<PythonV2>`` / ``<SQLV2>`` tag per ``(kind, code)``
+    (kind ``"python"`` or ``"sql"``), props written as PostHog writes them (JSON strings)."""
+    lines = ["# Notebook", ""]
+    for position, (kind, code) in enumerate(cells):
+        tag = "PythonV2" if kind == "python" else "SQLV2"
+        node_id = node_ids[position] if node_ids else f"c{position}"
+        lines.append(f"<{tag} nodeId={json.dumps(node_id)} code={json.dumps(code)} />")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_FAKE_TAG = re.compile(r"^<(PythonV2|SQLV2)\s(.*)/>$")
+_FAKE_PROP = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*")')
+
+
+def _markdown_run_cells(content: Any) -> list[dict[str, Any]]:
+    """The cells a server run executes: the tags of a markdown notebook (PostHog's
+    ``extract_cells``), none for a rich-text one. Reads the one-line tags it writes."""
+    nodes = content.get("content") if isinstance(content, dict) else None
+    if (
+        not isinstance(nodes, list)
+        or len(nodes) != 1
+        or nodes[0].get("type") != "ph-markdown-notebook"
+    ):
+        return []
+    cells = []
+    for line in str((nodes[0].get("attrs") or {}).get("markdown", "")).split("\n"):
+        match = _FAKE_TAG.match(line.strip())
+        if match is None:
+            continue
+        props = {name: json.loads(value) for name, value in _FAKE_PROP.findall(match.group(2))}
+        if props.get("nodeId") and isinstance(props.get("code"), str):
+            kind = "python" if match.group(1) == "PythonV2" else "hogql"
+            cells.append({"node_id": props["nodeId"], "kind": kind, "code": props["code"]})
+    return cells
 
 
 def _text_of(node: Any) -> str:
@@ -505,7 +594,7 @@ class FakeKernel:
         execution = FakeExecution(self.short_id, self.user_id, code, client_gone=client_gone)
         self.server.executions.append(execution)
         async with self.lock:
-            started_at = _now()
+            started_at = utc_now()
             if generation != self.generation or client_gone():
                 # Stopped (or abandoned) while queued: the code never reaches the kernel.
                 execution.interrupted = True
@@ -559,7 +648,7 @@ class FakeKernel:
                 execution.finished = True
                 if self.current is execution:
                     self.current = None
-            self.last_used_at = _now()
+            self.last_used_at = utc_now()
             exception = outcome.pop("exception", None)
             if exception is not None:
                 outcome["traceback"] = _format_error(exception, compiled.filename)
@@ -598,7 +687,7 @@ class FakeKernel:
             "traceback": outcome.get("traceback", []),
             "variables": outcome.get("variables"),
             "started_at": _iso(started_at),
-            "completed_at": _iso(_now()),
+            "completed_at": _iso(utc_now()),
             "kernel_runtime": self.runtime(),
         }
 
@@ -608,12 +697,23 @@ class FakeKernel:
 
 @attrs.define
 class FakeUser:
-    """Who a token belongs to. ``scoped`` keys are refused on kernel/HogQL endpoints."""
+    """Who a personal API key belongs to. ``scopes`` None is a legacy key without scopes
+    (allowed everything its version allows); otherwise the key's scopes (``"*"``: all)."""
 
     id: int
     email: str
     first_name: str = "Test"
-    scoped: bool = False
+    scopes: frozenset[str] | None = None
+
+    def missing(self, needed: tuple[str, ...]) -> str | None:
+        """The first scope of ``needed`` this key lacks (``:write`` covers ``:read``)."""
+        if self.scopes is None or "*" in self.scopes:
+            return None
+        for scope in needed:
+            write = scope.replace(":read", ":write")
+            if scope not in self.scopes and write not in self.scopes:
+                return scope
+        return None
 
     def basic(self) -> dict[str, Any]:
         return {
@@ -645,8 +745,8 @@ class FakeNotebook:
     created_by: FakeUser
     version: int = 0
     deleted: bool = False
-    created_at: datetime = attrs.field(factory=_now)
-    last_modified_at: datetime = attrs.field(factory=_now)
+    created_at: datetime = attrs.field(factory=utc_now)
+    last_modified_at: datetime = attrs.field(factory=utc_now)
     last_modified_by: FakeUser | None = None
     run_status: str | None = None
     #: Collab stream entries: (version, sequence, event, data).
@@ -658,8 +758,8 @@ class FakeNotebook:
     subscribers: set[asyncio.Queue[tuple[str | None, str, dict[str, Any]] | None]] = attrs.field(
         factory=set
     )
-    sharing: dict[str, Any] | None = None
-    share_passwords: list[dict[str, Any]] = attrs.field(factory=list)
+    #: The notebook's saved variables (a server run's ``variables`` replace them, on "new").
+    variables: list[dict[str, Any]] = attrs.field(factory=list)
 
     def minimal(self) -> dict[str, Any]:
         return {
@@ -706,7 +806,7 @@ class FakeServerRun:
 
     run_id: str
     short_id: str
-    variables: dict[str, Any] | None
+    variables: list[dict[str, Any]]
     cells: list[dict[str, Any]]
     kernel: FakeKernel
     status: str = "running"
@@ -714,7 +814,7 @@ class FakeServerRun:
     current_node_id: str | None = None
     failed_node_id: str | None = None
     error: str | None = None
-    created_at: datetime = attrs.field(factory=_now)
+    created_at: datetime = attrs.field(factory=utc_now)
     finished_at: datetime | None = None
     task: asyncio.Task[None] | None = None
 
@@ -722,8 +822,11 @@ class FakeServerRun:
 class PostHogFakeServer(FakeServer):
     """The fake PostHog (see the module docstring). Knobs for tests:
 
+    * ``version`` ("old" / "new"), ``runs_flag``, ``personal_keys_on_unscoped_actions``:
+      which PostHog this is (see the module docstring);
     * ``faults``: scripted HTTP faults (from :class:`FakeServer`);
-    * ``add_user(token, scoped=True)``: another caller, e.g. a scoped key;
+    * ``add_user(token, scopes=("notebook:read",))``: another caller with a scoped key
+      (``scoped=True``: the ``*`` scope);
     * ``kernel_stream_errors``: the next N execute streams send an ``event: error`` frame;
     * ``collab_stream_errors``: the next N collab streams send ``event: error`` and close;
     * ``collab_stream_lifetime`` / ``collab_keepalive``: seconds before a collab stream is
@@ -733,8 +836,30 @@ class PostHogFakeServer(FakeServer):
 
     vendor = "posthog"
 
-    def __init__(self, *, token: str = "test-token", project_id: str = "1") -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "test-token",
+        project_id: str = "1",
+        version: Literal["old", "new"] = "old",
+        runs_flag: bool = True,
+        personal_keys_on_unscoped_actions: bool | None = None,
+    ) -> None:
+        if version not in SERVER_VERSIONS:
+            raise ValueError(f"version must be one of {SERVER_VERSIONS}, got {version!r}")
         self.project_id = project_id
+        #: Which PostHog this is (see SERVER_VERSIONS).
+        self.version = version
+        #: The ``revamped-py-notebooks`` flag ("new" only): off, ``runs/`` and ``sql_v2`` 404.
+        self.runs_flag = runs_flag
+        #: Whether a personal API key without scopes may use actions that declare none (the
+        #: kernel, HogQL...): yes on "old", no on "new" (``True`` there emulates a caller the
+        #: newer permission check lets through, e.g. a session).
+        self.personal_keys_on_unscoped_actions = (
+            version == "old"
+            if personal_keys_on_unscoped_actions is None
+            else personal_keys_on_unscoped_actions
+        )
         self.users: dict[str, FakeUser] = {token: FakeUser(1, "ann@example.com", "Ann")}
         self.notebooks: dict[str, FakeNotebook] = {}
         self.kernels: dict[tuple[str, int | str], FakeKernel] = {}
@@ -754,10 +879,19 @@ class PostHogFakeServer(FakeServer):
 
     # -- setup
 
-    def add_user(self, token: str, *, user_id: int | None = None, scoped: bool = False) -> FakeUser:
-        """Accept ``token`` as another user (``scoped``: a personal API key with scopes)."""
+    def add_user(
+        self,
+        token: str,
+        *,
+        user_id: int | None = None,
+        scoped: bool = False,
+        scopes: Sequence[str] | None = None,
+    ) -> FakeUser:
+        """Accept ``token`` as another user: ``scopes`` are its personal API key's scopes
+        (``scoped=True`` is ``scopes=("*",)``; neither: a legacy key without scopes)."""
         ident = user_id if user_id is not None else len(self.users) + 1
-        user = FakeUser(ident, f"user{ident}@example.com", f"User{ident}", scoped=scoped)
+        chosen = frozenset(scopes) if scopes is not None else frozenset({"*"}) if scoped else None
+        user = FakeUser(ident, f"user{ident}@example.com", f"User{ident}", scopes=chosen)
         self.users[token] = user
         return user
 
@@ -770,10 +904,14 @@ class PostHogFakeServer(FakeServer):
         content: Mapping[str, Any] | None = None,
         text_content: str | None = None,
         run_status: str | None = None,
+        markdown: bool = False,
     ) -> FakeNotebook:
-        """Store a notebook: ``cells`` are Python sources (node ids ``c0``, ``c1``...), or
-        pass a whole ``content`` document."""
+        """Store a notebook: ``cells`` are Python sources (node ids ``c0``, ``c1``...), as
+        ``ph-python`` nodes or (``markdown=True``, the newer format) ``<PythonV2>`` tags in a
+        markdown notebook; or pass a whole ``content`` document."""
         sid = short_id or secrets.token_hex(4)
+        if content is None and markdown:
+            content = markdown_content(markdown_cells(*(("python", code) for code in cells)))
         if content is None:
             content = notebook_content(
                 *(python_cell(code, node_id=f"c{i}") for i, code in enumerate(cells)),
@@ -828,7 +966,38 @@ class PostHogFakeServer(FakeServer):
         if user is None:
             return self.unauthorized()
         request[_USER_KEY] = user
+        refused = self._refuse(request, user)
+        if refused is not None:
+            return refused
         return await handler(request)
+
+    def _refuse(self, request: web.Request, user: FakeUser) -> web.Response | None:
+        """What PostHog answers before the view runs: a route this version lacks (404), a
+        flag that is off (404), or the key's scopes (403)."""
+        route_name = request.match_info.route.name
+        name = route_name.partition(".")[0] if route_name else ""
+        if name not in _ROUTE_SCOPES:
+            return None
+        if (name in _NEW_ONLY and (self.version == "old" or not self.runs_flag)) or (
+            name in _OLD_ONLY and self.version == "new"
+        ):
+            return _not_found()
+        needed = _ROUTE_SCOPES[name]
+        if needed is None:
+            if user.scopes is not None or not self.personal_keys_on_unscoped_actions:
+                return _error(
+                    403, _SCOPED_DETAIL, code="permission_denied", type_="authentication_error"
+                )
+            return None
+        missing = user.missing(needed)
+        if missing is not None:
+            return _error(
+                403,
+                f"API key missing required scope '{missing}'",
+                code="permission_denied",
+                type_="authentication_error",
+            )
+        return None
 
     async def close(self) -> None:
         """Stop every kernel execution, run and stream, then the server."""
@@ -857,43 +1026,54 @@ class PostHogFakeServer(FakeServer):
     def setup_routes(self, app: web.Application) -> None:
         base = "/api/projects/{project_id}/notebooks/"
         one = base + "{short_id}/"
-        routes: list[tuple[str, str, Callable[[web.Request], Any]]] = [
-            ("GET", base, self.list_notebooks),
-            ("POST", base, self.create_notebook),
-            ("GET", base + "activity/", self.project_activity),
-            ("GET", base + "recording_comments/", self.recording_comments),
-            ("GET", one, self.retrieve),
-            ("PATCH", one, self.update),
-            ("PUT", one, self.update),
-            ("DELETE", one, self.destroy),
-            ("GET", one + "activity/", self.notebook_activity),
-            ("GET", one + "markdown/", self.markdown),
-            ("POST", one + "collab/save/", self.collab_save),
-            ("POST", one + "collab/markdown_save/", self.collab_markdown_save),
-            ("POST", one + "collab/presence/", self.collab_presence),
-            ("GET", one + "collab/stream/", self.collab_stream),
-            ("POST", one + "hogql/execute/", self.hogql_execute),
-            ("POST", one + "kernel/start/", self.kernel_start),
-            ("POST", one + "kernel/restart/", self.kernel_restart),
-            ("POST", one + "kernel/stop/", self.kernel_stop),
-            ("GET", one + "kernel/status/", self.kernel_status),
-            ("POST", one + "kernel/config/", self.kernel_config),
-            ("POST", one + "kernel/execute/", self.kernel_execute),
-            ("POST", one + "kernel/execute/stream/", self.kernel_execute_stream),
-            ("GET", one + "kernel/dataframe/", self.kernel_dataframe),
-            ("POST", one + "runs/", self.start_run),
-            ("GET", one + "runs/{run_id}/", self.get_run),
-            ("POST", one + "runs/{run_id}/interrupt/", self.interrupt_run),
-            ("POST", one + "sql_v2/run/", self.run_cell),
-            ("GET", one + "sql_v2/runs/{run_id}/", self.get_cell_run),
-            ("GET", one + "sharing/", self.get_sharing),
-            ("PATCH", one + "sharing/", self.update_sharing),
-            ("POST", one + "sharing/passwords/", self.create_password),
-            ("DELETE", one + "sharing/passwords/{password_id}/", self.delete_password),
-            ("POST", one + "sharing/refresh/", self.refresh_sharing),
+        routes: list[tuple[str, str, str, Callable[[web.Request], Any]]] = [
+            ("GET", base, "list", self.list_notebooks),
+            ("POST", base, "create", self.create_notebook),
+            ("GET", base + "activity/", "project_activity", self.project_activity),
+            ("GET", base + "recording_comments/", "recording_comments", self.recording_comments),
+            ("GET", one, "retrieve", self.retrieve),
+            ("PATCH", one, "update", self.update),
+            ("PUT", one, "update", self.update),
+            ("DELETE", one, "destroy", self.destroy),
+            ("GET", one + "activity/", "notebook_activity", self.notebook_activity),
+            ("GET", one + "markdown/", "markdown", self.markdown),
+            ("POST", one + "collab/save/", "collab_save", self.collab_save),
+            (
+                "POST",
+                one + "collab/markdown_save/",
+                "collab_markdown_save",
+                self.collab_markdown_save,
+            ),
+            ("POST", one + "collab/presence/", "collab_presence", self.collab_presence),
+            ("GET", one + "collab/stream/", "collab_stream", self.collab_stream),
+            ("POST", one + "hogql/execute/", "hogql_execute", self.hogql_execute),
+            ("POST", one + "kernel/start/", "kernel_start", self.kernel_start),
+            ("POST", one + "kernel/restart/", "kernel_restart", self.kernel_restart),
+            ("POST", one + "kernel/stop/", "kernel_stop", self.kernel_stop),
+            ("GET", one + "kernel/status/", "kernel_status", self.kernel_status),
+            ("POST", one + "kernel/config/", "kernel_config", self.kernel_config),
+            ("POST", one + "kernel/execute/", "kernel_execute", self.kernel_execute),
+            (
+                "POST",
+                one + "kernel/execute/stream/",
+                "kernel_execute_stream",
+                self.kernel_execute_stream,
+            ),
+            ("GET", one + "kernel/dataframe/", "kernel_dataframe", self.kernel_dataframe),
+            ("POST", one + "runs/", "start_run", self.start_run),
+            ("GET", one + "runs/{run_id}/", "get_run", self.get_run),
+            ("POST", one + "runs/{run_id}/interrupt/", "interrupt_run", self.interrupt_run),
+            ("POST", one + "sql_v2/run/", "run_cell", self.run_cell),
+            ("GET", one + "sql_v2/runs/{run_id}/", "get_cell_run", self.get_cell_run),
+            ("GET", one + "sharing/", "sharing", self.sharing),
+            ("PATCH", one + "sharing/", "sharing", self.sharing),
+            ("POST", one + "sharing/passwords/", "sharing", self.sharing),
+            ("DELETE", one + "sharing/passwords/{password_id}/", "sharing", self.sharing),
+            ("POST", one + "sharing/refresh/", "sharing", self.sharing),
         ]
-        for method, path, handler in routes:
-            app.router.add_route(method, path, handler)
+        for position, (method, path, name, handler) in enumerate(routes):
+            # Route names are unique: the action's name, then a number.
+            app.router.add_route(method, path, handler, name=f"{name}.r{position}")
 
     # -- request helpers
 
@@ -916,10 +1096,6 @@ class PostHogFakeServer(FakeServer):
     def _kernel_target(self, request: web.Request) -> tuple[FakeKernel | None, web.Response | None]:
         """The caller's kernel for this notebook, or the error PostHog would answer."""
         user = self._user(request)
-        if user.scoped:
-            return None, _error(
-                403, _SCOPED_DETAIL, code="permission_denied", type_="authentication_error"
-            )
         short_id = request.match_info["short_id"]
         if short_id != "scratchpad" and self._notebook(request) is None:
             return None, _not_found()
@@ -957,7 +1133,7 @@ class PostHogFakeServer(FakeServer):
                     "name": notebook.title,
                     "short_id": notebook.short_id,
                 },
-                "created_at": _iso(_now()),
+                "created_at": _iso(utc_now()),
             },
         )
 
@@ -1130,6 +1306,9 @@ class PostHogFakeServer(FakeServer):
                     }
                 )
                 setattr(notebook, field, body[field])
+        if "content" not in body and isinstance(body.get("version"), int):
+            # PostHog writes a version sent without content straight to the row.
+            notebook.version = body["version"]
         if "content" in body:
             notebook.content = body["content"]
             notebook.version += 1
@@ -1143,7 +1322,7 @@ class PostHogFakeServer(FakeServer):
                 id=f"{notebook.version}-1",
             )
         if body:
-            notebook.last_modified_at = _now()
+            notebook.last_modified_at = utc_now()
             notebook.last_modified_by = user
             self._log(notebook, user, activity, changes)
         return web.json_response(notebook.full())
@@ -1156,8 +1335,11 @@ class PostHogFakeServer(FakeServer):
         if notebook is None:
             return _not_found()
         nodes = (notebook.content or {}).get("content") or []
+        text: str | None
         if len(nodes) == 1 and nodes[0].get("type") == "ph-markdown-notebook":
             text = nodes[0].get("attrs", {}).get("markdown", "")
+        elif self.version == "new":
+            text = None  # newer servers: no markdown for a rich-text notebook
         else:
             text = f"# {notebook.title or ''}\n\n{notebook.text_content or ''}"
         return web.json_response({"markdown": text})
@@ -1172,19 +1354,11 @@ class PostHogFakeServer(FakeServer):
     async def project_activity(self, request: web.Request) -> web.Response:
         if not self._project_ok(request):
             return _not_found()
-        if self._user(request).scoped:
-            return _error(
-                403, _SCOPED_DETAIL, code="permission_denied", type_="authentication_error"
-            )
         return self._page(request, list(self.activity))
 
     async def recording_comments(self, request: web.Request) -> web.Response:
         if not self._project_ok(request):
             return _not_found()
-        if self._user(request).scoped:
-            return _error(
-                403, _SCOPED_DETAIL, code="permission_denied", type_="authentication_error"
-            )
         recording_id = request.query.get("recording_id")
         if not recording_id:
             return web.json_response({"detail": "recording_id is required"}, status=400)
@@ -1222,92 +1396,12 @@ class PostHogFakeServer(FakeServer):
 
     # -- sharing
 
-    def _sharing(self, notebook: FakeNotebook) -> dict[str, Any]:
-        if notebook.sharing is None:
-            notebook.sharing = {
-                "created_at": None,
-                "enabled": False,
-                "access_token": secrets.token_urlsafe(16),
-                "settings": None,
-                "password_required": False,
-            }
-        shared = dict(notebook.sharing)
-        shared["share_passwords"] = [
-            {k: v for k, v in pw.items() if k != "password"}
-            for pw in notebook.share_passwords
-            if pw["is_active"]
-        ]
-        return shared
-
-    async def get_sharing(self, request: web.Request) -> web.Response:
-        notebook = self._notebook(request)
-        if notebook is None:
+    async def sharing(self, request: web.Request) -> web.Response:
+        """Every ``sharing/`` route: PostHog routes them for notebooks, but its sharing view
+        only knows dashboards, insights and recordings, so each call is a 400."""
+        if self._notebook(request) is None:
             return _not_found()
-        return web.json_response(self._sharing(notebook))
-
-    async def update_sharing(self, request: web.Request) -> web.Response:
-        notebook = self._notebook(request)
-        if notebook is None:
-            return _not_found()
-        body = await self._body(request) or {}
-        self._sharing(notebook)
-        assert notebook.sharing is not None
-        for key in ("enabled", "settings", "password_required"):
-            if key in body:
-                notebook.sharing[key] = body[key]
-        notebook.sharing["created_at"] = notebook.sharing["created_at"] or _iso(_now())
-        return web.json_response(self._sharing(notebook))
-
-    async def create_password(self, request: web.Request) -> web.Response:
-        notebook = self._notebook(request)
-        if notebook is None:
-            return _not_found()
-        body = await self._body(request) or {}
-        if not self._sharing(notebook)["password_required"]:
-            return web.json_response(
-                {"error": "Password protection must be enabled before creating passwords"},
-                status=400,
-            )
-        raw = body.get("raw_password") or secrets.token_urlsafe(12)
-        if len(raw) < 8:
-            return _error(
-                400,
-                "Password must be at least 8 characters long.",
-                code="invalid_input",
-                attr="raw_password",
-            )
-        entry = {
-            "id": str(uuid.uuid4()),
-            "created_at": _iso(_now()),
-            "note": body.get("note", ""),
-            "created_by_email": self._user(request).email,
-            "is_active": True,
-            "password": raw,
-        }
-        notebook.share_passwords.append(entry)
-        return web.json_response(
-            {k: entry[k] for k in ("id", "password", "note", "created_at", "created_by_email")},
-            status=201,
-        )
-
-    async def delete_password(self, request: web.Request) -> web.Response:
-        notebook = self._notebook(request)
-        if notebook is None:
-            return _not_found()
-        for entry in notebook.share_passwords:
-            if entry["id"] == request.match_info["password_id"] and entry["is_active"]:
-                entry["is_active"] = False
-                return web.Response(status=204)
-        return _not_found("Password not found")
-
-    async def refresh_sharing(self, request: web.Request) -> web.Response:
-        notebook = self._notebook(request)
-        if notebook is None:
-            return _not_found()
-        self._sharing(notebook)
-        assert notebook.sharing is not None
-        notebook.sharing["access_token"] = secrets.token_urlsafe(16)
-        return web.json_response(self._sharing(notebook))
+        return _error(400, _SHARING_DETAIL, code="invalid_input")
 
     # -- collaboration
 
@@ -1363,7 +1457,7 @@ class PostHogFakeServer(FakeServer):
         notebook.text_content = body.get("text_content", "")
         if "title" in body:
             notebook.title = body["title"]
-        notebook.last_modified_at = _now()
+        notebook.last_modified_at = utc_now()
         notebook.last_modified_by = user
         self._log(notebook, user, "updated")
         return web.json_response(notebook.full())
@@ -1432,8 +1526,13 @@ class PostHogFakeServer(FakeServer):
         if notebook is None:
             return _not_found()
         body = await self._body(request) or {}
-        if not isinstance(body.get("client_id"), str) or not isinstance(body.get("version"), int):
-            return _error(400, "This field is required.", code="required", attr="client_id")
+        for field in ("client_id", "version", "cursor"):
+            if field not in body:
+                return _error(400, "This field is required.", code="required", attr=field)
+        if not isinstance(body["client_id"], str) or not isinstance(body["version"], int):
+            return _error(400, "Invalid input.", code="invalid_input", attr="client_id")
+        if not isinstance(body["cursor"], dict):
+            return _error(400, "Invalid input.", code="invalid_input", attr="cursor")
         user = self._user(request)
         data = {
             "type": "presence",
@@ -1441,7 +1540,7 @@ class PostHogFakeServer(FakeServer):
             "user_id": user.id,
             "user_name": user.first_name,
             "version": body["version"],
-            "cursor": body.get("cursor"),
+            "cursor": body["cursor"],
         }
         notebook.presence.append((asyncio.get_running_loop().time(), data))
         notebook.publish("presence", data, id=None)
@@ -1516,10 +1615,6 @@ class PostHogFakeServer(FakeServer):
     # -- HogQL
 
     async def hogql_execute(self, request: web.Request) -> web.Response:
-        if self._user(request).scoped:
-            return _error(
-                403, _SCOPED_DETAIL, code="permission_denied", type_="authentication_error"
-            )
         if request.match_info["short_id"] != "scratchpad" and self._notebook(request) is None:
             return _not_found()
         body = await self._body(request)
@@ -1646,7 +1741,8 @@ class PostHogFakeServer(FakeServer):
             )
         return {
             "code": code,
-            "timeout": float(int(timeout)) if timeout >= 1 else float(timeout),
+            # PostHog truncates with int(): 0.5 becomes 0, an immediate timeout.
+            "timeout": float(int(timeout)),
             "return_variables": bool(body.get("return_variables", True)),
         }, None
 
@@ -1766,7 +1862,11 @@ class PostHogFakeServer(FakeServer):
         body = await self._body(request)
         if body is None:
             return _error(400, "JSON parse error.", code="parse_error", type_="invalid_request")
-        cells = [cell for cell in extract_cells(notebook.content) if cell.code.strip()]
+        variables = body.get("variables", [])
+        refused = _check_run_variables(variables)
+        if refused is not None:
+            return refused
+        cells = [cell for cell in _markdown_run_cells(notebook.content) if cell["code"].strip()]
         if not cells:
             return _error(400, "This notebook has no cells to run.", code="invalid_input")
         if any(
@@ -1779,24 +1879,21 @@ class PostHogFakeServer(FakeServer):
                 code="conflict",
                 type_="server_error",
             )
-        variables = body.get("variables")
-        try:
-            inputs_code(variables if isinstance(variables, dict) else {})
-        except ConfigurationError as exc:
-            return _error(400, str(exc), code="invalid_input", attr="variables")
+        if "variables" in body:
+            notebook.variables = list(variables)  # newer servers replace the saved ones
         run_id = str(uuid.uuid4())
         run = FakeServerRun(
             run_id=run_id,
             short_id=notebook.short_id,
-            variables=variables if isinstance(variables, dict) else None,
+            variables=list(variables),
             cells=[
                 {
-                    "node_id": cell.node_id,
-                    "cell_type": cell.kind,
-                    "code": cell.code,
+                    "node_id": cell["node_id"],
+                    "cell_type": cell["kind"],
+                    "code": cell["code"],
                     "dataframe_name": None,
                     "run_id": None,
-                    "status": "pending",
+                    "status": None,  # null until the cell's turn
                     "error": None,
                 }
                 for cell in cells
@@ -1816,9 +1913,10 @@ class PostHogFakeServer(FakeServer):
 
     async def _drive_run(self, run: FakeServerRun) -> None:
         try:
-            setup = inputs_code(run.variables or {})
-            if setup is not None:
-                await run.kernel.execute(setup, timeout=30)
+            run.kernel.start()
+            run.kernel.namespace.update(
+                {item["name"]: item["value"] for item in run.variables or []}
+            )
             for index, cell in enumerate(run.cells):
                 run.current_index = index
                 run.current_node_id = cell["node_id"]
@@ -1841,15 +1939,15 @@ class PostHogFakeServer(FakeServer):
             run.status = "interrupted"
             raise
         finally:
-            run.finished_at = _now()
+            run.finished_at = utc_now()
             run.current_node_id = None
             run.kernel.stop()
 
     async def _execute_cell_run(self, cell_run: FakeCellRun, kernel: FakeKernel, code: str) -> None:
         if cell_run.kind == "hogql":
             if "select" not in code.lower():
+                # A failed cell run has no result envelope: its reason is in ``error``.
                 cell_run.status, cell_run.error = "failed", "HogQL syntax error"
-                cell_run.envelope = {"status": "error", "error": cell_run.error}
                 return
             cell_run.status = "done"
             cell_run.envelope = {
@@ -1864,17 +1962,18 @@ class PostHogFakeServer(FakeServer):
             }
             return
         result = await kernel.execute(code, timeout=120)
-        failed = result["status"] != "ok"
-        error_text = "\n".join(result["traceback"]) if failed else None
-        cell_run.status = "failed" if failed else "done"
-        cell_run.error = error_text
+        if result["status"] != "ok":
+            cell_run.status = "failed"
+            cell_run.error = "\n".join(result["traceback"]) or result["status"]
+            return
+        cell_run.status = "done"
         cell_run.envelope = {
-            "status": "error" if failed else "ok",
+            "status": "ok",
             "stdout": result["stdout"],
             "stderr": result["stderr"],
             "media": result["media"],
             "columns": None,
-            "error": error_text,
+            "error": None,
         }
 
     def _server_run(self, request: web.Request) -> FakeServerRun | None:
@@ -1970,12 +2069,53 @@ class PostHogFakeServer(FakeServer):
         )
 
 
+def _check_run_variables(variables: Any) -> web.Response | None:
+    """``NotebookRunRequestSerializer``'s checks on ``variables`` (PostHog's words)."""
+    if not isinstance(variables, list):
+        return _error(
+            400,
+            f'Expected a list of items but got type "{type(variables).__name__}".',
+            code="not_a_list",
+            attr="variables",
+        )
+    if len(variables) > 10:
+        return _error(
+            400,
+            "Ensure this field has no more than 10 elements.",
+            code="max_length",
+            attr="variables",
+        )
+    for item in variables:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name.isidentifier():
+            return _error(
+                400, "Enter a valid variable name.", code="invalid_input", attr="variables"
+            )
+        value = item.get("value")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            return _error(
+                400, "Variable values must be scalars.", code="invalid_input", attr="variables"
+            )
+    return None
+
+
 @asynccontextmanager
 async def posthog_server(
-    *, token: str = "test-token", project_id: str = "1"
+    *,
+    token: str = "test-token",
+    project_id: str = "1",
+    version: Literal["old", "new"] = "old",
+    runs_flag: bool = True,
+    personal_keys_on_unscoped_actions: bool | None = None,
 ) -> AsyncIterator[PostHogFakeServer]:
-    """A started :class:`PostHogFakeServer`, closed on exit."""
-    server = PostHogFakeServer(token=token, project_id=project_id)
+    """A started :class:`PostHogFakeServer`, closed on exit (see its knobs)."""
+    server = PostHogFakeServer(
+        token=token,
+        project_id=project_id,
+        version=version,
+        runs_flag=runs_flag,
+        personal_keys_on_unscoped_actions=personal_keys_on_unscoped_actions,
+    )
     await server.start()
     try:
         yield server
@@ -1989,8 +2129,15 @@ LONG_CELL = "import time\nfor _ in range(2400):\n    time.sleep(0.05)\n"
 
 
 @asynccontextmanager
-async def posthog_target() -> AsyncIterator[ConformanceTarget]:
-    """The conformance target: a fresh fake server with the suite's notebooks."""
+async def posthog_target(
+    version: Literal["old", "new"] = "old",
+    mode: RunMode = "auto",
+    *,
+    runs_flag: bool = True,
+    personal_keys_on_unscoped_actions: bool | None = None,
+) -> AsyncIterator[ConformanceTarget]:
+    """The conformance target: a fresh fake server of ``version`` with the suite's notebooks
+    (rich-text on "old", markdown-format on "new"), and backends in ``mode``."""
     # Imported here: the conformance suite needs pytest, and the fake server (shipped for
     # the sandbox) must not.
     from .conformance import FAST_POLL, ConformanceTarget
@@ -2002,18 +2149,23 @@ async def posthog_target() -> AsyncIterator[ConformanceTarget]:
 
         def __init__(self, server: PostHogFakeServer) -> None:
             self.server = server
+            markdown = version == "new"
             server.add_notebook(
-                "ok", cells=["total = sum(range(5))\nprint(greeting, total)", "total * 2"]
+                "ok",
+                cells=["total = sum(range(5))\nprint(greeting, total)", "total * 2"],
+                markdown=markdown,
             )
-            server.add_notebook("bad", cells=["x = 1", "x / 0"])
-            server.add_notebook("long", cells=[LONG_CELL])
-            server.add_notebook("odd", cells=[LONG_CELL], run_status="warming_up")
+            server.add_notebook("bad", cells=["x = 1", "x / 0"], markdown=markdown)
+            server.add_notebook("long", cells=[LONG_CELL], markdown=markdown)
+            server.add_notebook("odd", cells=[LONG_CELL], run_status="warming_up", markdown=True)
+            self.server_runs = version == "new" and runs_flag and mode != "kernel"
 
         def make_backend(self) -> NotebookBackend:
             return PostHogBackend(
                 self.server.token,
                 project_id=self.server.project_id,
-                host=self.server.url,
+                base_url=self.server.url,
+                mode=mode,
                 poll=FAST_POLL,
                 retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
                 cancel_timeout=5.0,
@@ -2026,10 +2178,14 @@ async def posthog_target() -> AsyncIterator[ConformanceTarget]:
                 return RunRequest(notebook="bad")
             if outcome == "long":
                 return RunRequest(notebook="long")
-            return RunRequest(notebook="odd", options=PostHogRunOptions(mode="server"))
+            return RunRequest(notebook="odd") if self.server_runs else None
 
         def remote_cancelled(self, handle: RunHandle) -> bool | None:
             return self.server.remote_cancelled(handle)
 
-    async with posthog_server() as server:
+    async with posthog_server(
+        version=version,
+        runs_flag=runs_flag,
+        personal_keys_on_unscoped_actions=personal_keys_on_unscoped_actions,
+    ) as server:
         yield PostHogTarget(server)

@@ -209,6 +209,7 @@ def _add_posthog_demos(server: PostHogFakeServer, duration: float) -> list[Demo]
             f"time.sleep({step!r})\nletters = len(name)\nprint(letters, 'letters')",
             f"time.sleep({step!r})\n{{'name': name, 'letters': letters}}",
         ],
+        markdown=True,
     )
     server.add_notebook(
         POSTHOG_DEMOS["fails"],
@@ -217,6 +218,7 @@ def _add_posthog_demos(server: PostHogFakeServer, duration: float) -> list[Demo]
             f'import time\ntime.sleep({duration / 2!r})\nprint("about to fail")',
             'raise ValueError("this demo notebook fails on purpose")',
         ],
+        markdown=True,
     )
     slow_steps = int(_SLOW_SECONDS / 0.05)
     server.add_notebook(
@@ -226,6 +228,7 @@ def _add_posthog_demos(server: PostHogFakeServer, duration: float) -> list[Demo]
             'print("working...")',
             f"import time\nfor _ in range({slow_steps}):\n    time.sleep(0.05)",
         ],
+        markdown=True,
     )
     return [
         Demo(f"posthog:{POSTHOG_DEMOS['hello']}", f"3 cells, ~{duration:g}s (input: name)"),
@@ -262,8 +265,13 @@ async def sandbox(*, duration: float = 2.0) -> AsyncIterator[Sandbox]:
             fake_deepnote(token=f"sandbox-deepnote-{secrets.token_hex(12)}")
         )
         posthog = await stack.enter_async_context(
+            # A newer PostHog (server-side runs) whose kernel also accepts the sandbox key,
+            # so both --mode server and --mode kernel can be tried.
             posthog_server(
-                token=f"phx_sandbox_{secrets.token_hex(12)}", project_id=_POSTHOG_PROJECT
+                token=f"phx_sandbox_{secrets.token_hex(12)}",
+                project_id=_POSTHOG_PROJECT,
+                version="new",
+                personal_keys_on_unscoped_actions=True,
             )
         )
         datalore = await stack.enter_async_context(

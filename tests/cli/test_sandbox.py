@@ -55,7 +55,7 @@ async def test_sandbox_environment_and_demos() -> None:
             assert run.error is not None
             assert "fails on purpose" in run.error.message
         async with PostHogBackend(
-            env["POSTHOG_PERSONAL_API_KEY"], project_id="1", host=env["POSTHOG_HOST"]
+            env["POSTHOG_PERSONAL_API_KEY"], project_id="1", base_url=env["POSTHOG_HOST"]
         ) as ph:
             run = await run_and_wait(ph, "hello", inputs={"name": "Ann"}, poll=FAST)
             assert any("Hello, Ann!" in (out.plain_text or "") for out in run.outputs)

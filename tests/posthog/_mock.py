@@ -24,7 +24,7 @@ NO_BODY = object()
 
 def make_backend(**kwargs: Any) -> PostHogBackend:
     kwargs.setdefault("retry", RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02))
-    kwargs.setdefault("host", HOST)
+    kwargs.setdefault("base_url", HOST)
     return PostHogBackend(KEY, project_id=PROJECT, **kwargs)
 
 

@@ -27,7 +27,7 @@ def backend_for(
     return PostHogBackend(
         token or server.token,
         project_id=server.project_id,
-        host=server.url,
+        base_url=server.url,
         **options,  # type: ignore[arg-type]
     )
 
@@ -42,3 +42,10 @@ async def server() -> AsyncIterator[PostHogFakeServer]:
 async def backend(server: PostHogFakeServer) -> AsyncIterator[PostHogBackend]:
     async with backend_for(server) as client:
         yield client
+
+
+@pytest.fixture
+async def new_server() -> AsyncIterator[PostHogFakeServer]:
+    """A newer PostHog: server-side runs (flag on), no kernel stream, no HogQL execute."""
+    async with posthog_server(version="new") as fake:
+        yield fake

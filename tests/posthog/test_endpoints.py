@@ -72,7 +72,7 @@ async def test_list_page_sends_every_filter() -> None:
     with aioresponses() as mocked:
         mocked.get(url, payload={"count": 9, "next": None, "previous": None, "results": []})
         async with make_backend() as backend:
-            page = await backend.list_notebooks_page(
+            page = await backend.client.list_notebooks_page(
                 contains={"python": True, "recording": "abc"},
                 created_by="u-1",
                 last_modified_by="u-2",
@@ -107,7 +107,7 @@ async def test_list_follows_next_links_by_path() -> None:
             payload={"count": 2, "next": None, "previous": first, "results": [minimal("b2")]},
         )
         async with make_backend() as backend:
-            ids = [nb.short_id async for nb in backend.list_notebooks(page_size=1)]
+            ids = [nb.short_id async for nb in backend.client.list_notebooks(page_size=1)]
         only_call(mocked, "GET", second)
     assert ids == ["a1", "b2"]
 
@@ -118,7 +118,7 @@ async def test_list_stops_on_a_repeated_next_link() -> None:
         mocked.get(BASE, payload=loop_page)
         mocked.get(f"{BASE}?offset=1", payload=loop_page, repeat=True)
         async with make_backend() as backend:
-            ids = [nb.short_id async for nb in backend.list_notebooks()]
+            ids = [nb.short_id async for nb in backend.client.list_notebooks()]
     assert ids == ["a1", "a1"]
 
 
@@ -138,7 +138,7 @@ async def test_list_stops_on_a_repeated_next_link() -> None:
 async def test_list_filters_are_validated(kwargs: dict[str, Any], words: str) -> None:
     async with make_backend() as backend:
         with pytest.raises(ConfigurationError, match=words):
-            await backend.list_notebooks_page(**kwargs)
+            await backend.client.list_notebooks_page(**kwargs)
 
 
 async def test_create_notebook_posts_fields_and_reads_201() -> None:
@@ -146,7 +146,7 @@ async def test_create_notebook_posts_fields_and_reads_201() -> None:
     with aioresponses() as mocked:
         mocked.post(BASE, status=201, payload=NOTEBOOK)
         async with make_backend() as backend:
-            notebook = await backend.create_notebook(
+            notebook = await backend.client.create_notebook(
                 title="My nb",
                 content=content,
                 text_content="t",
@@ -175,7 +175,7 @@ async def test_create_notebook_posts_fields_and_reads_201() -> None:
 async def test_create_refuses_bad_short_ids(short_id: str) -> None:
     async with make_backend() as backend:
         with pytest.raises(ConfigurationError, match="short_id"):
-            await backend.create_notebook(short_id=short_id)
+            await backend.client.create_notebook(short_id=short_id)
 
 
 async def test_get_notebook_and_path_encoding() -> None:
@@ -183,10 +183,10 @@ async def test_get_notebook_and_path_encoding() -> None:
         mocked.get(NB, payload=NOTEBOOK)
         mocked.get(f"{BASE}a%2Fb/", payload=NOTEBOOK | {"short_id": "a/b"})
         async with make_backend() as backend:
-            notebook = await backend.get_notebook("aB3dE5fG")
-            odd = await backend.get_notebook("a/b")
+            notebook = await backend.client.get_notebook("aB3dE5fG")
+            odd = await backend.client.get_notebook("a/b")
             with pytest.raises(ConfigurationError):
-                await backend.get_notebook("..")
+                await backend.client.get_notebook("..")
         only_call(mocked, "GET", NB, json=None)
     assert notebook.short_id == "aB3dE5fG"
     assert odd.short_id == "a/b"
@@ -197,10 +197,10 @@ async def test_get_if_changed_sends_bare_version_and_handles_304() -> None:
         mocked.get(NB, status=304, body=b"")
         mocked.get(NB, payload=NOTEBOOK | {"version": 8})
         async with make_backend() as backend:
-            assert await backend.get_notebook_if_changed("aB3dE5fG", 7) is None
-            changed = await backend.get_notebook_if_changed("aB3dE5fG", 7)
+            assert await backend.client.get_notebook_if_changed("aB3dE5fG", 7) is None
+            changed = await backend.client.get_notebook_if_changed("aB3dE5fG", 7)
             with pytest.raises(ConfigurationError):
-                await backend.get_notebook_if_changed("aB3dE5fG", "7")  # type: ignore[arg-type]
+                await backend.client.get_notebook_if_changed("aB3dE5fG", "7")  # type: ignore[arg-type]
         sent = calls(mocked, "GET", NB)
     assert [call.kwargs["headers"]["If-None-Match"] for call in sent] == ["7", "7"]
     assert changed is not None
@@ -211,14 +211,14 @@ async def test_update_notebook_bodies() -> None:
     with aioresponses() as mocked:
         mocked.patch(NB, payload=NOTEBOOK, repeat=True)
         async with make_backend() as backend:
-            await backend.update_notebook("aB3dE5fG", title=None)
-            await backend.update_notebook("aB3dE5fG", content={"type": "doc"}, version=7)
-            await backend.delete_notebook("aB3dE5fG")
-            await backend.restore_notebook("aB3dE5fG")
+            await backend.client.update_notebook("aB3dE5fG", title=None)
+            await backend.client.update_notebook("aB3dE5fG", content={"type": "doc"}, version=7)
+            await backend.client.delete_notebook("aB3dE5fG")
+            await backend.client.restore_notebook("aB3dE5fG")
             with pytest.raises(ConfigurationError, match="version"):
-                await backend.update_notebook("aB3dE5fG", content={"type": "doc"})
+                await backend.client.update_notebook("aB3dE5fG", content={"type": "doc"})
             with pytest.raises(ConfigurationError, match="nothing to update"):
-                await backend.update_notebook("aB3dE5fG")
+                await backend.client.update_notebook("aB3dE5fG")
         bodies = [call.kwargs["json"] for call in calls(mocked, "PATCH", NB)]
     assert bodies == [
         {"title": None},
@@ -241,7 +241,7 @@ async def test_update_content_rereads_and_retries_on_409() -> None:
         mocked.patch(NB, status=409, payload=conflict)
         mocked.patch(NB, payload=NOTEBOOK | {"version": 5})
         async with make_backend() as backend:
-            result = await backend.update_notebook_content(
+            result = await backend.client.update_notebook_content(
                 "aB3dE5fG", lambda content: {"n": (content or {})["n"] * 10}
             )
         bodies = [call.kwargs["json"] for call in calls(mocked, "PATCH", NB)]
@@ -253,9 +253,9 @@ async def test_update_content_no_change_and_bad_attempts() -> None:
     with aioresponses() as mocked:
         mocked.get(NB, payload=NOTEBOOK)
         async with make_backend() as backend:
-            same = await backend.update_notebook_content("aB3dE5fG", lambda content: None)
+            same = await backend.client.update_notebook_content("aB3dE5fG", lambda content: None)
             with pytest.raises(ConfigurationError):
-                await backend.update_notebook_content("x", lambda c: c, max_attempts=0)
+                await backend.client.update_notebook_content("x", lambda c: c, max_attempts=0)
         assert not calls(mocked, "PATCH", NB)
     assert same.version == 7
 
@@ -264,7 +264,7 @@ async def test_markdown() -> None:
     with aioresponses() as mocked:
         mocked.get(f"{NB}markdown/", payload={"markdown": "# Hi"})
         async with make_backend() as backend:
-            assert await backend.get_markdown("aB3dE5fG") == "# Hi"
+            assert await backend.client.get_markdown("aB3dE5fG") == "# Hi"
         only_call(mocked, "GET", f"{NB}markdown/")
 
 
@@ -288,11 +288,11 @@ async def test_activity_endpoints() -> None:
         mocked.get(page_two, payload={"results": [entry], "next": None, "total_count": 2})
         mocked.get(f"{BASE}activity/", payload={"results": [], "next": None, "total_count": 0})
         async with make_backend() as backend:
-            page = await backend.notebook_activity("aB3dE5fG", limit=1, page=1)
-            every = [e.activity async for e in backend.iter_activity("aB3dE5fG", limit=1)]
-            project = await backend.project_activity()
+            page = await backend.client.notebook_activity("aB3dE5fG", limit=1, page=1)
+            every = [e.activity async for e in backend.client.iter_activity("aB3dE5fG", limit=1)]
+            project = await backend.client.project_activity()
             with pytest.raises(ConfigurationError):
-                await backend.notebook_activity("aB3dE5fG", page=0)
+                await backend.client.notebook_activity("aB3dE5fG", page=0)
         only_call(mocked, "GET", f"{NB}activity/?limit=1&page=1")
         only_call(mocked, "GET", f"{BASE}activity/")
     assert page.total_count == 2
@@ -313,9 +313,9 @@ async def test_recording_comments_reads_camel_case() -> None:
     with aioresponses() as mocked:
         mocked.get(url, payload={"results": [comment]})
         async with make_backend() as backend:
-            comments = await backend.recording_comments("rec-1")
+            comments = await backend.client.recording_comments("rec-1")
             with pytest.raises(ConfigurationError):
-                await backend.recording_comments("")
+                await backend.client.recording_comments("")
         only_call(mocked, "GET", url)
     assert comments[0].notebook_short_id == "aB3dE5fG"
     assert comments[0].time_in_recording == 1500
@@ -349,21 +349,21 @@ async def test_sharing_endpoints() -> None:
         mocked.delete(f"{sharing}passwords/p2/", status=204, body=b"")
         mocked.post(f"{sharing}refresh/", payload=SHARING | {"access_token": "new"})
         async with make_backend() as backend:
-            config = await backend.get_sharing("nb-uuid")
-            await backend.update_sharing(
+            config = await backend.client.get_sharing("nb-uuid")
+            await backend.client.update_sharing(
                 "nb-uuid", enabled=True, settings={"whitelabel": True}, password_required=True
             )
-            password = await backend.create_sharing_password(
+            password = await backend.client.create_sharing_password(
                 "nb-uuid", raw_password="hunter2hunter2", note="ops"
             )
-            await backend.delete_sharing_password("nb-uuid", "p2")
-            refreshed = await backend.refresh_sharing("nb-uuid")
+            await backend.client.delete_sharing_password("nb-uuid", "p2")
+            refreshed = await backend.client.refresh_sharing("nb-uuid")
             with pytest.raises(ConfigurationError):
-                await backend.update_sharing("nb-uuid")
+                await backend.client.update_sharing("nb-uuid")
             with pytest.raises(ConfigurationError, match="8 characters"):
-                await backend.create_sharing_password("nb-uuid", raw_password="short")
+                await backend.client.create_sharing_password("nb-uuid", raw_password="short")
             with pytest.raises(ConfigurationError, match="100"):
-                await backend.create_sharing_password("nb-uuid", note="x" * 101)
+                await backend.client.create_sharing_password("nb-uuid", note="x" * 101)
         only_call(mocked, "GET", sharing)
         only_call(
             mocked,
@@ -397,7 +397,7 @@ async def test_collab_save_markdown_save_and_presence_bodies() -> None:
         mocked.post(f"{NB}collab/markdown_save/", payload=NOTEBOOK)
         mocked.post(f"{NB}collab/presence/", status=204, body=b"")
         async with make_backend() as backend:
-            await backend.collab_save(
+            await backend.client.collab_save(
                 "aB3dE5fG",
                 client_id="c1",
                 version=7,
@@ -406,22 +406,22 @@ async def test_collab_save_markdown_save_and_presence_bodies() -> None:
                 title="T",
                 cursor_head=4,
             )
-            await backend.collab_markdown_save(
+            await backend.client.collab_markdown_save(
                 "aB3dE5fG", client_id="c1", version=7, content=md, cursor={"head": 1}
             )
-            await backend.collab_presence(
+            await backend.client.collab_presence(
                 "aB3dE5fG", client_id="c1", version=8, cursor={"node_index": 2}
             )
             with pytest.raises(ConfigurationError):
-                await backend.collab_save(
+                await backend.client.collab_save(
                     "aB3dE5fG", client_id="", version=1, steps=[], content=content
                 )
             with pytest.raises(ConfigurationError):
-                await backend.collab_save(
+                await backend.client.collab_save(
                     "aB3dE5fG", client_id="c", version=-1, steps=[], content=content
                 )
             with pytest.raises(ConfigurationError):
-                await backend.collab_presence(
+                await backend.client.collab_presence(
                     "aB3dE5fG", client_id="c", version=1, cursor={"bogus": 1}
                 )
         only_call(
@@ -475,7 +475,7 @@ async def test_collab_stream_decodes_and_resumes_with_last_event_id() -> None:
         mocked.get(url, body=second, content_type="text/event-stream")
         async with make_backend(collab_reconnect_delay=0.001) as backend:
             seen: list[Any] = []
-            stream = backend.collab_stream("aB3dE5fG", last_event_id="7-0")
+            stream = backend.client.collab_stream("aB3dE5fG", last_event_id="7-0")
             async with aclosing(stream) as events:
                 async for event in events:
                     seen.append(event)
@@ -508,9 +508,9 @@ async def test_collab_stream_without_reconnect_ends_with_the_server() -> None:
             content_type="text/event-stream",
         )
         async with make_backend() as backend:
-            events = [e async for e in backend.collab_stream("aB3dE5fG", reconnect=False)]
+            events = [e async for e in backend.client.collab_stream("aB3dE5fG", reconnect=False)]
             with pytest.raises(ConfigurationError):
-                async for _ in backend.collab_stream("aB3dE5fG", max_failures=-1):
+                async for _ in backend.client.collab_stream("aB3dE5fG", max_failures=-1):
                     pass
         sent = calls(mocked, "GET", url)
     assert "Last-Event-ID" not in sent[0].kwargs["headers"]
@@ -534,9 +534,9 @@ async def test_hogql_execute() -> None:
     with aioresponses() as mocked:
         mocked.post(f"{NB}hogql/execute/", payload=payload)
         async with make_backend() as backend:
-            result = await backend.hogql_execute("aB3dE5fG", "select 1")
+            result = await backend.client.hogql_execute("aB3dE5fG", "select 1")
             with pytest.raises(ConfigurationError):
-                await backend.hogql_execute("aB3dE5fG", 1)  # type: ignore[arg-type]
+                await backend.client.hogql_execute("aB3dE5fG", 1)  # type: ignore[arg-type]
         only_call(mocked, "POST", f"{NB}hogql/execute/", json={"query": "select 1"})
     assert result.has_more is True
     assert result.results == [[1, "a"]]
@@ -568,11 +568,13 @@ async def test_kernel_lifecycle_endpoints() -> None:
             payload={"cpu_cores": 2, "memory_gb": None, "idle_timeout_seconds": 3600},
         )
         async with make_backend() as backend:
-            started = await backend.kernel_start("aB3dE5fG")
-            restarted = await backend.kernel_restart("aB3dE5fG")
-            stopped = await backend.kernel_stop("aB3dE5fG")
-            current = await backend.kernel_status("aB3dE5fG")
-            config = await backend.kernel_config("aB3dE5fG", cpu_cores=2, idle_timeout_seconds=3600)
+            started = await backend.client.kernel_start("aB3dE5fG")
+            restarted = await backend.client.kernel_restart("aB3dE5fG")
+            stopped = await backend.client.kernel_stop("aB3dE5fG")
+            current = await backend.client.kernel_status("aB3dE5fG")
+            config = await backend.client.kernel_config(
+                "aB3dE5fG", cpu_cores=2, idle_timeout_seconds=3600
+            )
         for path in ("start", "restart", "stop"):
             only_call(mocked, "POST", f"{NB}kernel/{path}/", json=None)
         only_call(mocked, "GET", f"{NB}kernel/status/")
@@ -598,7 +600,7 @@ async def test_kernel_config_is_validated_locally(kwargs: dict[str, Any]) -> Non
     with aioresponses() as mocked:
         async with make_backend() as backend:
             with pytest.raises(ConfigurationError):
-                await backend.kernel_config("aB3dE5fG", **kwargs)
+                await backend.client.kernel_config("aB3dE5fG", **kwargs)
         assert not mocked.requests
 
 
@@ -614,15 +616,16 @@ async def test_kernel_execute_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
     with aioresponses() as mocked:
         mocked.post(f"{NB}kernel/execute/", payload=RESULT)
         async with make_backend() as backend:
-            result = await backend.kernel_execute("aB3dE5fG", "1 + 1", timeout=12.5)
-            for bad in (0.05, 121, float("nan"), True):
-                with pytest.raises(ConfigurationError, match=r"between 0\.1 and 120"):
-                    await backend.kernel_execute("aB3dE5fG", "1", timeout=bad)
+            result = await backend.client.kernel_execute("aB3dE5fG", "1 + 1", timeout=12)
+            # Whole seconds: PostHog truncates with int() and bounds the whole run with it.
+            for bad in (0.05, 0.5, 12.5, 121, float("nan"), True):
+                with pytest.raises(ConfigurationError, match=r"whole seconds from 1 to 120"):
+                    await backend.client.kernel_execute("aB3dE5fG", "1", timeout=bad)
         call = only_call(
             mocked,
             "POST",
             f"{NB}kernel/execute/",
-            json={"code": "1 + 1", "return_variables": True, "timeout": 12.5},
+            json={"code": "1 + 1", "return_variables": True, "timeout": 12},
         )
     # The HTTP timeout leaves room for the cell's own timeout plus kernel provisioning.
     assert limits[0] > 12.5
@@ -648,7 +651,7 @@ async def test_kernel_execute_stream_yields_chunks_then_result() -> None:
         async with make_backend() as backend:
             events = [
                 e
-                async for e in backend.kernel_execute_stream(
+                async for e in backend.client.kernel_execute_stream(
                     "aB3dE5fG", "print('line 1')", return_variables=False
                 )
             ]
@@ -675,12 +678,12 @@ async def test_kernel_execute_stream_without_result_is_connection_lost() -> None
         )
         async with make_backend() as backend:
             with pytest.raises(ConnectionLost, match="without a result"):
-                async for _ in backend.kernel_execute_stream("aB3dE5fG", "x"):
+                async for _ in backend.client.kernel_execute_stream("aB3dE5fG", "x"):
                     pass
 
 
 async def test_kernel_dataframe_and_row_iteration() -> None:
-    first = f"{NB}kernel/dataframe/?variable_name=df&offset=0&limit=2&timeout=5.0"
+    first = f"{NB}kernel/dataframe/?variable_name=df&offset=0&limit=2&timeout=5"
     with aioresponses() as mocked:
         mocked.get(first, payload={"columns": ["a"], "rows": [{"a": 1}, {"a": 2}], "row_count": 3})
         mocked.get(
@@ -692,12 +695,14 @@ async def test_kernel_dataframe_and_row_iteration() -> None:
             payload={"columns": ["a"], "rows": [{"a": 3}], "row_count": 3},
         )
         async with make_backend() as backend:
-            page = await backend.kernel_dataframe("aB3dE5fG", "df", limit=2, timeout=5)
-            rows = [r async for r in backend.iter_dataframe_rows("aB3dE5fG", "df", page_size=2)]
+            page = await backend.client.kernel_dataframe("aB3dE5fG", "df", limit=2, timeout=5)
+            rows = [
+                r async for r in backend.client.iter_dataframe_rows("aB3dE5fG", "df", page_size=2)
+            ]
             for kwargs in ({"variable_name": "1x"}, {"offset": -1}, {"limit": 501}):
                 args = {"variable_name": "df"} | kwargs
                 with pytest.raises(ConfigurationError):
-                    await backend.kernel_dataframe("aB3dE5fG", **args)
+                    await backend.client.kernel_dataframe("aB3dE5fG", **args)
         only_call(mocked, "GET", first)
     assert page.row_count == 3
     assert rows == [{"a": 1}, {"a": 2}, {"a": 3}]
@@ -731,10 +736,10 @@ async def test_server_run_endpoints() -> None:
         mocked.post(f"{NB}sql_v2/run/", payload={"run_id": "c9"})
         mocked.get(f"{NB}sql_v2/runs/c9/", payload=cell)
         async with make_backend() as backend:
-            started = await backend.start_notebook_run("aB3dE5fG", variables={"d": "2025"})
-            current = await backend.get_notebook_run("aB3dE5fG", "r1")
-            interrupted = await backend.interrupt_notebook_run("aB3dE5fG", "r1")
-            cell_run = await backend.run_cell(
+            started = await backend.client.start_notebook_run("aB3dE5fG", variables={"d": "2025"})
+            current = await backend.client.get_notebook_run("aB3dE5fG", "r1")
+            interrupted = await backend.client.interrupt_notebook_run("aB3dE5fG", "r1")
+            cell_run = await backend.client.run_cell(
                 "aB3dE5fG",
                 node_id="n1",
                 node_type="hogql",
@@ -744,19 +749,26 @@ async def test_server_run_endpoints() -> None:
                 connection_id="conn",
                 send_raw_query=False,
             )
-            cell_status = await backend.get_cell_run("aB3dE5fG", "c9")
+            cell_status = await backend.client.get_cell_run("aB3dE5fG", "c9")
             with pytest.raises(ConfigurationError):
-                await backend.run_cell("aB3dE5fG", node_id="n", node_type="python", code="  ")
+                await backend.client.run_cell(
+                    "aB3dE5fG", node_id="n", node_type="python", code="  "
+                )
             with pytest.raises(ConfigurationError):
-                await backend.run_cell(
+                await backend.client.run_cell(
                     "aB3dE5fG",
                     node_id="n",
                     node_type="sql",  # type: ignore[arg-type]
                     code="x",
                 )
             with pytest.raises(ConfigurationError):
-                await backend.start_notebook_run("aB3dE5fG", variables={"x": object()})
-        only_call(mocked, "POST", f"{NB}runs/", json={"variables": {"d": "2025"}})
+                await backend.client.start_notebook_run("aB3dE5fG", variables={"x": object()})
+        only_call(
+            mocked,
+            "POST",
+            f"{NB}runs/",
+            json={"variables": [{"name": "d", "type": "string", "value": "2025"}]},
+        )
         only_call(mocked, "POST", f"{NB}runs/r1/interrupt/", json=None)
         only_call(
             mocked,
@@ -783,7 +795,7 @@ async def test_server_run_endpoints() -> None:
 async def test_host_is_used_as_given() -> None:
     with aioresponses() as mocked:
         mocked.get("https://eu.posthog.com/api/projects/7/notebooks/x/", payload=NOTEBOOK)
-        async with make_backend(host="https://eu.posthog.com/") as backend:
-            assert backend.host == "https://eu.posthog.com"
-            await backend.get_notebook("x")
-    assert backend.host != HOST
+        async with make_backend(base_url="https://eu.posthog.com/") as backend:
+            assert backend.base_url == "https://eu.posthog.com"
+            await backend.client.get_notebook("x")
+    assert backend.base_url != HOST

@@ -216,11 +216,11 @@ async def test_errors_through_the_transport_never_show_the_key() -> None:
         mocked.get(f"{BASE}other/", payload={"title": "missing ids"})
         async with make_backend() as backend:
             with pytest.raises(ScopedKeyNotAllowed) as scoped:
-                await backend.kernel_start("nb")
+                await backend.client.kernel_start("nb")
             with pytest.raises(ResponseDecodeError) as garbled:
-                await backend.get_notebook("nb")
+                await backend.client.get_notebook("nb")
             with pytest.raises(ResponseDecodeError, match="a notebook") as shapeless:
-                await backend.get_notebook("other")
+                await backend.client.get_notebook("other")
     for error in (scoped.value, garbled.value, shapeless.value):
         assert KEY not in str(error)
         assert KEY not in repr(error)

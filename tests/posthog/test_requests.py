@@ -14,7 +14,7 @@ from notebookops.backends.posthog import (
     PostHogRunOptions,
     VariableInfo,
 )
-from notebookops.backends.posthog._requests import (
+from notebookops.backends.posthog._cells import (
     SERVER_RUN_STATES,
     Cell,
     apply_executions,
@@ -24,12 +24,14 @@ from notebookops.backends.posthog._requests import (
     extract_cells,
     hogql_output,
     inputs_code,
-    next_path,
     python_execution_attrs,
     select_cells,
     server_run_error,
     server_run_progress,
     strip_ansi,
+)
+from notebookops.backends.posthog._requests import (
+    next_path,
 )
 from notebookops.backends.posthog._wire import (
     CellRunEnvelope,
@@ -345,21 +347,21 @@ def test_backend_configuration_from_env(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ConfigurationError, match="mode"):
         PostHogBackend(KEY, project_id=1, mode="batch")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="plain http"):
-        PostHogBackend(KEY, project_id=1, host="http://posthog.internal")
+        PostHogBackend(KEY, project_id=1, base_url="http://posthog.internal")
     with pytest.raises(ConfigurationError, match="cancel_timeout"):
         PostHogBackend(KEY, project_id=1, cancel_timeout=0)
     monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", KEY)
     monkeypatch.setenv("POSTHOG_PROJECT_ID", "42")
     monkeypatch.setenv("POSTHOG_HOST", "https://eu.posthog.com/")
     backend = PostHogBackend()
-    assert (backend.project_id, backend.host) == ("42", "https://eu.posthog.com")
+    assert (backend.project_id, backend.base_url) == ("42", "https://eu.posthog.com")
     assert KEY not in repr(backend)
     assert Capability.STREAMING in backend.capabilities
     assert Capability.RESUMABLE not in backend.capabilities
     server = PostHogBackend(mode="server", project_id=5)
     assert server.project_id == "5"
-    assert server.host == "https://eu.posthog.com"
+    assert server.base_url == "https://eu.posthog.com"
     assert Capability.RESUMABLE in server.capabilities
     assert Capability.STREAMING not in server.capabilities
     monkeypatch.delenv("POSTHOG_HOST")
-    assert PostHogBackend().host == "https://us.posthog.com"
+    assert PostHogBackend().base_url == "https://us.posthog.com"

@@ -11,14 +11,17 @@ import pytest
 from notebookops import run_and_wait, wait_for_run
 from notebookops.backends.posthog import (
     KernelRunNotFound,
+    NoRunnableCells,
     PostHogBackend,
     PostHogRunOptions,
+    ScopedKeyNotAllowed,
 )
 from notebookops.errors import (
     BackendClosed,
     ConfigurationError,
     ConnectError,
     NotFound,
+    PermissionDenied,
     RunFailed,
     ServerError,
     StartOutcomeUnknown,
@@ -31,6 +34,8 @@ from notebookops.testing.posthog import (
     LONG_CELL,
     PostHogFakeServer,
     hogql_cell,
+    markdown_cells,
+    markdown_content,
     notebook_content,
     python_cell,
 )
@@ -156,15 +161,22 @@ async def test_python_error_fails_the_run_with_cell_and_traceback(
 
 async def test_cell_timeout(server: PostHogFakeServer, backend: PostHogBackend) -> None:
     server.add_notebook("slow", cells=[LONG_CELL])
-    options = PostHogRunOptions(cell_timeout=0.2)
+    options = PostHogRunOptions(cell_timeout=1)
     run = await run_and_wait(
         backend, "slow", options=options, poll=FAST_POLL, timeout=20, raise_on_failure=False
     )
     assert run.state is RunState.FAILED
     assert run.error is not None
     assert run.error.name == "timeout"
-    assert "0.2s" in run.error.message
-    assert server.requests_to("POST", r"/kernel/execute/stream/$")[0].json["timeout"] == 0.2
+    assert "1s" in run.error.message
+    assert server.requests_to("POST", r"/kernel/execute/stream/$")[0].json["timeout"] == 1
+
+
+@pytest.mark.parametrize("bad", [0.2, 0.5, 1.5, 0, 121, True])
+def test_cell_timeout_is_whole_seconds(bad: float) -> None:
+    # PostHog truncates with int() (0.5 becomes 0) and bounds the cell's whole run with it.
+    with pytest.raises(ConfigurationError, match="whole seconds from 1 to 120"):
+        PostHogRunOptions(cell_timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_error_frame_and_http_failures_are_platform_failures(
@@ -189,12 +201,13 @@ async def test_error_frame_and_http_failures_are_platform_failures(
 async def test_scoped_key_run_says_which_key_is_needed(server: PostHogFakeServer) -> None:
     server.add_notebook("sc", cells=["1"])
     server.add_user("phx_scoped", scoped=True)
-    async with backend_for(server, "phx_scoped") as scoped:
-        run = await run_and_wait(scoped, "sc", poll=FAST_POLL, timeout=20, raise_on_failure=False)
-    assert run.error is not None
-    assert run.error.name == "ScopedKeyNotAllowed"
-    assert run.error.platform is False
-    assert "created without scopes" in run.error.message
+    async with backend_for(server, "phx_scoped", mode="kernel") as scoped:
+        # Refused before any code ran: a PermissionDenied, never a failed run.
+        with pytest.raises(ScopedKeyNotAllowed, match="created without scopes") as refused:
+            await run_and_wait(scoped, "sc", poll=FAST_POLL, timeout=20)
+    assert isinstance(refused.value, PermissionDenied)
+    assert "newer servers refuse every personal API key" in str(refused.value)
+    assert not server.executions
 
 
 async def test_start_validates_before_running(
@@ -242,12 +255,15 @@ async def test_blocks_and_hogql_cells(server: PostHogFakeServer, backend: PostHo
     assert server.kernel("badq").status == "stopped"  # never started: no kernel cell ran
 
 
-async def test_empty_notebook_succeeds_without_touching_the_kernel(
+async def test_a_notebook_without_runnable_cells_is_an_error_not_a_success(
     server: PostHogFakeServer, backend: PostHogBackend
 ) -> None:
     server.add_notebook("empty")
-    run = await run_and_wait(backend, "empty", poll=FAST_POLL, timeout=20)
-    assert run.state is RunState.SUCCEEDED
+    with pytest.raises(NoRunnableCells) as empty:
+        await run_and_wait(backend, "empty", poll=FAST_POLL, timeout=20)
+    for named in ("ph-python", "ph-hogql-sql", "<PythonV2>", "<SQLV2>", "ph-markdown-notebook"):
+        assert named in str(empty.value)
+    assert empty.value.notebook == "empty"
     assert not server.requests_to("POST", r"/kernel/")
 
 
@@ -272,7 +288,7 @@ async def test_write_outputs_retries_on_409(
     patches = server.requests_to("PATCH", r"/notebooks/wb/$")
     assert len(patches) == 2
     assert all(p.json["version"] == 0 for p in patches)
-    stored = (await backend.get_notebook("wb")).content
+    stored = (await backend.client.get_notebook("wb")).content
     assert stored is not None
     first = stored["content"][1]["attrs"]["pythonExecution"]
     second = stored["content"][2]["attrs"]["pythonExecution"]
@@ -345,7 +361,7 @@ async def test_cancel_reports_a_failed_kernel_stop(
         await backend.cancel_run(handle)
     assert (await backend.get_run(handle)).state is RunState.CANCELLED
     server.faults.clear()
-    await backend.kernel_stop("stuck")
+    await backend.client.kernel_stop("stuck")
 
 
 async def test_runs_of_one_notebook_queue_behind_each_other(
@@ -388,7 +404,7 @@ async def test_aclose_cancels_in_flight_runs(server: PostHogFakeServer) -> None:
     with pytest.raises(BackendClosed):
         await backend.get_run(handle)
     with pytest.raises(BackendClosed):
-        await backend.kernel_status("bg")
+        await backend.client.kernel_status("bg")
 
 
 async def test_kernel_handles_are_not_resumable(
@@ -429,7 +445,7 @@ async def test_failing_inputs_cell_is_reported_as_such(
 ) -> None:
     server.add_notebook("inp", cells=["print(x)"])
     # A kernel left running without builtins cannot even import json for the inputs cell.
-    await backend.kernel_execute("inp", "__builtins__ = {}")
+    await backend.client.kernel_execute("inp", "__builtins__ = {}")
     request = RunRequest("inp", inputs={"x": 1})
     run = await run_and_wait(backend, request, poll=FAST_POLL, timeout=20, raise_on_failure=False)
     assert run.state is RunState.FAILED
@@ -442,11 +458,14 @@ async def test_failing_inputs_cell_is_reported_as_such(
 # ----------------------------------------------------------------- server mode
 
 
-async def test_server_mode_success_with_outputs_and_resume(server: PostHogFakeServer) -> None:
+async def test_server_mode_success_with_outputs_and_resume(new_server: PostHogFakeServer) -> None:
+    server = new_server
     server.add_notebook(
         "srv",
-        content=notebook_content(
-            python_cell("print('hello', who)", node_id="p1"), hogql_cell("select 1", node_id="h1")
+        content=markdown_content(
+            markdown_cells(
+                ("python", "print('hello', who)"), ("sql", "select 1"), node_ids=["p1", "h1"]
+            )
         ),
     )
     async with backend_for(server, mode="server") as first:
@@ -469,13 +488,18 @@ async def test_server_mode_success_with_outputs_and_resume(server: PostHogFakeSe
     assert again.outputs == run.outputs
     assert len(server.requests_to("GET", r"/sql_v2/runs/")) == 2
     [started] = server.requests_to("POST", r"/notebooks/srv/runs/$")
-    assert started.json == {"variables": {"who": "ann"}}
+    assert started.json == {"variables": [{"name": "who", "type": "string", "value": "ann"}]}
 
 
-async def test_server_mode_failure_cancel_and_watch(
+async def test_server_mode_failure_cancel_and_watch(new_server: PostHogFakeServer) -> None:
+    async with backend_for(new_server) as backend:
+        await _server_mode_failure_cancel_and_watch(new_server, backend)
+
+
+async def _server_mode_failure_cancel_and_watch(
     server: PostHogFakeServer, backend: PostHogBackend
 ) -> None:
-    server.add_notebook("sfail", cells=["1", "raise ValueError('nope')"])
+    server.add_notebook("sfail", cells=["1", "raise ValueError('nope')"], markdown=True)
     server_opts = PostHogRunOptions(mode="server")
     failed = await run_and_wait(
         backend, "sfail", options=server_opts, poll=FAST_POLL, timeout=20, raise_on_failure=False
@@ -486,7 +510,7 @@ async def test_server_mode_failure_cancel_and_watch(
     assert failed.error.message == "cell c1 failed: ValueError: nope"
     assert any(o.output_type == "error" for o in failed.outputs)
 
-    server.add_notebook("slong", cells=[LONG_CELL], run_status="warming_up")
+    server.add_notebook("slong", cells=[LONG_CELL], run_status="warming_up", markdown=True)
     handle = await backend.start_run(RunRequest("slong", options=server_opts))
     seen: list[Run] = []
     async with aclosing(backend.watch_run(handle)) as runs:
@@ -518,8 +542,9 @@ async def test_server_mode_refusals(server: PostHogFakeServer) -> None:
     assert not server.requests_to("POST", r"/runs/$")
 
 
-async def test_server_mode_lost_start_is_outcome_unknown(server: PostHogFakeServer) -> None:
-    server.add_notebook("lost", cells=[LONG_CELL])
+async def test_server_mode_lost_start_is_outcome_unknown(new_server: PostHogFakeServer) -> None:
+    server = new_server
+    server.add_notebook("lost", cells=[LONG_CELL], markdown=True)
     server.faults.add(Fault("reset_after", method="POST", path=r"/notebooks/lost/runs/$"))
     async with backend_for(server, mode="server") as backend:
         with pytest.raises(StartOutcomeUnknown, match="409") as caught:
@@ -534,7 +559,7 @@ async def test_unreachable_start_is_a_plain_connect_error() -> None:
     backend = PostHogBackend(
         "phx_k",
         project_id="1",
-        host="http://127.0.0.1:9",
+        base_url="http://127.0.0.1:9",
         mode="server",
         retry=RetryPolicy(max_attempts=1),
     )

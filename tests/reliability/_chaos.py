@@ -345,16 +345,20 @@ async def posthog_env(
     mode: Literal["server", "kernel"],
 ) -> AsyncIterator[ChaosEnv]:
     rng = random.Random(seed)
-    async with posthog_server(token=TOKEN) as server:
+    # Server runs exist on newer PostHog, and run markdown-format notebooks only.
+    version: Literal["old", "new"] = "new" if mode == "server" else "old"
+    async with posthog_server(token=TOKEN, version=version) as server:
         calls: list[Call] = []
         for index, kind in enumerate(kinds[:runs]):
             short_id = f"nb{index:04d}"
-            server.add_notebook(short_id, cells=_posthog_cells(kind, rng))
+            server.add_notebook(
+                short_id, cells=_posthog_cells(kind, rng), markdown=mode == "server"
+            )
             calls.append(Call(index, kind, RunRequest(short_id), short_id))
         backend = PostHogBackend(
             TOKEN,
             project_id=server.project_id,
-            host=server.url,
+            base_url=server.url,
             mode=mode,
             poll=settings.poll,
             retry=RETRY,

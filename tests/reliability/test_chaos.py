@@ -175,7 +175,7 @@ async def test_sse_cut_fault_breaks_the_stream_mid_frame() -> None:
         # Through the kernel-mode adapter: the run fails as a platform problem, with a reason.
         server.faults.add(Fault("sse_cut", path=stream))
         async with PostHogBackend(
-            TOKEN, project_id=server.project_id, host=server.url, poll=FAST
+            TOKEN, project_id=server.project_id, base_url=server.url, poll=FAST
         ) as backend:
             run = await run_and_wait(backend, "nb", poll=FAST, timeout=10, raise_on_failure=False)
         assert run.state is RunState.FAILED
@@ -194,11 +194,11 @@ async def test_a_lost_start_answer_is_reported_never_repeated() -> None:
         async with dn.backend() as backend:
             run = await run_and_wait(backend, notebook.id, poll=FAST, timeout=10)
         assert [r.id for r in dn.runs_of(notebook.id)] == [run.run_id]  # reconciled
-    async with posthog_server(token=TOKEN) as ph:
-        ph.add_notebook("nb", cells=["x = 1"])
+    async with posthog_server(token=TOKEN, version="new") as ph:
+        ph.add_notebook("nb", cells=["x = 1"], markdown=True)
         ph.faults.add(Fault("reset_after", method="POST", path=r"/runs/$"))
         async with PostHogBackend(
-            TOKEN, project_id=ph.project_id, host=ph.url, mode="server"
+            TOKEN, project_id=ph.project_id, base_url=ph.url, mode="server"
         ) as backend:
             with pytest.raises(StartOutcomeUnknown):
                 await run_and_wait(backend, "nb", poll=FAST, timeout=10)

@@ -48,8 +48,8 @@ def backends() -> list[Any]:
     return [
         DeepnoteBackend(TOKEN, base_url=DEEPNOTE, retry=NO_RETRY),
         DataloreBackend(token=TOKEN, base_url=DATALORE, retry=NO_RETRY),
-        PostHogBackend(TOKEN, project_id="1", host=POSTHOG, mode="server", retry=NO_RETRY),
-        PostHogBackend(TOKEN, project_id="1", host=POSTHOG, mode="kernel", retry=NO_RETRY),
+        PostHogBackend(TOKEN, project_id="1", base_url=POSTHOG, mode="server", retry=NO_RETRY),
+        PostHogBackend(TOKEN, project_id="1", base_url=POSTHOG, mode="kernel", retry=NO_RETRY),
     ]
 
 
@@ -134,7 +134,7 @@ def test_malformed_tokens_are_refused_without_echoing_them() -> None:
     for make in (
         lambda: DataloreBackend(token=f"{TOKEN} x", base_url=DATALORE),
         lambda: DeepnoteBackend(f"{TOKEN}\x00", base_url=DEEPNOTE),
-        lambda: PostHogBackend(f"phc_{TOKEN}", project_id="1", host=POSTHOG),
+        lambda: PostHogBackend(f"phc_{TOKEN}", project_id="1", base_url=POSTHOG),
     ):
         with pytest.raises(ConfigurationError) as caught:
             make()
@@ -178,7 +178,7 @@ async def test_a_server_echoing_the_token_never_gets_it_into_errors(status: int)
             f"{DATALORE}/api/run/v1/r1",
         ),
         (
-            PostHogBackend(TOKEN, project_id="1", host=POSTHOG, retry=NO_RETRY),
+            PostHogBackend(TOKEN, project_id="1", base_url=POSTHOG, retry=NO_RETRY),
             f"{POSTHOG}/api/projects/1/notebooks/nb/",
         ),
     ]
@@ -187,7 +187,7 @@ async def test_a_server_echoing_the_token_never_gets_it_into_errors(status: int)
         lambda b: b.get_run(
             RunHandle(backend="datalore", run_id="r1", notebook_id="own/nb", extra={})
         ),
-        lambda b: b.get_notebook("nb"),
+        lambda b: b.client.get_notebook("nb"),
     ]
     with debug_logs() as logs, aioresponses() as mocked:
         for (backend, url), call in zip(targets, calls, strict=True):
@@ -220,7 +220,7 @@ async def test_a_refused_token_is_not_repeated_back(vendor: str) -> None:
                     await run_and_wait(backend, "own/nb", poll=FAST, timeout=5)
     else:
         async with posthog_server(token="another-token-entirely") as ph:
-            backend = PostHogBackend(TOKEN, project_id=ph.project_id, host=ph.url)
+            backend = PostHogBackend(TOKEN, project_id=ph.project_id, base_url=ph.url)
             async with backend:
                 with pytest.raises(AuthenticationError) as caught:
                     await run_and_wait(backend, "nb", poll=FAST, timeout=5)
@@ -243,9 +243,9 @@ def _redirect_cases() -> list[tuple[Callable[[], Any], str, Callable[[Any], Awai
             lambda b: b.client.me(),
         ),
         (
-            lambda: PostHogBackend(TOKEN, project_id="1", host=POSTHOG, retry=NO_RETRY),
+            lambda: PostHogBackend(TOKEN, project_id="1", base_url=POSTHOG, retry=NO_RETRY),
             f"{POSTHOG}/api/projects/1/notebooks/nb/",
-            lambda b: b.get_notebook("nb"),
+            lambda b: b.client.get_notebook("nb"),
         ),
         (
             lambda: DataloreBackend(token=TOKEN, base_url=DATALORE, retry=NO_RETRY),
@@ -328,8 +328,8 @@ async def test_posthog_next_links_to_another_host_are_followed_on_ours() -> None
     with aioresponses() as mocked:
         mocked.get(first, payload={"results": [summary], "next": evil})
         mocked.get(ours, payload={"results": [summary], "next": None})
-        async with PostHogBackend(TOKEN, project_id="1", host=POSTHOG) as backend:
-            items = [item async for item in backend.list_notebooks()]
+        async with PostHogBackend(TOKEN, project_id="1", base_url=POSTHOG) as backend:
+            items = [item async for item in backend.client.list_notebooks()]
     assert len(items) == 2
     assert _auth_headers(mocked, "GET", ours) == [f"Bearer {TOKEN}"]
     assert not [key for key in mocked.requests if key[1].host == "evil.example"]

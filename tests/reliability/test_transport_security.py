@@ -39,7 +39,7 @@ Factory = Callable[..., Any]
 FACTORIES: dict[str, Factory] = {
     "deepnote": lambda url, **kw: DeepnoteBackend(TOKEN, base_url=url, **kw),
     "datalore": lambda url, **kw: DataloreBackend(token=TOKEN, base_url=url, **kw),
-    "posthog": lambda url, **kw: PostHogBackend(TOKEN, project_id="1", host=url, **kw),
+    "posthog": lambda url, **kw: PostHogBackend(TOKEN, project_id="1", base_url=url, **kw),
 }
 
 
@@ -197,7 +197,7 @@ async def test_an_untrusted_certificate_is_refused_and_not_retried(
     calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "deepnote": lambda backend: backend.client.me(),
         "datalore": lambda backend: backend.start_run(_request("own/nb")),
-        "posthog": lambda backend: backend.get_notebook("nb"),
+        "posthog": lambda backend: backend.client.get_notebook("nb"),
     }
     for vendor, factory in FACTORIES.items():
         async with factory(url, retry=RETRY) as backend:

@@ -1,7 +1,15 @@
-"""PostHog notebooks: ``from notebookops.backends.posthog import PostHogBackend``.
+"""PostHog notebooks: ``PostHogBackend`` runs them, ``PostHogClient`` is every endpoint.
 
-See :class:`PostHogBackend` for the run modes and endpoints, and ``_errors`` for the
-PostHog-specific errors (all subclasses of the core tree).
+::
+
+    from notebookops import run_and_wait
+    from notebookops.backends.posthog import PostHogBackend
+
+    async with PostHogBackend() as backend:   # POSTHOG_PERSONAL_API_KEY, POSTHOG_PROJECT_ID
+        run = await run_and_wait(backend, "aB3dE5fG", inputs={"country": "NZ"})
+
+Which PostHog server versions have which run modes, and what each needs, is in
+:mod:`notebookops.backends.posthog.backend`; errors specific to PostHog subclass the core tree.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from ._errors import (
     KernelRunNotFound,
     KernelStreamError,
     MissingScope,
+    ModeUnavailable,
+    NoRunnableCells,
     ScopedKeyNotAllowed,
     VersionConflict,
 )
@@ -19,11 +29,10 @@ from ._requests import (
     ALLOWED_CPU_CORES,
     ALLOWED_IDLE_TIMEOUTS,
     ALLOWED_MEMORY_GB,
-    UNSET,
-    Cell,
-    extract_cells,
-    strip_ansi,
+    MAX_CELL_TIMEOUT,
+    MAX_RUN_VARIABLES,
 )
+from ._retention import FINISHED_RUNS_MAX_BYTES, STREAM_OUTPUT_MAX_BYTES
 from ._wire import (
     ActivityEntry,
     ActivityPage,
@@ -59,17 +68,23 @@ from ._wire import (
     UserBasic,
     VariableInfo,
 )
-from .backend import DEFAULT_HOST, PostHogBackend, PostHogRunOptions, RunMode
+from .backend import PostHogBackend, PostHogRunOptions, RunMode
+from .client import DEFAULT_BASE_URL, PROJECT_ENV, TOKEN_ENV, URL_ENV, PostHogClient
 
 __all__ = [
     "ALLOWED_CPU_CORES",
     "ALLOWED_IDLE_TIMEOUTS",
     "ALLOWED_MEMORY_GB",
-    "DEFAULT_HOST",
-    "UNSET",
+    "DEFAULT_BASE_URL",
+    "FINISHED_RUNS_MAX_BYTES",
+    "MAX_CELL_TIMEOUT",
+    "MAX_RUN_VARIABLES",
+    "PROJECT_ENV",
+    "STREAM_OUTPUT_MAX_BYTES",
+    "TOKEN_ENV",
+    "URL_ENV",
     "ActivityEntry",
     "ActivityPage",
-    "Cell",
     "CellRunEnvelope",
     "CellRunStarted",
     "CellRunStatus",
@@ -93,6 +108,8 @@ __all__ = [
     "KernelStreamEvent",
     "MediaItem",
     "MissingScope",
+    "ModeUnavailable",
+    "NoRunnableCells",
     "Notebook",
     "NotebookPage",
     "NotebookRunCell",
@@ -100,6 +117,7 @@ __all__ = [
     "NotebookRunStatus",
     "NotebookSummary",
     "PostHogBackend",
+    "PostHogClient",
     "PostHogRunOptions",
     "RecordingComment",
     "RunInterruptResult",
@@ -109,8 +127,6 @@ __all__ = [
     "SharePasswordCreated",
     "SharingConfiguration",
     "UserBasic",
-    "VariableInfo",
     "VersionConflict",
-    "extract_cells",
-    "strip_ansi",
+    "VariableInfo",
 ]

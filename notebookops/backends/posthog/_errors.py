@@ -14,13 +14,24 @@
     │   └── KernelRunNotFound      a kernel-mode handle unknown to this backend instance
     └── ServerError
         └── KernelStreamError      an ``event: error`` frame inside a 200 execute stream
+    UnsupportedOperation
+    └── ModeUnavailable            the run mode asked for does not exist on this server
+    NoRunnableCells                the notebook has no cell the chosen mode can run
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ...errors import APIError, Conflict, NotFound, PermissionDenied, ServerError
+from ...errors import (
+    APIError,
+    Conflict,
+    NotebookOpsError,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    UnsupportedOperation,
+)
 
 __all__ = [
     "CollabConflict",
@@ -28,8 +39,11 @@ __all__ = [
     "KernelRunNotFound",
     "KernelStreamError",
     "MissingScope",
+    "ModeUnavailable",
+    "NoRunnableCells",
     "ScopedKeyNotAllowed",
     "VersionConflict",
+    "answer_of",
     "rebuild_error",
 ]
 
@@ -99,11 +113,13 @@ class CollabStale(APIError):
 
 
 class ScopedKeyNotAllowed(PermissionDenied):
-    """A scoped personal API key called an endpoint that only unscoped keys may use.
+    """PostHog refused a personal API key on an endpoint that declares no API scope.
 
-    PostHog's kernel, HogQL-execute, recording-comments and project-wide activity endpoints
-    declare no API scope, so any key created with scopes (even ``*``) is refused. Use a
-    personal API key created without scopes (full access) for them.
+    The kernel, HogQL-execute, recording-comments and project-wide activity endpoints declare
+    no scope. Older servers refuse scoped personal API keys there (even ``*``) and accept
+    keys created without scopes; newer servers refuse **every** personal API key there. On a
+    newer server use server-side runs (``mode="server"``: scopes ``notebook:write`` and
+    ``query:read``).
     """
 
 
@@ -139,3 +155,34 @@ class KernelStreamError(ServerError):
     def error(self) -> str:
         value = _dict(self.data).get("error")
         return value if isinstance(value, str) else self.message
+
+
+def answer_of(error: APIError) -> str:
+    """The status and the server's own words, e.g. ``404 Not found.``."""
+    detail = _dict(error.data).get("detail")
+    words = detail if isinstance(detail, str) and detail else error.message
+    return f"{error.status} {words}"
+
+
+class ModeUnavailable(UnsupportedOperation):
+    """The run mode asked for does not exist on this PostHog server: ``mode`` names it and
+    ``answer`` says what the server answered (e.g. ``404 Not Found.`` for ``runs/`` where the
+    ``revamped-py-notebooks`` flag is off, or on a server that predates it)."""
+
+    def __init__(self, message: str, *, mode: str, answer: str) -> None:
+        super().__init__(message)
+        self.mode = mode
+        self.answer = answer
+
+
+class NoRunnableCells(NotebookOpsError):
+    """The notebook has no cell the chosen mode can run, so nothing was started.
+
+    ``looked_for`` names the formats and node types searched (rich-text ``ph-python`` /
+    ``ph-hogql-sql`` nodes, markdown-format ``<PythonV2>`` / ``<SQLV2>`` tags).
+    """
+
+    def __init__(self, message: str, *, notebook: str, looked_for: str) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.looked_for = looked_for

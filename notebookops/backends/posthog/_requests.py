@@ -1,33 +1,27 @@
 """Pure request builders and response decoders for PostHog (no I/O, no event loop).
 
-Everything the adapter decides without talking to the network lives here so it can be tested
-directly: URL paths, query parameters and bodies, the error-body hooks of the
-:class:`~notebookops._http.VendorProfile`, ProseMirror cell extraction, ANSI stripping, the
-mapping of kernel results to :class:`~notebookops.CellOutput`, and SSE frame decoding.
+URL paths, query parameters and bodies (checked before anything is sent), the error-body hooks
+of the :class:`~notebookops._http.VendorProfile`, and SSE frame decoding. Cells and what
+running them produces are in ``_cells``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import keyword
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
-
-import attrs
 
 from ..._api_errors import VendorProfile, default_error_message
 from ..._convert import format_datetime
 from ..._redact import trim
 from ..._sse import SSEEvent
 from ..._urls import path_segment
-from ...backend import StateTable
-from ...errors import APIError, ConfigurationError, ResponseDecodeError
-from ...models import CellOutput, RunErrorInfo, RunProgress, RunState
+from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ._errors import (
     CollabConflict,
     CollabStale,
@@ -38,7 +32,6 @@ from ._errors import (
     rebuild_error,
 )
 from ._wire import (
-    CellRunEnvelope,
     CollabEvent,
     CollabPresence,
     CollabStep,
@@ -46,10 +39,8 @@ from ._wire import (
     CollabUnknownEvent,
     CollabUpdate,
     ExecutionResult,
-    HogQLResult,
     KernelOutput,
     KernelStreamEvent,
-    NotebookRunStatus,
     decode,
 )
 
@@ -57,24 +48,16 @@ __all__ = [
     "ALLOWED_CPU_CORES",
     "ALLOWED_IDLE_TIMEOUTS",
     "ALLOWED_MEMORY_GB",
-    "CELL_KINDS",
+    "MAX_CELL_TIMEOUT",
+    "MAX_RUN_VARIABLES",
     "PROFILE",
-    "SERVER_RUN_STATES",
-    "Cell",
     "activity_params",
-    "apply_executions",
     "collab_save_body",
     "contains_param",
     "decode_collab_event",
     "decode_kernel_event",
-    "envelope_outputs",
     "error_message",
     "execute_body",
-    "execution_error",
-    "execution_outputs",
-    "extract_cells",
-    "hogql_output",
-    "inputs_code",
     "kernel_config_body",
     "list_params",
     "markdown_save_body",
@@ -82,14 +65,10 @@ __all__ = [
     "notebook_path",
     "notebooks_path",
     "presence_body",
-    "python_execution_attrs",
+    "run_variables_body",
     "refine_error",
     "retry_after_from_body",
-    "select_cells",
-    "server_run_error",
-    "server_run_progress",
     "sharing_path",
-    "strip_ansi",
     "update_body",
     "validate_cell_timeout",
     "web_url",
@@ -287,6 +266,13 @@ def update_body(
     if not isinstance(text_content, _Unset):
         body["text_content"] = text_content
     if version is not None:
+        if isinstance(content, _Unset):
+            # PostHog writes a version sent without content straight to the row, which
+            # would break every other client's next save.
+            raise ConfigurationError(
+                "version is only sent together with content (PostHog would store it as the "
+                "notebook's version otherwise)"
+            )
         if isinstance(version, bool) or not isinstance(version, int):
             raise ConfigurationError(f"version must be an int, got {version!r}")
         body["version"] = version
@@ -380,29 +366,44 @@ def markdown_save_body(
     return body
 
 
-def presence_body(
-    *, client_id: str, version: int, cursor: Mapping[str, int] | None = None
-) -> dict[str, Any]:
-    """``collab/presence/``."""
-    body: dict[str, Any] = {"client_id": _client_id(client_id), "version": _version(version)}
-    clean = _cursor(cursor)
-    if clean is not None:
-        body["cursor"] = clean
-    return body
+def presence_body(*, client_id: str, version: int, cursor: Mapping[str, int]) -> dict[str, Any]:
+    """``collab/presence/``: PostHog requires ``cursor`` (400 without it)."""
+    if not isinstance(cursor, Mapping):
+        raise ConfigurationError(
+            f"cursor is required by collab/presence/ (a mapping such as {{'head': 0}}), "
+            f"got {cursor!r}"
+        )
+    return {
+        "client_id": _client_id(client_id),
+        "version": _version(version),
+        "cursor": _cursor(cursor),
+    }
 
 
-def validate_cell_timeout(value: float | None, what: str = "timeout") -> float | None:
-    """PostHog accepts execution timeouts of 0.1 to 120 seconds."""
+#: PostHog's bounds on an execution timeout, in seconds.
+MAX_CELL_TIMEOUT: Final = 120
+
+
+def validate_cell_timeout(value: float | None, what: str = "timeout") -> int | None:
+    """A kernel execution timeout: whole seconds from 1 to 120.
+
+    PostHog truncates the timeout with ``int()`` and uses it as the sandbox's limit on the
+    cell's **whole run** (0.5 would become 0), so fractions are refused here.
+    """
     if value is None:
         return None
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 0.1 <= value <= 120
+        or value != int(value)
+        or not 1 <= value <= MAX_CELL_TIMEOUT
     ):
-        raise ConfigurationError(f"{what} must be between 0.1 and 120 seconds, got {value!r}")
-    return float(value)
+        raise ConfigurationError(
+            f"{what} must be whole seconds from 1 to {MAX_CELL_TIMEOUT} (PostHog truncates "
+            f"fractions and bounds the cell's whole run with it), got {value!r}"
+        )
+    return int(value)
 
 
 def execute_body(
@@ -433,6 +434,70 @@ def _allowed(value: float | None, allowed: Sequence[float], what: str) -> float 
     return value
 
 
+#: At most this many variables per server-side run (PostHog's limit).
+MAX_RUN_VARIABLES: Final = 10
+_SCALAR_TYPES: Final = (("boolean", bool), ("number", int | float), ("string", str))
+
+
+def _run_variable(name: object, value: object, type_: object = None) -> dict[str, Any]:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ConfigurationError(
+            f"run variable name {name!r} is not an identifier (PostHog refuses it)"
+        )
+    if isinstance(value, datetime | date):
+        value, inferred = value.isoformat(), "date"
+    elif value is None:
+        inferred = "string"
+    else:
+        inferred = next((t for t, kind in _SCALAR_TYPES if isinstance(value, kind)), "")
+        if not inferred or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigurationError(
+                f"run variable {name!r} must be a scalar (str, int, float, bool, date or "
+                f"None), got {type(value).__name__}"
+            )
+    if type_ is None:
+        type_ = inferred
+    elif not isinstance(type_, str) or not type_:
+        raise ConfigurationError(f"run variable {name!r} has an invalid type {type_!r}")
+    return {"name": name, "type": type_, "value": value}
+
+
+def run_variables_body(
+    variables: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """``POST runs/``: ``{"variables": [{"name", "type", "value"}, ...]}`` (or ``{}``).
+
+    Takes a name -> value mapping (types inferred: ``string``, ``number``, ``boolean``,
+    ``date``) or PostHog's list shape; at most 10, identifier names, scalar values.
+    """
+    if not variables:
+        return {}
+    items: list[dict[str, Any]] = []
+    if isinstance(variables, Mapping):
+        items = [_run_variable(name, value) for name, value in variables.items()]
+    elif isinstance(variables, list | tuple):
+        for entry in variables:
+            if not isinstance(entry, Mapping) or "name" not in entry:
+                raise ConfigurationError(
+                    f"run variables in list form are {{'name', 'type', 'value'}} objects, "
+                    f"got {entry!r}"
+                )
+            items.append(_run_variable(entry["name"], entry.get("value"), entry.get("type")))
+    else:
+        raise ConfigurationError(
+            f"run variables must be a mapping or a list of {{name, type, value}}, got "
+            f"{type(variables).__name__}"
+        )
+    if len(items) > MAX_RUN_VARIABLES:
+        raise ConfigurationError(
+            f"PostHog accepts at most {MAX_RUN_VARIABLES} run variables, got {len(items)}"
+        )
+    names = [item["name"] for item in items]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"run variable names must be unique, got {names}")
+    return {"variables": items}
+
+
 def kernel_config_body(
     *,
     cpu_cores: float | None = None,
@@ -455,34 +520,6 @@ def kernel_config_body(
             "kernel config needs at least one of cpu_cores, memory_gb, idle_timeout_seconds"
         )
     return body
-
-
-def inputs_code(inputs: Mapping[str, Any]) -> str | None:
-    """A Python cell assigning ``inputs`` as kernel variables (None when there are none).
-
-    Values travel as JSON (decoded in the kernel), so only JSON-serialisable values are
-    accepted and no input can inject code; names must be Python identifiers.
-    """
-    if not inputs:
-        return None
-    lines = ["import json as _notebookops_json"]
-    for name, value in inputs.items():
-        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise ConfigurationError(
-                f"input name {name!r} is not a valid Python variable name (kernel inputs are "
-                "assigned as variables)"
-            )
-        if name.startswith("_notebookops"):
-            raise ConfigurationError(f"input name {name!r} is reserved by notebookops")
-        try:
-            encoded = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"input {name!r} cannot be sent to the kernel: it is not JSON-serialisable ({exc})"
-            ) from None
-        lines.append(f"{name} = _notebookops_json.loads({encoded!r})")
-    lines.append("del _notebookops_json")
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- errors
@@ -549,31 +586,50 @@ def retry_after_from_body(data: Any) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
+_RUNS_PATH = re.compile(r"/notebooks/[^/]+/(runs|sql_v2)/")
+RUNS_SCOPES: Final = "notebook:write and query:read"
+
+
+def _refine_forbidden(error: APIError, detail: str) -> APIError:
+    """403s with what to do: the scopes an endpoint needs, and which keys PostHog accepts."""
+    runs = bool(_RUNS_PATH.search(error.url))
+    if _SCOPED_KEY_DETAIL in detail.lower():
+        return rebuild_error(
+            ScopedKeyNotAllowed,
+            error,
+            f"{error.message}. This endpoint (kernel, HogQL execute, recording comments or "
+            "project-wide activity) declares no API scope: older PostHog servers refuse "
+            "scoped personal API keys here (even one with '*') and accept a key created "
+            "without scopes; newer servers refuse every personal API key here. On a newer "
+            f"server run notebooks with mode='server' (scopes {RUNS_SCOPES}).",
+        )
+    if _MISSING_SCOPE.search(detail):
+        missing = rebuild_error(MissingScope, error)
+        scope = missing.scope
+        if runs:
+            need = f"server-side runs need the {RUNS_SCOPES} scopes"
+        elif scope:
+            need = f"give the personal API key the '{scope}' scope (':write' covers ':read')"
+        else:
+            need = "give the personal API key the scope PostHog names"
+        return rebuild_error(MissingScope, error, f"{error.message}. {need[0].upper()}{need[1:]}.")
+    if runs:
+        return rebuild_error(
+            PermissionDenied,
+            error,
+            f"{error.message}. Server-side runs need the {RUNS_SCOPES} scopes and query "
+            "access in this project.",
+        )
+    return error
+
+
 def refine_error(error: APIError) -> APIError:
     """Replace generic mapped errors with the PostHog-specific ones in ``_errors``."""
     data: dict[str, Any] = error.data if isinstance(error.data, dict) else {}
     raw_detail = data.get("detail")
     detail = raw_detail if isinstance(raw_detail, str) else ""
-    if error.status == 403 and _SCOPED_KEY_DETAIL in detail.lower():
-        return rebuild_error(
-            ScopedKeyNotAllowed,
-            error,
-            f"{error.message}. This endpoint (kernel, HogQL execute, recording comments or "
-            "project-wide activity) declares no API scope, so PostHog refuses every scoped "
-            "personal API key here, even one with the '*' scope: use a personal API key "
-            "created without scopes (full access).",
-        )
-    if error.status == 403 and _MISSING_SCOPE.search(detail):
-        missing = rebuild_error(MissingScope, error)
-        scope = missing.scope
-        if scope:
-            missing = rebuild_error(
-                MissingScope,
-                error,
-                f"{error.message}. Give the personal API key the '{scope}' scope "
-                "(or ':write' for a ':read' scope).",
-            )
-        return missing
+    if error.status == 403:
+        return _refine_forbidden(error, detail)
     if error.status == 409 and data.get("code") == "conflict":
         if "steps" in data or "updates" in data or "client_ids" in data:
             return rebuild_error(CollabConflict, error)
@@ -588,6 +644,14 @@ def refine_error(error: APIError) -> APIError:
         )
     if error.status == 410:
         return rebuild_error(CollabStale, error)
+    if error.status == 400 and "/sharing/" in error.url:
+        return rebuild_error(
+            type(error),
+            error,
+            f"{error.message}. PostHog routes notebook sharing but its sharing API only "
+            "serves dashboards, insights and recordings (every version read answers this): "
+            "share it from the PostHog app instead",
+        )
     return error
 
 
@@ -598,362 +662,6 @@ PROFILE: Final = VendorProfile(
     retry_after_from_body=retry_after_from_body,
     refine_error=refine_error,
 )
-
-
-# --------------------------------------------------------------------------- cells
-
-_ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-
-#: Cell kinds the adapter can run, and the ProseMirror node types they come from.
-CELL_KINDS: Final[Mapping[str, str]] = {"python": "ph-python", "hogql": "ph-hogql-sql"}
-_NODE_KINDS: Final = {node: kind for kind, node in CELL_KINDS.items()}
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without ANSI escape sequences (IPython colours its tracebacks)."""
-    return _ANSI.sub("", text)
-
-
-@attrs.frozen
-class Cell:
-    """A runnable cell of a notebook.
-
-    ``index`` is its position among the notebook's code cells in document order (stable
-    whichever cells are selected); ``path`` is where the node sits in the content tree.
-    """
-
-    index: int
-    kind: str
-    code: str
-    node_id: str | None = None
-    title: str | None = None
-    path: tuple[int, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """How the cell is named in messages."""
-        return self.node_id or f"#{self.index}"
-
-
-def _walk(node: Any, path: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], Mapping[str, Any]]]:
-    if not isinstance(node, Mapping):
-        return
-    yield path, node
-    children = node.get("content")
-    if isinstance(children, list):
-        for position, child in enumerate(children):
-            yield from _walk(child, (*path, position))
-
-
-def extract_cells(content: Mapping[str, Any] | None) -> list[Cell]:
-    """Every Python and HogQL cell of a ProseMirror document, depth-first in document order.
-
-    A node of another type, or one without string ``attrs.code``, is not a cell (an empty
-    ``code`` is: it runs as a no-op, like in the UI).
-    """
-    cells: list[Cell] = []
-    if content is None:
-        return cells
-    if not isinstance(content, Mapping):
-        raise ResponseDecodeError(
-            "posthog sent notebook content that is not a ProseMirror document",
-            vendor=VENDOR,
-            body=trim(repr(content), 500),
-        )
-    for path, node in _walk(content, ()):
-        kind = _NODE_KINDS.get(str(node.get("type")))
-        if kind is None:
-            continue
-        node_attrs = node.get("attrs")
-        node_attrs = node_attrs if isinstance(node_attrs, Mapping) else {}
-        code = node_attrs.get("code", "")
-        if not isinstance(code, str):
-            continue
-        node_id = node_attrs.get("nodeId")
-        title = node_attrs.get("title")
-        cells.append(
-            Cell(
-                index=len(cells),
-                kind=kind,
-                code=code,
-                node_id=node_id if isinstance(node_id, str) and node_id else None,
-                title=title if isinstance(title, str) and title else None,
-                path=path,
-            )
-        )
-    return cells
-
-
-def select_cells(
-    cells: Sequence[Cell], kinds: Iterable[str], blocks: Sequence[str] | None = None
-) -> list[Cell]:
-    """The cells of ``kinds``, optionally only those whose ``nodeId`` is in ``blocks``
-    (kept in document order). Unknown block ids are refused, naming the known ones."""
-    wanted = set(kinds)
-    chosen = [cell for cell in cells if cell.kind in wanted]
-    if blocks is None:
-        return chosen
-    known = {cell.node_id for cell in chosen if cell.node_id}
-    unknown = [block for block in blocks if block not in known]
-    if unknown:
-        raise ConfigurationError(
-            f"no {'/'.join(sorted(wanted))} cell with nodeId {', '.join(map(repr, unknown))} "
-            f"in this notebook; known: {', '.join(sorted(known)) or 'none'}"
-        )
-    selected = set(blocks)
-    return [cell for cell in chosen if cell.node_id in selected]
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _last_line(lines: Sequence[str]) -> str:
-    for line in reversed(lines):
-        stripped = strip_ansi(line).strip()
-        if stripped:
-            return stripped.splitlines()[-1].strip()
-    return ""
-
-
-def _evalue(error_name: str | None, traceback: Sequence[str]) -> str:
-    last = _last_line(traceback)
-    if error_name and last.startswith(f"{error_name}:"):
-        return last[len(error_name) + 1 :].strip()
-    if error_name and last == error_name:
-        return ""
-    return last
-
-
-def execution_outputs(
-    result: ExecutionResult,
-    cell: Cell,
-    *,
-    streamed: Iterable[str] = (),
-) -> list[CellOutput]:
-    """A kernel result as Jupyter-shaped outputs. Streams named in ``streamed`` were already
-    delivered chunk by chunk, so the result's copy of them is not repeated."""
-    outputs: list[CellOutput] = []
-    already = set(streamed)
-    base: dict[str, Any] = {"cell_id": cell.node_id, "cell_index": cell.index}
-    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
-        if text and name not in already:
-            outputs.append(CellOutput(output_type="stream", name=name, text=text, **base))
-    if result.result:
-        outputs.append(
-            CellOutput(
-                output_type="execute_result",
-                data=dict(result.result),
-                metadata={"execution_count": result.execution_count},
-                **base,
-            )
-        )
-    for item in result.media:
-        outputs.append(
-            CellOutput(output_type="display_data", data={item.mime_type: item.data}, **base)
-        )
-    if result.variables:
-        outputs.append(
-            CellOutput(
-                output_type="display_data",
-                data={
-                    "application/vnd.posthog.variables+json": {
-                        name: attrs.asdict(info) for name, info in result.variables.items()
-                    }
-                },
-                metadata={"posthog": "variables"},
-                **base,
-            )
-        )
-    if result.status != "ok":
-        if result.status == "error":
-            ename = result.error_name or "Error"
-            evalue = _evalue(result.error_name, result.traceback)
-        else:
-            ename = "CellTimeout" if result.status == "timeout" else f"Cell{result.status.title()}"
-            evalue = f"the kernel reported status {result.status!r}"
-        outputs.append(
-            CellOutput(
-                output_type="error",
-                ename=ename,
-                evalue=evalue,
-                traceback=tuple(result.traceback),
-                **base,
-            )
-        )
-    return outputs
-
-
-def execution_error(
-    result: ExecutionResult, cell: Cell, *, timeout: float | None = None
-) -> RunErrorInfo | None:
-    """Why a cell failed (None for status ``ok``). The message has ANSI colour stripped; the
-    traceback is kept raw, as the kernel sent it."""
-    if result.status == "ok":
-        return None
-    if result.status == "error":
-        evalue = _evalue(result.error_name, result.traceback)
-        name = result.error_name or "Error"
-        summary = f"{name}: {evalue}" if evalue else name
-        message = f"cell {cell.label} raised {summary}"
-    elif result.status == "timeout":
-        name = "timeout"
-        limit = f" within {timeout:g}s" if timeout is not None else ""
-        message = f"cell {cell.label} timed out: the kernel sent nothing{limit}"
-    else:
-        name = result.status
-        message = f"cell {cell.label} ended with kernel status {result.status!r}"
-    return RunErrorInfo(
-        message=strip_ansi(message),
-        name=name,
-        traceback=tuple(result.traceback),
-        cell_id=cell.node_id,
-        cell_index=cell.index,
-    )
-
-
-def _table_text(columns: Sequence[Any], rows: Sequence[Sequence[Any]], limit: int = 20) -> str:
-    header = [str(column) for column in columns]
-    body = [[str(value) for value in row] for row in rows[:limit]]
-    widths = [len(h) for h in header]
-    for row in body:
-        for position, value in enumerate(row):
-            if position < len(widths):
-                widths[position] = max(widths[position], len(value))
-            else:
-                widths.append(len(value))
-    lines = []
-    if header:
-        lines.append("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip())
-    for row in body:
-        lines.append("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
-    if len(rows) > limit:
-        lines.append(f"... {len(rows) - limit} more rows")
-    return "\n".join(lines)
-
-
-def hogql_output(result: HogQLResult, cell: Cell) -> CellOutput:
-    """A HogQL result as an ``execute_result`` (JSON and a plain-text table)."""
-    return CellOutput(
-        output_type="execute_result",
-        cell_id=cell.node_id,
-        cell_index=cell.index,
-        data={
-            "application/json": result.raw
-            or {"columns": result.columns, "results": result.results},
-            "text/plain": _table_text(result.columns, result.results),
-        },
-        metadata={"posthog": "hogql"},
-    )
-
-
-def envelope_outputs(
-    envelope: CellRunEnvelope, *, cell_id: str | None, cell_index: int
-) -> list[CellOutput]:
-    """A server-side cell run's result envelope as outputs."""
-    base: dict[str, Any] = {"cell_id": cell_id, "cell_index": cell_index}
-    outputs: list[CellOutput] = []
-    for name, text in (("stdout", envelope.stdout), ("stderr", envelope.stderr)):
-        if text:
-            outputs.append(CellOutput(output_type="stream", name=name, text=text, **base))
-    for item in envelope.media or ():
-        outputs.append(
-            CellOutput(output_type="display_data", data={item.mime_type: item.data}, **base)
-        )
-    if envelope.columns:
-        rows = envelope.first_page or []
-        outputs.append(
-            CellOutput(
-                output_type="execute_result",
-                data={
-                    "application/json": {
-                        "columns": envelope.columns,
-                        "types": envelope.types,
-                        "rows": rows,
-                        "row_count": envelope.row_count,
-                        "has_more": envelope.has_more,
-                    },
-                    "text/plain": _table_text(
-                        envelope.columns, [r for r in rows if isinstance(r, list | tuple)]
-                    ),
-                },
-                **base,
-            )
-        )
-    if envelope.status == "error" or envelope.error:
-        text = envelope.error if isinstance(envelope.error, str) else json.dumps(envelope.error)
-        lines = tuple(text.splitlines()) if envelope.error else ()
-        outputs.append(
-            CellOutput(
-                output_type="error",
-                ename="CellError",
-                evalue=_last_line(lines),
-                traceback=lines,
-                **base,
-            )
-        )
-    return outputs
-
-
-# --------------------------------------------------------------------------- write back
-
-
-def python_execution_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A kernel result in the front end's ``pythonExecution`` shape (camelCase)."""
-    variables = raw.get("variables")
-    variable_list = []
-    if isinstance(variables, Mapping):
-        for name, info in variables.items():
-            entry = {"name": name}
-            if isinstance(info, Mapping):
-                entry.update({k: v for k, v in info.items() if v is not None})
-            variable_list.append(entry)
-    media = raw.get("media")
-    return {
-        "status": raw.get("status"),
-        "stdout": raw.get("stdout") or "",
-        "stderr": raw.get("stderr") or "",
-        "result": raw.get("result"),
-        "executionCount": raw.get("execution_count"),
-        "errorName": raw.get("error_name"),
-        "traceback": list(raw.get("traceback") or []),
-        "variables": variable_list,
-        "media": [
-            {"mimeType": item.get("mime_type"), "data": item.get("data")}
-            for item in (media if isinstance(media, list) else [])
-            if isinstance(item, Mapping)
-        ],
-        "startedAt": raw.get("started_at"),
-        "completedAt": raw.get("completed_at"),
-    }
-
-
-def apply_executions(
-    content: Mapping[str, Any] | None, executions: Mapping[Cell, Mapping[str, Any]]
-) -> dict[str, Any] | None:
-    """A copy of ``content`` with each executed Python cell's ``attrs.pythonExecution`` set.
-
-    Cells are found by ``nodeId``, or (without one) by position, and only while their code is
-    still the code that ran: an output is never attached to code someone has since changed.
-    Returns None when no cell matched (nothing to write).
-    """
-    if content is None or not executions:
-        return None
-    updated = copy.deepcopy(dict(content))
-    current = {(cell.node_id or ("index", cell.index)): cell for cell in extract_cells(updated)}
-    changed = False
-    for ran, raw in executions.items():
-        if ran.kind != "python":
-            continue
-        target = current.get(ran.node_id or ("index", ran.index))
-        if target is None or target.code != ran.code:
-            continue
-        node: Any = updated
-        for position in target.path:
-            node = node["content"][position]
-        node_attrs = node.setdefault("attrs", {})
-        node_attrs["pythonExecution"] = python_execution_attrs(raw)
-        changed = True
-    return updated if changed else None
 
 
 # --------------------------------------------------------------------------- SSE frames
@@ -1030,54 +738,3 @@ def decode_collab_event(event: SSEEvent) -> CollabEvent:
     fields["id"] = event.id
     decoded: CollabEvent = decode(fields, target, what=f"a collab '{event.event}' event")
     return decoded
-
-
-# --------------------------------------------------------------------------- server runs
-
-#: ``GET runs/{id}/`` statuses (contracts §10). Anything else is UNKNOWN, not terminal.
-SERVER_RUN_STATES: Final = StateTable(
-    VENDOR,
-    {
-        "running": RunState.RUNNING,
-        "done": RunState.SUCCEEDED,
-        "failed": RunState.FAILED,
-        "interrupted": RunState.CANCELLED,
-    },
-)
-
-_DONE_CELL_STATUSES: Final = frozenset({"done", "ok", "succeeded", "success", "completed"})
-
-
-def server_run_progress(status: NotebookRunStatus) -> RunProgress:
-    """How far a server-side run has got."""
-    total = status.cell_count if status.cell_count is not None else len(status.cells) or None
-    completed = sum(
-        1 for cell in status.cells if (cell.status or "").lower() in _DONE_CELL_STATUSES
-    )
-    if not status.cells and status.current_index is not None:
-        completed = status.current_index
-    return RunProgress(completed=completed, total=total, current=status.current_node_id)
-
-
-def server_run_error(status: NotebookRunStatus) -> RunErrorInfo | None:
-    """Why a server-side run failed (None unless it did)."""
-    if SERVER_RUN_STATES(status.status) is not RunState.FAILED:
-        return None
-    failed_index: int | None = None
-    cell_error: Any = None
-    for position, cell in enumerate(status.cells):
-        if status.failed_node_id is not None and cell.node_id == status.failed_node_id:
-            failed_index = position
-            cell_error = cell.error
-            break
-    raw = status.error or cell_error
-    text = raw if isinstance(raw, str) else (json.dumps(raw) if raw is not None else "")
-    lines = tuple(text.splitlines())
-    where = f"cell {status.failed_node_id}" if status.failed_node_id else "the notebook"
-    summary = _last_line(lines) or "no reason given by PostHog"
-    return RunErrorInfo(
-        message=f"{where} failed: {summary}",
-        traceback=lines if len(lines) > 1 else (),
-        cell_id=status.failed_node_id,
-        cell_index=failed_index,
-    )

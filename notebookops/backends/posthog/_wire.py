@@ -263,6 +263,8 @@ class ExecutionResult:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     kernel_runtime: KernelRuntime | None = None
+    #: The JSON object as PostHog sent it (what a notebook stores as ``pythonExecution``).
+    raw: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -465,9 +467,19 @@ def _make_converter() -> cattrs.Converter:
         return attrs.evolve(result, raw=dict(value))
 
     converter.register_structure_hook(HogQLResult, hogql_hook)
+    _keep_raw(converter, ExecutionResult)
     for started in (NotebookRunStarted, CellRunStarted):
         _require_run_id(converter, started)
     return converter
+
+
+def _keep_raw(converter: cattrs.Converter, cls: type[Any]) -> None:
+    structure = make_dict_structure_fn(cls, converter, raw=override(omit=True))
+
+    def hook(value: Any, _: type[Any]) -> Any:
+        return attrs.evolve(structure(value, cls), raw=dict(value))
+
+    converter.register_structure_hook(cls, hook)
 
 
 def _require_run_id(converter: cattrs.Converter, cls: type[Any]) -> None:
