@@ -256,12 +256,16 @@ class ApiClient:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        protect: bool | None = None,
         timeout: float | None = None,
     ) -> Response:
         """Send a request with retries; return the response (2xx, 304) or raise from the tree.
 
         ``idempotent`` overrides the method-based default when deciding retries (a POST that
-        merely reads, or a PUT that is not safe to repeat).
+        merely reads, or a PUT that is not safe to repeat). ``protect`` (default: when not
+        idempotent) sees a sent request through to its answer even if the caller is
+        cancelled meanwhile: what a request that may start a run needs. Pass False for one
+        whose answer nobody needs once its caller is gone.
         """
         method = method.upper()
         url = self._with_params(self.url_for(path_or_url), params)
@@ -275,6 +279,7 @@ class ApiClient:
                 timeout=timeout or self.timeout,
             ),
             safe=safe,
+            protect=not safe if protect is None else protect,
         )
 
     async def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
@@ -284,7 +289,7 @@ class ApiClient:
             return None
         return response.json()
 
-    async def _with_retries(self, request: Request, *, safe: bool) -> Response:
+    async def _with_retries(self, request: Request, *, safe: bool, protect: bool) -> Response:
         """The one retry loop: every request and every event stream goes through it."""
         attempts = _Attempts()
         while True:
@@ -296,7 +301,7 @@ class ApiClient:
             else:
                 await self.rate_limiter.acquire()
             try:
-                response = await self._send_in_turn(request, safe=safe)
+                response = await self._send_in_turn(request, protect=protect)
             except TransportError as error:
                 delay = self._delay_after_failure(request, safe, error, attempts)
                 if delay is None:
@@ -312,13 +317,13 @@ class ApiClient:
                     raise api_error
             await anyio.sleep(delay)
 
-    async def _send_in_turn(self, request: Request, *, safe: bool) -> Response:
+    async def _send_in_turn(self, request: Request, *, protect: bool) -> Response:
         """Wait for one of the ``max_connections`` places, then send. The wait is not
         protected (nothing has left yet) and has no time limit of its own: the caller's
         deadline bounds it. A streamed answer keeps its place until it is closed."""
         await self._in_flight.acquire()
         try:
-            response = await self._send(request, safe=safe)
+            response = await self._send(request, protect=protect)
         except BaseException:
             self._in_flight.release()
             raise
@@ -341,14 +346,11 @@ class ApiClient:
         if self._closed:
             raise BackendClosed(f"the {self.profile.name} backend is closed")
 
-    async def _send(self, request: Request, *, safe: bool) -> Response:
+    async def _send(self, request: Request, *, protect: bool) -> Response:
         """One attempt, following redirects (the token goes only to our own origin)."""
         for _hop in range(_MAX_REDIRECTS + 1):
             self._check_target(request.url)
-            if safe or request.stream:
-                # (An event stream belongs to the task that reads it: handing its opening to
-                # another task would also delay its first read, and aiohttp drops buffered
-                # bytes of a connection that broke meanwhile.)
+            if not protect:
                 response = await self.transport.send(request)
             else:
                 # Once sent, a request that may start a run is seen through to its answer.
@@ -502,6 +504,10 @@ class ApiClient:
                 stream=True,
             ),
             safe=method in IDEMPOTENT_METHODS,
+            # An event stream belongs to the task that reads it: handing its opening to
+            # another task would also delay its first read, and aiohttp drops the buffered
+            # bytes of a connection that broke meanwhile.
+            protect=False,
         )
         try:
             content_type = response.headers.get("content-type", "")

@@ -1,7 +1,7 @@
 """A pure, incremental parser for Server-Sent Events (the WHATWG event-stream format).
 
 Bytes go in as they arrive, split anywhere (even inside a CRLF or a UTF-8 sequence); complete
-events come out. No I/O, no event loop: the HTTP glue lives in ``_http.py``.
+events come out. No I/O, no event loop: the HTTP glue lives in ``_client.py``.
 
 The work is linear in the bytes received: each chunk is searched for line ends once, and the
 pieces of an unfinished line are kept in a list and joined once, when the line ends. One event

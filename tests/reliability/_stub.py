@@ -63,6 +63,7 @@ class StubTransport:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        protect: bool | None = None,
         timeout: float | None = None,
     ) -> Response:
         url = self._url(path_or_url, params)

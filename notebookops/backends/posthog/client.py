@@ -244,6 +244,7 @@ class PostHogClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        protect: bool | None = None,
         timeout: float | None = None,
     ) -> T:
         response = await self._transport.request(
@@ -253,6 +254,7 @@ class PostHogClient:
             json=json_body,
             headers=headers,
             idempotent=idempotent,
+            protect=protect,
             timeout=timeout,
         )
         return self._decode(response, cls, what=what)
@@ -888,13 +890,16 @@ class PostHogClient:
         ``timeout`` (0.1-120 s) bounds the wait for kernel output."""
         self._check_open()
         body = execute_body(code, return_variables=return_variables, timeout=timeout)
-        # Never retried: the code may have side effects.
+        # Never retried: the code may have side effects. Not protected either: it starts no
+        # run (a kernel-mode run lives in this process), and cancelling a run must be able to
+        # stop waiting for the cell it is in.
         return await self._request_json(
             "POST",
             notebook_path(self.project_id, short_id, "kernel", "execute"),
             ExecutionResult,
             what="a kernel result",
             json_body=body,
+            protect=False,
             timeout=max(self._timeout, (timeout or 30.0) + EXECUTE_MARGIN),
         )
 
