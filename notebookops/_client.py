@@ -49,7 +49,7 @@ from .transport import AiohttpTransport, Request, Response, Transport
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["ApiClient", "retry_decision"]
+__all__ = ["ApiClient", "VendorClient", "retry_decision"]
 
 logger = logging.getLogger("notebookops.http")
 
@@ -555,6 +555,38 @@ class ApiClient:
             )
             cut.partial_event = True
             raise cut
+
+
+class VendorClient:
+    """What every vendor client (``DeepnoteClient``, ``PostHogClient``, ...) shares: the
+    :class:`ApiClient` it sends through (``self._transport``, set by the subclass), closing it,
+    and ``async with``."""
+
+    _transport: ApiClient
+
+    @property
+    def base_url(self) -> str:
+        """The API origin requests go to."""
+        return self._transport.base_url
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The limiter every request of this client goes through."""
+        return self._transport.rate_limiter
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.closed
+
+    async def aclose(self) -> None:
+        """Close the connections. Idempotent; any later request raises BackendClosed."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def _without_auth(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The NotebookBackend protocol, and what writing an adapter takes.
 
 ``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
-built on (``ApiClient``, ``VendorProfile``, and ``protected`` for the part of a start that
-must survive a cancellation) is re-exported from here on first use, so that importing the
-protocol does not import aiohttp.
+built on (``ApiClient``, ``VendorClient``, ``VendorProfile``, and ``protected`` for the part
+of a start that must survive a cancellation) is re-exported from here on first use, so that
+importing the protocol does not import aiohttp.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .models import Capability, Run, RunHandle, RunRequest, RunState
 
 if TYPE_CHECKING:  # imported on first use at run time, see __getattr__
     from ._api_errors import VendorProfile
-    from ._client import ApiClient
+    from ._client import ApiClient, VendorClient
     from ._protect import protected
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "RunFinder",
     "StateTable",
     "StreamingBackend",
+    "VendorClient",
     "VendorProfile",
     "protected",
 ]
@@ -38,6 +39,7 @@ logger = logging.getLogger("notebookops.backend")
 
 _ON_FIRST_USE = {
     "ApiClient": "._client",
+    "VendorClient": "._client",
     "VendorProfile": "._api_errors",
     "protected": "._protect",
 }

@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import attrs
 import cattrs
 
 from ..._api_errors import VendorProfile
-from ..._client import ApiClient
+from ..._client import ApiClient, VendorClient
 from ..._redact import Secret, redact_url, trim
 from ..._urls import path_segment
 from ...errors import (
@@ -83,7 +82,7 @@ def _token(token: str | None) -> str:
     return value
 
 
-class DataloreClient:
+class DataloreClient(VendorClient):
     """Datalore's Run API (``start_run``, ``run_status``) and Computation API
     (``start_computation``), typed, with retries and error mapping.
 
@@ -122,26 +121,9 @@ class DataloreClient:
             rate_limiter=rate_limiter,
             allow_http=allow_http,
         )
-        #: The Datalore installation in use, without a trailing slash.
-        self.base_url: str = self._transport.base_url
 
     def __repr__(self) -> str:
         return f"<DataloreClient {self.base_url}>"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP session (if the client made it). Idempotent."""
-        await self._transport.aclose()
 
     def notebook_url(self, notebook_id: str) -> str:
         """The notebook's page for people: ``{base_url}/notebook/{owner}/{id}``."""

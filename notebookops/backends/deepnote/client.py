@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 from ..._api_errors import VendorProfile, default_error_message
-from ..._client import ApiClient
+from ..._client import ApiClient, VendorClient
 from ..._redact import Secret, redact_url
 from ..._urls import check_base_url, path_segment
 from ...errors import ConfigurationError, NotFound, ResponseDecodeError
@@ -140,7 +139,7 @@ def _project_path(project_id: str) -> str:
     return f"/v2/projects/{path_segment(project_id, what='project id')}"
 
 
-class DeepnoteClient:
+class DeepnoteClient(VendorClient):
     """Deepnote's Public API v2 (and legacy v1 execute), one async method per endpoint.
 
     ``token`` (the workspace API key) falls back to ``$DEEPNOTE_API_KEY``; ``base_url`` (the
@@ -174,31 +173,6 @@ class DeepnoteClient:
 
     def __repr__(self) -> str:
         return f"<DeepnoteClient {self.base_url}>"
-
-    @property
-    def base_url(self) -> str:
-        """The API origin requests go to."""
-        return self._transport.base_url
-
-    @property
-    def rate_limiter(self) -> RateLimiter:
-        """The limiter every request of this client goes through."""
-        return self._transport.rate_limiter
-
-    async def aclose(self) -> None:
-        """Close the HTTP session. Idempotent; later calls raise BackendClosed."""
-        await self._transport.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------ runs
 

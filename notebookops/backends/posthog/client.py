@@ -17,14 +17,13 @@ import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
 import aiohttp
 import anyio
 import anyio.lowlevel
 
-from ..._client import ApiClient
+from ..._client import ApiClient, VendorClient
 from ..._redact import redact_url
 from ..._urls import path_segment
 from ..._validate import seconds
@@ -133,7 +132,7 @@ def _project_id(value: str | int | None) -> str:
     return project
 
 
-class PostHogClient:
+class PostHogClient(VendorClient):
     """PostHog's notebooks API for one project, as typed async methods.
 
     ``personal_api_key``, ``project_id`` and ``base_url`` fall back to
@@ -175,7 +174,6 @@ class PostHogClient:
             rate_limiter=rate_limiter or RateLimiter(max_rate),
             allow_http=allow_http,
         )
-        self.base_url: str = self._transport.base_url
         self._timeout = float(timeout)
         self._stream_idle_timeout = float(stream_idle_timeout)
         self._collab_reconnect_delay = float(collab_reconnect_delay)
@@ -200,16 +198,9 @@ class PostHogClient:
         self._check_open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
-        """Close the connections (idempotent); any later call raises BackendClosed."""
+        """Close the connections (idempotent; a client from :meth:`for_project` leaves them
+        to this one); any later call raises BackendClosed."""
         if self._closed:
             return
         self._closed = True
