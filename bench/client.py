@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import logging
 import random
@@ -46,7 +45,7 @@ import aiohttp
 from measure import Meter
 
 from notebookops import PollPolicy, RunState, run_and_wait
-from notebookops.backends.deepnote import DeepnoteBackend
+from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 
 TOKEN = "bench-token"
 TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
@@ -54,8 +53,6 @@ TERMINAL = frozenset({"success", "error", "internal_error", "stopped"})
 MAX_CONNECTIONS = 100
 #: Generous: no wait here should come near it, and every client uses the same one.
 WAIT_TIMEOUT = 1800.0
-#: The options that turn a DeepnoteBackend's read sharing on or off, newest name first.
-SHARING_OPTIONS = ("share_reads", "share_polls")
 
 
 def quiet_library_logs() -> None:
@@ -66,17 +63,13 @@ def quiet_library_logs() -> None:
     library.propagate = False
 
 
-def deepnote_backend(url: str, *, share: bool | None = None, **options: Any) -> DeepnoteBackend:
-    """A ``DeepnoteBackend`` on the benchmark server; ``share``: read sharing on or off (None:
-    the default), through whichever of :data:`SHARING_OPTIONS` this version of the library
-    has."""
-    if share is not None:
-        accepted = inspect.signature(DeepnoteBackend).parameters
-        name = next((option for option in SHARING_OPTIONS if option in accepted), None)
-        if name is None:
-            raise SystemExit(f"DeepnoteBackend takes none of {SHARING_OPTIONS}")
-        options[name] = share
-    return DeepnoteBackend(TOKEN, base_url=url, **options)
+def deepnote_backend(
+    url: str, *, share: bool = True, max_rate: float | None = None
+) -> DeepnoteBackend:
+    """A ``DeepnoteBackend`` on the benchmark server, its reads shared or not."""
+    return DeepnoteBackend(
+        TOKEN, base_url=url, options=DeepnoteOptions(share_reads=share), max_rate=max_rate
+    )
 
 
 class Tracker:
@@ -160,7 +153,7 @@ async def _measure_waits(url: str, n: int, notebooks: int, one: Wait) -> dict[st
 
 
 async def overhead_lib(url: str, n: int, notebooks: int, *, share: bool = True) -> dict[str, Any]:
-    async with deepnote_backend(url, share=None if share else False) as backend:
+    async with deepnote_backend(url, share=share) as backend:
 
         async def one(notebook: str, inputs: dict[str, str] | None) -> bool:
             run = await run_and_wait(backend, notebook, inputs=inputs, timeout=WAIT_TIMEOUT)
@@ -271,8 +264,7 @@ async def ratelimit(url: str, n: int, max_rate: float | None, *, steady: bool) -
     # steady: every wait reads about every 1.5 s for the whole run, so demand stays above the
     # server's rate (the default PollPolicy reads ever more rarely as runs go on).
     poll = PollPolicy(initial=1.5, multiplier=1.0, maximum=1.5, proportion=0.0) if steady else None
-    options: dict[str, Any] = {} if max_rate is None else {"max_rate": max_rate}
-    async with deepnote_backend(url, **options) as backend:
+    async with deepnote_backend(url, max_rate=max_rate) as backend:
 
         async def one(index: int) -> bool:
             # One notebook per run: demand stays above R (shared reads would fold it away).
@@ -305,16 +297,12 @@ def _count_calls(backend: Any, counter: Counter[str]) -> None:
 
 
 def posthog_backend(url: str) -> Any:
-    """A kernel-mode ``PostHogBackend`` on the PostHog fake (the origin option is ``base_url``
-    or, in older versions, ``host``)."""
+    """A kernel-mode ``PostHogBackend`` on the PostHog fake."""
     from posthog_server import PROJECT_ID, TOKEN
 
     from notebookops.backends.posthog import PostHogBackend
 
-    accepted = inspect.signature(PostHogBackend).parameters
-    origin = "base_url" if "base_url" in accepted else "host"
-    options: dict[str, Any] = {origin: url, "project_id": PROJECT_ID, "mode": "kernel"}
-    return PostHogBackend(TOKEN, **options)
+    return PostHogBackend(TOKEN, project_id=PROJECT_ID, base_url=url, mode="kernel")
 
 
 async def streaming_posthog(url: str) -> dict[str, Any]:
