@@ -17,10 +17,9 @@ stores are in :mod:`notebookops.store`; fakes for tests in :mod:`notebookops.tes
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
 import logging
 
+from ._version import __version__
 from .backend import NotebookBackend
 from .errors import (
     APIError,

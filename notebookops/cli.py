@@ -31,7 +31,6 @@ from typing import Any, Final, NoReturn, TypeVar
 import anyio
 import anyio.abc
 
-from . import __version__
 from ._cli_render import (
     Console,
     ConsoleLogHandler,
@@ -55,6 +54,7 @@ from ._cli_targets import (
     posthog_backend,
     secret_values,
 )
+from ._version import __version__
 from .backend import NotebookBackend
 from .errors import (
     AuthenticationError,

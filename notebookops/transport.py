@@ -23,8 +23,8 @@ import anyio
 import attrs
 import yarl
 
-from . import __version__
 from ._redact import redact_url, trim
+from ._version import __version__
 from .errors import (
     ConfigurationError,
     ConnectError,
