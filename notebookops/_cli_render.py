@@ -204,7 +204,10 @@ class Progress:
         """The run exists: say so (always, even when quiet: it is the run's identity)."""
         self.handle = handle
         where = f" ({handle.web_url})" if handle.web_url else ""
-        self.console.err(f"notebookops: {verb} {_run_name(handle)}{where}")
+        # A backend with more than one way to run (PostHog) says which it took.
+        mode = handle.extra.get("mode")
+        how = f" in {mode} mode" if mode in ("server", "kernel") else ""
+        self.console.err(f"notebookops: {verb} {_run_name(handle)}{how}{where}")
         self._active = True
         self._redraw()
 
@@ -283,9 +286,7 @@ def failure_text(error: RunErrorInfo | None) -> str:
     reports a failure. The error's type is not repeated when its message starts with it."""
     if error is None:
         return ": no reason given by the vendor"
-    where = ""
-    if error.cell_index is not None or error.cell_id:
-        where = f" in cell {error.cell_index if error.cell_index is not None else error.cell_id}"
+    where = f" in cell {error.cell}" if error.cell is not None else ""
     reason = _one_line(error.message)
     if error.name and not reason.startswith(error.name):
         reason = f"{error.name}: {reason}"

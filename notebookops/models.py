@@ -244,6 +244,16 @@ class RunErrorInfo:
     cell_index: int | None = None
     platform: bool = False
 
+    @property
+    def cell(self) -> str | None:
+        """The failing cell as every message names it: ``"3 (cell-id)"``, or whichever of
+        index and id is known (None when neither is)."""
+        if self.cell_index is not None and self.cell_id:
+            return f"{self.cell_index} ({self.cell_id})"
+        if self.cell_index is not None:
+            return str(self.cell_index)
+        return self.cell_id or None
+
 
 @attrs.frozen
 class RunProgress:

@@ -328,9 +328,7 @@ async def _observe(
 def _outcome(run: Run, raise_on_failure: bool) -> Run:
     if raise_on_failure and run.state is RunState.FAILED:
         reason = run.error.message if run.error else "no reason given by the vendor"
-        where = ""
-        if run.error and (run.error.cell_id or run.error.cell_index is not None):
-            where = f" in cell {run.error.cell_id or run.error.cell_index}"
+        where = f" in cell {run.error.cell}" if run.error and run.error.cell else ""
         raise RunFailed(f"{run.handle.backend} run {run.run_id} failed{where}: {reason}", run=run)
     if raise_on_failure and run.state is RunState.CANCELLED:
         raise RunCancelled(f"{run.handle.backend} run {run.run_id} was cancelled", run=run)

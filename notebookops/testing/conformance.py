@@ -10,7 +10,10 @@ factory (an async context manager yielding a :class:`ConformanceTarget`)::
 
 A target knows how to build fresh backends (pointed at a fake server, say) and which requests
 make a run succeed, fail, run for a long time, or report a status the backend cannot know.
-Requires pytest and pytest-asyncio (``asyncio_mode = "auto"``).
+Requires pytest (``pip install 'notebookops[testing]'``) and one plugin that runs async
+tests, with one line of setup: with pytest-asyncio, ``asyncio_mode = "auto"`` in your pytest
+configuration; with anyio's own plugin (no other install), ``pytestmark = pytest.mark.anyio``
+in your subclass.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import ClassVar, Literal
 
 import anyio
-import pytest
+
+try:
+    import pytest
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the installation
+    raise ModuleNotFoundError(
+        "notebookops.testing.conformance needs pytest: pip install 'notebookops[testing]'",
+        name=error.name,
+    ) from error
 
 from ..backend import NotebookBackend
 from ..errors import (

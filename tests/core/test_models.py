@@ -179,3 +179,10 @@ def test_plain_text_reads_a_rich_display_whose_plain_form_is_only_a_repr() -> No
     assert both.plain_text == "42"
     lines = CellOutput(output_type="display_data", data={"text/markdown": ["a\n", "b"]})
     assert lines.plain_text == "a\nb"
+
+
+def test_a_failing_cell_is_named_the_same_way_everywhere() -> None:
+    assert RunErrorInfo("x", cell_index=3, cell_id="c-3").cell == "3 (c-3)"
+    assert RunErrorInfo("x", cell_index=0).cell == "0"
+    assert RunErrorInfo("x", cell_id="c-3").cell == "c-3"
+    assert RunErrorInfo("x").cell is None

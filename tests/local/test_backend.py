@@ -185,7 +185,7 @@ async def test_failing_cell_fails_the_run_with_its_traceback(tmp_path: Path) -> 
     trace = "\n".join(error.traceback)
     assert "explode" in trace
     assert "\x1b" not in trace
-    assert "failed in cell cell-1: bad value 7" in str(caught.value)
+    assert "failed in cell 2 (cell-1): bad value 7" in str(caught.value)
     assert [(output.cell_id, output.output_type) for output in run.outputs] == [
         ("cell-0", "stream"),
         ("cell-1", "error"),
