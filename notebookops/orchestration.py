@@ -120,11 +120,16 @@ def _as_request(
 
 
 def _check_backend(backend: object) -> NotebookBackend:
-    if not isinstance(backend, NotebookBackend):
+    # Duck-typed: isinstance against the runtime-checkable protocol costs more than the rest
+    # of a start's bookkeeping, and any object with these methods is welcome.
+    if not all(callable(getattr(backend, name, None)) for name in _PROTOCOL_METHODS):
         raise ConfigurationError(
             f"backend must be a NotebookBackend (e.g. LocalBackend()), got {type(backend).__name__}"
         )
-    return backend
+    return backend  # type: ignore[return-value]
+
+
+_PROTOCOL_METHODS = ("start_run", "get_run", "cancel_run", "aclose")
 
 
 def _validate_wait(
@@ -187,9 +192,12 @@ async def _start(
     cancel_timeout: float,
     record: Callable[[RunHandle], Awaitable[None]] | None = None,
 ) -> RunHandle:
-    handle: RunHandle | None = None
-    with anyio.move_on_after(math.inf if start_timeout is None else start_timeout):
-        handle = await backend.start_run(request)
+    if start_timeout is None:
+        handle: RunHandle | None = await backend.start_run(request)
+    else:
+        handle = None
+        with anyio.move_on_after(start_timeout):
+            handle = await backend.start_run(request)
     if handle is None:
         raise _never_taken(backend, request, f"start_timeout ({start_timeout:g}s)")
     logger.info("started %s run %s for %s", handle.backend, handle.run_id, request.notebook)

@@ -13,13 +13,13 @@ reached the server) or :class:`~notebookops.ResponseDecodeError` (a body over th
 
 from __future__ import annotations
 
+import asyncio
 import json as jsonlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol, runtime_checkable
 
 import aiohttp
-import anyio
 import attrs
 import yarl
 
@@ -250,7 +250,9 @@ class AiohttpTransport:
         try:
             if request.stream:
                 return await self._open_stream(session, request)
-            with anyio.fail_after(request.timeout):
+            # aiohttp runs on asyncio only: its own timeout is the cheapest that tells its
+            # expiry from any other cancellation (aiohttp's total timeout does not always).
+            async with asyncio.timeout(request.timeout):
                 async with session.request(
                     request.method,
                     yarl.URL(request.url, encoded=True),

@@ -113,3 +113,37 @@ async def test_redirects_to_another_origin_lose_the_token() -> None:
     first, second = mock.requests
     assert "Authorization" in first.headers
     assert "Authorization" not in second.headers
+
+
+async def test_a_vendor_backend_runs_over_a_mock_transport() -> None:
+    from notebookops import RunState, run_and_wait
+    from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
+    from notebookops.policies import PollPolicy
+
+    def deepnote(request: Request) -> Response:
+        if request.method == "POST" and request.url.endswith("/v2/runs"):
+            return json_response(
+                {"runId": "r-1", "status": "queued", "createdAt": "2026-12-06T10:00:00Z"}, 201
+            )
+        assert "/v2/runs/r-1" in request.url
+        return json_response(
+            {
+                "runId": "r-1",
+                "notebookId": "nb",
+                "status": "success",
+                "createdAt": "2026-12-06T10:00:00Z",
+                "completedAt": "2026-12-06T10:00:01Z",
+                "snapshotStatus": "complete",
+                "snapshotBlocks": [],
+            }
+        )
+
+    mock = MockTransport(deepnote)
+    async with DeepnoteBackend(
+        TOKEN, transport=mock, options=DeepnoteOptions(share_reads=False)
+    ) as backend:
+        run = await run_and_wait(
+            backend, "nb", poll=PollPolicy(initial=0.001, maximum=0.01, jitter=0)
+        )
+    assert run.state is RunState.SUCCEEDED
+    assert [request.method for request in mock.requests][:2] == ["POST", "GET"]

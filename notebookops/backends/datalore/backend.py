@@ -12,6 +12,7 @@ from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
+from ...transport import Transport
 from ._requests import (
     DATALORE_STATES,
     DataloreRunOptions,
@@ -60,6 +61,7 @@ class DataloreBackend(BaseBackend):
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
         client: DataloreClient | None = None,
     ) -> None:
         """Create the backend; the arguments are :class:`DataloreClient`'s.
@@ -76,6 +78,7 @@ class DataloreBackend(BaseBackend):
                 retry=retry,
                 rate_limiter=rate_limiter,
                 allow_http=allow_http,
+                transport=transport,
             )
             self._owns_client = True
         elif not isinstance(client, DataloreClient):

@@ -33,7 +33,7 @@ from ...errors import (
 )
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
-from ...transport import Response
+from ...transport import Response, Transport
 from ._requests import (
     COMPUTATION_PATH,
     RUN_PATH,
@@ -108,6 +108,7 @@ class DataloreClient(VendorClient):
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         if base_url is None:
             base_url = os.environ.get(URL_ENV) or DEFAULT_BASE_URL
@@ -120,6 +121,7 @@ class DataloreClient(VendorClient):
             retry=retry,
             rate_limiter=rate_limiter,
             allow_http=allow_http,
+            transport=transport,
         )
 
     def __repr__(self) -> str:

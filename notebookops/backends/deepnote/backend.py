@@ -29,6 +29,7 @@ from ...errors import BadRequest, ConfigurationError, NotebookOpsError, Unsuppor
 from ...models import Capability, CellOutput, Run, RunErrorInfo, RunHandle, RunRequest, RunState
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
+from ...transport import Transport
 from ._reads import ReadCoalescer
 from ._requests import (
     DEEPNOTE_STATES,
@@ -164,6 +165,7 @@ class DeepnoteBackend(BaseBackend):
         max_rate: float | None = None,
         rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         options = DeepnoteOptions() if options is None else options
         if not isinstance(options, DeepnoteOptions):
@@ -179,6 +181,7 @@ class DeepnoteBackend(BaseBackend):
                 max_rate=max_rate,
                 rate_limiter=rate_limiter,
                 allow_http=allow_http,
+                transport=transport,
             )
             self._owns_client = True
         elif not isinstance(client, DeepnoteClient):

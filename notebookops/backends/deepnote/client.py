@@ -30,6 +30,7 @@ from ...errors import ConfigurationError, NotFound, ResponseDecodeError
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
 from ...transport import Response as Response
+from ...transport import Transport
 from ._requests import (
     SNAPSHOT_DELIVERIES,
     BlockPlacement,
@@ -160,6 +161,7 @@ class DeepnoteClient(VendorClient):
         max_rate: float | None = None,
         rate_limiter: RateLimiter | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         self._transport = ApiClient(
             PROFILE,
@@ -169,6 +171,7 @@ class DeepnoteClient(VendorClient):
             retry=retry,
             rate_limiter=_limiter(rate_limiter, max_rate),
             allow_http=allow_http,
+            transport=transport,
         )
 
     def __repr__(self) -> str:

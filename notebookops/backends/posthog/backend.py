@@ -50,6 +50,7 @@ from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import PollPolicy, RetryPolicy
 from ...ratelimit import RateLimiter
+from ...transport import Transport
 from ._cells import (
     CELL_KINDS,
     LOOKED_FOR,
@@ -202,6 +203,7 @@ class PostHogBackend(BaseBackend):
         rate_limiter: RateLimiter | None = None,
         max_rate: float | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
         poll: PollPolicy | None = None,
         cancel_timeout: float = 10.0,
         stream_idle_timeout: float = 60.0,
@@ -228,6 +230,7 @@ class PostHogBackend(BaseBackend):
                 rate_limiter=rate_limiter,
                 max_rate=max_rate,
                 allow_http=allow_http,
+                transport=transport,
                 stream_idle_timeout=stream_idle_timeout,
                 collab_reconnect_delay=collab_reconnect_delay,
             )

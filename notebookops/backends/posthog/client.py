@@ -36,7 +36,7 @@ from ...errors import (
 )
 from ...policies import RetryPolicy
 from ...ratelimit import RateLimiter
-from ...transport import Response
+from ...transport import Response, Transport
 from ._errors import VersionConflict
 from ._requests import (
     PROFILE,
@@ -156,6 +156,7 @@ class PostHogClient(VendorClient):
         rate_limiter: RateLimiter | None = None,
         max_rate: float | None = None,
         allow_http: bool = False,
+        transport: Transport | None = None,
         stream_idle_timeout: float = 60.0,
         collab_reconnect_delay: float = 1.0,
     ) -> None:
@@ -173,6 +174,7 @@ class PostHogClient(VendorClient):
             retry=retry,
             rate_limiter=rate_limiter or RateLimiter(max_rate),
             allow_http=allow_http,
+            transport=transport,
         )
         self._timeout = float(timeout)
         self._stream_idle_timeout = float(stream_idle_timeout)
