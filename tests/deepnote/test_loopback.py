@@ -218,7 +218,7 @@ async def test_failure_reason_comes_from_the_snapshot_when_error_is_null(
     assert run.error.cell_id == notebook.blocks[-1].id
     assert run.error.traceback[-1] == "KeyError: 'region'"
     assert run.error.platform is False
-    assert f"in cell {notebook.blocks[-1].id}" in str(caught.value)
+    assert f"in cell 1 ({notebook.blocks[-1].id})" in str(caught.value)
     assert caught.value.handle is not None
 
 
