@@ -70,7 +70,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._validate import seconds, utc_now
+from .._validate import count, seconds, utc_now
 from ..errors import BackendClosed, ConfigurationError
 from ..models import Artifact, CellOutput, Run, RunErrorInfo, RunHandle, RunProgress, RunState
 
@@ -245,15 +245,9 @@ class RunHost:
         keep_output_bytes: int = DEFAULT_KEEP_OUTPUT_BYTES,
         keep_finished_runs: int = DEFAULT_KEEP_FINISHED_RUNS,
     ) -> None:
-        for label, value in (
-            ("keep_output_bytes", keep_output_bytes),
-            ("keep_finished_runs", keep_finished_runs),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{label} must be an integer >= 0, got {value!r}")
         self.name = name
-        self.keep_output_bytes = keep_output_bytes
-        self.keep_finished_runs = keep_finished_runs
+        self.keep_output_bytes = count("keep_output_bytes", keep_output_bytes)
+        self.keep_finished_runs = count("keep_finished_runs", keep_finished_runs)
         self._runs: dict[str, HostedRun] = {}
         #: Finished runs in the order they finished, and their outputs' weight together.
         self._finished: collections.deque[HostedRun] = collections.deque()

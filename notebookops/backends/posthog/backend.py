@@ -44,7 +44,7 @@ import aiohttp
 import anyio
 import attrs
 
-from ..._validate import seconds
+from ..._validate import count, seconds
 from ...backend import BaseBackend
 from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
@@ -218,14 +218,7 @@ class PostHogBackend(BaseBackend):
     ) -> None:
         _mode(mode)
         seconds("cancel_timeout", cancel_timeout)
-        if (
-            isinstance(stream_output_max_bytes, bool)
-            or not isinstance(stream_output_max_bytes, int)
-            or stream_output_max_bytes < 0
-        ):
-            raise ConfigurationError(
-                f"stream_output_max_bytes must be an integer >= 0, got {stream_output_max_bytes!r}"
-            )
+        count("stream_output_max_bytes", stream_output_max_bytes)
         if client is None:
             client = PostHogClient(
                 personal_api_key,
