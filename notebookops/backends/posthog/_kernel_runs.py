@@ -61,7 +61,8 @@ _INPUTS_CELL_ID: Final = "notebookops-inputs"
 
 @attrs.define(eq=False)
 class _Job:
-    """What a kernel run needs beyond its :class:`HostedRun` (held by its body only)."""
+    """What a kernel run needs beyond its :class:`HostedRun`: held by its body (and, while
+    it runs, by ``KernelRuns._jobs``), so it goes when the run ends."""
 
     cells: list[Cell]
     setup_code: str | None
