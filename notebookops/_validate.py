@@ -10,7 +10,7 @@ import attrs
 
 from .errors import ConfigurationError
 
-__all__ = ["seconds", "seconds_option", "utc_now"]
+__all__ = ["count", "seconds", "seconds_option", "utc_now"]
 
 
 def seconds(
@@ -29,6 +29,14 @@ def seconds(
         limit = ">= 0" if allow_zero else "> 0"
         raise ConfigurationError(f"{name} must be {limit} seconds, got {value!r}")
     return float(value)
+
+
+def count(name: str, value: object) -> int:
+    """``value`` as a whole number >= 0 (a size, a number of things), or ConfigurationError
+    naming ``name``. Refuses booleans and non-integers."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
 
 
 def seconds_option(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:

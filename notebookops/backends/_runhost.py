@@ -25,6 +25,12 @@ CANCELLED when a cancel was requested, FAILED when it set an ``error``, else SUC
 exception escaping it ends the run FAILED with a platform error (and is logged), never the
 host.
 
+**Vendor records**: a body may keep each step's answer as its vendor sent it beside the
+outputs (``add_outputs(..., result=...)``); a snapshot shows them as ``raw["results"]``, and
+retention weighs and releases them with the outputs (they usually repeat them). A body whose
+vendor refused the run before any of it ran sets ``refusal``: readers then get that error
+instead of a run (:meth:`RunHost.snapshot` raises it).
+
 **Cancelling**: by default :meth:`RunHost.cancel` cancels the body's cancel scope (anyio
 cancellation at its next await). A body that must not be cancelled at an arbitrary await
 (nbclient mid-cell) passes ``on_cancel``, its own way of stopping, which is awaited instead
@@ -35,11 +41,12 @@ ends on its own.
 **Retention**: finished runs are remembered for late readers, within two bounds. Their
 outputs are kept while the outputs of all finished runs together stay within
 ``keep_output_bytes`` (default 64 MiB, counted as the characters of the outputs' text, data
-and tracebacks); beyond that the oldest finished runs' outputs are released (their state,
-error, progress and artifacts stay, and their snapshot's ``raw`` says
-``"outputs_released": True``), except the most recently finished run's. At most
-``keep_finished_runs`` finished runs (default 1,000) are remembered at all; older ones are
-forgotten (``get`` returns None). Runs in progress are never released or forgotten.
+and tracebacks and of the vendor records kept with them); beyond that the oldest finished
+runs' outputs and records are released (their state, error, progress and artifacts stay, and
+their snapshot's ``raw`` says ``"outputs_released": True``), except the most recently
+finished run's. At most ``keep_finished_runs`` finished runs (default 1,000) are remembered
+at all; older ones are forgotten (``get`` returns None). Runs in progress are never released
+or forgotten.
 
 **Event loop**: anyio has no way to start a task that outlives its caller, and a backend's
 ``start_run`` and ``aclose`` are called from arbitrary tasks (a task group must be left by the
@@ -63,7 +70,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._validate import seconds, utc_now
+from .._validate import count, seconds, utc_now
 from ..errors import BackendClosed, ConfigurationError
 from ..models import Artifact, CellOutput, Run, RunErrorInfo, RunHandle, RunProgress, RunState
 
@@ -72,6 +79,7 @@ __all__ = [
     "DEFAULT_KEEP_OUTPUT_BYTES",
     "HostedRun",
     "RunHost",
+    "json_size",
     "output_size",
 ]
 
@@ -96,15 +104,17 @@ def output_size(output: CellOutput) -> int:
     """How much an output weighs for retention: the characters of its text, error and data."""
     size = len(output.text or "") + len(output.ename or "") + len(output.evalue or "")
     size += sum(len(line) for line in output.traceback)
-    for value in output.data.values():
-        if isinstance(value, str):
-            size += len(value)
-            continue
-        try:
-            size += len(json.dumps(value, default=str))
-        except (TypeError, ValueError, RecursionError):
-            size += _UNMEASURED
-    return size
+    return size + sum(json_size(value) for value in output.data.values())
+
+
+def json_size(value: Any) -> int:
+    """How much a JSON-like value weighs for retention: the characters of its JSON text."""
+    if isinstance(value, str):
+        return len(value)
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return _UNMEASURED
 
 
 @attrs.define(eq=False)
@@ -123,10 +133,14 @@ class HostedRun:
     total: int | None = None
     current: str | None = None
     outputs: list[CellOutput] = attrs.field(factory=list)
-    #: :func:`output_size` of ``outputs`` together.
+    #: The vendor's record of each step, kept beside ``outputs`` (see the module docstring).
+    results: list[Any] = attrs.field(factory=list)
+    #: What ``outputs`` and ``results`` weigh together (:func:`output_size`, :func:`json_size`).
     output_bytes: int = 0
     outputs_released: bool = False
     error: RunErrorInfo | None = None
+    #: An error readers get instead of the run (see the module docstring).
+    refusal: Exception | None = None
     artifacts: tuple[Artifact, ...] = ()
     #: Whether the run was asked to stop, and why (for logs and snapshots).
     cancel_requested: bool = False
@@ -173,11 +187,15 @@ class HostedRun:
             self.current = current
         self._touch()
 
-    def add_outputs(self, outputs: Iterable[CellOutput]) -> None:
-        """Append outputs (in order) and wake every watcher."""
+    def add_outputs(self, outputs: Iterable[CellOutput], *, result: Any = None) -> None:
+        """Append outputs (in order) and, if given, the vendor's ``result`` of the step that
+        made them (JSON-like, shown in ``raw["results"]``); wake every watcher."""
         for output in outputs:
             self.outputs.append(output)
             self.output_bytes += output_size(output)
+        if result is not None:
+            self.results.append(result)
+            self.output_bytes += json_size(result)
         self._touch()
 
     def finish(
@@ -227,15 +245,9 @@ class RunHost:
         keep_output_bytes: int = DEFAULT_KEEP_OUTPUT_BYTES,
         keep_finished_runs: int = DEFAULT_KEEP_FINISHED_RUNS,
     ) -> None:
-        for label, value in (
-            ("keep_output_bytes", keep_output_bytes),
-            ("keep_finished_runs", keep_finished_runs),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{label} must be an integer >= 0, got {value!r}")
         self.name = name
-        self.keep_output_bytes = keep_output_bytes
-        self.keep_finished_runs = keep_finished_runs
+        self.keep_output_bytes = count("keep_output_bytes", keep_output_bytes)
+        self.keep_finished_runs = count("keep_finished_runs", keep_finished_runs)
         self._runs: dict[str, HostedRun] = {}
         #: Finished runs in the order they finished, and their outputs' weight together.
         self._finished: collections.deque[HostedRun] = collections.deque()
@@ -312,8 +324,13 @@ class RunHost:
             await changed.wait()
 
     def snapshot(self, run: HostedRun, *, web_url: str | None = None) -> Run:
-        """``run`` as a :class:`~notebookops.Run` (what ``get_run`` answers)."""
+        """``run`` as a :class:`~notebookops.Run` (what ``get_run`` answers), or its
+        ``refusal`` raised."""
+        if run.refusal is not None:
+            raise run.refusal
         raw = dict(run.raw)
+        if run.results:
+            raw["results"] = list(run.results)
         if run.cancel_reason:
             raw["cancel_reason"] = run.cancel_reason
         if run.outputs_released:
@@ -475,6 +492,7 @@ class RunHost:
             if run.output_bytes:
                 self._finished_bytes -= run.output_bytes
                 run.outputs = []
+                run.results = []
                 run.output_bytes = 0
                 run.outputs_released = True
                 if self._finished_bytes <= self.keep_output_bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import anyio
 import anyio.lowlevel
@@ -16,48 +16,57 @@ from aiohttp import web
 
 from notebookops import run_and_wait
 from notebookops.backends.posthog import KernelRunNotFound
-from notebookops.backends.posthog._retention import FinishedRuns, output_bytes
 from notebookops.errors import RunTimeout
-from notebookops.models import CellOutput, RunRequest, RunState
+from notebookops.models import Run, RunRequest, RunState
 from notebookops.testing.posthog import PostHogFakeServer, notebook_content, python_cell
 
 from .conftest import FAST_POLL, backend_for
 
 
-def test_finished_runs_are_kept_by_bytes_newest_always() -> None:
-    kept: FinishedRuns[str] = FinishedRuns(max_bytes=100)
-    kept.add("a", "A", 60)
-    kept.add("b", "B", 30)
-    assert (kept.get("a"), kept.get("b"), kept.total_bytes) == ("A", "B", 90)
-    kept.add("c", "C", 50)  # over the budget: the oldest goes
-    assert (kept.get("a"), kept.get("b"), kept.get("c")) == (None, "B", "C")
-    kept.add("huge", "H", 10_000)  # bigger than the budget: kept alone, for one late read
-    assert (len(kept), kept.get("huge"), kept.total_bytes) == (1, "H", 10_000)
-
-
-def test_output_bytes_counts_text_and_data() -> None:
-    small = output_bytes([CellOutput(output_type="stream", text="x")])
-    large = output_bytes([CellOutput(output_type="stream", text="x" * 10_000)])
-    data = output_bytes([CellOutput(output_type="display_data", data={"a": "y" * 5_000})])
-    assert large - small == 9_999
-    assert data > 5_000
-
-
-async def test_finished_kernel_runs_are_forgotten_by_size(server: PostHogFakeServer) -> None:
+async def test_finished_kernel_runs_keep_outputs_by_size_and_runs_by_count(
+    server: PostHogFakeServer,
+) -> None:
     server.add_notebook("big", cells=["print('x' * 200_000)"])
-    async with backend_for(server, finished_runs_max_bytes=300_000) as backend:
+    async with backend_for(server, keep_output_bytes=300_000, keep_finished_runs=2) as backend:
         first = await run_and_wait(backend, "big", poll=FAST_POLL, timeout=20)
-        assert (await backend.get_run(first.handle)).state is RunState.SUCCEEDED
+        assert first.raw["results"]
         second = await run_and_wait(backend, "big", poll=FAST_POLL, timeout=20)
-        assert (await backend.get_run(second.handle)).state is RunState.SUCCEEDED
-        with pytest.raises(KernelRunNotFound, match="300000 bytes"):
+        # Over the bytes: the older run's outputs (and execution records) go, its state stays.
+        older = await backend.get_run(first.handle)
+        assert (older.state, older.outputs, older.raw["results"]) == (RunState.SUCCEEDED, (), [])
+        assert older.raw["outputs_released"] is True
+        newer = await backend.get_run(second.handle)
+        assert newer.outputs == second.outputs
+        assert "outputs_released" not in newer.raw
+        # Over the count: the oldest run is forgotten.
+        await run_and_wait(backend, "big", poll=FAST_POLL, timeout=20)
+        with pytest.raises(KernelRunNotFound, match="latest 2 finished runs"):
             await backend.get_run(first.handle)
+        assert (await backend.get_run(second.handle)).state is RunState.SUCCEEDED
+
+
+async def test_finished_server_runs_are_kept_by_size_then_read_again(
+    new_server: PostHogFakeServer,
+) -> None:
+    new_server.add_notebook("md", cells=["print('x' * 200_000)"], markdown=True)
+    async with backend_for(new_server, mode="server", keep_output_bytes=300_000) as backend:
+        first = await run_and_wait(backend, "md", poll=FAST_POLL, timeout=20)
+        reads = len(new_server.requests_to("GET", r"/runs/"))
+        assert await backend.get_run(first.handle) == first  # kept: no request
+        assert len(new_server.requests_to("GET", r"/runs/")) == reads
+        await run_and_wait(backend, "md", poll=FAST_POLL, timeout=20)
+        reads = len(new_server.requests_to("GET", r"/runs/"))
+        again = await backend.get_run(first.handle)  # forgotten by size: read from PostHog
+        assert len(new_server.requests_to("GET", r"/runs/")) > reads
+        assert again.outputs == first.outputs
 
 
 @asynccontextmanager
-async def endless_stream_server() -> AsyncIterator[str]:
-    """A PostHog whose execute stream sends stdout frames as fast as it can, forever."""
+async def endless_stream_server(*, stop_hangs: bool = False) -> AsyncIterator[str]:
+    """A PostHog whose execute stream sends stdout frames as fast as it can, forever (and
+    whose kernel stop never answers, with ``stop_hangs``)."""
     content = notebook_content(python_cell("print('forever')", node_id="c0"))
+    released = anyio.Event()
     frames = b"".join(
         b"event: stdout\ndata: " + json.dumps({"text": "x\n"}).encode() + b"\n\n"
         for _ in range(2_000)
@@ -70,6 +79,8 @@ async def endless_stream_server() -> AsyncIterator[str]:
         return web.json_response({"id": "k", "status": "running"})
 
     async def kernel_stop(request: web.Request) -> web.Response:
+        if stop_hangs:
+            await released.wait()
         return web.json_response({"stopped": True})
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -96,6 +107,7 @@ async def endless_stream_server() -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        released.set()
         await runner.cleanup()
 
 
@@ -130,23 +142,31 @@ async def test_a_kernel_run_whose_stream_never_stops_can_be_cancelled() -> None:
         assert time.monotonic() - began < 8
 
 
-async def test_the_run_host_gives_up_on_a_task_that_ignores_cancellation() -> None:
-    from notebookops._runhost import RunHost
-    from notebookops.errors import BackendClosed
+async def test_closing_is_bounded_when_the_kernel_stop_never_answers() -> None:
+    from notebookops.backends.posthog import PostHogBackend
 
-    host = RunHost("stubborn runs", closed_message="closed")
-    finished = anyio.Event()
+    seen: list[Run] = []
+    async with endless_stream_server(stop_hangs=True) as url:
+        began = time.monotonic()
+        with anyio.fail_after(20):
+            async with (
+                anyio.create_task_group() as group,
+                PostHogBackend(
+                    "phx_k", project_id="1", base_url=url, allow_http=True, cancel_timeout=0.5
+                ) as backend,
+            ):
+                handle = await backend.start_run(RunRequest("nb"))
+                printing = anyio.Event()
 
-    async def stubborn() -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.sleep(30)
-        finished.set()
+                async def watch() -> None:
+                    async with aclosing(backend.watch_run(handle)) as runs:
+                        async for run in runs:
+                            seen.append(run)
+                            if run.outputs:
+                                printing.set()
 
-    await host.start_soon(stubborn, name="stubborn")
-    await anyio.lowlevel.checkpoint()
-    began = time.monotonic()
-    assert await host.aclose(0.2) is False
-    assert time.monotonic() - began < 2
-    assert not finished.is_set()
-    with pytest.raises(BackendClosed, match="closed"):
-        await host.start_soon(stubborn, name="again")
+                group.start_soon(watch)
+                await printing.wait()
+        # Leaving cancelled the run and gave up on its kernel stop after cancel_timeout.
+        assert time.monotonic() - began < 5
+    assert seen[-1].state is RunState.CANCELLED

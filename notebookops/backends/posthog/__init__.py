@@ -25,6 +25,7 @@ from ._errors import (
     ScopedKeyNotAllowed,
     VersionConflict,
 )
+from ._kernel_runs import STREAM_OUTPUT_MAX_BYTES
 from ._requests import (
     ALLOWED_CPU_CORES,
     ALLOWED_IDLE_TIMEOUTS,
@@ -32,7 +33,6 @@ from ._requests import (
     MAX_CELL_TIMEOUT,
     MAX_RUN_VARIABLES,
 )
-from ._retention import FINISHED_RUNS_MAX_BYTES, STREAM_OUTPUT_MAX_BYTES
 from ._wire import (
     ActivityEntry,
     ActivityPage,
@@ -76,7 +76,6 @@ __all__ = [
     "ALLOWED_IDLE_TIMEOUTS",
     "ALLOWED_MEMORY_GB",
     "DEFAULT_BASE_URL",
-    "FINISHED_RUNS_MAX_BYTES",
     "MAX_CELL_TIMEOUT",
     "MAX_RUN_VARIABLES",
     "PROJECT_ENV",

@@ -1,25 +1,26 @@
 """Kernel mode: this process runs a notebook's cells through PostHog's kernel endpoints.
 
 A kernel-mode run lives in the backend instance that started it: its cells execute one by one
-on a task group the strategy owns, through ``kernel/execute/stream/`` where the server has it
-(older servers) and cell by cell through the blocking ``kernel/execute/`` where it does not
-(which one is found on first use and remembered). HogQL cells go through ``hogql/execute/``.
+as a run of the shared in-process :class:`~notebookops.backends._runhost.RunHost` (which keeps,
+answers, cancels, settles and forgets it), through ``kernel/execute/stream/`` where the server
+has it (older servers) and cell by cell through the blocking ``kernel/execute/`` where it does
+not (which one is found on first use and remembered). HogQL cells go through
+``hogql/execute/``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import datetime
 from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from ..._runhost import RunHost
 from ..._validate import utc_now
 from ...errors import (
     BadRequest,
@@ -32,7 +33,8 @@ from ...errors import (
     ServerError,
     TransportError,
 )
-from ...models import CellOutput, Run, RunErrorInfo, RunHandle, RunProgress, RunRequest, RunState
+from ...models import CellOutput, Run, RunErrorInfo, RunHandle, RunRequest, RunState
+from .._runhost import HostedRun, RunHost
 from ._cells import (
     Cell,
     apply_executions,
@@ -43,52 +45,35 @@ from ._cells import (
     strip_ansi,
 )
 from ._errors import KernelRunNotFound, KernelStreamError, ModeUnavailable, answer_of
-from ._retention import FinishedRuns, output_bytes
 from ._wire import ExecutionResult, KernelOutput
 from .client import WRITE_ATTEMPTS, PostHogClient
 
-__all__ = ["KernelRuns"]
+__all__ = ["STREAM_OUTPUT_MAX_BYTES", "KernelRuns"]
 
 logger = logging.getLogger("notebookops.posthog")
 
+#: The default cap on one cell's streamed stdout/stderr kept in a kernel run; past it the
+#: rest is dropped and one marker output says so.
+STREAM_OUTPUT_MAX_BYTES: Final = 16 * 1024 * 1024
 #: The pseudo-cell that assigns ``RunRequest.inputs`` before the notebook's own cells.
 _INPUTS_CELL_ID: Final = "notebookops-inputs"
 
 
 @attrs.define(eq=False)
-class _KernelRun:
-    """In-memory state of one kernel-mode run (the only record of it anywhere)."""
+class _Job:
+    """What a kernel run needs beyond its :class:`HostedRun`: held by its body (and, while
+    it runs, by ``KernelRuns._jobs``), so it goes when the run ends."""
 
-    handle: RunHandle
     cells: list[Cell]
     setup_code: str | None
     options: Any  # PostHogRunOptions (imported by the backend; kept loose to avoid a cycle)
-    changed: anyio.Event
-    done: anyio.Event
-    state: RunState = RunState.PENDING
-    vendor_state: str = "queued"
-    outputs: list[CellOutput] = attrs.field(factory=list)
-    error: RunErrorInfo | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    completed: int = 0
-    current: str | None = None
-    results: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Each Python cell's execution, for ``write_outputs``.
     executions: dict[Cell, dict[str, Any]] = attrs.field(factory=dict)
-    cancel_requested: bool = False
-    scope: anyio.CancelScope | None = None
     kernel_used: bool = False
-    kernel_api: str | None = None
+    #: Why stopping the kernel of a cancelled run failed (``cancel_run`` raises it).
     stop_error: NotebookOpsError | None = None
-    #: PostHog refused the run's requests before any of its code ran: raised to readers.
-    refused: PermissionDenied | None = None
     #: Streamed output bytes kept of the current cell (see ``stream_output_max_bytes``).
     cell_stream_bytes: int = 0
-
-    def notify(self) -> None:
-        """Wake every watcher; later changes use a fresh event."""
-        self.changed.set()
-        self.changed = anyio.Event()
 
 
 def _platform(error: BaseException) -> bool:
@@ -105,21 +90,23 @@ class KernelRuns:
         client: PostHogClient,
         *,
         cancel_timeout: float,
-        max_bytes: int,
+        keep_output_bytes: int,
+        keep_finished_runs: int,
         stream_output_max_bytes: int,
     ) -> None:
         self.client = client
         self._stream_output_max_bytes = stream_output_max_bytes
         self._cancel_timeout = cancel_timeout
-        self._active: dict[str, _KernelRun] = {}
-        self._finished: FinishedRuns[_KernelRun] = FinishedRuns(max_bytes)
+        self._host = RunHost(
+            "posthog",
+            keep_output_bytes=keep_output_bytes,
+            keep_finished_runs=keep_finished_runs,
+        )
+        #: The jobs of the runs in progress (for ``cancel`` to report a failed kernel stop).
+        self._jobs: dict[str, _Job] = {}
         self._locks: dict[str, anyio.Lock] = {}
         #: Whether the server streams executions (None: not known yet).
         self.streams: bool | None = None
-        self._host = RunHost(
-            "notebookops posthog runs",
-            closed_message="the posthog backend is closed; create a new one",
-        )
 
     # -- protocol
 
@@ -147,78 +134,56 @@ class KernelRuns:
             web_url=self.client.web_url(short_id),
             extra={"mode": "kernel", "project_id": self.client.project_id},
         )
-        run = _KernelRun(
-            handle=handle,
-            cells=cells,
-            setup_code=setup,
-            options=options,
-            changed=anyio.Event(),
-            done=anyio.Event(),
+        job = _Job(cells=cells, setup_code=setup, options=options)
+        await self._host.start(
+            handle,
+            functools.partial(self._drive, job),
+            total=len(cells),
+            raw={"mode": "kernel", "kernel_api": None, "results": []},
         )
-        self._active[handle.run_id] = run
-        try:
-            await self._host.start_soon(self._drive, run, name=f"posthog run {handle.run_id}")
-        except BaseException:
-            del self._active[handle.run_id]
-            raise
         logger.info(
             "started posthog kernel run %s of %s (%d cells)", handle.run_id, short_id, len(cells)
         )
         return handle
 
-    def _run(self, handle: RunHandle) -> _KernelRun:
-        run = self._active.get(handle.run_id) or self._finished.get(handle.run_id)
+    def _hosted(self, handle: RunHandle) -> HostedRun:
+        run = self._host.get(handle.run_id)
         if run is None:
             raise KernelRunNotFound(
                 f"posthog kernel-mode run {handle.run_id} is not known to this backend "
                 "instance: kernel-mode runs exist only in the backend that started them and "
-                "cannot be resumed elsewhere (use mode='server' for resumable runs); finished "
-                f"runs are remembered up to {self._finished.max_bytes} bytes of outputs",
+                "cannot be resumed elsewhere (use mode='server' for resumable runs); it "
+                f"remembers its latest {self._host.keep_finished_runs} finished runs",
                 status=404,
                 vendor="posthog",
                 method="GET",
                 url=handle.web_url or "",
             )
-        if run.refused is not None:
-            raise run.refused
         return run
 
     async def get(self, handle: RunHandle) -> Run:
-        run = self._run(handle)
+        run = self._hosted(handle)
         await anyio.lowlevel.checkpoint()
-        return self._snapshot(run)
+        return self._host.snapshot(run)
 
     async def cancel(self, handle: RunHandle) -> None:
         """Cancel the current cell, stop the kernel and wait (bounded) for CANCELLED."""
-        run = self._run(handle)
-        if run.done.is_set():
-            return
-        run.cancel_requested = True
-        if run.scope is not None:
-            run.scope.cancel()
-        with anyio.move_on_after(self._cancel_timeout * 2):
-            await run.done.wait()
-        if run.stop_error is not None:
-            raise run.stop_error
+        run = self._hosted(handle)
+        job = self._jobs.get(handle.run_id)
+        await self._host.cancel(run, "cancel requested")
+        # A reader right after the cancel (run_and_wait's final read) sees the run ended.
+        await self._host.wait_finished(run, self._cancel_timeout * 2)
+        if job is not None and job.stop_error is not None:
+            raise job.stop_error
 
     async def watch(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
-        run = self._run(handle)
-        while True:
-            changed = run.changed
-            if run.refused is not None:
-                raise run.refused
-            snapshot = self._snapshot(run)
-            yield snapshot
-            if snapshot.state.is_terminal:
-                return
-            await changed.wait()
+        async for run in self._host.watch(self._hosted(handle)):
+            yield self._host.snapshot(run)
 
     async def aclose(self) -> None:
         """Cancel every run (each stops its kernel, bounded by ``cancel_timeout``)."""
-        for run in self._active.values():
-            run.cancel_requested = True
         # Each run's own cleanup is bounded by cancel_timeout; this bound is the backstop.
-        await self._host.aclose(self._cancel_timeout * 2 + 1)
+        await self._host.aclose("the backend was closed", timeout=self._cancel_timeout * 2 + 1)
 
     def _lock(self, short_id: str) -> anyio.Lock:
         lock = self._locks.get(short_id)
@@ -228,45 +193,18 @@ class KernelRuns:
 
     # -- one run
 
-    def _snapshot(self, run: _KernelRun) -> Run:
-        return Run(
-            handle=run.handle,
-            state=run.state,
-            vendor_state=run.vendor_state,
-            created_at=run.handle.created_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-            outputs=tuple(run.outputs),
-            error=run.error if run.state.is_terminal else None,
-            progress=RunProgress(
-                completed=run.completed, total=len(run.cells), current=run.current
-            ),
-            web_url=run.handle.web_url,
-            raw={"mode": "kernel", "kernel_api": run.kernel_api, "results": list(run.results)},
-        )
-
-    async def _drive(self, run: _KernelRun) -> None:
-        """Run the cells of ``run`` (the body of its background task). Never raises: every
-        failure ends the run, so one run can never take the task group down."""
+    async def _drive(self, job: _Job, run: HostedRun) -> None:
+        """The body of one run (see RunHost): its cells, one notebook's runs one at a time.
+        Cancelled (by ``cancel`` or the backend closing), it stops the kernel, bounded."""
         short_id = run.handle.notebook_id
+        self._jobs[run.handle.run_id] = job
         try:
-            with anyio.CancelScope() as scope:
-                run.scope = scope
-                if run.cancel_requested:
-                    scope.cancel()
-                async with self._lock(short_id):
-                    run.started_at = utc_now()
-                    run.state = RunState.RUNNING
-                    run.vendor_state = "running"
-                    run.notify()
-                    await self._run_cells(run)
-            run.scope = None
-            if run.cancel_requested:
-                await self._finish_cancelled(run)
-                return
-            if run.options.write_outputs and run.executions:
-                await self._write_back(run)
-            if run.options.stop_kernel_at_end and run.kernel_used:
+            async with self._lock(short_id):
+                run.update(state=RunState.RUNNING, vendor_state="running", started_at=utc_now())
+                await self._run_cells(job, run)
+            if job.options.write_outputs and job.executions:
+                await self._write_back(job, run)
+            if job.options.stop_kernel_at_end and job.kernel_used:
                 with anyio.move_on_after(self._cancel_timeout):
                     try:
                         await self.client.kernel_stop(short_id)
@@ -274,84 +212,63 @@ class KernelRuns:
                         logger.warning(
                             "could not stop the kernel of posthog notebook %s: %s", short_id, error
                         )
-            self._finish(run)
+            if run.error is not None:
+                run.finish(RunState.FAILED)
+            else:
+                run.finish(RunState.SUCCEEDED, vendor_state="ok")
         except anyio.get_cancelled_exc_class():
-            # The backend is closing: settle the run and stop its kernel (bounded), then go.
             with anyio.CancelScope(shield=True):
-                await self._finish_cancelled(run)
+                await self._stop_kernel(job, run)
+            run.finish(RunState.CANCELLED, vendor_state="cancelled")
             raise
-        except Exception as error:
-            logger.exception("posthog run %s failed unexpectedly", run.handle.run_id)
-            run.error = RunErrorInfo(
-                message=f"the run broke down: {type(error).__name__}: {error}",
-                name=type(error).__name__,
-                platform=True,
-            )
-            self._finish(run)
         finally:
-            run.done.set()
-            run.notify()
-            self._active.pop(run.handle.run_id, None)
-            self._finished.add(run.handle.run_id, run, output_bytes(run.outputs, run.results))
+            del self._jobs[run.handle.run_id]
 
-    def _finish(self, run: _KernelRun) -> None:
-        run.state = RunState.FAILED if run.error is not None else RunState.SUCCEEDED
-        if run.error is None:
-            run.vendor_state = "ok"
-        run.current = None
-        run.finished_at = utc_now()
-        run.notify()
+    async def _stop_kernel(self, job: _Job, run: HostedRun) -> None:
+        """Stop the kernel of a cancelled run, at most ``cancel_timeout`` seconds."""
+        if not job.kernel_used:
+            return
+        with anyio.move_on_after(self._cancel_timeout) as scope:
+            try:
+                await self.client.kernel_stop(run.handle.notebook_id)
+            except NotebookOpsError as error:
+                job.stop_error = error
+        if scope.cancelled_caught and job.stop_error is None:
+            job.stop_error = RequestTimeout(
+                f"stopping the kernel of posthog notebook {run.handle.notebook_id} did not "
+                f"finish within {self._cancel_timeout:g}s; it may still be running",
+                vendor="posthog",
+                method="POST",
+            )
 
-    async def _finish_cancelled(self, run: _KernelRun) -> None:
-        if run.kernel_used:
-            with anyio.move_on_after(self._cancel_timeout) as scope:
-                try:
-                    await self.client.kernel_stop(run.handle.notebook_id)
-                except NotebookOpsError as error:
-                    run.stop_error = error
-            if scope.cancelled_caught and run.stop_error is None:
-                run.stop_error = RequestTimeout(
-                    f"stopping the kernel of posthog notebook {run.handle.notebook_id} did not "
-                    f"finish within {self._cancel_timeout:g}s; it may still be running",
-                    vendor="posthog",
-                    method="POST",
-                )
-        run.state = RunState.CANCELLED
-        run.vendor_state = "cancelled"
-        run.current = None
-        run.finished_at = utc_now()
-        run.notify()
-
-    async def _run_cells(self, run: _KernelRun) -> None:
-        if run.setup_code is not None:
-            setup = Cell(index=-1, kind="python", code=run.setup_code, node_id=_INPUTS_CELL_ID)
-            if not await self._run_python(run, setup, record=False):
+    async def _run_cells(self, job: _Job, run: HostedRun) -> None:
+        if job.setup_code is not None:
+            setup = Cell(index=-1, kind="python", code=job.setup_code, node_id=_INPUTS_CELL_ID)
+            if not await self._run_python(job, run, setup, record=False):
                 return
-        for cell in run.cells:
-            run.current = cell.label
-            run.notify()
+        for cell in job.cells:
+            run.update(current=cell.label)
             if cell.kind == "python":
-                ok = await self._run_python(run, cell)
+                ok = await self._run_python(job, run, cell)
             else:
                 ok = await self._run_hogql(run, cell)
-            run.completed += 1
-            run.notify()
+            run.update(completed=run.completed + 1)
             if not ok:
                 return
 
-    def _cell_failure(self, run: _KernelRun, cell: Cell, error: NotebookOpsError) -> None:
+    def _cell_failure(self, run: HostedRun, cell: Cell, error: NotebookOpsError) -> None:
         if isinstance(error, PermissionDenied) and run.completed == 0:
             # Nothing of the notebook ran: not a failed run, a refused one.
-            run.refused = error
+            run.refusal = error
             error.handle = run.handle
-            run.vendor_state = "refused"
+            run.update(vendor_state="refused")
         if isinstance(error, KernelStreamError):
             message = f"cell {cell.label} could not run: PostHog reported {error.error!r}"
-            run.vendor_state = "infrastructure_error"
+            run.update(vendor_state="infrastructure_error")
         else:
             message = f"cell {cell.label} could not run: {error}"
-            if run.refused is None:
-                run.vendor_state = "request_failed"
+            if run.refusal is None:
+                run.update(vendor_state="request_failed")
         run.error = RunErrorInfo(
             message=strip_ansi(message),
             name=type(error).__name__,
@@ -361,7 +278,7 @@ class KernelRuns:
         )
 
     async def _execute(
-        self, run: _KernelRun, cell: Cell, body: dict[str, Any], record: bool
+        self, run: HostedRun, job: _Job, cell: Cell, body: dict[str, Any], record: bool
     ) -> ExecutionResult:
         """One execution: streamed where the server streams, else the blocking call."""
         short_id = run.handle.notebook_id
@@ -373,61 +290,63 @@ class KernelRuns:
                     async for event in events:
                         if isinstance(event, ExecutionResult):
                             self.streams = True
-                            run.kernel_api = "stream"
+                            run.raw["kernel_api"] = "stream"
                             return event
                         if record:
-                            self._stream_output(run, cell, event)
+                            self._stream_output(run, job, cell, event)
             except NotFound:
                 # No stream endpoint (newer servers): nothing ran; use the blocking one.
                 logger.info(
                     "this posthog server has no kernel/execute/stream/; executing cell by cell"
                 )
                 self.streams = False
-        run.kernel_api = "execute"
+        run.raw["kernel_api"] = "execute"
         return await self.client.kernel_execute(short_id, cell.code, **body)
 
-    def _stream_output(self, run: _KernelRun, cell: Cell, event: KernelOutput) -> None:
+    def _stream_output(self, run: HostedRun, job: _Job, cell: Cell, event: KernelOutput) -> None:
         limit = self._stream_output_max_bytes
-        if run.cell_stream_bytes >= limit:
+        if job.cell_stream_bytes >= limit:
             return
-        run.cell_stream_bytes += len(event.text)
-        if run.cell_stream_bytes >= limit:
+        job.cell_stream_bytes += len(event.text)
+        if job.cell_stream_bytes >= limit:
             # Say so once, instead of keeping (or silently losing) the rest.
             event = KernelOutput(
                 name=event.name,
                 text=f"\n[notebookops: this cell's streamed output passed {limit} bytes; "
                 "the rest was not kept]\n",
             )
-        run.outputs.append(
-            CellOutput(
-                output_type="stream",
-                name=event.name,
-                text=event.text,
-                cell_id=cell.node_id,
-                cell_index=cell.index,
-            )
+        run.add_outputs(
+            [
+                CellOutput(
+                    output_type="stream",
+                    name=event.name,
+                    text=event.text,
+                    cell_id=cell.node_id,
+                    cell_index=cell.index,
+                )
+            ]
         )
-        run.notify()
 
-    async def _run_python(self, run: _KernelRun, cell: Cell, *, record: bool = True) -> bool:
-        run.kernel_used = True
+    async def _run_python(
+        self, job: _Job, run: HostedRun, cell: Cell, *, record: bool = True
+    ) -> bool:
+        job.kernel_used = True
         body = {
-            "return_variables": run.options.return_variables and record,
-            "timeout": run.options.cell_timeout,
+            "return_variables": job.options.return_variables and record,
+            "timeout": job.options.cell_timeout,
         }
         before = len(run.outputs)
-        run.cell_stream_bytes = 0
+        job.cell_stream_bytes = 0
         try:
-            result = await self._execute(run, cell, body, record)
+            result = await self._execute(run, job, cell, body, record)
         except NotebookOpsError as error:
             self._cell_failure(run, cell, error)
             return False
         streamed = {output.name for output in run.outputs[before:] if output.name}
         if record:
-            run.results.append(result.raw)
-            run.executions[cell] = result.raw
-            run.outputs.extend(execution_outputs(result, cell, streamed=streamed))
-        failure = execution_error(result, cell, timeout=run.options.cell_timeout)
+            job.executions[cell] = result.raw
+            run.add_outputs(execution_outputs(result, cell, streamed=streamed), result=result.raw)
+        failure = execution_error(result, cell, timeout=job.options.cell_timeout)
         if failure is not None:
             if cell.index < 0:
                 failure = attrs.evolve(
@@ -435,26 +354,28 @@ class KernelRuns:
                     message=f"assigning the run's inputs failed: {failure.message}",
                     cell_index=None,
                 )
-                run.outputs.extend(execution_outputs(result, cell, streamed=streamed))
+                run.add_outputs(execution_outputs(result, cell, streamed=streamed))
             run.error = failure
-            run.vendor_state = result.status
+            run.update(vendor_state=result.status)
             return False
         return True
 
-    async def _run_hogql(self, run: _KernelRun, cell: Cell) -> bool:
+    async def _run_hogql(self, run: HostedRun, cell: Cell) -> bool:
         try:
             result = await self.client.hogql_execute(run.handle.notebook_id, cell.code)
         except BadRequest as error:
             words = error.data.get("error") if isinstance(error.data, dict) else None
             reason = words if isinstance(words, str) and words else error.message
-            run.outputs.append(
-                CellOutput(
-                    output_type="error",
-                    cell_id=cell.node_id,
-                    cell_index=cell.index,
-                    ename="HogQLError",
-                    evalue=reason,
-                )
+            run.add_outputs(
+                [
+                    CellOutput(
+                        output_type="error",
+                        cell_id=cell.node_id,
+                        cell_index=cell.index,
+                        ename="HogQLError",
+                        evalue=reason,
+                    )
+                ]
             )
             run.error = RunErrorInfo(
                 message=f"cell {cell.label}: HogQL query failed: {reason}",
@@ -462,17 +383,16 @@ class KernelRuns:
                 cell_id=cell.node_id,
                 cell_index=cell.index,
             )
-            run.vendor_state = "error"
+            run.update(vendor_state="error")
             return False
         except NotebookOpsError as error:
             self._cell_failure(run, cell, error)
             return False
-        run.results.append(result.raw)
-        run.outputs.append(hogql_output(result, cell))
+        run.add_outputs([hogql_output(result, cell)], result=result.raw)
         return True
 
-    async def _write_back(self, run: _KernelRun) -> None:
-        executions = dict(run.executions)
+    async def _write_back(self, job: _Job, run: HostedRun) -> None:
+        executions = dict(job.executions)
 
         def transform(content: dict[str, Any] | None) -> dict[str, Any] | None:
             return apply_executions(content, executions)
@@ -491,4 +411,4 @@ class KernelRuns:
                     name=type(error).__name__,
                     platform=True,
                 )
-                run.vendor_state = "write_failed"
+                run.update(vendor_state="write_failed")

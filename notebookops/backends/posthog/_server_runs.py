@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 
 import anyio
@@ -19,6 +20,7 @@ from ...errors import (
 )
 from ...models import CellOutput, Run, RunHandle, RunRequest
 from ...policies import PollPolicy
+from .._runhost import output_size
 from ._cells import (
     SERVER_RUN_STATES,
     cell_run_outputs,
@@ -26,7 +28,6 @@ from ._cells import (
     server_run_progress,
 )
 from ._errors import ModeUnavailable, answer_of
-from ._retention import FinishedRuns, output_bytes
 from .client import PostHogClient
 
 __all__ = ["ServerRuns"]
@@ -48,14 +49,29 @@ def _ambiguous_start(error: Exception) -> str | None:
 
 class ServerRuns:
     """Runs executed by the PostHog server: resumable from any process, interrupted on the
-    server, polled for status; outputs are read from each cell run once the run ends."""
+    server, polled for status; outputs are read from each cell run once the run ends.
+
+    Finished runs are kept for late readers (reading one costs a request per cell) within
+    ``keep_output_bytes`` of outputs and ``keep_finished_runs``, newest always; a forgotten
+    one is read from PostHog again."""
 
     mode = "server"
 
-    def __init__(self, client: PostHogClient, *, poll: PollPolicy, max_bytes: int) -> None:
+    def __init__(
+        self,
+        client: PostHogClient,
+        *,
+        poll: PollPolicy,
+        keep_output_bytes: int,
+        keep_finished_runs: int,
+    ) -> None:
         self.client = client
         self._poll = poll
-        self._finished: FinishedRuns[Run] = FinishedRuns(max_bytes)
+        self._keep_output_bytes = keep_output_bytes
+        self._keep_finished_runs = keep_finished_runs
+        #: Finished runs by id, oldest first, with what each weighs.
+        self._finished: OrderedDict[str, tuple[Run, int]] = OrderedDict()
+        self._finished_bytes = 0
 
     def _client_for(self, handle: RunHandle) -> PostHogClient:
         project = handle.extra.get("project_id", self.client.project_id)
@@ -99,7 +115,7 @@ class ServerRuns:
         """``GET runs/{id}/``; once terminal, each cell run's result (kept, by size)."""
         cached = self._finished.get(handle.run_id)
         if cached is not None:
-            return attrs.evolve(cached, handle=handle)
+            return attrs.evolve(cached[0], handle=handle)
         client = self._client_for(handle)
         status = await client.get_notebook_run(handle.notebook_id, handle.run_id)
         state = SERVER_RUN_STATES(status.status)
@@ -126,8 +142,20 @@ class ServerRuns:
             raw=status,
         )
         if state.is_terminal:
-            self._finished.add(handle.run_id, run, output_bytes(outputs))
+            self._keep(run)
         return run
+
+    def _keep(self, run: Run) -> None:
+        size = sum(map(output_size, run.outputs))
+        previous = self._finished.pop(run.handle.run_id, None)
+        self._finished_bytes += size - (previous[1] if previous else 0)
+        self._finished[run.handle.run_id] = (run, size)
+        while len(self._finished) > 1 and (
+            self._finished_bytes > self._keep_output_bytes
+            or len(self._finished) > self._keep_finished_runs
+        ):
+            _, (_, dropped) = self._finished.popitem(last=False)
+            self._finished_bytes -= dropped
 
     async def _cell_outputs(
         self,

@@ -44,13 +44,14 @@ import aiohttp
 import anyio
 import attrs
 
-from ..._validate import seconds
+from ..._validate import count, seconds
 from ...backend import BaseBackend
 from ...errors import ConfigurationError, UnsupportedOperation
 from ...models import Capability, Run, RunHandle, RunRequest
 from ...policies import PollPolicy, RetryPolicy
 from ...ratelimit import RateLimiter
 from ...transport import Transport
+from .._runhost import DEFAULT_KEEP_FINISHED_RUNS, DEFAULT_KEEP_OUTPUT_BYTES
 from ._cells import (
     CELL_KINDS,
     LOOKED_FOR,
@@ -59,11 +60,10 @@ from ._cells import (
     select_cells,
 )
 from ._errors import ModeUnavailable, NoRunnableCells
-from ._kernel_runs import KernelRuns
+from ._kernel_runs import STREAM_OUTPUT_MAX_BYTES, KernelRuns
 from ._requests import (
     validate_cell_timeout,
 )
-from ._retention import FINISHED_RUNS_MAX_BYTES, STREAM_OUTPUT_MAX_BYTES
 from ._server_runs import ServerRuns
 from .client import PostHogClient
 
@@ -181,10 +181,16 @@ class PostHogBackend(BaseBackend):
 
     Capabilities follow ``mode``: ``"server"`` declares RESUMABLE; ``"kernel"`` and
     ``"auto"`` declare STREAMING and BLOCK_SELECTION (a server run in ``auto`` is watched by
-    polling with ``poll``). ``finished_runs_max_bytes`` (default 32 MiB) bounds what finished
-    runs keep in memory for late readers, oldest forgotten first; ``stream_output_max_bytes``
-    (default 16 MiB) bounds one kernel cell's streamed output, past which one marker output
-    says the rest was not kept.
+    polling with ``poll``).
+
+    Finished runs are kept in memory for late readers within two bounds, as in every
+    in-process backend: ``keep_output_bytes`` (default 64 MiB) for their outputs together and
+    ``keep_finished_runs`` (default 1,000) for how many are remembered at all. Past the first,
+    the oldest finished kernel runs' outputs are released (their state stays; ``Run.raw`` says
+    ``"outputs_released": True``); a kernel run past the second raises
+    :class:`KernelRunNotFound`. Finished server runs are re-read from PostHog once forgotten.
+    ``stream_output_max_bytes`` (default 16 MiB) bounds one kernel cell's streamed output,
+    past which one marker output says the rest was not kept.
     """
 
     name = "posthog"
@@ -208,17 +214,13 @@ class PostHogBackend(BaseBackend):
         cancel_timeout: float = 10.0,
         stream_idle_timeout: float = 60.0,
         collab_reconnect_delay: float = 1.0,
-        finished_runs_max_bytes: int = FINISHED_RUNS_MAX_BYTES,
+        keep_output_bytes: int = DEFAULT_KEEP_OUTPUT_BYTES,
+        keep_finished_runs: int = DEFAULT_KEEP_FINISHED_RUNS,
         stream_output_max_bytes: int = STREAM_OUTPUT_MAX_BYTES,
     ) -> None:
         _mode(mode)
         seconds("cancel_timeout", cancel_timeout)
-        for what, value in (
-            ("finished_runs_max_bytes", finished_runs_max_bytes),
-            ("stream_output_max_bytes", stream_output_max_bytes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{what} must be an int >= 0, got {value!r}")
+        count("stream_output_max_bytes", stream_output_max_bytes)
         if client is None:
             client = PostHogClient(
                 personal_api_key,
@@ -237,14 +239,18 @@ class PostHogBackend(BaseBackend):
         self.client = client
         self.mode: RunMode = mode
         self.capabilities = _SERVER_CAPABILITIES if mode == "server" else _KERNEL_CAPABILITIES
-        self._server = ServerRuns(
-            client, poll=poll or PollPolicy(), max_bytes=finished_runs_max_bytes
-        )
         self._kernel = KernelRuns(
             client,
             cancel_timeout=float(cancel_timeout),
-            max_bytes=finished_runs_max_bytes,
+            keep_output_bytes=keep_output_bytes,
+            keep_finished_runs=keep_finished_runs,
             stream_output_max_bytes=stream_output_max_bytes,
+        )
+        self._server = ServerRuns(
+            client,
+            poll=poll or PollPolicy(),
+            keep_output_bytes=keep_output_bytes,
+            keep_finished_runs=keep_finished_runs,
         )
         #: Whether this server has ``runs/`` (None until a start finds out).
         self.server_runs_available: bool | None = None

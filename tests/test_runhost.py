@@ -1,5 +1,6 @@
-"""RunHost, the in-process run host under LocalBackend: bodies are plain coroutines here, so
-every rule (finishing, failures, cancelling, closing, retention) is checked without kernels."""
+"""RunHost, the in-process run host under LocalBackend and PostHog's kernel mode: bodies are
+plain coroutines here, so every rule (finishing, failures, cancelling, closing, retention,
+vendor records, refusals) is checked without kernels or servers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from notebookops import BackendClosed, ConfigurationError, RunHandle, RunState
-from notebookops.backends._runhost import HostedRun, RunHost, output_size
+from notebookops import BackendClosed, ConfigurationError, PermissionDenied, RunHandle, RunState
+from notebookops.backends._runhost import HostedRun, RunHost, json_size, output_size
 from notebookops.models import CellOutput, RunProgress
 
 Body = Callable[[HostedRun], Awaitable[None]]
@@ -216,6 +217,39 @@ async def test_retention_is_bounded_by_the_bytes_of_finished_outputs() -> None:
     await finished(host, going)
     assert going.outputs
     assert host.snapshot(big).outputs == ()
+    await host.aclose("closed")
+
+
+async def test_vendor_records_are_shown_weighed_and_released_with_the_outputs() -> None:
+    host = RunHost("test", keep_output_bytes=30)
+    record = {"stdout": "x" * 10}
+
+    async def body(run: HostedRun) -> None:
+        run.add_outputs([text(10)], result=record)
+
+    first = await finished(host, await host.start(handle("r1"), body, raw={"results": []}))
+    assert first.output_bytes == 10 + json_size(record)
+    assert host.snapshot(first).raw == {"results": [record]}
+    second = await finished(host, await host.start(handle("r2"), body, raw={"results": []}))
+    assert (first.outputs, first.results, first.outputs_released) == ([], [], True)
+    assert host.snapshot(first).raw == {"results": [], "outputs_released": True}
+    assert host.snapshot(second).raw == {"results": [record]}
+    await host.aclose("closed")
+
+
+async def test_a_refused_run_raises_its_refusal_to_readers() -> None:
+    host = RunHost("test")
+    refusal = PermissionDenied(
+        "this key may not run notebooks", status=403, vendor="test", method="POST", url="u"
+    )
+
+    async def body(run: HostedRun) -> None:
+        run.refusal = refusal
+
+    run = await finished(host, await host.start(handle("r1"), body))
+    with pytest.raises(PermissionDenied) as raised:
+        host.snapshot(run)
+    assert raised.value is refusal
     await host.aclose("closed")
 
 
