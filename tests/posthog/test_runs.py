@@ -155,7 +155,7 @@ async def test_python_error_fails_the_run_with_cell_and_traceback(
     assert run.progress.completed == 2
     errors = [o for o in run.outputs if o.output_type == "error"]
     assert (errors[0].ename, errors[0].evalue) == ("ZeroDivisionError", "division by zero")
-    assert "in cell c1" in str(caught.value)
+    assert "in cell 1 (c1)" in str(caught.value)
     assert not any("never" in (o.text or "") for o in run.outputs)
 
 
