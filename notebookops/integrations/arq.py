@@ -233,17 +233,22 @@ async def run_notebook(
         return _outcome(key, "finished", record.run)
     began = time.monotonic()
     backend = fleet.backend(parsed.backend)
-    try:
-        handle = await start_run(
-            backend, request, key=key, store=fleet.store, start_timeout=fleet.wait_slice
-        )
-    except RunTimeout as error:
-        if error.handle is not None:
-            raise
-        # Its turn did not come within a slice (the fleet is rate limited): nothing was sent
-        # and the key was given back. Take another turn as a new try of this job.
+    handle: RunHandle | None = None
+    # A start that does not get going within a slice (its turn at the rate limiter, the
+    # notebook's start lease held by another start) gives up unsent and is tried again as a
+    # new try of this job, which keeps every job within its timeout. A request already sent
+    # is seen through and its handle recorded before the cancellation lands.
+    with anyio.move_on_after(fleet.wait_slice):
+        try:
+            handle = await start_run(
+                backend, request, key=key, store=fleet.store, start_timeout=fleet.wait_slice
+            )
+        except RunTimeout as error:
+            if error.handle is not None:
+                raise
+    if handle is None:
         arq = _import_arq()
-        raise arq.worker.Retry(defer=_RETRY_EVERY) from None
+        raise arq.worker.Retry(defer=_RETRY_EVERY)
     reserved = await fleet.store.get(key)
     deadline = (reserved.reserved_at if reserved is not None else time.time()) + timeout
     spent = time.monotonic() - began

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from notebookops import _durable
 from notebookops.backend import NotebookBackend
 from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from notebookops.errors import ConfigurationError
@@ -27,6 +28,12 @@ def _backend(name: str) -> NotebookBackend:
         timeout=10.0,
         retry=RetryPolicy(max_attempts=4, initial_backoff=0.05, max_backoff=0.5),
     )
+
+
+if "FLEET_START_LEASE" in os.environ:
+    # See START_LEASE in test_arq_fleet.py: a start killed in flight holds its notebook's
+    # start lease this long (the library's 600 s would outlast the test).
+    setattr(_durable, "START_LEASE", float(os.environ["FLEET_START_LEASE"]))  # noqa: B010
 
 
 async def _note_pid(ctx: dict[str, Any]) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import pytest
 from notebookops.integrations.arq import redis_settings, result, run_notebook
 from notebookops.models import RunState
 from notebookops.store import RedisRunStore, StoreUnavailable
+from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
 from notebookops.testing.stores import redis_server, require_redis_server
 
@@ -37,6 +40,10 @@ MARGIN = 3.0
 #: arq starts a killed job again once its in-progress mark expires: the job timeout
 #: (slice + margin) plus arq's fixed 10 s.
 GRACE = MARGIN + 10.0
+#: A keyed start holds its notebook's start lease for notebookops._durable.START_LEASE (600 s):
+#: a worker killed with its start in flight blocks that notebook's keyed starts until it
+#: expires. The workers here shorten it so that the killed starts are settled within the test.
+START_LEASE = 20.0
 
 
 @pytest.fixture
@@ -64,6 +71,7 @@ class Fleet:
             "FLEET_WORKSPACE": self.server.workspace_segment,
             "FLEET_WAIT_SLICE": str(SLICE),
             "FLEET_START_MARGIN": str(MARGIN),
+            "FLEET_START_LEASE": str(START_LEASE),
         }
         logs = Path(os.environ.get("FLEET_LOGS", self.logs))
         log = (logs / f"worker-{len(self.workers)}.log").open("wb")
@@ -187,22 +195,29 @@ async def _job_result(pool: Any, job_id: str, timeout: float) -> Any:
     return await Job(job_id, pool).result(timeout=timeout, poll_delay=0.1)
 
 
-async def test_a_worker_killed_mid_wait_is_replaced_within_a_slice_plus_grace(
+async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
     fleet: Fleet, server: FakeDeepnoteServer, pool: Any
 ) -> None:
-    """Seeded trials: each kills (SIGKILL, by PID) the worker holding a run's wait, and
-    starts another. Every run is started once and its result recorded in time."""
+    """Seeded trials, each killing (SIGKILL, by PID) the worker that holds a run's wait and
+    the worker whose start request of another run is in flight (the fake vendor holds it),
+    then starting replacements. Every run is started once, every result is recorded, and a
+    killed wait is picked up within a slice plus arq's grace."""
     rng = random.Random(2027)
     for _ in range(4):
         fleet.spawn()
     trials = int(os.environ.get("FLEET_TRIALS", "20"))
-    notebooks = [
-        server.add_notebook(script=RunScript.succeed(duration=rng.uniform(3 * SLICE, 5 * SLICE)))
-        for _ in range(trials)
-    ]
+    waits = [f"wait-{trial}" for trial in range(trials)]
+    starts = [f"start-{trial}" for trial in range(trials)]
+    keys = waits + starts
+    # One notebook per key: a start killed in flight holds its notebook's start lease.
+    notebooks = {
+        key: server.add_notebook(
+            script=RunScript.succeed(duration=rng.uniform(3 * SLICE, 5 * SLICE))
+        )
+        for key in keys
+    }
     store = RedisRunStore.from_client(pool)
     killed_at: dict[str, float] = {}
-    keys = [f"trial-{trial}" for trial in range(trials)]
     recorded_at: dict[str, float] = {}
 
     async def watch_results() -> None:
@@ -215,49 +230,57 @@ async def test_a_worker_killed_mid_wait_is_replaced_within_a_slice_plus_grace(
                         recorded_at[key] = time.monotonic()
             await anyio.sleep(0.1)
 
+    async def enqueue(key: str) -> None:
+        await pool.enqueue_job("run_notebook", f"deepnote:{notebooks[key].id}", _job_id=key)
+
+    async def kill_holder(key: str) -> bool:
+        pid = await _holder(pool, key)
+        if pid is None or not any(process.pid == pid for process in fleet.alive):
+            return False
+        fleet.kill(pid)
+        fleet.spawn()
+        return True
+
     async with anyio.create_task_group() as group:
         group.start_soon(watch_results)
-        await _kill_trials(fleet, pool, store, notebooks, keys, killed_at, rng)
-        with anyio.move_on_after(120):
+        for wait_key, start_key in zip(waits, starts, strict=True):
+            await enqueue(wait_key)
+            while (record := await store.get(wait_key)) is None or record.handle is None:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+            # The next start request waits at the vendor until its worker is killed.
+            held = server.faults.injected["delay"]
+            server.faults.add(Fault("delay", delay=1.0, method="POST", path=r"^/v2/runs$", times=1))
+            await enqueue(start_key)
+            while server.faults.injected["delay"] == held:  # noqa: ASYNC110 (another process)
+                await anyio.sleep(0.02)
+            await anyio.sleep(rng.uniform(0.05, 0.5))
+            if await kill_holder(start_key):
+                killed_at[start_key] = time.monotonic()
+            await anyio.sleep(rng.uniform(0.0, SLICE))
+            if await kill_holder(wait_key):
+                killed_at[wait_key] = time.monotonic()
+        with anyio.move_on_after(150):
             while len(recorded_at) < len(keys):  # noqa: ASYNC110 (other processes record)
                 await anyio.sleep(0.1)
         group.cancel_scope.cancel()
-    assert len(killed_at) >= trials // 2, "too few kills landed mid-wait"
     assert sorted(recorded_at) == sorted(keys), "lost results"
-    assert server.runs_started == trials  # no duplicate runs
-    for key, at in killed_at.items():
+    assert server.runs_started == len(keys), "duplicate runs"
+    assert sum(key in killed_at for key in starts) >= trials // 2, "few kills mid-start"
+    assert sum(key in killed_at for key in waits) >= trials // 2, "few kills mid-wait"
+    for key in keys:
         record = await store.get(key)
         assert record is not None
-        assert record.handle is not None
-        ended = server.runs[record.handle.run_id].ended_at()
+        assert record.run is not None
+        assert record.run.state is RunState.SUCCEEDED
+    for key in waits:
+        if key not in killed_at:
+            continue
+        handle = (await store.get(key)).handle  # type: ignore[union-attr]
+        assert handle is not None
+        ended = server.runs[handle.run_id].ended_at()
         assert ended is not None
         # Picked up again within a slice plus arq's grace after the kill (or the run's end).
-        assert recorded_at[key] <= max(ended, at + SLICE + GRACE) + 2.0, key
-
-
-async def _kill_trials(
-    fleet: Fleet,
-    pool: Any,
-    store: RedisRunStore,
-    notebooks: list[Any],
-    keys: list[str],
-    killed_at: dict[str, float],
-    rng: random.Random,
-) -> None:
-    for key, notebook in zip(keys, notebooks, strict=True):
-        await pool.enqueue_job("run_notebook", f"deepnote:{notebook.id}", _job_id=key)
-        # Wait until its run is recorded, then kill whichever worker holds its wait now.
-        while True:
-            record = await store.get(key)
-            if record is not None and record.handle is not None:
-                break
-            await anyio.sleep(0.05)
-        await anyio.sleep(rng.uniform(0.1, SLICE))
-        pid = await _holder(pool, key)
-        if pid is not None and any(p.pid == pid for p in fleet.alive):
-            fleet.kill(pid)
-            killed_at[key] = time.monotonic()
-            fleet.spawn()
+        assert recorded_at[key] <= max(ended, killed_at[key] + SLICE + GRACE) + 2.0, key
 
 
 async def _holder(pool: Any, key: str) -> int | None:
@@ -268,6 +291,90 @@ async def _holder(pool: Any, key: str) -> int | None:
             if pid is not None:
                 return int(pid)
     return None
+
+
+class RestartableRedis:
+    """A redis-server with an append-only file (fsync always), stopped and started again on
+    the same port: it comes back with everything it had."""
+
+    def __init__(self, directory: Path) -> None:
+        require_redis_server()
+        self.directory = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        assert executable is not None
+        self.process = subprocess.Popen(
+            [
+                executable,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.directory), "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always"),
+                *("--logfile", str(self.directory / "redis.log")),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # kill -9: the append-only file has every write
+            self.process.wait()
+
+
+async def test_redis_going_away_mid_wait_loses_nothing(
+    server: FakeDeepnoteServer, tmp_path: Path
+) -> None:
+    """Redis is killed mid-wait and started again 3 s later (same port and data): the waits
+    keep reading the vendor meanwhile, then record their runs; nothing is lost."""
+    from arq import create_pool
+
+    redis = RestartableRedis(tmp_path)
+    redis.start()
+    workers = Fleet(redis.url, server, tmp_path)
+    try:
+        for _ in range(2):
+            workers.spawn()
+        pool = await create_pool(redis_settings(redis.url))
+        try:
+            keys = [f"outage-{index}" for index in range(6)]
+            for key in keys:
+                notebook = server.add_notebook(script=RunScript.succeed(duration=2.5 * SLICE))
+                await pool.enqueue_job("run_notebook", f"deepnote:{notebook.id}", _job_id=key)
+            store = RedisRunStore.from_client(pool)
+            for key in keys:
+                while (record := await store.get(key)) is None or record.handle is None:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            reads = len(server.requests_to("GET", r"^/v2/runs/"))
+            redis.stop()
+            await anyio.sleep(3.0)
+            reads_while_away = len(server.requests_to("GET", r"^/v2/runs/")) - reads
+            redis.start()
+            runs = await _results(pool, keys, timeout=60)
+        finally:
+            await pool.aclose()
+    finally:
+        workers.stop()
+        redis.stop()
+    assert reads_while_away > 0, "the waits stopped reading the vendor while Redis was away"
+    assert all(run.state is RunState.SUCCEEDED for run in runs.values())
+    assert server.runs_started == len(keys)
 
 
 async def test_an_unreachable_redis_at_start_is_a_typed_error_and_starts_nothing(
