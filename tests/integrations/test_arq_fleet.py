@@ -439,3 +439,42 @@ async def test_an_unreachable_redis_at_start_is_a_typed_error_and_starts_nothing
         await ctx[_CTX_KEY].aclose()
         await client.aclose()
     assert server.runs_started == 0
+
+
+async def test_the_example_worker_runs_a_notebook_enqueued_by_the_example(
+    redis_url: str, server: FakeDeepnoteServer, tmp_path: Path
+) -> None:
+    """examples/arq_worker.py: a worker started with ``arq examples.arq_worker.WorkerSettings``
+    runs what ``python examples/arq_worker.py TARGET JOB_ID`` enqueues, and prints it."""
+    notebook = server.add_notebook(script=RunScript.succeed(duration=0.2))
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DEEPNOTE_API_KEY": server.token,
+        "DEEPNOTE_API_URL": server.url,
+    }
+    log = (tmp_path / "example-worker.log").open("wb")
+    worker = await anyio.open_process(
+        [sys.executable, "-m", "arq", "examples.arq_worker.WorkerSettings"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    example = ROOT / "examples" / "arq_worker.py"
+    try:
+        enqueuer = await anyio.run_process(
+            [sys.executable, str(example), f"deepnote:{notebook.id}", "job-1"],
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
+    finally:
+        worker.terminate()
+        await worker.wait()
+    assert enqueuer.returncode == 0, enqueuer.stderr.decode()
+    assert enqueuer.stdout.decode().startswith("succeeded")
+    assert server.runs_started == 1
+    assert server.token not in enqueuer.stdout.decode() + enqueuer.stderr.decode()
