@@ -392,19 +392,9 @@ def worker_settings(
 
     functions = [
         arq.worker.func(
-            run_notebook,
-            name=RUN_JOB,
-            timeout=job_timeout,
-            keep_result=keep_result,
-            max_tries=max_tries,
-        ),
-        arq.worker.func(
-            wait_notebook,
-            name=WAIT_JOB,
-            timeout=job_timeout,
-            keep_result=keep_result,
-            max_tries=max_tries,
-        ),
+            job, name=name, timeout=job_timeout, keep_result=keep_result, max_tries=max_tries
+        )
+        for job, name in ((run_notebook, RUN_JOB), (wait_notebook, WAIT_JOB))
     ]
     options: dict[str, Any] = {
         "functions": functions,

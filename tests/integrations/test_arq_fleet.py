@@ -53,6 +53,19 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+def _start_worker(settings: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m arq SETTINGS`` from the repository root, its output in ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "arq", settings],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
 class Fleet:
     """Worker subprocesses sharing one Redis, killed and replaced by PID."""
 
@@ -74,16 +87,11 @@ class Fleet:
             "FLEET_START_LEASE": str(START_LEASE),
         }
         logs = Path(os.environ.get("FLEET_LOGS", self.logs))
-        log = (logs / f"worker-{len(self.workers)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "arq", "tests.integrations.fleet_app.WorkerSettings"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        process = _start_worker(
+            "tests.integrations.fleet_app.WorkerSettings",
+            env,
+            logs / f"worker-{len(self.workers)}.log",
         )
-        log.close()
         self.workers.append(process)
         return process
 
@@ -461,16 +469,9 @@ async def test_the_example_worker_runs_a_notebook_enqueued_by_the_example(
         "DEEPNOTE_API_KEY": server.token,
         "DEEPNOTE_API_URL": server.url,
     }
-    log = (tmp_path / "example-worker.log").open("wb")
-    worker = await anyio.open_process(
-        [sys.executable, "-m", "arq", "examples.arq_worker.WorkerSettings"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    worker = _start_worker(
+        "examples.arq_worker.WorkerSettings", env, tmp_path / "example-worker.log"
     )
-    log.close()
     example = ROOT / "examples" / "arq_worker.py"
     try:
         enqueuer = await anyio.run_process(
@@ -481,7 +482,7 @@ async def test_the_example_worker_runs_a_notebook_enqueued_by_the_example(
         )
     finally:
         worker.terminate()
-        await worker.wait()
+        worker.wait(timeout=10)
     assert enqueuer.returncode == 0, enqueuer.stderr.decode()
     assert enqueuer.stdout.decode().startswith("succeeded")
     assert server.runs_started == 1
