@@ -67,7 +67,9 @@ async def worker(args: argparse.Namespace) -> None:
     from notebookops.policies import RetryPolicy
     from notebookops.ratelimit_redis import RedisRateLimiter
 
-    limiter = RedisRateLimiter(args.redis, key="bench-credential", rate=args.rate * args.share)
+    limiter = RedisRateLimiter(
+        args.redis, key="bench-credential", rate=args.rate * args.share, burst=args.client_burst
+    )
     client = ApiClient(
         VendorProfile("bench"),
         base_url=args.server,
@@ -119,7 +121,7 @@ async def main(args: argparse.Namespace) -> int:
                     *("--redis", redis_url, "--server", f"http://127.0.0.1:{port}"),
                     *("--rate", str(args.rate), "--share", str(args.share)),
                     *("--seconds", str(args.seconds), "--concurrency", str(args.concurrency)),
-                    *("--start-at", repr(start_at)),
+                    *("--start-at", repr(start_at), "--client-burst", str(args.client_burst)),
                 ],
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": ROOT},
@@ -159,6 +161,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--burst", type=float, default=10.0)
     parser.add_argument("--share", type=float, default=0.95)
+    parser.add_argument("--client-burst", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0)

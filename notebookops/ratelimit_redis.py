@@ -23,9 +23,10 @@ __all__ = ["RedisRateLimiter"]
 logger = logging.getLogger("notebookops.ratelimit")
 
 # GCRA as slot booking, timed by the Redis server's clock (so the fleet's clocks need not
-# agree). KEYS: the next free slot, the shared pause. ARGV: the interval between requests
-# and a pause to share (both in microseconds; 0: none). Returns the microseconds the caller
-# must wait for the slot it has just booked.
+# agree). KEYS: the next free slot, the shared pause. ARGV: the interval between requests,
+# a pause to share (0: none) and how far behind the clock the next slot may lag (the burst
+# tolerance), all in microseconds. Returns the microseconds the caller must wait for the
+# slot it has just booked.
 _TURN: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -36,10 +37,11 @@ if pause > 0 and now + pause > paused then
     paused = now + pause
     redis.call('SET', KEYS[2], string.format('%.0f', paused), 'PX', math.ceil(pause / 1000) + 1000)
 end
-local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now, paused)
+local tolerance = tonumber(ARGV[3])
+local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now - tolerance, paused)
 local free = slot + interval
 redis.call('SET', KEYS[1], string.format('%.0f', free), 'PX', math.ceil((free - now) / 1000) + 1000)
-return string.format('%.0f', slot - now)
+return string.format('%.0f', math.max(0, slot - now))
 """
 
 
@@ -50,7 +52,9 @@ class RedisRateLimiter(RateLimiter):
 
     ``rate`` is the fleet's total in requests per second. Each request books the next free
     slot in one Lua script (GCRA, timed by the Redis server's clock), so the fleet as a whole
-    sends at most ``rate`` requests a second however many workers share the key. A 429 pauses
+    sends at most ``rate`` requests a second however many workers share the key, plus up to
+    ``burst - 1`` requests sent together to make up for slots the fleet was late for (keep
+    ``burst`` within the vendor's own burst allowance; 1 allows none). A 429 pauses
     the whole fleet: its ``Retry-After`` (or, for a sustained run of 429s without one,
     ``fallback``) is booked in Redis with the next request this process makes.
 
@@ -69,11 +73,14 @@ class RedisRateLimiter(RateLimiter):
         *,
         key: str,
         rate: float,
+        burst: int = 1,
         expected_processes: int = 1,
         prefix: str = "notebookops:",
     ) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"key must be a non-empty string, got {key!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigurationError(f"burst must be an int >= 1, got {burst!r}")
         if isinstance(expected_processes, bool) or not isinstance(expected_processes, int):
             raise ConfigurationError(
                 f"expected_processes must be an int, got {expected_processes!r}"
@@ -88,6 +95,7 @@ class RedisRateLimiter(RateLimiter):
         self._slot_key = f"{prefix}ratelimit:{key}:slot"
         self._pause_key = f"{prefix}ratelimit:{key}:pause"
         self._interval_us = max(1, math.ceil(1_000_000 / self._fleet_rate))
+        self._tolerance_us = (burst - 1) * self._interval_us
         self._pending_pause = 0.0
         self._connected = False
         self._degraded = False
@@ -173,7 +181,8 @@ class RedisRateLimiter(RateLimiter):
                 await self._client.ping()
                 return 0.0
             waited = await self._script(
-                keys=[self._slot_key, self._pause_key], args=[self._interval_us, pause_us]
+                keys=[self._slot_key, self._pause_key],
+                args=[self._interval_us, pause_us, self._tolerance_us],
             )
         except redis.exceptions.RedisError as error:
             self._pending_pause = max(self._pending_pause, pause_us / 1_000_000)
