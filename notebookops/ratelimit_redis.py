@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisRateLimiter"]
 
 logger = logging.getLogger("notebookops.ratelimit")
+
+#: While Redis is away, how often a request tries it again (the others pace locally).
+_RETRY_REDIS_EVERY: Final = 1.0
 
 # GCRA as slot booking, timed by the Redis server's clock (so the fleet's clocks need not
 # agree). KEYS: the next free slot, the shared pause. ARGV: the interval between requests,
@@ -63,8 +67,8 @@ class RedisRateLimiter(RateLimiter):
     RateLimiter. Reads and starts take slots in the order they ask (the fleet-wide queue has
     no read priority). If Redis cannot be reached at the first request (or at ``async with``),
     that raises :class:`~notebookops.store.StoreUnavailable`; if it goes away later, each
-    process paces itself at ``rate / expected_processes`` until it is back (logged), so runs
-    keep going.
+    process paces itself at ``rate / expected_processes`` until it is back (logged; Redis is
+    tried again once a second), so runs keep going.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class RedisRateLimiter(RateLimiter):
         self._pending_pause = 0.0
         self._connected = False
         self._degraded = False
+        self._retry_redis_at = 0.0
         self._owns_client = isinstance(url_or_client, str)
         if isinstance(url_or_client, str):
             try:
@@ -147,11 +152,16 @@ class RedisRateLimiter(RateLimiter):
         self._pending_pause = max(self._pending_pause, pause)
 
     async def _take_shared_turn(self) -> None:
+        if self._degraded and time.monotonic() < self._retry_redis_at:
+            # Redis is away: do not make every request wait for a connection attempt.
+            await super().acquire()
+            return
         try:
             wait = await self._turn_in_redis()
         except StoreUnavailable:
             if not self._connected:
                 raise
+            self._retry_redis_at = time.monotonic() + _RETRY_REDIS_EVERY
             if not self._degraded:
                 self._degraded = True
                 logger.warning(

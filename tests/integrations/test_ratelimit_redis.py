@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -64,3 +66,26 @@ async def test_unreachable_at_start_is_a_typed_error() -> None:
         async with limiter:
             pass
     await limiter.aclose()
+
+
+async def test_redis_going_away_later_falls_back_to_local_pacing() -> None:
+    require_redis_server()
+    with redis_server() as url:
+        limiter = RedisRateLimiter(url, key="cred", rate=50.0, expected_processes=2)
+        await limiter.acquire()  # connected: shared from now on
+    # The server is gone: requests go on, paced by this process alone at 50 / 2 per second.
+    began = time.monotonic()
+    for _ in range(6):
+        await limiter.acquire_read()
+    assert time.monotonic() - began >= 5 / 25 - 0.02
+    assert limiter.rate == 25.0
+    await limiter.aclose()
+
+
+def test_importing_notebookops_imports_neither_arq_nor_redis() -> None:
+    code = (
+        "import sys, notebookops, notebookops.integrations\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('arq', 'redis')))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert output.stdout.decode().strip() == "[]"
