@@ -393,7 +393,7 @@ async def test_redis_going_away_mid_wait_loses_nothing(
                 group.start_soon(supervise)
                 keys = [f"outage-{index}" for index in range(6)]
                 for key in keys:
-                    notebook = server.add_notebook(script=RunScript.succeed(duration=2.5 * SLICE))
+                    notebook = server.add_notebook(script=RunScript.succeed(duration=3.5 * SLICE))
                     await pool.enqueue_job("run_notebook", f"deepnote:{notebook.id}", _job_id=key)
                 store = RedisRunStore.from_client(pool)
                 for key in keys:
@@ -418,7 +418,7 @@ async def test_redis_going_away_mid_wait_loses_nothing(
         redis.stop()
     if outage == "stalled":
         assert reads_while_away > 0, "the waits stopped reading the vendor while Redis was away"
-    assert all(run.state is RunState.SUCCEEDED for run in runs.values())
+    assert all(run.state is RunState.SUCCEEDED for run in runs.values()), runs
     assert server.runs_started == len(keys)
 
 
