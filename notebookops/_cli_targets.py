@@ -10,17 +10,19 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Final
-
-import attrs
+from typing import Any, Final
 
 from .backend import NotebookBackend
 from .errors import ConfigurationError
 from .models import Capability, RunHandle
-
-if TYPE_CHECKING:
-    from .backends.deepnote import DeepnoteBackend
-    from .backends.posthog import PostHogBackend
+from .targets import (
+    VENDORS,
+    Target,
+    deepnote_backend,
+    make_backend,
+    parse_target,
+    posthog_backend,
+)
 
 __all__ = [
     "DEEPNOTE_URL_ENV",
@@ -42,8 +44,6 @@ __all__ = [
     "text_warning",
 ]
 
-#: Targets written ``<vendor>:<notebook>``.
-VENDORS: Final = ("deepnote", "posthog", "datalore")
 #: The Deepnote API origin for the command line and the examples (the adapter itself takes
 #: ``base_url=``); the sandbox sets it to its fake server.
 DEEPNOTE_URL_ENV: Final = "DEEPNOTE_API_URL"
@@ -62,38 +62,6 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
 SECRET_ENV: Final = ("DEEPNOTE_API_KEY", "POSTHOG_PERSONAL_API_KEY", "DATALORE_TOKEN")
 #: Secrets shorter than this are not scrubbed (it would mangle ordinary text).
 _MIN_SECRET_LENGTH: Final = 6
-
-_TARGET_HELP: Final = (
-    "a .ipynb path, deepnote:<notebookId>, posthog:<short_id> or datalore:<owner/id>"
-)
-
-
-@attrs.frozen
-class Target:
-    """What ``notebookops run`` was asked to run: a backend name and its notebook id."""
-
-    backend: str
-    notebook: str
-
-
-def parse_target(text: str) -> Target:
-    """``deepnote:<id>``, ``posthog:<short_id>``, ``datalore:<owner/id>``, ``local:<path>``
-    or a path to a ``.ipynb`` file. Anything else is a ConfigurationError saying what works."""
-    text = text.strip()
-    scheme, sep, rest = text.partition(":")
-    if sep and scheme.lower() in (*VENDORS, "local"):
-        if not rest.strip():
-            raise ConfigurationError(f"target {text!r} names no notebook; use {_TARGET_HELP}")
-        return Target(scheme.lower(), rest.strip())
-    if text.lower().endswith(".ipynb") or (text and os.path.isfile(text)):
-        return Target("local", text)
-    if sep and "/" not in scheme and "\\" not in scheme and len(scheme) > 1:
-        raise ConfigurationError(
-            f"unknown backend {scheme!r} in target {text!r}; use {_TARGET_HELP}"
-        )
-    raise ConfigurationError(
-        f"{text!r} is neither a .ipynb file nor a known target; use {_TARGET_HELP}"
-    )
 
 
 def _not_finite(name: str, text: object) -> ConfigurationError:
@@ -205,46 +173,6 @@ def _plain(name: str, value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _plain(name, item) for key, item in value.items()}
     return value
-
-
-def deepnote_backend() -> DeepnoteBackend:
-    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL`` (the adapter's
-    ``TOKEN_ENV`` and ``URL_ENV``, which it reads itself)."""
-    from .backends.deepnote import DeepnoteBackend
-
-    return DeepnoteBackend()
-
-
-def posthog_backend(mode: str | None = None) -> PostHogBackend:
-    """A PostHogBackend from the ``POSTHOG_*`` variables, in ``mode`` (default auto)."""
-    from .backends.posthog import PostHogBackend
-
-    if mode is None or mode == "auto":
-        return PostHogBackend()
-    if mode == "kernel":
-        return PostHogBackend(mode="kernel")
-    if mode == "server":
-        return PostHogBackend(mode="server")
-    raise ConfigurationError(f"the PostHog mode must be auto, kernel or server, got {mode!r}")
-
-
-def make_backend(name: str, *, posthog_mode: str | None = None) -> NotebookBackend:
-    """A backend configured from the environment (see :data:`ENVIRONMENT`)."""
-    if name == "local":
-        from .backends.local import LocalBackend
-
-        return LocalBackend()
-    if name == "deepnote":
-        return deepnote_backend()
-    if name == "posthog":
-        return posthog_backend(posthog_mode)
-    if name == "datalore":
-        from .backends.datalore import DataloreBackend
-
-        return DataloreBackend()
-    raise ConfigurationError(
-        f"unknown backend {name!r}; this command line knows local, {', '.join(VENDORS)}"
-    )
 
 
 async def backend_for_handle(handle: RunHandle) -> NotebookBackend:

@@ -5,6 +5,7 @@ Needs the ``redis`` package (``pip install 'notebookops[redis]'``).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -250,7 +251,8 @@ class RedisRunStore(RunStore):
 
     async def get(self, key: str) -> RunRecord | None:
         """See :meth:`RunStore.get`."""
-        reply = await self._call(lambda: self._client.hgetall(self._record_key(key)))
+        # redis-py 5 (which arq pins) types the asyncio client's reply as "awaitable or not".
+        reply = await self._call(lambda: _awaited(self._client.hgetall(self._record_key(key))))
         return _fields_to_record(key, reply)
 
     async def acquire_lease(self, name: str, *, owner: str, ttl: float) -> bool:
@@ -315,6 +317,12 @@ class RedisRunStore(RunStore):
             raise StoreUnavailable(f"Redis {self._where} is unreachable: {exc}") from exc
         except redis.exceptions.RedisError as exc:
             raise StoreError(f"Redis {self._where} failed: {exc}") from exc
+
+
+async def _awaited(value: Awaitable[T] | T) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _import_redis() -> tuple[Any, Any, Any]:
