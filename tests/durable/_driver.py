@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from notebookops import NotebookOpsError, run_and_wait
 from notebookops.backend import NotebookBackend
@@ -136,6 +137,10 @@ async def main(config: dict[str, Any]) -> None:
     def started(handle: RunHandle) -> None:
         emit("started", run_id=handle.run_id)
 
+    if config.get("wait_for_go"):
+        # Many processes at once: each is ready (imports done), then all are told to go.
+        emit("ready")
+        await anyio.to_thread.run_sync(sys.stdin.readline)
     try:
         async with store, backend:
             run = await run_and_wait(
