@@ -6,6 +6,7 @@ test's fake vendor server, and prints JSON lines on stdout:
 
 * ``{"event": "paused", "at": POINT}`` when it reaches the kill point ``pause`` names, and then
   waits forever for the test to kill it;
+* ``{"event": "calling", "at": UNIX_TIME}`` just before it calls ``run_and_wait``;
 * ``{"event": "started", "run_id": ...}`` from ``on_start`` (the handle is recorded by then);
 * ``{"event": "result", "run_id": ..., "state": ...}`` when the call returns, or
   ``{"event": "error", "type": ..., "message": ..., "run_id": ...}`` when it raises.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -28,9 +30,6 @@ import anyio.to_thread
 
 from notebookops import NotebookOpsError, run_and_wait
 from notebookops.backend import NotebookBackend
-from notebookops.backends.datalore import DataloreBackend
-from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
-from notebookops.backends.posthog import PostHogBackend, PostHogRunOptions
 from notebookops.models import Run, RunHandle, RunRequest
 from notebookops.policies import PollPolicy, RetryPolicy
 from notebookops.store import Claim, RunRecord, RunStore, open_store
@@ -46,8 +45,12 @@ def emit(event: str, **fields: Any) -> None:
 
 def make_backend(config: dict[str, Any]) -> NotebookBackend:
     """The backend of ``config["vendor"]``, pointed at the fake server at ``config["url"]``."""
+    # Each imported only when used: eight drivers starting at once on two cores is the
+    # heaviest trial, and imports are most of a driver's start-up.
     vendor = config["vendor"]
     if vendor == "deepnote":
+        from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
+
         return DeepnoteBackend(
             config["token"],
             base_url=config["url"],
@@ -56,8 +59,12 @@ def make_backend(config: dict[str, Any]) -> NotebookBackend:
             options=DeepnoteOptions(workspace=config["workspace"], reconcile_interval=0.02),
         )
     if vendor == "datalore":
+        from notebookops.backends.datalore import DataloreBackend
+
         return DataloreBackend(token=config["token"], base_url=config["url"], retry=FAST_RETRY)
     if vendor == "posthog":
+        from notebookops.backends.posthog import PostHogBackend
+
         return PostHogBackend(
             config["token"],
             project_id=config["project_id"],
@@ -70,7 +77,11 @@ def make_backend(config: dict[str, Any]) -> NotebookBackend:
 
 
 def make_request(config: dict[str, Any]) -> RunRequest:
-    options = PostHogRunOptions(mode="server") if config["vendor"] == "posthog" else None
+    if config["vendor"] != "posthog":
+        return RunRequest(notebook=config["notebook"], inputs=config["inputs"])
+    from notebookops.backends.posthog import PostHogRunOptions
+
+    options = PostHogRunOptions(mode="server")
     return RunRequest(notebook=config["notebook"], inputs=config["inputs"], options=options)
 
 
@@ -143,6 +154,7 @@ async def main(config: dict[str, Any]) -> None:
         await anyio.to_thread.run_sync(sys.stdin.readline)
     try:
         async with store, backend:
+            emit("calling", at=time.time())
             run = await run_and_wait(
                 backend,
                 make_request(config),

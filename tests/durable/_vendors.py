@@ -3,6 +3,7 @@ survives a driver killed with SIGKILL), with a way to hold start answers in flig
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -42,6 +43,8 @@ class VendorFake:
         #: Set when a start answer is being held (the run exists at the fake).
         self.held = anyio.Event()
         self._release = anyio.Event()
+        #: (Unix time, path) of every GET the fake answered.
+        self.reads: list[tuple[float, str]] = []
 
     def backend(self) -> NotebookBackend:
         return make_backend(self.config)
@@ -63,6 +66,10 @@ class VendorFake:
         """Requests that would stop a run (none of these vendors' fakes may see one)."""
         return len(self.server.requests_to("POST", r"interrupt|stop|cancel"))
 
+    def first_read_of(self, run_id: str, *, after: float) -> float | None:
+        """When the fake first answered a GET about ``run_id`` after ``after`` (Unix time)."""
+        return next((at for at, path in self.reads if at >= after and run_id in path), None)
+
     def hold_starts(self) -> None:
         """From now on, answer run-starting requests only after :meth:`release` (the run is
         made at once, as the vendor does; only its answer waits)."""
@@ -73,6 +80,8 @@ class VendorFake:
 
     @web.middleware
     async def _hold(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "GET":
+            self.reads.append((time.time(), request.path))
         response = await handler(request)
         is_start = request.method == "POST" and request.path.endswith(_START_PATHS[self.vendor])
         if self.holding and is_start:
