@@ -213,12 +213,17 @@ class _KeyedStart:
     async def _claim(self, start: Start) -> RunHandle | Run | None:
         """Reserve the key and start its run, or find its run; None while another live call
         is starting it (or the record changed meanwhile)."""
-        claim = await self.store.reserve(
-            self.key,
-            self.fingerprint,
-            owner=self.owner,
-            lease=START_LEASE,
-            retention=self.retention,
+        # Protected: a reservation made as the caller is cancelled is still known, and given
+        # back (by _start), rather than left to block the key until its lease runs out.
+        claim = await protected(
+            lambda: self.store.reserve(
+                self.key,
+                self.fingerprint,
+                owner=self.owner,
+                lease=START_LEASE,
+                retention=self.retention,
+            ),
+            self.bound,
         )
         if claim.created:
             return await self._start(start)
@@ -291,9 +296,15 @@ class _KeyedStart:
         holder = _sending(self.owner)
         # Durably marked before the request goes out: a reservation without the mark
         # provably sent nothing, whatever happened to its process.
-        marked = await self.store.take_over(
-            self.key, expected_owner=self.owner, owner=holder, lease=START_LEASE
-        )
+        try:
+            marked = await self.store.take_over(
+                self.key, expected_owner=self.owner, owner=holder, lease=START_LEASE
+            )
+        except BaseException:
+            # Nothing was sent (the mark may or may not have been written): give the key back.
+            for owner in (self.owner, holder):
+                await self._release(owner)
+            raise
         if marked is None:
             raise RecordConflict(
                 f"the reservation of idempotency key {self.key!r} was taken over by another "
@@ -309,10 +320,18 @@ class _KeyedStart:
             if _nothing_started(error) or isinstance(error, anyio.get_cancelled_exc_class()):
                 # (A cancellation reaches a start only before its request left: nothing was
                 # made, see orchestration's module docs.)
-                await protected(lambda: self.store.release(self.key, owner=holder), self.bound)
+                await self._release(holder)
             else:
                 await self._settle_soon(holder)
             raise
+
+    async def _release(self, owner: str) -> None:
+        """Give back the reservation ``owner`` holds (protected; a store that fails here is
+        logged, so that the error that ended the start is the one raised)."""
+        try:
+            await protected(lambda: self.store.release(self.key, owner=owner), self.bound)
+        except Exception as error:
+            logger.warning("key %r: could not give its reservation back: %s", self.key, error)
 
     async def _settle_soon(self, holder: str) -> None:
         """The start failed and may have made a run: let the next call settle the key at
