@@ -24,6 +24,7 @@ from notebookops import (
 from notebookops.models import Capability, RunRequest, RunState
 from notebookops.policies import PollPolicy
 from notebookops.store import (
+    Claim,
     MemoryRunStore,
     RecordState,
     RedisRunStore,
@@ -353,6 +354,32 @@ async def test_a_failed_ambiguous_start_is_settled_at_once_in_the_same_process(
     # A retry in the same (live) process does not wait for the reservation's lease.
     with anyio.fail_after(5), pytest.raises(StartOutcomeUnknown):
         await keyed(backend, store)
+    assert backend.start_count == 1
+
+
+class SlowReserveStore(MemoryRunStore):
+    """A store whose reserve takes a while after its write (as a remote one may)."""
+
+    async def reserve(
+        self, key: str, fingerprint: str, *, owner: str, lease: float, retention: float
+    ) -> Claim:
+        claim = await super().reserve(
+            key, fingerprint, owner=owner, lease=lease, retention=retention
+        )
+        await anyio.sleep(0.2)
+        return claim
+
+
+async def test_a_call_cancelled_while_reserving_gives_the_key_back(backend: FakeBackend) -> None:
+    store = SlowReserveStore()
+    with anyio.move_on_after(0.05) as scope:
+        await keyed(backend, store)
+    assert scope.cancelled_caught
+    assert await store.get("job-1") is None
+    assert backend.start_count == 0
+    with anyio.fail_after(5):
+        run = await keyed(backend, store)
+    assert run.state is RunState.SUCCEEDED
     assert backend.start_count == 1
 
 
