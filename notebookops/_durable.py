@@ -202,8 +202,10 @@ class _KeyedStart:
         # A key whose run is known needs no start window: resuming never waits for another
         # key's start of the same notebook.
         known = await self.store.get(self.key)
-        if known is not None and (found := self._known(known)) is not None:
-            return found
+        if known is not None:
+            if (found := self._known(known)) is not None:
+                return found
+            await self._free_lease_of(known.owner)
         while True:
             outcome = await self._in_start_window(lambda: self._claim(start))
             if outcome is not None:
@@ -280,6 +282,18 @@ class _KeyedStart:
         if failure is not None:
             raise failure
         return outcome
+
+    async def _free_lease_of(self, owner: str) -> None:
+        """Free the notebook's start lease if ``owner``, a process of this machine that is
+        gone, holds it: a rerun after a crash need not wait for it to expire. (Renewing a
+        lease as its holder succeeds only for its holder, or when it is free: either way
+        it is then given back.)"""
+        name = self.lease_name
+        if name is None or not _owner_is_gone(owner):
+            return
+        holder = owner.removeprefix(SENDING)
+        if await self.store.acquire_lease(name, owner=holder, ttl=START_WINDOW_TTL):
+            await self.store.release_lease(name, owner=holder)
 
     async def _renew_lease(self, name: str) -> None:
         while True:
