@@ -344,6 +344,18 @@ async def test_a_dead_owner_is_settled_with_the_runs_list(store: RunStore, dead_
     assert backend.start_count == 4
 
 
+async def test_a_dead_owner_s_start_lease_is_freed_at_once(store: RunStore, dead_pid: int) -> None:
+    backend = FakeBackend(capabilities=DEFAULT_CAPABILITIES | {Capability.RECONCILE_START})
+    await _dead_reservation(store, backend, dead_pid, sent=True)
+    dead = f"dead@{socket.gethostname()}:{dead_pid}"
+    # Killed mid-start, it held the notebook's start lease (for far longer than this test).
+    assert await store.acquire_lease("start:fake:etl", owner=dead, ttl=600.0)
+    with anyio.fail_after(3):
+        run = await keyed(backend, store)
+    assert run.state is RunState.SUCCEEDED
+    assert backend.start_count == 1
+
+
 async def test_a_failed_ambiguous_start_is_settled_at_once_in_the_same_process(
     store: RunStore,
 ) -> None:
