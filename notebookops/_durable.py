@@ -380,6 +380,8 @@ class _KeyedStart:
                     record,
                     f"{len(found)} runs of the notebook were created while it was reserved "
                     f"({', '.join(handle.run_id for handle in found)})",
+                    advice="Find its run among them at the vendor (on_ambiguous cannot tell "
+                    "them apart); a new key starts another run",
                 )
         elif self.on_ambiguous != "start_new":
             raise self._unknown(
@@ -402,12 +404,18 @@ class _KeyedStart:
             self.key, expected_owner=record.owner, owner=self.owner, lease=START_LEASE
         )
 
-    def _unknown(self, record: RunRecord, evidence: str) -> StartOutcomeUnknown:
+    def _unknown(
+        self,
+        record: RunRecord,
+        evidence: str,
+        *,
+        advice: str = "Check the vendor, then call again with on_ambiguous='start_new' to "
+        "start one",
+    ) -> StartOutcomeUnknown:
         return StartOutcomeUnknown(
             f"idempotency key {self.key!r} was reserved by {record.owner}, which stopped "
             f"before recording a run of {self.request.notebook!r}: it may or may not have "
-            "started one. Check the vendor, then call again with on_ambiguous='start_new' "
-            "to start one",
+            f"started one. {advice}",
             notebook=self.request.notebook,
             evidence=evidence,
         )
