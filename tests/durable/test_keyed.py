@@ -17,6 +17,7 @@ from notebookops import (
     ConfigurationError,
     IdempotencyConflict,
     RunFailed,
+    RunTimeout,
     StartOutcomeUnknown,
     run_and_wait,
     start_run,
@@ -143,6 +144,30 @@ async def test_two_live_callers_at_once_share_one_run(store: RunStore) -> None:
     assert backend.start_count == 1
     assert len(set(runs)) == 1
     assert len(runs) == 5
+
+
+async def test_a_caller_whose_deadline_passes_while_another_starts_the_run(
+    store: RunStore,
+) -> None:
+    backend = FakeBackend()
+    backend.faults.start_latency = 0.5
+    first: list[str] = []
+
+    async def call() -> None:
+        first.append((await keyed(backend, store)).run_id)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call)
+        await anyio.sleep(0.1)  # the first call is in its start
+        with pytest.raises(RunTimeout) as raised:
+            await keyed(backend, store, timeout=0.1)
+    assert raised.value.handle is None
+    assert "idempotency key 'job-1'" in str(raised.value)
+    assert "call again" in str(raised.value)
+    assert backend.start_count == 1
+    assert len(first) == 1
+    again = await keyed(backend, store)
+    assert again.run_id == first[0]
 
 
 async def test_same_key_with_other_inputs_is_a_conflict(
@@ -341,6 +366,7 @@ async def test_a_dead_owner_is_settled_with_the_runs_list(store: RunStore, dead_
     with pytest.raises(StartOutcomeUnknown) as raised:
         await call("c", on_ambiguous="start_new")
     assert "2 runs of the notebook" in str(raised.value.evidence)
+    assert "on_ambiguous cannot tell them apart" in str(raised.value)
     assert backend.start_count == 4
 
 
