@@ -28,7 +28,6 @@ from notebookops.store import (
     Claim,
     MemoryRunStore,
     RecordState,
-    RedisRunStore,
     RunStore,
     SQLiteRunStore,
     StoreCorrupted,
@@ -258,22 +257,17 @@ def _closed_port() -> int:
     return port
 
 
-async def test_an_unreachable_redis_starts_nothing(backend: FakeBackend) -> None:
-    store = RedisRunStore(f"redis://127.0.0.1:{_closed_port()}/0")
-    try:
-        with pytest.raises(StoreUnavailable):
-            await keyed(backend, store)
-    finally:
-        await store.aclose()
-    assert backend.start_count == 0
-
-
-async def test_a_corrupted_sqlite_file_starts_nothing(backend: FakeBackend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("broken", ["unreachable redis", "corrupted sqlite"])
+async def test_a_store_that_cannot_be_used_starts_nothing(
+    backend: FakeBackend, tmp_path: Path, broken: str
+) -> None:
     path = tmp_path / "runs.db"
     path.write_bytes(b"this is not a database\n" * 200)
-    store = open_store(f"sqlite://{path}")
+    url = f"redis://127.0.0.1:{_closed_port()}/0" if "redis" in broken else f"sqlite://{path}"
+    error = StoreUnavailable if "redis" in broken else StoreCorrupted
+    store = open_store(url)
     try:
-        with pytest.raises(StoreCorrupted):
+        with pytest.raises(error):
             await keyed(backend, store)
     finally:
         await store.aclose()
