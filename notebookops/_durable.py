@@ -23,7 +23,8 @@ While a keyed start of a notebook is in flight on a RunFinder backend, its proce
 store's lease for that notebook's starts, so that no other keyed start of it (anywhere in
 the fleet using the store) makes a run inside that window: what the window holds is ours.
 The lease is short and renewed while the start is in flight, so one left by a process that
-died is free again within :data:`START_WINDOW_TTL`.
+died is free again within :data:`START_WINDOW_TTL` (at once for the rerun of its key on the
+same machine).
 
 The "sending" mark is the record's owner with a :data:`SENDING` prefix (a compare-and-set
 ``take_over`` of the reservation by its own owner), so no store needs a field for it.
@@ -278,10 +279,18 @@ class _KeyedStart:
                 finally:
                     group.cancel_scope.cancel()
         finally:
-            await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+            await self._drop_lease(name)
         if failure is not None:
             raise failure
         return outcome
+
+    async def _drop_lease(self, name: str) -> None:
+        # A lease not given back expires in START_WINDOW_TTL: not worth hiding the start's
+        # outcome (a handle) behind a store error.
+        try:
+            await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+        except Exception as error:
+            logger.warning("could not give the start lease %r back: %s", name, error)
 
     async def _free_lease_of(self, owner: str) -> None:
         """Free the notebook's start lease if ``owner``, a process of this machine that is
