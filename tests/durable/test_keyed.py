@@ -376,6 +376,21 @@ async def test_a_dead_owner_s_start_lease_is_freed_at_once(store: RunStore, dead
     assert backend.start_count == 1
 
 
+class LeaseLosingStore(MemoryRunStore):
+    """A store that fails to give leases back (it went away after the start)."""
+
+    async def release_lease(self, name: str, *, owner: str) -> None:
+        raise StoreUnavailable("the store went away")
+
+
+async def test_a_lease_not_given_back_does_not_hide_the_run() -> None:
+    backend = FakeBackend(capabilities=DEFAULT_CAPABILITIES | {Capability.RECONCILE_START})
+    store = LeaseLosingStore()
+    run = await keyed(backend, store)
+    assert run.state is RunState.SUCCEEDED
+    assert backend.start_count == 1
+
+
 async def test_a_failed_ambiguous_start_is_settled_at_once_in_the_same_process(
     store: RunStore,
 ) -> None:
