@@ -149,6 +149,7 @@ async def test_kill_then_rerun(
             await _assert_left_at(url, config["key"], point)
             lists = len(fake.server.requests_to("GET", r"/v2/notebooks/[^/]+/runs$"))
             async with driver(config) as rerun:
+                calling = (await rerun.until("calling"))["at"]
                 outcome = await rerun.until("result", "error")
             lists = len(fake.server.requests_to("GET", r"/v2/notebooks/[^/]+/runs$")) - lists
             if vendor == "deepnote" and point in IN_FLIGHT:
@@ -163,29 +164,13 @@ async def test_kill_then_rerun(
                 assert len(fake.runs()) == len(made) == 1
             else:
                 assert outcome == {"event": "result", "run_id": run_id, "state": "succeeded"}
+            if point == "mid_wait":
+                # Resume after kill -9 mid-wait: from the call to its first status read of the
+                # run (the process's own start-up on a loaded machine is not the library's).
+                reached = fake.first_read_of(run_id, after=calling)
+                assert reached is not None
+                assert reached - calling < 5.0, f"the rerun took {reached - calling:.1f}s"
             assert fake.cancels() == 0, "a restart never cancels the remote run"
-
-
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-@pytest.mark.parametrize("vendor", VENDORS)
-async def test_resume_after_kill_mid_wait_within_5_s(
-    vendor: Vendor, store: str, tmp_path: Path
-) -> None:
-    with store_url(store, tmp_path) as url:
-        async with vendor_fake(vendor, duration=1.0) as fake:
-            config = {**fake.config, "store": url, "key": "resume"}
-            await kill_at(fake, config, "mid_wait")
-            (run_id,) = fake.runs()
-            async with driver(config) as rerun:
-                calling = (await rerun.until("calling"))["at"]
-                outcome = await rerun.until("result", "error")
-            assert outcome == {"event": "result", "run_id": run_id, "state": "succeeded"}
-            # From the call to its first status read of the run: the process's own start-up
-            # (imports, on a loaded machine) is not the library's doing.
-            reached = fake.first_read_of(run_id, after=calling)
-            assert reached is not None
-            assert reached - calling < 5.0, f"the rerun took {reached - calling:.1f}s"
-            assert fake.runs() == [run_id]
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
