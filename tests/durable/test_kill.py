@@ -78,11 +78,13 @@ class Driver:
         event: dict[str, Any] = json.loads(line)
         return event
 
-    async def until(self, *events: str) -> dict[str, Any]:
-        with anyio.fail_after(STEP):
+    async def until(self, *events: str, bound: float = STEP) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+        with anyio.move_on_after(bound):
             while (event := await self.line())["event"] not in events:
-                pass
-        return event
+                seen.append(event)
+            return event
+        raise AssertionError(f"no {' or '.join(events)} from the driver in {bound:g}s: {seen}")
 
     async def kill(self) -> None:
         os.kill(self.process.pid, signal.SIGKILL)
@@ -190,11 +192,12 @@ async def test_eight_processes_one_key_one_run(vendor: Vendor, store: str, tmp_p
                 driver(config) as d7,
             ):
                 drivers = [d0, d1, d2, d3, d4, d5, d6, d7]
+                # Eight interpreters starting on two (busy) cores: a generous bound.
                 for each in drivers:
-                    await each.until("ready")
+                    await each.until("ready", bound=4 * STEP)
                 for each in drivers:
                     assert each.process.stdin is not None
                     await each.process.stdin.send(b"go\n")
-                outcomes = [await each.until("result", "error") for each in drivers]
+                outcomes = [await each.until("result", "error", bound=2 * STEP) for each in drivers]
             (run_id,) = fake.runs()
             assert outcomes == [{"event": "result", "run_id": run_id, "state": "succeeded"}] * 8
