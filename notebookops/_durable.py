@@ -9,14 +9,25 @@
 
 A later call with the same key finds the record: a final run is returned as it was, a handle
 is waited on again, and a reservation whose owner is still starting it is waited for. A
-reservation left by a process that died mid-start (its lease ran out, or its process is gone
-from this machine) is settled with the vendor where it can be asked (a :class:`RunFinder`:
-exactly one run of the notebook created in the reservation's window is adopted, none means
-none was made); elsewhere it raises StartOutcomeUnknown, unless ``on_ambiguous="start_new"``.
+reservation left by a call that stopped mid-start (its process died: its lease ran out, or
+its process is gone from this machine; or its start failed without telling whether a run was
+made) is settled:
+
+* if its owner had not yet marked it "sending" (the mark is written, durably, just before
+  the start request goes out), no request was sent: the run is started now;
+* otherwise the vendor is asked where it can be (a :class:`RunFinder`: exactly one run of
+  the notebook created in the reservation's window is adopted, none means none was made);
+  elsewhere it raises StartOutcomeUnknown, unless ``on_ambiguous="start_new"``.
 
 While a keyed start of a notebook is in flight on a RunFinder backend, its process holds the
 store's lease for that notebook's starts, so that no other keyed start of it (anywhere in
 the fleet using the store) makes a run inside that window: what the window holds is ours.
+The lease is short and renewed while the start is in flight, so one left by a process that
+died is free again within :data:`START_WINDOW_TTL` (at once for the rerun of its key on the
+same machine).
+
+The "sending" mark is the record's owner with a :data:`SENDING` prefix (a compare-and-set
+``take_over`` of the reservation by its own owner), so no store needs a field for it.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ from .errors import (
     TransportError,
 )
 from .models import Capability, Run, RunHandle, RunRequest
-from .store import RecordState, RunRecord, RunStore
+from .store import RecordConflict, RecordState, RunRecord, RunStore
 
 __all__ = [
     "START_TIMEOUT",
@@ -67,6 +78,14 @@ MAX_KEY_LENGTH: Final = 255
 #: reservation (on this machine a dead owner is noticed at once). A keyed start is bounded
 #: by START_TIMEOUT, and a sent request by its own time limit, well within it.
 START_LEASE: Final = 600.0
+#: How long a notebook's start lease lasts unless renewed; its holder renews it every third
+#: of that while its start is in flight.
+START_WINDOW_TTL: Final = 5.0
+#: The lease a reservation is left with when its start failed without telling whether a
+#: run was made: the next call settles it at once instead of waiting for START_LEASE.
+SETTLE_NOW: Final = 0.001
+#: The prefix of a reservation's owner once its start request may have been sent.
+SENDING: Final = "sending:"
 #: The longest a keyed start may wait for its turn before it is abandoned unsent.
 START_TIMEOUT: Final = 300.0
 #: How often a call waits for another live call's start to be recorded.
@@ -122,6 +141,14 @@ def _new_owner() -> str:
     return f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}"
 
 
+def _sending(owner: str) -> str:
+    return owner if owner.startswith(SENDING) else SENDING + owner
+
+
+def _may_have_sent(owner: str) -> bool:
+    return owner.startswith(SENDING)
+
+
 def _owner_is_gone(owner: str) -> bool:
     """True when the owner ran on this machine and its process no longer exists."""
     _, _, place = owner.partition("@")
@@ -173,36 +200,52 @@ class _KeyedStart:
         return f"start:{self.backend.name}:{self.request.notebook}"
 
     async def run(self, start: Start) -> RunHandle | Run:
-        lease = self.lease_name
+        # A key whose run is known needs no start window: resuming never waits for another
+        # key's start of the same notebook.
+        known = await self.store.get(self.key)
+        if known is not None:
+            if (found := self._known(known)) is not None:
+                return found
+            await self._free_lease_of(known.owner)
         while True:
-            if lease is not None:
-                await self._take_lease(lease)
-            try:
-                claim = await self.store.reserve(
-                    self.key,
-                    self.fingerprint,
-                    owner=self.owner,
-                    lease=START_LEASE,
-                    retention=self.retention,
-                )
-                if claim.created:
-                    return await self._start(start)
-                record = claim.record
-                self._check_fingerprint(record)
-                if record.state is RecordState.FINISHED and record.run is not None:
-                    return record.run
-                if record.handle is not None:
-                    logger.info("key %r: resuming %s run %s", self.key, *_ids(record.handle))
-                    return record.handle
-                if record.lease_until <= time.time() or _owner_is_gone(record.owner):
-                    settled = await self._settle(record, start)
-                    if settled is not None:
-                        return settled
-                    continue  # the record changed meanwhile: read it again
-            finally:
-                if lease is not None:
-                    await self._drop_lease(lease)
+            outcome = await self._in_start_window(lambda: self._claim(start))
+            if outcome is not None:
+                return outcome
             await anyio.sleep(STORE_POLL)  # another live call is starting it
+
+    async def _claim(self, start: Start) -> RunHandle | Run | None:
+        """Reserve the key and start its run, or find its run; None while another live call
+        is starting it (or the record changed meanwhile)."""
+        # Protected: a reservation made as the caller is cancelled is still known, and given
+        # back (by _start), rather than left to block the key until its lease runs out.
+        claim = await protected(
+            lambda: self.store.reserve(
+                self.key,
+                self.fingerprint,
+                owner=self.owner,
+                lease=START_LEASE,
+                retention=self.retention,
+            ),
+            self.bound,
+        )
+        if claim.created:
+            return await self._start(start)
+        record = claim.record
+        if (found := self._known(record)) is not None:
+            return found
+        if record.lease_until <= time.time() or _owner_is_gone(record.owner):
+            return await self._settle(record, start)
+        return None
+
+    def _known(self, record: RunRecord) -> RunHandle | Run | None:
+        """The record's final run or handle (after checking it is this request's key)."""
+        self._check_fingerprint(record)
+        if record.state is RecordState.FINISHED and record.run is not None:
+            return record.run
+        if record.handle is not None:
+            logger.info("key %r: resuming %s run %s", self.key, *_ids(record.handle))
+            return record.handle
+        return None
 
     def _check_fingerprint(self, record: RunRecord) -> None:
         if record.fingerprint != self.fingerprint:
@@ -213,19 +256,86 @@ class _KeyedStart:
                 key=self.key,
             )
 
-    async def _take_lease(self, name: str) -> None:
+    async def _in_start_window(
+        self, body: Callable[[], Awaitable[RunHandle | Run | None]]
+    ) -> RunHandle | Run | None:
+        """``body()``, holding the notebook's start lease (on a RunFinder backend), renewed
+        meanwhile."""
+        name = self.lease_name
+        if name is None:
+            return await body()
         # Polled: the store is shared with other processes, which no event here can hear.
-        while not await self.store.acquire_lease(name, owner=self.owner, ttl=START_LEASE):  # noqa: ASYNC110
+        while not await self.store.acquire_lease(name, owner=self.owner, ttl=START_WINDOW_TTL):  # noqa: ASYNC110
             await anyio.sleep(STORE_POLL)
+        outcome: RunHandle | Run | None = None
+        failure: Exception | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._renew_lease, name)
+                try:
+                    outcome = await body()
+                except Exception as error:
+                    failure = error  # raised as it is, not in an ExceptionGroup
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            await self._drop_lease(name)
+        if failure is not None:
+            raise failure
+        return outcome
 
     async def _drop_lease(self, name: str) -> None:
-        await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+        # A lease not given back expires in START_WINDOW_TTL: not worth hiding the start's
+        # outcome (a handle) behind a store error.
+        try:
+            await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+        except Exception as error:
+            logger.warning("could not give the start lease %r back: %s", name, error)
+
+    async def _free_lease_of(self, owner: str) -> None:
+        """Free the notebook's start lease if ``owner``, a process of this machine that is
+        gone, holds it: a rerun after a crash need not wait for it to expire. (Renewing a
+        lease as its holder succeeds only for its holder, or when it is free: either way
+        it is then given back.)"""
+        name = self.lease_name
+        if name is None or not _owner_is_gone(owner):
+            return
+        holder = owner.removeprefix(SENDING)
+        if await self.store.acquire_lease(name, owner=holder, ttl=START_WINDOW_TTL):
+            await self.store.release_lease(name, owner=holder)
+
+    async def _renew_lease(self, name: str) -> None:
+        while True:
+            await anyio.sleep(START_WINDOW_TTL / 3)
+            try:
+                await self.store.acquire_lease(name, owner=self.owner, ttl=START_WINDOW_TTL)
+            except Exception as error:
+                # The lease only keeps the window of a dead start unambiguous; a start
+                # that loses it goes on (a settle then sees two runs and says so).
+                logger.warning("could not renew the start lease %r: %s", name, error)
 
     async def _start(self, start: Start) -> RunHandle:
         """Start the run this call reserved; a start that made no run gives the key back."""
+        holder = _sending(self.owner)
+        # Durably marked before the request goes out: a reservation without the mark
+        # provably sent nothing, whatever happened to its process.
+        try:
+            marked = await self.store.take_over(
+                self.key, expected_owner=self.owner, owner=holder, lease=START_LEASE
+            )
+        except BaseException:
+            # Nothing was sent (the mark may or may not have been written): give the key back.
+            for owner in (self.owner, holder):
+                await self._release(owner)
+            raise
+        if marked is None:
+            raise RecordConflict(
+                f"the reservation of idempotency key {self.key!r} was taken over by another "
+                "call before this one sent its start (nothing was sent); call again"
+            )
 
         async def record(handle: RunHandle) -> None:
-            await self.store.record_start(self.key, owner=self.owner, handle=handle)
+            await self.store.record_start(self.key, owner=holder, handle=handle)
 
         try:
             return await start(record)
@@ -233,12 +343,41 @@ class _KeyedStart:
             if _nothing_started(error) or isinstance(error, anyio.get_cancelled_exc_class()):
                 # (A cancellation reaches a start only before its request left: nothing was
                 # made, see orchestration's module docs.)
-                await protected(lambda: self.store.release(self.key, owner=self.owner), self.bound)
+                await self._release(holder)
+            else:
+                await self._settle_soon(holder)
             raise
+
+    async def _release(self, owner: str) -> None:
+        """Give back the reservation ``owner`` holds (protected; a store that fails here is
+        logged, so that the error that ended the start is the one raised)."""
+        try:
+            await protected(lambda: self.store.release(self.key, owner=owner), self.bound)
+        except Exception as error:
+            logger.warning("key %r: could not give its reservation back: %s", self.key, error)
+
+    async def _settle_soon(self, holder: str) -> None:
+        """The start failed and may have made a run: let the next call settle the key at
+        once (a record already STARTED is left as is)."""
+        try:
+            await protected(
+                lambda: self.store.take_over(
+                    self.key, expected_owner=holder, owner=holder, lease=SETTLE_NOW
+                ),
+                self.bound,
+            )
+        except Exception as error:
+            logger.warning("key %r: could not mark its start for settling: %s", self.key, error)
 
     async def _settle(self, record: RunRecord, start: Start) -> RunHandle | None:
         """A reservation whose owner died mid-start: adopt its run, start anew where provably
         none was made, or raise StartOutcomeUnknown. None: the record changed meanwhile."""
+        if not _may_have_sent(record.owner):
+            # Its owner stopped before marking the start "sending": nothing was sent.
+            if await self._take_over(record) is None:
+                return None
+            logger.info("key %r: its earlier call sent no start; starting it now", self.key)
+            return await self._start(start)
         since = datetime.fromtimestamp(record.reserved_at, UTC) - CLOCK_SKEW
         until = datetime.now(UTC) + CLOCK_SKEW
         found: list[RunHandle] | None = None
@@ -250,6 +389,8 @@ class _KeyedStart:
                     record,
                     f"{len(found)} runs of the notebook were created while it was reserved "
                     f"({', '.join(handle.run_id for handle in found)})",
+                    advice="Find its run among them at the vendor (on_ambiguous cannot tell "
+                    "them apart); a new key starts another run",
                 )
         elif self.on_ambiguous != "start_new":
             raise self._unknown(
@@ -257,10 +398,7 @@ class _KeyedStart:
                 f"the {self.backend.name} backend offers no way to look for the run it may "
                 "have started",
             )
-        taken = await self.store.take_over(
-            self.key, expected_owner=record.owner, owner=self.owner, lease=START_LEASE
-        )
-        if taken is None:
+        if await self._take_over(record) is None:
             return None
         if found:
             (handle,) = found
@@ -270,12 +408,23 @@ class _KeyedStart:
         logger.info("key %r: its earlier start made no run; starting it now", self.key)
         return await self._start(start)
 
-    def _unknown(self, record: RunRecord, evidence: str) -> StartOutcomeUnknown:
+    async def _take_over(self, record: RunRecord) -> RunRecord | None:
+        return await self.store.take_over(
+            self.key, expected_owner=record.owner, owner=self.owner, lease=START_LEASE
+        )
+
+    def _unknown(
+        self,
+        record: RunRecord,
+        evidence: str,
+        *,
+        advice: str = "Check the vendor, then call again with on_ambiguous='start_new' to "
+        "start one",
+    ) -> StartOutcomeUnknown:
         return StartOutcomeUnknown(
             f"idempotency key {self.key!r} was reserved by {record.owner}, which stopped "
             f"before recording a run of {self.request.notebook!r}: it may or may not have "
-            "started one. Check the vendor, then call again with on_ambiguous='start_new' "
-            "to start one",
+            f"started one. {advice}",
             notebook=self.request.notebook,
             evidence=evidence,
         )

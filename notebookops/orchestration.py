@@ -245,6 +245,19 @@ def _never_taken(backend: NotebookBackend, request: RunRequest, limit: str) -> R
     )
 
 
+def _key_not_reached(request: RunRequest, key: str, limit: str) -> RunTimeout:
+    # Not _never_taken: the deadline may have passed while another call was starting the
+    # key's run, which then exists.
+    return RunTimeout(
+        f"idempotency key {key!r} ({request.notebook!r}): {limit} passed before this call "
+        "started or found the key's run, and it sent no start itself. Another call may be "
+        "starting it: call again with the same key to find it",
+        run=None,
+        cancelled=False,
+        reason="this call started no run",
+    )
+
+
 async def _announce(
     handle: RunHandle,
     record: Callable[[RunHandle], Awaitable[None]] | None,
@@ -518,6 +531,8 @@ async def run_and_wait(
         else:
             outcome = await _start(backend, request, start_timeout, on_start, cancel_timeout)
     if outcome is None:
+        if key is not None:
+            raise _key_not_reached(request, key, f"the {timeout:g}s deadline")
         raise _never_taken(backend, request, f"the {timeout:g}s deadline")
     if isinstance(outcome, Run):
         return _outcome(outcome, raise_on_failure)  # the key's run had ended already

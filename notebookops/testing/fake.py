@@ -195,6 +195,22 @@ class FakeBackend(BaseBackend):
         if self._vendor_state(fake) not in ("success", "failed", "cancelled"):
             fake.cancelled = True
 
+    async def find_runs(
+        self, notebook: str, *, since: datetime, until: datetime
+    ) -> list[RunHandle]:
+        """The runs of ``notebook`` created from ``since`` to ``until`` (only with
+        Capability.RECONCILE_START: a vendor's runs list, for settling a keyed start)."""
+        self._ensure_open()
+        self._require(Capability.RECONCILE_START, "list a notebook's runs")
+        await anyio.lowlevel.checkpoint()
+        return [
+            fake.handle
+            for fake in self.runs.values()
+            if fake.request.notebook == notebook
+            and fake.handle.created_at is not None
+            and since <= fake.handle.created_at <= until
+        ]
+
     async def watch_run(self, handle: RunHandle) -> AsyncGenerator[Run, None]:
         """Push-style updates (only with ``streaming=True``): one Run per state change."""
         self._check_handle(handle)
