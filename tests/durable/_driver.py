@@ -68,7 +68,7 @@ def make_backend(config: dict[str, Any]) -> NotebookBackend:
         return PostHogBackend(
             config["token"],
             project_id=config["project_id"],
-            host=config["url"],
+            base_url=config["url"],
             mode="server",
             poll=FAST_POLL,
             retry=FAST_RETRY,

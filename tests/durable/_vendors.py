@@ -109,8 +109,10 @@ async def vendor_fake(vendor: Vendor, *, duration: float = 0.3) -> AsyncIterator
         config.update(notebook="team/report")
         server = datalore
     else:
-        posthog = PostHogFakeServer()
-        posthog.add_notebook("nb1", cells=[f"import time\ntime.sleep({duration})", "print(x)"])
+        posthog = PostHogFakeServer(version="new")  # server runs exist on newer servers
+        posthog.add_notebook(
+            "nb1", cells=[f"import time\ntime.sleep({duration})", "print(x)"], markdown=True
+        )
         config.update(notebook="nb1", project_id=posthog.project_id)
         server = posthog
     fake = VendorFake(vendor, server, config)
