@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
-
 from .backend import NotebookBackend
 from .errors import ConfigurationError
 from .models import Capability, RunHandle
+from .targets import VENDORS, Target, parse_target
 
 if TYPE_CHECKING:
     from .backends.deepnote import DeepnoteBackend
@@ -42,8 +41,6 @@ __all__ = [
     "text_warning",
 ]
 
-#: Targets written ``<vendor>:<notebook>``.
-VENDORS: Final = ("deepnote", "posthog", "datalore")
 #: The Deepnote API origin for the command line and the examples (the adapter itself takes
 #: ``base_url=``); the sandbox sets it to its fake server.
 DEEPNOTE_URL_ENV: Final = "DEEPNOTE_API_URL"
@@ -62,38 +59,6 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
 SECRET_ENV: Final = ("DEEPNOTE_API_KEY", "POSTHOG_PERSONAL_API_KEY", "DATALORE_TOKEN")
 #: Secrets shorter than this are not scrubbed (it would mangle ordinary text).
 _MIN_SECRET_LENGTH: Final = 6
-
-_TARGET_HELP: Final = (
-    "a .ipynb path, deepnote:<notebookId>, posthog:<short_id> or datalore:<owner/id>"
-)
-
-
-@attrs.frozen
-class Target:
-    """What ``notebookops run`` was asked to run: a backend name and its notebook id."""
-
-    backend: str
-    notebook: str
-
-
-def parse_target(text: str) -> Target:
-    """``deepnote:<id>``, ``posthog:<short_id>``, ``datalore:<owner/id>``, ``local:<path>``
-    or a path to a ``.ipynb`` file. Anything else is a ConfigurationError saying what works."""
-    text = text.strip()
-    scheme, sep, rest = text.partition(":")
-    if sep and scheme.lower() in (*VENDORS, "local"):
-        if not rest.strip():
-            raise ConfigurationError(f"target {text!r} names no notebook; use {_TARGET_HELP}")
-        return Target(scheme.lower(), rest.strip())
-    if text.lower().endswith(".ipynb") or (text and os.path.isfile(text)):
-        return Target("local", text)
-    if sep and "/" not in scheme and "\\" not in scheme and len(scheme) > 1:
-        raise ConfigurationError(
-            f"unknown backend {scheme!r} in target {text!r}; use {_TARGET_HELP}"
-        )
-    raise ConfigurationError(
-        f"{text!r} is neither a .ipynb file nor a known target; use {_TARGET_HELP}"
-    )
 
 
 def _not_finite(name: str, text: object) -> ConfigurationError:

@@ -18,11 +18,13 @@ EXPECTED = {
     "fake_backend.py": ["finished: succeeded"],
 }
 LOCAL = "local_run.py"
+#: Needs Airflow: run by integration_tests/airflow in its own virtualenv (.ci/airflow.sh).
+AIRFLOW = "airflow_dag.py"
 
 
 def test_every_example_is_tested() -> None:
     scripts = {path.name for path in EXAMPLES.glob("*.py")}
-    assert scripts == {*EXPECTED, LOCAL}
+    assert scripts == {*EXPECTED, LOCAL, AIRFLOW}
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
