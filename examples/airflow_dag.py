@@ -29,7 +29,11 @@ with DAG(
     schedule=None,
     start_date=datetime(2025, 1, 1),
     catchup=False,
-    default_args={"retries": 2, "execution_timeout": timedelta(minutes=30)},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": timedelta(minutes=30),
+    },
 ) as dag:
     for vendor in ("deepnote", "posthog", "datalore"):
         notebook = os.environ.get(f"{vendor.upper()}_NOTEBOOK_ID", "hello")

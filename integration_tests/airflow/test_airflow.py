@@ -65,6 +65,11 @@ def _trigger(target: str, handle: RunHandle, **kwargs: Any) -> NotebookRunTrigge
     return NotebookRunTrigger(handle.to_json(), target, conn_id=CONN_ID, poll=FAST_POLL, **kwargs)
 
 
+def _cancels(server: PostHogFakeServer) -> list[str]:
+    """PostHog's cancels (server mode sends ``interrupt``)."""
+    return [r.path for r in server.requests if r.method == "POST" and "interrupt" in r.path]
+
+
 async def _events(trigger: NotebookRunTrigger) -> list[dict[str, Any]]:
     return [event.payload async for event in trigger.run()]
 
@@ -170,7 +175,7 @@ async def test_restart_mid_wait_waits_on_the_same_run(posthog: PostHogFakeServer
     assert RunHandle.from_json(event["handle"]).run_id == handle.run_id
     starts = [r for r in posthog.requests if r.method == "POST" and r.path.endswith("/runs/")]
     assert len(starts) == 1
-    assert not [r for r in posthog.requests if "cancel" in r.path]
+    assert not _cancels(posthog)
 
 
 # --------------------------------------------------------------------------- the operator
@@ -245,7 +250,7 @@ async def test_completion_pushes_the_run_and_a_later_try_starts_anew(
     (event,) = await _events(trigger)
     key = run_key("reports", "refresh", "manual__1", -1, 1)
     with pytest.raises(AirflowException, match="failed"):
-        await _in_thread(operator.execute_complete, context, event, key)
+        await _in_thread(operator.execute_complete, context, event)
     assert context["ti"].pushed["run"]["state"] == "failed"
     async with open_store(store_url) as store:
         record = await store.get(key)
@@ -264,8 +269,7 @@ async def test_success_returns_the_summary(deepnote: FakeDeepnoteServer, store_u
     trigger = await _in_thread(_deferred, operator, context)
     trigger.poll = FAST_POLL
     (event,) = await _events(trigger)
-    key = run_key("reports", "refresh", "manual__1", -1, 1)
-    summary = await _in_thread(operator.execute_complete, context, event, key)
+    summary = await _in_thread(operator.execute_complete, context, event)
     assert summary["state"] == "succeeded"
     assert "url" in summary
     json.dumps(summary)
@@ -299,9 +303,9 @@ async def test_timeout_fails_the_task_with_the_reason(
     trigger = await _in_thread(_deferred, operator, context)
     trigger.poll = FAST_POLL
     (event,) = await _events(trigger)
-    key = run_key("reports", "refresh", "manual__1", -1, 1)
+    assert event["key"] == run_key("reports", "refresh", "manual__1", -1, 1)
     with pytest.raises(AirflowException, match=r"timeout.*cannot cancel"):
-        await _in_thread(operator.execute_complete, context, event, key)
+        await _in_thread(operator.execute_complete, context, event)
 
 
 async def test_on_kill_cancels_only_a_run_the_task_still_owns(
@@ -317,9 +321,9 @@ async def test_on_kill_cancels_only_a_run_the_task_still_owns(
     assert operator._started is not None
     stranger._started = (key, RunHandle(backend="posthog", run_id="other", notebook_id="slow"))
     await _in_thread(stranger.on_kill)
-    assert not [r for r in posthog.requests if "cancel" in r.path]
+    assert not _cancels(posthog)
     await _in_thread(operator.on_kill)
-    assert [r for r in posthog.requests if "cancel" in r.path]
+    assert _cancels(posthog)
 
 
 # --------------------------------------------------------------------------- end to end

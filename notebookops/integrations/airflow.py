@@ -182,8 +182,10 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
 
     ``handle`` is the run's :meth:`RunHandle.to_json`; ``target`` and ``conn_id`` say how to
     reach its vendor (credentials are looked up again, never serialised); ``deadline`` is a
-    Unix time (None: none). The event's payload is a dict: ``status`` (the run's final state
-    ``succeeded``/``failed``/``cancelled``, or ``timeout`` or ``error``), ``handle``, ``run``
+    Unix time (None: none); ``key`` is the run's idempotency key, passed back in the event.
+    The event's payload is a dict: ``status`` (the run's final state
+    ``succeeded``/``failed``/``cancelled``, or ``timeout`` or ``error``), ``key``, ``handle``,
+    ``run``
     (the last Run read, as JSON, or None), ``state``, ``url``, ``error`` and ``cancelled``
     (whether the deadline cancelled the run).
 
@@ -200,6 +202,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
         deadline: float | None = None,
         on_timeout: OnTimeout = "cancel",
         poll: Mapping[str, float] | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__()
         RunHandle.from_json(handle)  # a bad handle is refused here, not in the triggerer
@@ -212,6 +215,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
         self.deadline = deadline
         self.on_timeout: OnTimeout = on_timeout
         self.poll = dict(poll) if poll is not None else None
+        self.key = key
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and plain-JSON keyword arguments that rebuild this trigger."""
@@ -224,6 +228,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
                 "deadline": self.deadline,
                 "on_timeout": self.on_timeout,
                 "poll": self.poll,
+                "key": self.key,
             },
         )
 
@@ -254,25 +259,30 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
                 cancel_on_interrupt=False,
             )
         except RunTimeout as error:
-            return _event("timeout", handle, error.run, str(error), cancelled=error.cancelled)
+            return self._event("timeout", handle, error.run, str(error), error.cancelled)
         except NotebookOpsError as error:
-            return _event("error", handle, None, str(error))
+            return self._event("error", handle, None, str(error))
         message = run.error.message if run.error else None
-        return _event(run.state.value, handle, run, message)
+        return self._event(run.state.value, handle, run, message)
 
-
-def _event(
-    status: str, handle: RunHandle, run: Run | None, error: str | None, *, cancelled: bool = False
-) -> dict[str, Any]:
-    return {
-        "status": status,
-        "handle": handle.to_json(),
-        "run": run.to_json() if run is not None else None,
-        "state": run.state.value if run is not None else None,
-        "url": run.url if run is not None else handle.web_url,
-        "error": error,
-        "cancelled": cancelled,
-    }
+    def _event(
+        self,
+        status: str,
+        handle: RunHandle,
+        run: Run | None,
+        error: str | None,
+        cancelled: bool = False,
+    ) -> dict[str, Any]:
+        return {
+            "status": status,
+            "key": self.key,
+            "handle": handle.to_json(),
+            "run": run.to_json() if run is not None else None,
+            "state": run.state.value if run is not None else None,
+            "url": run.url if run is not None else handle.web_url,
+            "error": error,
+            "cancelled": cancelled,
+        }
 
 
 # --------------------------------------------------------------------------- the operator
@@ -340,9 +350,9 @@ class NotebookRunOperator(BaseOperator):  # type: ignore[misc]
                 deadline=self._deadline(context),
                 on_timeout=self.on_timeout,
                 poll=_poll_kwargs(self.poll),
+                key=key,
             ),
             method_name="execute_complete",
-            kwargs={"key": key},
         )
         raise AssertionError("defer() raises TaskDeferred")  # pragma: no cover
 
@@ -386,6 +396,7 @@ class NotebookRunOperator(BaseOperator):  # type: ignore[misc]
                     deadline=self._deadline(context),
                     on_timeout=self.on_timeout,
                     poll=_poll_kwargs(self.poll),
+                    key=key,
                 )
                 return key, handle, await trigger._wait(backend, handle)
         finally:
@@ -405,10 +416,10 @@ class NotebookRunOperator(BaseOperator):  # type: ignore[misc]
     # -- completion
 
     def execute_complete(
-        self, context: Mapping[str, Any], event: Mapping[str, Any], key: str
+        self, context: Mapping[str, Any], event: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The trigger fired: record the end, push the summary, fail unless it succeeded."""
-        return self._finish(context, key, event)
+        return self._finish(context, event["key"], event)
 
     def _finish(
         self, context: Mapping[str, Any], key: str, event: Mapping[str, Any]
