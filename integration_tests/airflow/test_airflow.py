@@ -62,7 +62,9 @@ async def _deepnote_run(server: FakeDeepnoteServer, script: RunScript) -> tuple[
 
 
 def _trigger(target: str, handle: RunHandle, **kwargs: Any) -> NotebookRunTrigger:
-    return NotebookRunTrigger(handle.to_json(), target, conn_id=CONN_ID, poll=FAST_POLL, **kwargs)
+    return NotebookRunTrigger(
+        handle.to_json(), target, conn_id=CONN_ID, poll=FAST_POLL, start_spread=0, **kwargs
+    )
 
 
 def _cancels(server: PostHogFakeServer) -> list[str]:
@@ -246,7 +248,7 @@ async def test_completion_pushes_the_run_and_a_later_try_starts_anew(
     context = _context()
     operator = _operator(target, store_url, poll=None)
     trigger = await _in_thread(_deferred, operator, context)
-    trigger.poll = FAST_POLL
+    trigger.poll, trigger.start_spread = FAST_POLL, 0
     (event,) = await _events(trigger)
     key = run_key("reports", "refresh", "manual__1", -1, 1)
     with pytest.raises(AirflowException, match="failed"):
@@ -267,7 +269,7 @@ async def test_success_returns_the_summary(deepnote: FakeDeepnoteServer, store_u
     operator = _operator(f"deepnote:{notebook.id}", store_url)
     context = _context()
     trigger = await _in_thread(_deferred, operator, context)
-    trigger.poll = FAST_POLL
+    trigger.poll, trigger.start_spread = FAST_POLL, 0
     (event,) = await _events(trigger)
     summary = await _in_thread(operator.execute_complete, context, event)
     assert summary["state"] == "succeeded"
@@ -301,7 +303,7 @@ async def test_timeout_fails_the_task_with_the_reason(
     operator = _operator(f"deepnote:{notebook.id}", store_url, timeout=0.3)
     context = _context()
     trigger = await _in_thread(_deferred, operator, context)
-    trigger.poll = FAST_POLL
+    trigger.poll, trigger.start_spread = FAST_POLL, 0
     (event,) = await _events(trigger)
     assert event["key"] == run_key("reports", "refresh", "manual__1", -1, 1)
     with pytest.raises(AirflowException, match=r"timeout.*cannot cancel"):

@@ -44,18 +44,20 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 
+from .._validate import seconds
 from ..backend import NotebookBackend
 from ..errors import ConfigurationError, NotebookOpsError, RunTimeout
 from ..models import Capability, Run, RunHandle, RunRequest, RunState
-from ..orchestration import start_run, wait_for_run
+from ..orchestration import OnTimeout, start_run, wait_for_run
 from ..policies import PollPolicy
 from ..store import RecordState, RunStore, default_store_path, open_store
 from ..targets import backend_for_target, parse_target
@@ -79,7 +81,6 @@ __all__ = [
 
 logger = logging.getLogger("notebookops.airflow")
 
-OnTimeout = Literal["cancel", "detach"]
 #: The connection type holding notebookops credentials (password: token, host: API origin).
 CONN_TYPE: Final = "notebookops"
 #: Key prefix of the runs this integration records.
@@ -89,6 +90,8 @@ _MAX_READABLE_KEY: Final = 240
 #: The trigger's deadline comes this much before the task's execution_timeout (at most), so
 #: that the run is cancelled, and the task resumed to say so, before Airflow itself gives up.
 _MAX_TIMEOUT_MARGIN: Final = 60.0
+#: The trigger's first status read comes after a random pause of up to this many seconds.
+DEFAULT_START_SPREAD: Final = 2.0
 #: Text kept per output in the XCom summary.
 _OUTPUT_TEXT_LIMIT: Final = 2000
 
@@ -165,13 +168,13 @@ def _poll_kwargs(poll: PollPolicy | None) -> dict[str, float] | None:
     return None if poll is None else attrs.asdict(poll)
 
 
-def _seconds(value: float | timedelta | None, name: str) -> float | None:
+def _seconds(
+    value: float | timedelta | None, name: str, *, allow_zero: bool = False
+) -> float | None:
     if value is None:
         return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return float(seconds)
+    amount = value.total_seconds() if isinstance(value, timedelta) else value
+    return seconds(name, amount, allow_zero=allow_zero)
 
 
 # --------------------------------------------------------------------------- the trigger
@@ -182,7 +185,8 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
 
     ``handle`` is the run's :meth:`RunHandle.to_json`; ``target`` and ``conn_id`` say how to
     reach its vendor (credentials are looked up again, never serialised); ``deadline`` is a
-    Unix time (None: none); ``key`` is the run's idempotency key, passed back in the event.
+    Unix time (None: none); ``key`` is the run's idempotency key, passed back in the event;
+    the first status read comes after a random pause of up to ``start_spread`` seconds.
     The event's payload is a dict: ``status`` (the run's final state
     ``succeeded``/``failed``/``cancelled``, or ``timeout`` or ``error``), ``key``, ``handle``,
     ``run``
@@ -203,6 +207,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
         on_timeout: OnTimeout = "cancel",
         poll: Mapping[str, float] | None = None,
         key: str | None = None,
+        start_spread: float = DEFAULT_START_SPREAD,
     ) -> None:
         super().__init__()
         RunHandle.from_json(handle)  # a bad handle is refused here, not in the triggerer
@@ -216,6 +221,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
         self.on_timeout: OnTimeout = on_timeout
         self.poll = dict(poll) if poll is not None else None
         self.key = key
+        self.start_spread = float(_seconds(start_spread, "start_spread", allow_zero=True) or 0.0)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and plain-JSON keyword arguments that rebuild this trigger."""
@@ -229,6 +235,7 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
                 "on_timeout": self.on_timeout,
                 "poll": self.poll,
                 "key": self.key,
+                "start_spread": self.start_spread,
             },
         )
 
@@ -244,6 +251,10 @@ class NotebookRunTrigger(BaseTrigger):  # type: ignore[misc]
         yield TriggerEvent(payload)
 
     async def _wait(self, backend: NotebookBackend, handle: RunHandle) -> dict[str, Any]:
+        # The run was started moments ago (or, after a restart, is read again by every trigger
+        # the triggerer picked up at once): spread the first reads rather than send them all
+        # in the same instant, which stalls the shared event loop (bench/airflow_triggers.py).
+        await asyncio.sleep(random.uniform(0, self.start_spread))
         timeout = None
         if self.deadline is not None:
             # A deadline already past still gets one status read (and the cancel).
