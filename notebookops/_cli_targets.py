@@ -10,19 +10,16 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .backend import NotebookBackend
 from .errors import ConfigurationError
 from .models import Capability, RunHandle
-from .targets import (
-    VENDORS,
-    Target,
-    deepnote_backend,
-    make_backend,
-    parse_target,
-    posthog_backend,
-)
+from .targets import VENDORS, Target, make_backend, parse_target
+
+if TYPE_CHECKING:
+    from .backends.deepnote import DeepnoteBackend
+    from .backends.posthog import PostHogBackend
 
 __all__ = [
     "DEEPNOTE_URL_ENV",
@@ -213,3 +210,17 @@ def describe_environment(names: Sequence[tuple[str, str]] = ENVIRONMENT) -> str:
     """The environment section of ``--help``."""
     width = max(len(name) for name, _ in names)
     return "\n".join(f"  {name:<{width}}  {text}" for name, text in names)
+
+
+def deepnote_backend() -> DeepnoteBackend:
+    """The ``list deepnote ...`` commands' backend, from the environment."""
+    from .backends.deepnote import DeepnoteBackend
+
+    return DeepnoteBackend()
+
+
+def posthog_backend() -> PostHogBackend:
+    """The ``list posthog ...`` commands' backend, from the environment."""
+    from .backends.posthog import PostHogBackend
+
+    return PostHogBackend()

@@ -1,43 +1,42 @@
-"""What a notebook target names (``deepnote:<id>``, a ``.ipynb`` path ...) and the backends
-that run it, configured from the environment: shared by the command line and the job-queue
-integrations (:mod:`notebookops.integrations.arq`).
+"""Targets: the ``<vendor>:<notebook>`` strings the command line and the integrations take.
 
-Adapters are imported only when a backend is built.
+``deepnote:<notebookId>``, ``posthog:<short_id>``, ``datalore:<owner/id>``, ``local:<path>``
+or a path to a ``.ipynb`` file. :func:`parse_target` reads one; :func:`backend_for_target`
+builds the backend that runs it, from explicit credentials or (where they are None) the
+environment variables each adapter reads itself. Adapters are imported only when a backend is
+built, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final
+from typing import Final, Literal
 
 import attrs
 
 from .backend import NotebookBackend
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from .backends.deepnote import DeepnoteBackend
-    from .backends.posthog import PostHogBackend
-
 __all__ = [
+    "TARGET_FORMS",
     "VENDORS",
     "Target",
-    "deepnote_backend",
+    "backend_for_target",
     "make_backend",
     "parse_target",
-    "posthog_backend",
 ]
 
 #: Targets written ``<vendor>:<notebook>``.
 VENDORS: Final = ("deepnote", "posthog", "datalore")
-_TARGET_HELP: Final = (
+#: The forms a target takes, for messages and help texts.
+TARGET_FORMS: Final = (
     "a .ipynb path, deepnote:<notebookId>, posthog:<short_id> or datalore:<owner/id>"
 )
 
 
 @attrs.frozen
 class Target:
-    """What ``notebookops run`` was asked to run: a backend name and its notebook id."""
+    """What to run: a backend name (``local`` or one of :data:`VENDORS`) and its notebook id."""
 
     backend: str
     notebook: str
@@ -46,58 +45,92 @@ class Target:
 def parse_target(text: str) -> Target:
     """``deepnote:<id>``, ``posthog:<short_id>``, ``datalore:<owner/id>``, ``local:<path>``
     or a path to a ``.ipynb`` file. Anything else is a ConfigurationError saying what works."""
+    if not isinstance(text, str):
+        raise ConfigurationError(f"a target must be a string, got {type(text).__name__}")
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     if sep and scheme.lower() in (*VENDORS, "local"):
         if not rest.strip():
-            raise ConfigurationError(f"target {text!r} names no notebook; use {_TARGET_HELP}")
+            raise ConfigurationError(f"target {text!r} names no notebook; use {TARGET_FORMS}")
         return Target(scheme.lower(), rest.strip())
     if text.lower().endswith(".ipynb") or (text and os.path.isfile(text)):
         return Target("local", text)
     if sep and "/" not in scheme and "\\" not in scheme and len(scheme) > 1:
         raise ConfigurationError(
-            f"unknown backend {scheme!r} in target {text!r}; use {_TARGET_HELP}"
+            f"unknown backend {scheme!r} in target {text!r}; use {TARGET_FORMS}"
         )
     raise ConfigurationError(
-        f"{text!r} is neither a .ipynb file nor a known target; use {_TARGET_HELP}"
+        f"{text!r} is neither a .ipynb file nor a known target; use {TARGET_FORMS}"
     )
 
 
-def deepnote_backend() -> DeepnoteBackend:
-    """A DeepnoteBackend from ``DEEPNOTE_API_KEY`` and ``DEEPNOTE_API_URL`` (the adapter's
-    ``TOKEN_ENV`` and ``URL_ENV``, which it reads itself)."""
-    from .backends.deepnote import DeepnoteBackend
+def backend_for_target(
+    target: str | Target,
+    *,
+    token: str | None = None,
+    base_url: str | None = None,
+    posthog_mode: Literal["auto", "kernel", "server"] = "auto",
+    posthog_project_id: str | None = None,
+) -> tuple[NotebookBackend, str]:
+    """The backend that runs ``target`` and the notebook id to pass it.
 
-    return DeepnoteBackend()
+    ``token`` and ``base_url`` are the vendor's API token and origin (PostHog: the personal
+    API key and host); each one left None is read by the adapter from its environment
+    variable (``DEEPNOTE_API_KEY``, ``POSTHOG_PERSONAL_API_KEY``, ``DATALORE_TOKEN``, ...),
+    then its default. Local targets take neither. The caller closes the backend
+    (``await backend.aclose()``).
+    """
+    parsed = target if isinstance(target, Target) else parse_target(target)
+    backend = _backend(
+        parsed.backend,
+        token=token,
+        base_url=base_url,
+        posthog_mode=posthog_mode,
+        posthog_project_id=posthog_project_id,
+    )
+    return backend, parsed.notebook
 
 
-def posthog_backend(mode: str | None = None) -> PostHogBackend:
-    """A PostHogBackend from the ``POSTHOG_*`` variables, in ``mode`` (default auto)."""
-    from .backends.posthog import PostHogBackend
-
-    if mode is None or mode == "auto":
-        return PostHogBackend()
-    if mode == "kernel":
-        return PostHogBackend(mode="kernel")
-    if mode == "server":
-        return PostHogBackend(mode="server")
-    raise ConfigurationError(f"the PostHog mode must be auto, kernel or server, got {mode!r}")
-
-
-def make_backend(name: str, *, posthog_mode: str | None = None) -> NotebookBackend:
-    """A backend configured from the environment (see :data:`ENVIRONMENT`)."""
+def _backend(
+    name: str,
+    *,
+    token: str | None = None,
+    base_url: str | None = None,
+    posthog_mode: str = "auto",
+    posthog_project_id: str | None = None,
+) -> NotebookBackend:
     if name == "local":
+        if token is not None or base_url is not None:
+            raise ConfigurationError("a local target takes no token or base URL")
         from .backends.local import LocalBackend
 
         return LocalBackend()
     if name == "deepnote":
-        return deepnote_backend()
+        from .backends.deepnote import DeepnoteBackend
+
+        return DeepnoteBackend(token, base_url=base_url)
     if name == "posthog":
-        return posthog_backend(posthog_mode)
+        from .backends.posthog import PostHogBackend
+
+        if posthog_mode not in ("auto", "kernel", "server"):
+            raise ConfigurationError(
+                f"the PostHog mode must be auto, kernel or server, got {posthog_mode!r}"
+            )
+        return PostHogBackend(
+            token,
+            project_id=posthog_project_id,
+            base_url=base_url,
+            mode=posthog_mode,  # type: ignore[arg-type]
+        )
     if name == "datalore":
         from .backends.datalore import DataloreBackend
 
-        return DataloreBackend()
-    raise ConfigurationError(
-        f"unknown backend {name!r}; this command line knows local, {', '.join(VENDORS)}"
-    )
+        return DataloreBackend(token, base_url=base_url)
+    raise ConfigurationError(f"unknown backend {name!r}; known: local, {', '.join(VENDORS)}")
+
+
+def make_backend(name: str, *, posthog_mode: str | None = None) -> NotebookBackend:
+    """The backend called ``name`` (``local`` or one of :data:`VENDORS`), configured from the
+    environment variables each adapter reads itself; PostHog in ``posthog_mode`` (default
+    auto)."""
+    return _backend(name, posthog_mode=posthog_mode or "auto")

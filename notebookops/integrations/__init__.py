@@ -1,3 +1,3 @@
-"""Integrations with job queues and other hosts of notebook runs. Each is a submodule with an
-optional extra of its own (``pip install 'notebookops[arq]'`` for :mod:`.arq`); importing
-this package imports none of them."""
+"""Integrations with job engines: :mod:`.arq` (``pip install 'notebookops[arq]'``) and
+:mod:`.airflow` (``pip install 'notebookops[airflow]'``). Importing this package, or
+``notebookops``, imports none of them."""
