@@ -49,7 +49,7 @@ async def deepnote(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDeepnot
 
 @pytest.fixture
 async def posthog(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostHogFakeServer]:
-    async with posthog_server() as server:
+    async with posthog_server(version="new") as server:  # server runs exist on newer servers
         _connection(monkeypatch, server.url, server.token, project_id=server.project_id)
         yield server
 
@@ -122,9 +122,11 @@ async def test_trigger_reports_failure(deepnote: FakeDeepnoteServer) -> None:
 async def test_trigger_times_out_and_cancels_where_the_vendor_can(
     posthog: PostHogFakeServer,
 ) -> None:
-    posthog.add_notebook("slow", cells=["import time\nfor _ in range(2000):\n    time.sleep(0.01)"])
+    posthog.add_notebook(
+        "slow", cells=["import time\nfor _ in range(2000):\n    time.sleep(0.01)"], markdown=True
+    )
     async with PostHogBackend(
-        posthog.token, project_id=posthog.project_id, host=posthog.url, mode="server"
+        posthog.token, project_id=posthog.project_id, base_url=posthog.url, mode="server"
     ) as backend:
         handle = await start_run(backend, RunRequest(notebook="slow"))
     trigger = _trigger("posthog:slow", handle, deadline=time.time() + 0.5)
@@ -156,9 +158,11 @@ async def test_transient_errors_during_the_wait_do_not_fail_it(
 
 
 async def test_restart_mid_wait_waits_on_the_same_run(posthog: PostHogFakeServer) -> None:
-    posthog.add_notebook("nb", cells=["import time\ntime.sleep(1.0)", "print('done')"])
+    posthog.add_notebook(
+        "nb", cells=["import time\ntime.sleep(1.0)", "print('done')"], markdown=True
+    )
     async with PostHogBackend(
-        posthog.token, project_id=posthog.project_id, host=posthog.url, mode="server"
+        posthog.token, project_id=posthog.project_id, base_url=posthog.url, mode="server"
     ) as backend:
         handle = await start_run(backend, RunRequest(notebook="nb"))
     trigger = _trigger("posthog:nb", handle)
@@ -313,7 +317,9 @@ async def test_timeout_fails_the_task_with_the_reason(
 async def test_on_kill_cancels_only_a_run_the_task_still_owns(
     posthog: PostHogFakeServer, store_url: str
 ) -> None:
-    posthog.add_notebook("slow", cells=["import time\nfor _ in range(2000):\n    time.sleep(0.01)"])
+    posthog.add_notebook(
+        "slow", cells=["import time\nfor _ in range(2000):\n    time.sleep(0.01)"], markdown=True
+    )
     operator = _operator("posthog:slow", store_url)
     context = _context()
     await _in_thread(_deferred, operator, context)
