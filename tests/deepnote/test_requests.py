@@ -499,3 +499,15 @@ def test_a_malformed_snapshot_is_a_decode_error(text: str) -> None:
         outputs_from_snapshot(text, "nb1", url="https://s3.example.com/x?X-Amz-Signature=secret")
     assert caught.value.vendor == "deepnote"
     assert "secret" not in str(caught.value)
+
+
+def test_an_input_of_an_odd_type_is_named_by_its_type_not_echoed() -> None:
+    from notebookops.backends.deepnote import DeepnoteRunOptions
+    from notebookops.backends.deepnote._requests import build_run_body
+
+    with pytest.raises(ConfigurationError) as caught:
+        build_run_body("nb", inputs={"x": object()}, blocks=None, options=DeepnoteRunOptions())
+    assert "got object" in str(caught.value)
+    assert "<object object" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="e.g. '5'"):
+        build_run_body("nb", inputs={"x": 5}, blocks=None, options=DeepnoteRunOptions())

@@ -249,10 +249,12 @@ def _check_input(name: str, value: object) -> Any:
         return value
     if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
         return list(value)
+    advice = ""
+    if isinstance(value, int | float):  # (bool was taken above)
+        advice = f"; Deepnote takes numbers as strings, e.g. {str(value)!r}"
     raise ConfigurationError(
         f"input {name!r} must be a string, a boolean (checkbox) or a list of strings "
-        f"(multi-select, date range), got {type(value).__name__}; Deepnote takes numbers as "
-        f"strings, e.g. {str(value)!r}"
+        f"(multi-select, date range), got {type(value).__name__}{advice}"
     )
 
 
