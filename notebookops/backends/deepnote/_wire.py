@@ -23,7 +23,8 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from ... import _convert
+from ..._convert import make_converter as make_base_converter
+from ..._convert import to_camel
 
 __all__ = [
     "CONVERTER",
@@ -364,7 +365,7 @@ def _object_hook(converter: cattrs.Converter, cls: type[Any]) -> Callable[[Any, 
     keys = {
         field.name: field.name
         if cls in _SNAKE_CASE
-        else _RENAMES.get(field.name) or _convert.to_camel(field.name)
+        else _RENAMES.get(field.name) or to_camel(field.name)
         for field in attrs.fields(cls)
     }
     overrides = {name: override(rename=key, omit=name == "raw") for name, key in keys.items()}
@@ -387,7 +388,7 @@ def _object_hook(converter: cattrs.Converter, cls: type[Any]) -> Callable[[Any, 
 def make_converter() -> cattrs.Converter:
     """The Deepnote converter: strict scalar types, camelCase keys (snake_case for Jupyter
     outputs and snapshot blocks), ``null`` read as absent, ``raw`` set to the JSON object."""
-    converter = _convert.make_converter()
+    converter = make_base_converter()
     # cattrs would otherwise coerce (str(5), bool("false")): a type mismatch must be an error.
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(bool, _strict(bool, "a boolean"))
