@@ -509,5 +509,5 @@ def test_an_input_of_an_odd_type_is_named_by_its_type_not_echoed() -> None:
         build_run_body("nb", inputs={"x": object()}, blocks=None, options=DeepnoteRunOptions())
     assert "got object" in str(caught.value)
     assert "<object object" not in str(caught.value)
-    with pytest.raises(ConfigurationError, match="e.g. '5'"):
+    with pytest.raises(ConfigurationError, match=r"e\.g\. '5'"):
         build_run_body("nb", inputs={"x": 5}, blocks=None, options=DeepnoteRunOptions())
