@@ -274,3 +274,14 @@ def test_list_commands(sandbox: SandboxInfo) -> None:
     posthog = cli("list", "posthog", "notebooks", "--search", "hel", env=sandbox.env)
     assert posthog.returncode == EXIT_OK
     assert "posthog:hello" in posthog.stdout
+
+
+def test_the_start_line_says_which_mode_a_posthog_run_took(sandbox: SandboxInfo) -> None:
+    auto = cli("run", "posthog:hello", "-i", "name=Ada", *FAST, env=sandbox.env)
+    assert auto.returncode == EXIT_OK, auto.stderr
+    assert "in server mode" in auto.stderr  # the sandbox's PostHog has server runs
+    kernel = cli(
+        "run", "posthog:hello", "-i", "name=Ada", "--mode", "kernel", *FAST, env=sandbox.env
+    )
+    assert kernel.returncode == EXIT_OK, kernel.stderr
+    assert "in kernel mode" in kernel.stderr
