@@ -17,58 +17,126 @@ stores are in :mod:`notebookops.store`; fakes for tests in :mod:`notebookops.tes
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .backend import NotebookBackend
-from .errors import (
-    APIError,
-    AuthenticationError,
-    BackendClosed,
-    BadRequest,
-    ConfigurationError,
-    Conflict,
-    ConnectError,
-    ConnectionLost,
-    IdempotencyConflict,
-    NotebookOpsError,
-    NotFound,
-    PermissionDenied,
-    RateLimited,
-    RequestTimeout,
-    ResponseDecodeError,
-    RunCancelled,
-    RunError,
-    RunFailed,
-    RunTimeout,
-    ServerError,
-    StartOutcomeUnknown,
-    TransportError,
-    UnsupportedOperation,
-)
-from .models import (
-    Artifact,
-    Capability,
-    CellOutput,
-    Run,
-    RunErrorInfo,
-    RunHandle,
-    RunProgress,
-    RunRequest,
-    RunState,
-)
-from .orchestration import (
-    DEFAULT_CANCEL_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    RunOutcome,
-    run_and_wait,
-    run_many,
-    start_run,
-    wait_for_run,
-    watch,
-)
-from .policies import PollPolicy, RetryPolicy
-from .ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from .backend import NotebookBackend
+    from .errors import (
+        APIError,
+        AuthenticationError,
+        BackendClosed,
+        BadRequest,
+        ConfigurationError,
+        Conflict,
+        ConnectError,
+        ConnectionLost,
+        IdempotencyConflict,
+        NotebookOpsError,
+        NotFound,
+        PermissionDenied,
+        RateLimited,
+        RequestTimeout,
+        ResponseDecodeError,
+        RunCancelled,
+        RunError,
+        RunFailed,
+        RunTimeout,
+        ServerError,
+        StartOutcomeUnknown,
+        TransportError,
+        UnsupportedOperation,
+    )
+    from .models import (
+        Artifact,
+        Capability,
+        CellOutput,
+        Run,
+        RunErrorInfo,
+        RunHandle,
+        RunProgress,
+        RunRequest,
+        RunState,
+    )
+    from .orchestration import (
+        DEFAULT_CANCEL_TIMEOUT,
+        DEFAULT_TIMEOUT,
+        RunOutcome,
+        run_and_wait,
+        run_many,
+        start_run,
+        wait_for_run,
+        watch,
+    )
+    from .policies import PollPolicy, RetryPolicy
+    from .ratelimit import RateLimiter
+
+#: Where each public name is defined. They are imported on first use, so that
+#: ``import notebookops`` (and so the command line's start-up, where a Ctrl-C must end
+#: quietly) imports nothing heavy until a name is asked for.
+_EXPORTS: dict[str, str] = {
+    "NotebookBackend": ".backend",
+    "APIError": ".errors",
+    "AuthenticationError": ".errors",
+    "BackendClosed": ".errors",
+    "BadRequest": ".errors",
+    "ConfigurationError": ".errors",
+    "Conflict": ".errors",
+    "ConnectError": ".errors",
+    "ConnectionLost": ".errors",
+    "IdempotencyConflict": ".errors",
+    "NotebookOpsError": ".errors",
+    "NotFound": ".errors",
+    "PermissionDenied": ".errors",
+    "RateLimited": ".errors",
+    "RequestTimeout": ".errors",
+    "ResponseDecodeError": ".errors",
+    "RunCancelled": ".errors",
+    "RunError": ".errors",
+    "RunFailed": ".errors",
+    "RunTimeout": ".errors",
+    "ServerError": ".errors",
+    "StartOutcomeUnknown": ".errors",
+    "TransportError": ".errors",
+    "UnsupportedOperation": ".errors",
+    "Artifact": ".models",
+    "Capability": ".models",
+    "CellOutput": ".models",
+    "Run": ".models",
+    "RunErrorInfo": ".models",
+    "RunHandle": ".models",
+    "RunProgress": ".models",
+    "RunRequest": ".models",
+    "RunState": ".models",
+    "DEFAULT_CANCEL_TIMEOUT": ".orchestration",
+    "DEFAULT_TIMEOUT": ".orchestration",
+    "RunOutcome": ".orchestration",
+    "run_and_wait": ".orchestration",
+    "run_many": ".orchestration",
+    "start_run": ".orchestration",
+    "wait_for_run": ".orchestration",
+    "watch": ".orchestration",
+    "PollPolicy": ".policies",
+    "RetryPolicy": ".policies",
+    "RateLimiter": ".ratelimit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # found here directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "DEFAULT_CANCEL_TIMEOUT",

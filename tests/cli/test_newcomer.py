@@ -216,3 +216,18 @@ def test_ctrl_c_while_the_command_line_loads_prints_no_traceback() -> None:
     result = python(code)
     assert result.returncode == EXIT_INTERRUPTED
     assert result.stderr == "notebookops: interrupted\n"
+
+
+def test_the_command_lines_start_up_imports_nothing_heavy_before_it_can_catch_ctrl_c() -> None:
+    # The console script imports notebookops._cli_entry, and so the package root, before any
+    # of our code runs: both must be light, so that everything a Ctrl-C can land in happens
+    # inside _cli_entry's guard.
+    code = (
+        "import sys\n"
+        "import notebookops._cli_entry\n"
+        "heavy = sorted(m for m in ('anyio', 'attr', 'cattrs', 'aiohttp') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
