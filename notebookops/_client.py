@@ -354,8 +354,9 @@ class ApiClient:
                 response = await self.transport.send(request)
             else:
                 # Once sent, a request that may start a run is seen through to its answer.
-                # The transport bounds it (request.timeout); the slack covers a wait for a
-                # free connection, which the transport does not count.
+                # The transport bounds it (request.timeout); this bound is only a backstop
+                # for a transport that does not (a custom one, or a caller's session whose
+                # pool is smaller than max_connections and so queues inside aiohttp).
                 response = await protected(
                     functools.partial(self.transport.send, request), request.timeout * 2 + 60
                 )
