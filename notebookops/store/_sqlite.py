@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -293,15 +294,15 @@ class SQLiteRunStore(RunStore):
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            _prepare(connection, self.path)
+            _prepare(connection, self.path, self._timeout)
         except BaseException:
             connection.close()
             raise
         return connection
 
 
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
-    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+def _prepare(connection: sqlite3.Connection, path: Path, timeout: float) -> None:
+    mode = _switch_to_wal(connection, timeout)
     if str(mode).lower() != "wal":
         raise StoreUnavailable(f"the run store {path} cannot use WAL mode (got {mode!r})")
     connection.execute("PRAGMA synchronous = FULL")
@@ -320,6 +321,22 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
         raise StoreCorrupted(
             f"the run store {path} was written by a newer notebookops (schema {version})"
         )
+
+
+def _switch_to_wal(connection: sqlite3.Connection, timeout: float) -> object:
+    # SQLite does not call its busy handler while it takes the exclusive lock that turns
+    # on WAL, so processes opening a new file together get "database is locked" at once,
+    # whatever the connection's timeout: wait for the lock here instead, within that timeout.
+    give_up_at = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            return connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= give_up_at:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _schema_version(connection: sqlite3.Connection) -> int:

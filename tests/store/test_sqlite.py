@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import pytest
 
@@ -33,6 +34,21 @@ async def test_the_file_is_private_in_wal_mode_with_its_directory_made(tmp_path:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_stores_opening_a_new_file_together_all_open(tmp_path: Path) -> None:
+    # SQLite turns WAL on without waiting for its busy timeout: openers racing on a new
+    # file used to get "database is locked" at once (a fleet's first start, a CI flake).
+    for attempt in range(30):
+        path = tmp_path / f"runs-{attempt}.db"
+        stores = [SQLiteRunStore(path) for _ in range(8)]
+        try:
+            async with anyio.create_task_group() as tg:
+                for store in stores:
+                    tg.start_soon(store.get, "k")
+        finally:
+            for store in stores:
+                await store.aclose()
 
 
 async def test_a_file_that_is_not_a_database_is_store_corrupted(tmp_path: Path) -> None:
