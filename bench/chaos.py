@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from notebookops import DEFAULT_CANCEL_TIMEOUT  # noqa: E402
 from tests.reliability._chaos import (  # noqa: E402  (needs the repository root on the path)
     VENDORS,
     CancelPhase,
@@ -62,6 +63,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {', '.join(VENDORS)}",
     )
     parser.add_argument("--no-cancel", action="store_true", help="skip the cancellation runs")
+    parser.add_argument(
+        "--library-timeouts",
+        action="store_true",
+        help="the library's own request timeout (30 s) and cancel_timeout (5 s), instead of "
+        "short ones that keep the run quick: the deadline-under-load check",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = parser.parse_args(argv)
     if args.scale < 1:
@@ -81,6 +88,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     # A client has 100 pooled connections per backend; with hundreds of calls a request may
     # wait for one, and that wait counts against its timeout: give big runs a longer one.
     big = args.scale > 100
+    if args.library_timeouts:
+        return Settings(
+            fault_rate=args.fault_rate,
+            request_timeout=30.0,
+            slow=60.0,  # a request that is never answered in time
+            call_timeout=4.0,
+            start_timeout=4.0,
+            cancel_timeout=DEFAULT_CANCEL_TIMEOUT,
+            poll_maximum=0.25,
+        )
     request_timeout = 1.0 if big else 0.4
     return Settings(
         fault_rate=args.fault_rate,

@@ -29,7 +29,7 @@ import attrs
 import yarl
 
 from ._api_errors import VendorProfile, build_api_error, parse_retry_after
-from ._protect import protected
+from ._protect import SENT_WORK_GRACE, protected
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
 from ._urls import check_base_url, is_loopback_host, origin_of
@@ -39,6 +39,7 @@ from .errors import (
     ConfigurationError,
     ConnectionLost,
     RateLimited,
+    RequestTimeout,
     ResponseDecodeError,
     TransportError,
 )
@@ -353,13 +354,26 @@ class ApiClient:
             if not protect:
                 response = await self.transport.send(request)
             else:
-                # Once sent, a request that may start a run is seen through to its answer.
-                # The transport bounds it (request.timeout); this bound is only a backstop
-                # for a transport that does not (a custom one, or a caller's session whose
-                # pool is smaller than max_connections and so queues inside aiohttp).
-                response = await protected(
-                    functools.partial(self.transport.send, request), request.timeout * 2 + 60
-                )
+                # Once sent, a request that may start a run is seen through to its answer,
+                # for at most SENT_WORK_GRACE past its caller's cancellation or deadline. The
+                # transport bounds it too (request.timeout); the bound here is a backstop for
+                # a transport that does not (a custom one, or a caller's session whose pool
+                # is smaller than max_connections and so queues inside aiohttp).
+                try:
+                    response = await protected(
+                        functools.partial(self.transport.send, request),
+                        request.timeout * 2 + 60,
+                        after_cancel=SENT_WORK_GRACE,
+                    )
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"no answer to {request.method} {redact_url(request.url)} in time "
+                        f"({SENT_WORK_GRACE:g}s after its caller's deadline or cancellation); "
+                        "it may have reached the server",
+                        vendor=self.profile.name,
+                        method=request.method,
+                        url=redact_url(request.url),
+                    ) from None
             response = attrs.evolve(response, vendor=self.profile.name)
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:

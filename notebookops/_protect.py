@@ -13,34 +13,56 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
-__all__ = ["protected"]
+__all__ = ["SENT_WORK_GRACE", "protected"]
 
 T = TypeVar("T")
 
+#: How long work that may have made a run (a start request already sent, the search for the
+#: run an unanswered start may have made) is still awaited once its caller is cancelled or
+#: its deadline passes. Past it the work is given up and the start reported as of unknown
+#: outcome: a caller's deadline is an upper bound, give or take this.
+SENT_WORK_GRACE: Final = 5.0
 
-async def protected(work: Callable[[], Awaitable[T]], timeout: float) -> T:
+
+async def protected(
+    work: Callable[[], Awaitable[T]], timeout: float, *, after_cancel: float | None = None
+) -> T:
     """Await ``work()`` to its end even if the caller is cancelled, for at most ``timeout``
     seconds (then the work is cancelled and TimeoutError raised). The work's own errors
-    propagate; a cancellation of the caller is delivered after the work is over."""
+    propagate; a cancellation of the caller is delivered after the work is over.
+
+    ``after_cancel`` shortens the wait once the caller is cancelled (its deadline passed, a
+    scope cancelled, ``Task.cancel()``): the work then gets at most that many seconds more,
+    so a caller's deadline stays an upper bound give or take that grace.
+    """
     outcome: list[tuple[bool, Any]] = []
+    shield = anyio.CancelScope(shield=True, deadline=anyio.current_time() + timeout)
+    finished = anyio.Event() if after_cancel is not None else None
 
     async def run() -> None:
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + timeout
+        with shield:
             try:
                 outcome.append((True, await work()))
             except Exception as error:
                 outcome.append((False, error))
-        if scope.cancelled_caught and not outcome:
-            outcome.append((False, TimeoutError(f"did not finish within {timeout:g}s")))
+        if shield.cancelled_caught and not outcome:
+            outcome.append((False, TimeoutError("did not finish in time")))
+        if finished is not None:
+            finished.set()
 
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(run)
+            if finished is not None and after_cancel is not None:
+                try:
+                    await finished.wait()
+                except anyio.get_cancelled_exc_class():
+                    shield.deadline = min(shield.deadline, anyio.current_time() + after_cancel)
+                    raise
     except anyio.get_cancelled_exc_class() as cancelled:
         if not outcome:  # pragma: no cover - the child always records an outcome
             raise

@@ -2,7 +2,7 @@
 
 ``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
 built on (``ApiClient``, ``VendorClient``, ``VendorProfile``, and ``protected`` for the part
-of a start that must survive a cancellation) is re-exported from here on first use, so that
+of a start that must survive a cancellation, with its ``SENT_WORK_GRACE``) is re-exported from here on first use, so that
 importing the protocol does not import aiohttp.
 """
 
@@ -21,9 +21,10 @@ from .models import Capability, Run, RunHandle, RunRequest, RunState
 if TYPE_CHECKING:  # imported on first use at run time, see __getattr__
     from ._api_errors import VendorProfile
     from ._client import ApiClient, VendorClient
-    from ._protect import protected
+    from ._protect import SENT_WORK_GRACE, protected
 
 __all__ = [
+    "SENT_WORK_GRACE",
     "ApiClient",
     "BaseBackend",
     "NotebookBackend",
@@ -42,6 +43,7 @@ _ON_FIRST_USE = {
     "VendorClient": "._client",
     "VendorProfile": "._api_errors",
     "protected": "._protect",
+    "SENT_WORK_GRACE": "._protect",
 }
 
 

@@ -71,8 +71,9 @@ logger = logging.getLogger("notebookops.orchestration")
 #: One hour: generous, because peers that shipped 10-20 minute defaults all had to raise them.
 DEFAULT_TIMEOUT = 3600.0
 #: Bound on the best-effort remote cancel (and the read after it) after a deadline or a
-#: caller's cancellation, and on handing a new handle to ``on_start``.
-DEFAULT_CANCEL_TIMEOUT = 30.0
+#: caller's cancellation, and on handing a new handle to ``on_start``: a few seconds, so a
+#: deadline stays an upper bound (a cancel that takes longer is reported as failed).
+DEFAULT_CANCEL_TIMEOUT = 5.0
 
 OnTimeout = Literal["cancel", "detach"]
 UpdateCallback = Callable[[Run], Awaitable[None] | None]
@@ -492,8 +493,15 @@ async def run_and_wait(
     :class:`RunCancelled` when the run ends so (unless ``raise_on_failure=False``),
     :class:`RunTimeout` at the deadline, and any other error from the tree with ``err.handle``
     set once the run exists. A SUBMITTED run (the backend cannot track it) is returned at once.
-    ``cancel_timeout`` bounds what happens after the deadline or a cancellation (the remote
-    cancel and one last read), so the call returns within ``timeout + cancel_timeout``.
+
+    **The deadline is an upper bound.** What follows it is bounded too: the remote cancel and
+    one last read by ``cancel_timeout`` (default 5 s), so a run started before the deadline
+    returns within ``timeout + cancel_timeout``. A start whose request was sent but not yet
+    answered at the deadline gets at most 5 s more (Deepnote: also 5 s to look for the run an
+    unanswered start may have made); then :class:`~notebookops.StartOutcomeUnknown` says a
+    run may exist. If its answer comes in that time, ``on_start`` and the cancel of the late
+    run get ``cancel_timeout`` each. So the worst case is ``timeout + 2 * cancel_timeout``
+    plus 5 s (10 s on Deepnote).
 
     **Runs that survive restarts.** With ``key`` (your idempotency key, up to 255 characters)
     and ``store`` (a :class:`~notebookops.store.RunStore`), the key is reserved in the store

@@ -51,6 +51,7 @@ from notebookops import (
     StartOutcomeUnknown,
     run_and_wait,
 )
+from notebookops.backend import SENT_WORK_GRACE
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.models import Capability
@@ -103,10 +104,18 @@ class Settings:
         return PollPolicy(initial=0.01, multiplier=1.5, maximum=self.poll_maximum, jitter=0.1)
 
     @property
+    def after_deadline(self) -> float:
+        """What the library may spend past a deadline or a cancellation (run_and_wait's
+        documented bound): a start already sent gets its answer (or, on Deepnote, a look for
+        its run) within the grace or its request timeout, then on_start and the remote
+        cancel with its last read get cancel_timeout each."""
+        return 2 * min(self.request_timeout, SENT_WORK_GRACE) + 2 * self.cancel_timeout
+
+    @property
     def bound(self) -> float:
         """The latest a call may return: the deadline (or the start's own bound, if longer),
-        the remote cancel and the final read after it, and the slack."""
-        return max(self.call_timeout, self.start_timeout) + 2 * self.cancel_timeout + self.slack
+        what may follow it, and the slack."""
+        return max(self.call_timeout, self.start_timeout) + self.after_deadline + self.slack
 
 
 # --------------------------------------------------------------------------- faults
@@ -526,7 +535,7 @@ def _account(env: ChaosEnv, figures: Figures, settings: Settings) -> None:
             )
         if call.cancelled_at is not None:
             late = call.began + call.elapsed - call.cancelled_at
-            limit = 2 * settings.cancel_timeout + settings.slack
+            limit = settings.after_deadline + settings.slack
             if late > limit:
                 figures.overruns += 1
                 figures.problems.append(f"{where}: took {late:.2f}s to honour the cancellation")

@@ -24,7 +24,7 @@ from typing import Final, TypeVar
 import anyio
 import attrs
 
-from ..._protect import protected
+from ..._protect import SENT_WORK_GRACE, protected
 from ..._validate import utc_now
 from ...errors import (
     AuthenticationError,
@@ -108,7 +108,8 @@ async def _enumerate(items: AsyncIterator[RunSummary]) -> AsyncIterator[tuple[in
 
 
 #: Bound on what a start does after its request may have made a run (settling it through the
-#: runs list, finding a v1 run): seen through a cancellation, within this time.
+#: runs list, finding a v1 run): seen through a cancellation, within this time, and for at
+#: most SENT_WORK_GRACE once the caller is cancelled or its deadline passes.
 _SEEN_THROUGH: Final = 120.0
 
 
@@ -118,11 +119,12 @@ async def _seen_through(
     """Run the part of a start that follows a request which may have made a run, protected
     from cancellation (the NotebookBackend.start_run contract: the handle must not be lost)."""
     try:
-        return await protected(work, _SEEN_THROUGH)
+        return await protected(work, _SEEN_THROUGH, after_cancel=SENT_WORK_GRACE)
     except TimeoutError:
         raise StartOutcomeUnknown(
             f"starting deepnote notebook {notebook_id!r}: the run it may have made could not "
-            f"be found within {_SEEN_THROUGH:g}s",
+            f"be found in time ({_SEEN_THROUGH:g}s, or {SENT_WORK_GRACE:g}s after the caller's "
+            "deadline or cancellation)",
             notebook=notebook_id,
             evidence="the runs list did not settle it in time",
         ) from error

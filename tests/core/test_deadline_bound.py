@@ -1,0 +1,138 @@
+"""The caller's deadline is an upper bound on the whole call, give or take a few seconds.
+
+A run started before the deadline: the call returns within ``timeout + cancel_timeout``. A
+start whose request was sent but not answered at the deadline is given ``SENT_WORK_GRACE``
+more, then reported as :class:`StartOutcomeUnknown` (a run may exist), never held for the
+request's own timeout. Driven through the transport seam with handlers that never answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from notebookops import (
+    PollPolicy,
+    RunTimeout,
+    StartOutcomeUnknown,
+    run_and_wait,
+)
+from notebookops.backend import SENT_WORK_GRACE, protected
+from notebookops.backends.datalore import DataloreBackend
+from notebookops.backends.deepnote import DeepnoteBackend
+from notebookops.testing import MockTransport, json_response
+from notebookops.transport import Request, Response
+
+FAST = PollPolicy(initial=0.01, multiplier=1.5, maximum=0.05, jitter=0)
+#: Scheduling slack on a busy test machine.
+SLACK = 1.5
+
+
+async def _never(request: Request) -> Response:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_a_start_never_answered_ends_a_grace_after_the_deadline() -> None:
+    transport = MockTransport(_never)
+    async with DataloreBackend("tok-bound", transport=transport) as backend:
+        began = time.monotonic()
+        with pytest.raises(StartOutcomeUnknown) as caught:
+            await run_and_wait(backend, "owner/nb", timeout=0.2, poll=FAST)
+        took = time.monotonic() - began
+    # The backend's own request timeout is 30 s: the deadline, not it, bounded the call.
+    assert 0.2 + SENT_WORK_GRACE - 0.2 <= took <= 0.2 + SENT_WORK_GRACE + SLACK
+    assert "may have reached the server" in str(caught.value.__cause__)
+    assert len(transport.requests) == 1  # and it was never sent again
+
+
+async def test_a_deepnote_start_never_answered_looks_for_its_run_within_the_grace() -> None:
+    posts = 0
+
+    async def handler(request: Request) -> Response:
+        nonlocal posts
+        if request.method == "POST":
+            posts += 1
+            await anyio.sleep_forever()
+        # The runs list, read to settle the unanswered start: it never answers either.
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with DeepnoteBackend("tok-bound", transport=MockTransport(handler)) as backend:
+        began = time.monotonic()
+        with pytest.raises(StartOutcomeUnknown):
+            await run_and_wait(backend, "nb", timeout=0.2, poll=FAST)
+        took = time.monotonic() - began
+    assert took <= 0.2 + 2 * SENT_WORK_GRACE + SLACK
+    assert posts == 1
+
+
+async def test_status_reads_that_never_answer_end_at_the_deadline() -> None:
+    async def handler(request: Request) -> Response:
+        if request.method == "POST":
+            return json_response({"runId": "run-1"}, 200)
+        await anyio.sleep_forever()  # every status read drips forever
+        raise AssertionError("unreachable")
+
+    async with DataloreBackend("tok-bound", transport=MockTransport(handler)) as backend:
+        began = time.monotonic()
+        with pytest.raises(RunTimeout) as caught:
+            await run_and_wait(backend, "owner/nb", timeout=0.3, poll=FAST)
+        took = time.monotonic() - began
+    # Not the backend's 30 s request timeout: the deadline cut the read.
+    assert took <= 0.3 + SLACK
+    assert caught.value.handle is not None
+
+
+# --------------------------------------------------------------------------- protected()
+
+
+async def test_protected_work_gets_only_the_grace_after_the_callers_deadline() -> None:
+    finished: list[float] = []
+
+    async def slow() -> str:
+        await anyio.sleep(5)
+        finished.append(time.monotonic())
+        return "done"
+
+    began = time.monotonic()
+    with anyio.move_on_after(0.1), pytest.raises(TimeoutError):
+        await protected(slow, 30, after_cancel=0.2)
+    assert 0.25 <= time.monotonic() - began <= 0.1 + 0.2 + SLACK
+    assert not finished
+
+
+async def test_protected_work_finishing_within_the_grace_returns_then_the_cancel_lands() -> None:
+    results: list[str] = []
+
+    async def quick() -> str:
+        await anyio.sleep(0.2)
+        return "done"
+
+    async def caller() -> None:
+        results.append(await protected(quick, 30, after_cancel=1.0))
+        await anyio.lowlevel.checkpoint()  # the held-off cancellation lands here
+        results.append("not reached")
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert results == ["done"]
+
+
+async def test_protected_without_a_grace_waits_for_the_work_whatever_the_deadline() -> None:
+    async def work() -> int:
+        await anyio.sleep(0.3)
+        return 7
+
+    outcome: list[Any] = []
+    with anyio.move_on_after(0.05):
+        outcome.append(await protected(work, 30))
+    assert outcome == [7]
