@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-__all__ = ["SENT_WORK_GRACE", "protected"]
+__all__ = ["SENT_WORK_GRACE", "WorkTimedOut", "protected"]
 
 T = TypeVar("T")
 
@@ -28,11 +28,16 @@ T = TypeVar("T")
 SENT_WORK_GRACE: Final = 5.0
 
 
+class WorkTimedOut(TimeoutError):
+    """Raised by :func:`protected` when the work ran out of its time (and was cancelled);
+    a TimeoutError the work raised itself passes through as it is."""
+
+
 async def protected(
     work: Callable[[], Awaitable[T]], timeout: float, *, after_cancel: float | None = None
 ) -> T:
     """Await ``work()`` to its end even if the caller is cancelled, for at most ``timeout``
-    seconds (then the work is cancelled and TimeoutError raised). The work's own errors
+    seconds (then the work is cancelled and :class:`WorkTimedOut` raised). The work's own errors
     propagate; a cancellation of the caller is delivered after the work is over.
 
     ``after_cancel`` shortens the wait once the caller is cancelled (its deadline passed, a
@@ -50,7 +55,7 @@ async def protected(
             except Exception as error:
                 outcome.append((False, error))
         if shield.cancelled_caught and not outcome:
-            outcome.append((False, TimeoutError("did not finish in time")))
+            outcome.append((False, WorkTimedOut("did not finish in time")))
         if finished is not None:
             finished.set()
 

@@ -1,9 +1,9 @@
 """The NotebookBackend protocol, and what writing an adapter takes.
 
 ``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
-built on (``ApiClient``, ``VendorClient``, ``VendorProfile``, and ``protected`` for the part
-of a start that must survive a cancellation, with its ``SENT_WORK_GRACE``) is re-exported from here on first use, so that
-importing the protocol does not import aiohttp.
+built on (``ApiClient``, ``VendorClient``, ``VendorProfile``, and ``protected`` with its
+``SENT_WORK_GRACE`` for the part of a start that must survive a cancellation) is re-exported
+from here on first use, so that importing the protocol does not import aiohttp.
 """
 
 from __future__ import annotations

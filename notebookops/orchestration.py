@@ -36,7 +36,7 @@ import anyio
 import attrs
 
 from ._durable import START_TIMEOUT, OnAmbiguous, check_key, keyed_start, record_finish
-from ._protect import protected
+from ._protect import WorkTimedOut, protected
 from ._validate import seconds
 from .backend import NotebookBackend, StreamingBackend
 from .errors import (
@@ -277,6 +277,16 @@ async def _announce(
 
     try:
         await protected(announce, bound)
+    except WorkTimedOut:
+        reason = f"on_start did not return within cancel_timeout ({bound:g}s)"
+        raise RunTimeout(
+            f"{handle.backend} run {handle.run_id} was started, but {reason}; the run was left "
+            "running: its handle is on this error",
+            run=None,
+            cancelled=False,
+            reason=reason,
+            handle=handle,
+        ) from None
     except NotebookOpsError as error:
         raise error.with_handle(handle) from error.__cause__
     except Exception as error:
@@ -486,7 +496,10 @@ async def run_and_wait(
     ``notebook`` is the backend's notebook id (or a full :class:`RunRequest`). ``timeout`` is
     the overall deadline in seconds (``None``: wait forever, explicitly). ``on_start`` receives
     the handle before the first status read: persist it there (``handle.to_json()``) and a
-    restarted worker can ``wait_for_run`` instead of starting the notebook again.
+    restarted worker can ``wait_for_run`` instead of starting the notebook again. It runs to
+    its end even if the caller is cancelled meanwhile, within ``cancel_timeout``; if it raises
+    or overruns (:class:`RunTimeout`), that error is raised with the handle on it
+    (``err.handle``, or a note on an exception of your own) and the run is left running.
 
     A start the vendor has not taken by the deadline (or ``start_timeout``) is abandoned and
     raised as :class:`RunTimeout` with no handle: no run exists. Raises :class:`RunFailed` /

@@ -322,3 +322,66 @@ async def test_a_deadline_whose_cancellation_is_swallowed_still_ends_the_wait(
         if isinstance(backend, SwallowingReadBackend):
             assert backend.reads_after == 1  # the final read after the cancel, no more polls
         await asyncio.sleep(0)  # and no cancellation is owed
+
+
+# --------------------------------------------------------------------------- on_start
+
+
+class _Saved:
+    """An on_start that awaits before it saves, as a database write does."""
+
+    def __init__(self, takes: float) -> None:
+        self.takes = takes
+        self.handles: list[RunHandle] = []
+
+    async def __call__(self, handle: RunHandle) -> None:
+        await asyncio.sleep(self.takes)
+        self.handles.append(handle)
+
+
+async def test_an_async_on_start_saves_the_handle_when_task_cancel_lands_during_the_start(
+    slow: SlowStartBackend,
+) -> None:
+    save = _Saved(START_TAKES)
+    task = asyncio.create_task(run_and_wait(slow, "nb", poll=FAST, on_start=save))
+    await asyncio.sleep(START_TAKES / 5)  # inside the start
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (run,) = slow.runs.values()
+    assert [handle.run_id for handle in save.handles] == [run.handle.run_id]
+    assert run.cancelled  # and the run it saved was then cancelled, as asked
+
+
+async def test_an_async_on_start_saves_the_handle_when_an_anyio_scope_is_cancelled(
+    slow: SlowStartBackend,
+) -> None:
+    save = _Saved(START_TAKES)
+    with anyio.move_on_after(START_TAKES / 5):
+        await run_and_wait(slow, "nb", poll=FAST, on_start=save)
+    assert len(save.handles) == 1
+    assert save.handles[0].run_id in slow.runs
+
+
+async def test_an_on_start_that_overruns_is_a_run_timeout_with_the_handle(
+    slow: SlowStartBackend,
+) -> None:
+    save = _Saved(30)
+    with pytest.raises(RunTimeout, match="on_start did not return") as caught:
+        await run_and_wait(slow, "nb", poll=FAST, on_start=save, cancel_timeout=0.1)
+    assert caught.value.handle is not None
+    assert caught.value.handle.run_id in slow.runs
+    assert not caught.value.cancelled
+
+
+async def test_an_on_start_that_raises_keeps_the_handle_on_the_error(
+    slow: SlowStartBackend,
+) -> None:
+    async def broken(handle: RunHandle) -> None:
+        await asyncio.sleep(0)
+        raise OSError("the database is gone")
+
+    with pytest.raises(OSError, match="database is gone") as caught:
+        await run_and_wait(slow, "nb", poll=FAST, on_start=broken)
+    (run_id,) = slow.runs
+    assert any(run_id in note for note in caught.value.__notes__)
