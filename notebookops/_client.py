@@ -278,6 +278,7 @@ class ApiClient:
                 headers=self._headers_for(url, headers),
                 json=json,
                 timeout=timeout or self.timeout,
+                vendor=self.profile.name,
             ),
             safe=safe,
             protect=not safe if protect is None else protect,
@@ -374,7 +375,6 @@ class ApiClient:
                         method=request.method,
                         url=redact_url(request.url),
                     ) from None
-            response = attrs.evolve(response, vendor=self.profile.name)
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
                 if logger.isEnabledFor(logging.DEBUG):
@@ -517,6 +517,7 @@ class ApiClient:
                 json=json,
                 timeout=idle_timeout,
                 stream=True,
+                vendor=self.profile.name,
             ),
             safe=method in IDEMPOTENT_METHODS,
             # An event stream belongs to the task that reads it: handing its opening to

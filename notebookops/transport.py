@@ -65,6 +65,8 @@ class Request:
     json: Any = None
     timeout: float = 30.0
     stream: bool = False
+    #: Which vendor is asked (for error messages); a transport copies it to the Response.
+    vendor: str = ""
 
     def __repr__(self) -> str:
         # Headers carry the credential: never shown.
@@ -85,7 +87,7 @@ class Response:
     body: bytes = b""
     method: str = ""
     url: str = ""
-    #: Which vendor answered (for error messages); set by the client.
+    #: Which vendor answered (for error messages): the request's ``vendor``.
     vendor: str = ""
     #: The body as it arrives, for a streamed answer.
     chunks: AsyncIterator[bytes] | None = attrs.field(default=None, eq=False)
@@ -219,6 +221,8 @@ class AiohttpTransport:
         self._owns_session = session is None
         self._max_connections = max_connections
         self._connect_timeout = float(connect_timeout)
+        # The whole attempt is bounded in send() (request.timeout); aiohttp bounds the connect.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout)
         self._max_body = max_body
         self._closed = False
 
@@ -257,8 +261,8 @@ class AiohttpTransport:
                     request.method,
                     yarl.URL(request.url, encoded=True),
                     json=request.json,
-                    headers=dict(request.headers),
-                    timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
+                    headers=request.headers,
+                    timeout=self._timeout,
                     allow_redirects=False,
                 ) as resp:
                     body = await self._read_capped(resp, request)
@@ -268,6 +272,7 @@ class AiohttpTransport:
                         body=body,
                         method=request.method,
                         url=request.url,
+                        vendor=request.vendor,
                     )
         except _CLIENT_ERRORS as exc:
             raise map_client_exception(exc, method=request.method, url=request.url) from None
@@ -308,7 +313,7 @@ class AiohttpTransport:
             request.method,
             yarl.URL(request.url, encoded=True),
             json=request.json,
-            headers=dict(request.headers),
+            headers=request.headers,
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=self._connect_timeout, sock_read=request.timeout
             ),
@@ -336,12 +341,14 @@ class AiohttpTransport:
                 body=body,
                 method=request.method,
                 url=request.url,
+                vendor=request.vendor,
             )
         return Response(
             status=resp.status,
             headers=headers,
             method=request.method,
             url=request.url,
+            vendor=request.vendor,
             chunks=chunks(),
             release=release,
         )

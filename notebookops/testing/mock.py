@@ -65,6 +65,7 @@ class MockTransport:
             body=answer.body,
             method=request.method,
             url=request.url,
+            vendor=request.vendor,
             chunks=answer.chunks,
             release=answer.release,
         )
