@@ -357,6 +357,8 @@ def _list_hook(converter: cattrs.Converter, cls: Any) -> Callable[[Any, Any], li
 
 #: Classes whose JSON keys are snake_case (Jupyter's and the snapshot's); the rest are camelCase.
 _SNAKE_CASE: Final = frozenset({SnapshotOutput, SnapshotBlock})
+#: Where a decoded object's own JSON travels to its ``raw`` field: not a key Deepnote sends.
+_RAW_KEY: Final = "\x00raw"
 #: The seed OpenAPI calls the completion time ``finishedAt``; reality says ``completedAt``.
 _RENAMES: Final = {"legacy_finished_at": "finishedAt"}
 
@@ -368,7 +370,11 @@ def _object_hook(converter: cattrs.Converter, cls: type[Any]) -> Callable[[Any, 
         else _RENAMES.get(field.name) or to_camel(field.name)
         for field in attrs.fields(cls)
     }
-    overrides = {name: override(rename=key, omit=name == "raw") for name, key in keys.items()}
+    overrides = {name: override(rename=key) for name, key in keys.items()}
+    keeps_raw = "raw" in keys
+    if keeps_raw:
+        # The JSON object itself, handed through as it is (under a key no JSON field has).
+        overrides["raw"] = override(rename=_RAW_KEY, struct_hook=lambda value, _: value)
     structure = make_dict_structure_fn(cls, converter, **overrides)  # type: ignore[arg-type]
     takes_id = "run_id" in keys
 
@@ -379,8 +385,9 @@ def _object_hook(converter: cattrs.Converter, cls: type[Any]) -> Callable[[Any, 
         present = {key: value for key, value in data.items() if value is not None}
         if takes_id and "runId" not in present and isinstance(present.get("id"), str):
             present["runId"] = present["id"]  # what some deployments send (Deepnote's client)
-        result = structure(present, cls)
-        return attrs.evolve(result, raw=data) if "raw" in keys else result
+        if keeps_raw:
+            present[_RAW_KEY] = data
+        return structure(present, cls)
 
     return hook
 
