@@ -9,7 +9,9 @@ request's own timeout. Driven through the transport seam with handlers that neve
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -38,17 +40,23 @@ async def _never(request: Request) -> Response:
     raise AssertionError("unreachable")
 
 
-async def test_a_start_never_answered_ends_a_grace_after_the_deadline() -> None:
-    transport = MockTransport(_never)
-    async with DataloreBackend("tok-bound", transport=transport) as backend:
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A loopback port whose connections the kernel completes and nobody ever reads: the
+    request is sent, and never answered."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+async def test_a_start_never_answered_ends_a_grace_after_the_deadline(black_hole: str) -> None:
+    async with DataloreBackend("tok-bound", base_url=black_hole) as backend:
         began = time.monotonic()
         with pytest.raises(StartOutcomeUnknown) as caught:
             await run_and_wait(backend, "owner/nb", timeout=0.2, poll=FAST)
         took = time.monotonic() - began
     # The backend's own request timeout is 30 s: the deadline, not it, bounded the call.
-    assert 0.2 + SENT_WORK_GRACE - 0.2 <= took <= 0.2 + SENT_WORK_GRACE + SLACK
+    assert SENT_WORK_GRACE <= took <= 0.2 + SENT_WORK_GRACE + SLACK
     assert "may have reached the server" in str(caught.value.__cause__)
-    assert len(transport.requests) == 1  # and it was never sent again
 
 
 async def test_a_deepnote_start_never_answered_looks_for_its_run_within_the_grace() -> None:
