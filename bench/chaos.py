@@ -31,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import revision  # noqa: E402  (bench/ leads sys.path: a script's own directory)
+
+import notebookops  # noqa: E402
 from notebookops import DEFAULT_CANCEL_TIMEOUT  # noqa: E402
 from tests.reliability._chaos import (  # noqa: E402  (needs the repository root on the path)
     VENDORS,
@@ -161,7 +164,8 @@ def _report(
             "",
             f"Command: `{command}`",
             "",
-            f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
+            f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; notebookops "
+            f"{notebookops.__version__}{revision(Path(notebookops.__file__).parent)}; "
             f"Python {platform.python_version()} on {platform.system()} "
             f"({os.cpu_count()} CPUs); wall time {seconds:.0f}s.",
             "",
