@@ -62,8 +62,7 @@ class Vendor:
 
 
 async def worker(args: argparse.Namespace) -> None:
-    from notebookops._api_errors import VendorProfile
-    from notebookops._client import ApiClient
+    from notebookops.backend import ApiClient, VendorProfile
     from notebookops.policies import RetryPolicy
     from notebookops.ratelimit_redis import RedisRateLimiter
 

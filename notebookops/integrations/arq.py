@@ -63,8 +63,7 @@ from ..errors import ConfigurationError, RunTimeout
 from ..models import Run, RunHandle, RunRequest
 from ..orchestration import DEFAULT_TIMEOUT, start_run, wait_for_run
 from ..policies import PollPolicy
-from ..store import RecordState, RedisRunStore, RunStore, StoreUnavailable
-from ..store._redis import DEFAULT_PREFIX
+from ..store import DEFAULT_PREFIX, RecordState, RedisRunStore, RunStore, StoreUnavailable
 from ..targets import make_backend, parse_target
 
 if TYPE_CHECKING:

@@ -24,10 +24,11 @@ from ._base import (
 )
 from ._memory import MemoryRunStore
 from ._open import STORE_URL_FORMS, open_store
-from ._redis import RedisRunStore
+from ._redis import DEFAULT_PREFIX, RedisRunStore
 from ._sqlite import SQLiteRunStore, default_store_path
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "STORE_URL_FORMS",
     "Claim",
     "MemoryRunStore",

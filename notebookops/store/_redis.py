@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisRunStore"]
+__all__ = ["DEFAULT_PREFIX", "RedisRunStore"]
 
 T = TypeVar("T")
 
+#: What every key of a RedisRunStore starts with unless ``prefix=`` says otherwise.
 DEFAULT_PREFIX = "notebookops:"
 
 # Each script is one atomic step: Redis runs a script with nothing else in between. They keep

@@ -16,9 +16,8 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from notebookops import errors
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
 from notebookops._sse import SSEEvent
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
 from notebookops.testing._server import FakeServer, Fault

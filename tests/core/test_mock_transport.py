@@ -6,8 +6,7 @@ import anyio
 import pytest
 
 from notebookops import ConnectionLost, ServerError
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.testing import MockTransport, json_response
 from notebookops.transport import Request, Response, Transport

@@ -25,7 +25,7 @@ from notebookops import (
     run_and_wait,
     start_run,
 )
-from notebookops._protect import protected
+from notebookops.backend import protected
 from notebookops.testing import FakeBackend, FakeScript
 
 FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)

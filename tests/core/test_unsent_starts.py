@@ -29,9 +29,7 @@ from notebookops import (
     start_run,
     wait_for_run,
 )
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
-from notebookops._protect import protected
+from notebookops.backend import ApiClient, VendorProfile, protected
 from notebookops.policies import RetryPolicy
 from notebookops.testing import FakeBackend, FakeScript
 from notebookops.testing._server import FakeServer, Fault

@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from notebookops._client import ApiClient
 from notebookops._sse import SSEEvent, SSEParser
+from notebookops.backend import ApiClient
 from notebookops.errors import ConnectionLost
 from notebookops.transport import Response
 

@@ -9,8 +9,7 @@ import pytest
 from aiohttp import web
 
 from notebookops import ResponseDecodeError
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.transport import AiohttpTransport
 
 CAP = 256 * 1024

@@ -20,8 +20,7 @@ from notebookops import (
     StartOutcomeUnknown,
     run_and_wait,
 )
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import PollPolicy

@@ -10,9 +10,8 @@ import anyio
 import pytest
 from aiohttp import web
 
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
 from notebookops._sse import DEFAULT_MAX_EVENT_SIZE, SSEEvent
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.errors import ResponseDecodeError
 from notebookops.policies import RetryPolicy
 

@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notebookops import ConfigurationError, NotebookOpsError, RunHandle, RunRequest
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
 from notebookops._urls import path_segment
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend

@@ -23,8 +23,7 @@ from notebookops import (
     run_and_wait,
     wait_for_run,
 )
-from notebookops._api_errors import VendorProfile
-from notebookops._client import ApiClient
+from notebookops.backend import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend
