@@ -33,6 +33,7 @@ from ._protect import SENT_WORK_GRACE, protected
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
 from ._urls import check_base_url, is_loopback_host, origin_of
+from ._validate import count, seconds
 from .errors import (
     APIError,
     BackendClosed,
@@ -124,14 +125,8 @@ class ApiClient:
         max_connections: int = 100,
         rng: random.Random | None = None,
     ) -> None:
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
+        seconds("timeout", timeout)
+        seconds("connect_timeout", connect_timeout)
         if transport is not None and session is not None:
             raise ConfigurationError("pass either transport= or session=, not both")
         if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
@@ -156,10 +151,7 @@ class ApiClient:
         self.allow_http = allow_http
         self._rng = rng or random.Random()
         self._closed = False
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigurationError(f"max_connections must be an int, got {max_connections!r}")
-        if max_connections < 1:
-            raise ConfigurationError(f"max_connections must be >= 1, got {max_connections!r}")
+        count("max_connections", max_connections, minimum=1)
         #: Requests in flight at once (streams until closed): the pool's size, so that none
         #: waits for a connection inside the transport, where a connect timeout would count.
         self._in_flight = anyio.Semaphore(max_connections)

@@ -31,11 +31,14 @@ def seconds(
     return float(value)
 
 
-def count(name: str, value: object) -> int:
-    """``value`` as a whole number >= 0 (a size, a number of things), or ConfigurationError
-    naming ``name``. Refuses booleans and non-integers."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
+def count(name: str, value: object, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` as a whole number from ``minimum`` (to ``maximum``, when given): a size, a
+    number of things. ConfigurationError naming ``name`` otherwise; booleans and
+    non-integers are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return value
 
 

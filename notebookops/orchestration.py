@@ -37,7 +37,7 @@ import attrs
 
 from ._durable import START_TIMEOUT, OnAmbiguous, check_key, keyed_start, record_finish
 from ._protect import WorkTimedOut, protected
-from ._validate import seconds
+from ._validate import count, seconds
 from .backend import NotebookBackend, StreamingBackend
 from .errors import (
     ConfigurationError,
@@ -684,8 +684,7 @@ async def run_many(
         raise ConfigurationError(
             "requests must be a list of notebook ids or RunRequests, not a single string"
         )
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    count("concurrency", concurrency, minimum=1)
     items = [_as_request(item) for item in requests]
     _validate_wait(timeout, on_timeout, cancel_timeout, poll)
     seconds("start_timeout", start_timeout, allow_none=True)

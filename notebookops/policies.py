@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from ._validate import count
 from .errors import ConfigurationError
 
 __all__ = ["PollPolicy", "RetryPolicy", "rate_limit_delay", "retry_delay"]
@@ -177,8 +178,7 @@ class RetryPolicy:
 
     @max_attempts.validator
     def _check_attempts(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
+        count("RetryPolicy.max_attempts", value, minimum=1)
 
     def __attrs_post_init__(self) -> None:
         if self.max_backoff < self.initial_backoff:

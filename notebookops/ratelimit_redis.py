@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ._validate import count
 from .errors import ConfigurationError
 from .ratelimit import RateLimiter
 from .store import StoreUnavailable
@@ -83,14 +84,8 @@ class RedisRateLimiter(RateLimiter):
     ) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"key must be a non-empty string, got {key!r}")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ConfigurationError(f"burst must be an int >= 1, got {burst!r}")
-        if isinstance(expected_processes, bool) or not isinstance(expected_processes, int):
-            raise ConfigurationError(
-                f"expected_processes must be an int, got {expected_processes!r}"
-            )
-        if expected_processes < 1:
-            raise ConfigurationError(f"expected_processes must be >= 1, got {expected_processes}")
+        count("burst", burst, minimum=1)
+        count("expected_processes", expected_processes, minimum=1)
         super().__init__(max_rate=rate, adaptive=False)
         # (rate checked by RateLimiter: a finite number > 0.)
         self._fleet_rate = float(rate)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -24,6 +23,7 @@ import attrs
 import yarl
 
 from ._redact import redact_url, trim
+from ._validate import count, seconds
 from ._version import __version__
 from .errors import (
     ConfigurationError,
@@ -198,17 +198,8 @@ class AiohttpTransport:
         connect_timeout: float = 10.0,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
-        if (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, int | float)
-            or not math.isfinite(connect_timeout)
-            or connect_timeout <= 0
-        ):
-            raise ConfigurationError(
-                f"connect_timeout must be a finite number > 0, got {connect_timeout!r}"
-            )
-        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
-            raise ConfigurationError(f"max_body must be a positive int, got {max_body!r}")
+        seconds("connect_timeout", connect_timeout)
+        count("max_body", max_body, minimum=1)
         # A connector built with ssl=False verifies nothing; taking it would silently send
         # tokens over unverified TLS. aiohttp keeps the setting on a private attribute.
         if session is not None and getattr(session.connector, "_ssl", None) is False:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
-from .._validate import seconds
+from .._validate import count, seconds
 from ..backend import NotebookBackend
 from ..errors import ConfigurationError, RunTimeout
 from ..models import Run, RunHandle, RunRequest
@@ -360,8 +360,7 @@ def worker_settings(
         ("redis_retry", redis_retry),
     ):
         seconds(name, value)
-    if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
-        raise ConfigurationError(f"max_tries must be an int >= 1, got {max_tries!r}")
+    count("max_tries", max_tries, minimum=1)
     settings = redis_settings(redis_url, retry_for=redis_retry)
     job_timeout = wait_slice + start_margin
 

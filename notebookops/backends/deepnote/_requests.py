@@ -19,6 +19,7 @@ import cattrs
 from cattrs.v import format_exception
 
 from ..._redact import redact_url, trim
+from ..._validate import count
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ...models import CellOutput, RunErrorInfo, RunState
 from ._wire import CONVERTER, Pagination, RunDetails, SnapshotBlock, SnapshotOutput
@@ -370,13 +371,7 @@ def build_notebook_body(project_id: str, name: str | None) -> dict[str, Any]:
 
 def check_page_size(page_size: object) -> int:
     """Deepnote pages hold 1 to 100 items."""
-    if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise ConfigurationError(f"page_size must be an int, got {page_size!r}")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ConfigurationError(
-            f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}"
-        )
-    return page_size
+    return count("page_size", page_size, minimum=1, maximum=MAX_PAGE_SIZE)
 
 
 def next_page_token(

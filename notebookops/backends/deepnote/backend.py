@@ -23,7 +23,7 @@ from typing import Any, Final
 import anyio
 import attrs
 
-from ..._validate import seconds
+from ..._validate import count, seconds
 from ...backend import BaseBackend, StateTable
 from ...errors import BadRequest, ConfigurationError, NotebookOpsError, UnsupportedOperation
 from ...models import Capability, CellOutput, Run, RunErrorInfo, RunHandle, RunRequest, RunState
@@ -82,10 +82,7 @@ def _delivery(instance: Any, attribute: attrs.Attribute[Any], value: object) -> 
 
 
 def _attempts(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"DeepnoteOptions.reconcile_attempts must be an int >= 1, got {value!r}"
-        )
+    count("DeepnoteOptions.reconcile_attempts", value, minimum=1)
 
 
 @attrs.frozen

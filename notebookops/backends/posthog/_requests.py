@@ -21,6 +21,7 @@ from ..._convert import format_datetime
 from ..._redact import trim
 from ..._sse import SSEEvent
 from ..._urls import path_segment
+from ..._validate import count
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
 from ._errors import (
     CollabConflict,
@@ -141,11 +142,7 @@ def _when(value: str | datetime | None, what: str) -> str | None:
 def _count(value: int | None, what: str, minimum: int, maximum: int | None = None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{what} must be an int >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigurationError(f"{what} must be <= {maximum}, got {value!r}")
-    return value
+    return count(what, value, minimum=minimum, maximum=maximum)
 
 
 def contains_param(contains: str | Mapping[str, str | bool] | None) -> str | None:
@@ -290,9 +287,7 @@ def _client_id(client_id: str) -> str:
 
 
 def _version(version: int) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ConfigurationError(f"version must be an int >= 0, got {version!r}")
-    return version
+    return count("version", version)
 
 
 def collab_save_body(
@@ -334,9 +329,7 @@ def _cursor(cursor: Mapping[str, int] | None) -> dict[str, int] | None:
     for key, value in cursor.items():
         if key not in allowed:
             raise ConfigurationError(f"unknown cursor field {key!r} (allowed: {sorted(allowed)})")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigurationError(f"cursor.{key} must be an int >= 0, got {value!r}")
-        clean[key] = value
+        clean[key] = count(f"cursor.{key}", value)
     return clean
 
 

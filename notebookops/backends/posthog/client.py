@@ -26,7 +26,7 @@ import anyio.lowlevel
 from ..._client import ApiClient, VendorClient
 from ..._redact import redact_url
 from ..._urls import path_segment
-from ..._validate import seconds
+from ..._validate import count, seconds
 from ...errors import (
     BackendClosed,
     ConfigurationError,
@@ -447,8 +447,7 @@ class PostHogClient(VendorClient):
         result with the version read; on 409 read again and re-apply, up to ``max_attempts``
         times. ``transform`` returning None means "no change" (the notebook is returned)."""
         self._check_open()
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        count("max_attempts", max_attempts, minimum=1)
         return await self._update_content(short_id, transform, max_attempts)
 
     async def _update_content(
@@ -754,8 +753,7 @@ class PostHogClient(VendorClient):
         Use with ``contextlib.aclosing``.
         """
         self._check_open()
-        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-            raise ConfigurationError(f"max_failures must be an int >= 0, got {max_failures!r}")
+        count("max_failures", max_failures)
         path = notebook_path(self.project_id, short_id, "collab", "stream")
         resume = last_event_id
         failures = 0
@@ -947,10 +945,8 @@ class PostHogClient(VendorClient):
         self._check_open()
         if not isinstance(variable_name, str) or not variable_name.isidentifier():
             raise ConfigurationError(f"variable_name must be an identifier, got {variable_name!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ConfigurationError(f"offset must be an int >= 0, got {offset!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise ConfigurationError(f"limit must be an int between 1 and 500, got {limit!r}")
+        count("offset", offset)
+        count("limit", limit, minimum=1, maximum=500)
         params: dict[str, str | int | float] = {
             "variable_name": variable_name,
             "offset": offset,
