@@ -29,7 +29,7 @@ import attrs
 import yarl
 
 from ._api_errors import VendorProfile, build_api_error, parse_retry_after
-from ._protect import SENT_WORK_GRACE, protected
+from ._protect import WorkTimedOut, protected
 from ._redact import Secret, redact_url, trim
 from ._sse import SSEEvent, SSEParser
 from ._urls import check_base_url, is_loopback_host, origin_of
@@ -348,21 +348,19 @@ class ApiClient:
                 response = await self.transport.send(request)
             else:
                 # Once sent, a request that may start a run is seen through to its answer,
-                # for at most SENT_WORK_GRACE past its caller's cancellation or deadline. The
-                # transport bounds it too (request.timeout); the bound here is a backstop for
-                # a transport that does not (a custom one, or a caller's session whose pool
-                # is smaller than max_connections and so queues inside aiohttp).
+                # whatever the caller's deadline: given up early, it could still make a run
+                # after a keyed retry had looked for one and found none (a run started
+                # twice). The transport bounds it (request.timeout); the bound here is a
+                # backstop for a transport that does not (a custom one, or a caller's session
+                # whose pool is smaller than max_connections and so queues inside aiohttp).
                 try:
                     response = await protected(
-                        functools.partial(self.transport.send, request),
-                        request.timeout * 2 + 60,
-                        after_cancel=SENT_WORK_GRACE,
+                        functools.partial(self.transport.send, request), request.timeout * 2 + 60
                     )
-                except TimeoutError:
+                except WorkTimedOut:
                     raise RequestTimeout(
-                        f"no answer to {request.method} {redact_url(request.url)} in time "
-                        f"({SENT_WORK_GRACE:g}s after its caller's deadline or cancellation); "
-                        "it may have reached the server",
+                        f"no answer to {request.method} {redact_url(request.url)} within "
+                        f"{request.timeout * 2 + 60:g}s; it may have reached the server",
                         vendor=self.profile.name,
                         method=request.method,
                         url=redact_url(request.url),

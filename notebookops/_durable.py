@@ -63,6 +63,7 @@ from .store import RecordConflict, RecordState, RunRecord, RunStore
 
 __all__ = [
     "START_TIMEOUT",
+    "STORE_BOUND",
     "OnAmbiguous",
     "check_key",
     "fingerprint",
@@ -88,6 +89,11 @@ SETTLE_NOW: Final = 0.001
 SENDING: Final = "sending:"
 #: The longest a keyed start may wait for its turn before it is abandoned unsent.
 START_TIMEOUT: Final = 300.0
+#: The longest a store operation of a keyed call is seen through a cancellation or a
+#: deadline: longer than the stores' own timeouts (SQLite 30 s, Redis 10 s), so that their
+#: errors, not this bound, end a slow one. A record cut short would lose a started run's
+#: handle, which is what makes a later call resume instead of starting again.
+STORE_BOUND: Final = 60.0
 #: How often a call waits for another live call's start to be recorded.
 STORE_POLL: Final = 0.2
 #: Records are kept at least this long (and at least twice the run's timeout).
@@ -189,7 +195,6 @@ class _KeyedStart:
     fingerprint: str
     retention: float
     on_ambiguous: OnAmbiguous
-    bound: float
     owner: str = attrs.field(factory=_new_owner)
 
     @property
@@ -226,7 +231,7 @@ class _KeyedStart:
                 lease=START_LEASE,
                 retention=self.retention,
             ),
-            self.bound,
+            STORE_BOUND,
         )
         if claim.created:
             return await self._start(start)
@@ -288,7 +293,7 @@ class _KeyedStart:
         # A lease not given back expires in START_WINDOW_TTL: not worth hiding the start's
         # outcome (a handle) behind a store error.
         try:
-            await protected(lambda: self.store.release_lease(name, owner=self.owner), self.bound)
+            await protected(lambda: self.store.release_lease(name, owner=self.owner), STORE_BOUND)
         except Exception as error:
             logger.warning("could not give the start lease %r back: %s", name, error)
 
@@ -352,7 +357,7 @@ class _KeyedStart:
         """Give back the reservation ``owner`` holds (protected; a store that fails here is
         logged, so that the error that ended the start is the one raised)."""
         try:
-            await protected(lambda: self.store.release(self.key, owner=owner), self.bound)
+            await protected(lambda: self.store.release(self.key, owner=owner), STORE_BOUND)
         except Exception as error:
             logger.warning("key %r: could not give its reservation back: %s", self.key, error)
 
@@ -364,7 +369,7 @@ class _KeyedStart:
                 lambda: self.store.take_over(
                     self.key, expected_owner=holder, owner=holder, lease=SETTLE_NOW
                 ),
-                self.bound,
+                STORE_BOUND,
             )
         except Exception as error:
             logger.warning("key %r: could not mark its start for settling: %s", self.key, error)
@@ -447,7 +452,6 @@ async def keyed_start(
     start: Start,
     timeout: float | None,
     on_ambiguous: OnAmbiguous,
-    bound: float,
 ) -> RunHandle | Run:
     """The key's run: the handle of a run started now or earlier, or its recorded final Run.
 
@@ -465,7 +469,6 @@ async def keyed_start(
         fingerprint(backend, request),
         retention_for(timeout),
         on_ambiguous,
-        bound,
     )
     try:
         return await keyed.run(start)
@@ -476,11 +479,11 @@ async def keyed_start(
         raise
 
 
-async def record_finish(store: RunStore, key: str, run: Run, bound: float) -> None:
+async def record_finish(store: RunStore, key: str, run: Run) -> None:
     """Record the run's end; a store that fails is logged, never raised (the run's result is
     what the caller waits for, and a later call finds the run finished at the vendor)."""
     try:
-        await protected(lambda: store.record_finish(key, run), bound)
+        await protected(lambda: store.record_finish(key, run), STORE_BOUND)
     except Exception as error:
         logger.warning(
             "could not record the end of %s run %s for key %r: %s", *_ids(run.handle), key, error

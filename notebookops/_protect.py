@@ -21,10 +21,10 @@ __all__ = ["SENT_WORK_GRACE", "WorkTimedOut", "protected"]
 
 T = TypeVar("T")
 
-#: How long work that may have made a run (a start request already sent, the search for the
-#: run an unanswered start may have made) is still awaited once its caller is cancelled or
-#: its deadline passes. Past it the work is given up and the start reported as of unknown
-#: outcome: a caller's deadline is an upper bound, give or take this.
+#: How long the search for the run an unanswered start may have made (a read of the vendor's
+#: runs list) is still awaited once its caller is cancelled or its deadline passes; past it
+#: the start is reported as of unknown outcome. (The start request itself is seen through to
+#: its own timeout: see ApiClient.)
 SENT_WORK_GRACE: Final = 5.0
 
 

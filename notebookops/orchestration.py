@@ -35,7 +35,14 @@ from typing import Any, Literal
 import anyio
 import attrs
 
-from ._durable import START_TIMEOUT, OnAmbiguous, check_key, keyed_start, record_finish
+from ._durable import (
+    START_TIMEOUT,
+    STORE_BOUND,
+    OnAmbiguous,
+    check_key,
+    keyed_start,
+    record_finish,
+)
 from ._protect import WorkTimedOut, protected
 from ._validate import count, seconds
 from .backend import NotebookBackend, StreamingBackend
@@ -231,7 +238,6 @@ async def _keyed(
         ),
         timeout=timeout,
         on_ambiguous=on_ambiguous,
-        bound=cancel_timeout,
     )
 
 
@@ -265,20 +271,16 @@ async def _announce(
     on_start: StartCallback | None,
     bound: float,
 ) -> None:
-    """Record the new handle in the store, then hand it to ``on_start``, protected: a save to
-    a database that awaits is not cut short by a cancellation, which would leave a run
-    nobody knows of."""
-
-    async def announce() -> None:
-        if record is not None:
-            await record(handle)
-        if on_start is not None:
-            await _invoke(on_start, handle)
-
+    """Record the new handle in the store (within STORE_BOUND), then hand it to ``on_start``
+    (within ``bound``), each protected: a save to a database that awaits is not cut short by
+    a cancellation, which would leave a run nobody knows of."""
     try:
-        await protected(announce, bound)
-    except WorkTimedOut:
-        reason = f"on_start did not return within cancel_timeout ({bound:g}s)"
+        if record is not None:
+            await _protected_step(lambda: record(handle), STORE_BOUND, "recording it in the store")
+        if on_start is not None:
+            await _protected_step(lambda: _invoke(on_start, handle), bound, "on_start")
+    except _StepTimedOut as late:
+        reason = f"{late.step} did not finish within {late.bound:g}s"
         raise RunTimeout(
             f"{handle.backend} run {handle.run_id} was started, but {reason}; the run was left "
             "running: its handle is on this error",
@@ -292,6 +294,19 @@ async def _announce(
     except Exception as error:
         error.add_note(f"notebookops: the run is still known as {handle.to_json()}")
         raise
+
+
+class _StepTimedOut(Exception):
+    def __init__(self, step: str, bound: float) -> None:
+        super().__init__(step)
+        self.step, self.bound = step, bound
+
+
+async def _protected_step(work: Callable[[], Awaitable[None]], bound: float, step: str) -> None:
+    try:
+        await protected(work, bound)
+    except WorkTimedOut:
+        raise _StepTimedOut(step, bound) from None
 
 
 # --------------------------------------------------------------------------- following
@@ -507,14 +522,16 @@ async def run_and_wait(
     :class:`RunTimeout` at the deadline, and any other error from the tree with ``err.handle``
     set once the run exists. A SUBMITTED run (the backend cannot track it) is returned at once.
 
-    **The deadline is an upper bound.** What follows it is bounded too: the remote cancel and
-    one last read by ``cancel_timeout`` (default 5 s), so a run started before the deadline
-    returns within ``timeout + cancel_timeout``. A start whose request was sent but not yet
-    answered at the deadline gets at most 5 s more (Deepnote: also 5 s to look for the run an
-    unanswered start may have made); then :class:`~notebookops.StartOutcomeUnknown` says a
-    run may exist. If its answer comes in that time, ``on_start`` and the cancel of the late
-    run get ``cancel_timeout`` each. So the worst case is ``timeout + 2 * cancel_timeout``
-    plus 5 s (10 s on Deepnote).
+    **The deadline is an upper bound**, with one exception that protects "never twice".
+    What follows the deadline is bounded: the remote cancel and one last read by
+    ``cancel_timeout`` (default 5 s), so a run started before the deadline returns within
+    ``timeout + cancel_timeout``. A start whose request was already sent when the deadline
+    passed is seen through to its answer, for at most the backend's request ``timeout``
+    (30 s by default): given up earlier, the vendor could still make the run after a retry
+    had found none. If no answer comes, :class:`~notebookops.StartOutcomeUnknown` says a run
+    may exist (Deepnote first looks for it in its runs list, for at most 5 s more). A late
+    answer's run then gets ``on_start`` and its cancel, ``cancel_timeout`` each. Lower the
+    backend's ``timeout`` to tighten the bound.
 
     **Runs that survive restarts.** With ``key`` (your idempotency key, up to 255 characters)
     and ``store`` (a :class:`~notebookops.store.RunStore`), the key is reserved in the store
@@ -570,7 +587,7 @@ async def run_and_wait(
         cancel_timeout=cancel_timeout,
     )
     if key is not None and store is not None:
-        await record_finish(store, key, run, cancel_timeout)
+        await record_finish(store, key, run)
         return _outcome(run, raise_on_failure)
     return run
 

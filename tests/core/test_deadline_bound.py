@@ -1,9 +1,11 @@
 """The caller's deadline is an upper bound on the whole call, give or take a few seconds.
 
 A run started before the deadline: the call returns within ``timeout + cancel_timeout``. A
-start whose request was sent but not answered at the deadline is given ``SENT_WORK_GRACE``
-more, then reported as :class:`StartOutcomeUnknown` (a run may exist), never held for the
-request's own timeout. Driven through the transport seam with handlers that never answer.
+start whose request was sent is seen through to its answer within the backend's own request
+timeout (never cut at the deadline: the vendor could still make the run after a retry found
+none), then reported as :class:`StartOutcomeUnknown`; Deepnote's search for the run of an
+unanswered start gets ``SENT_WORK_GRACE`` after the deadline. Driven through the transport
+seam with servers that never answer.
 """
 
 from __future__ import annotations
@@ -48,36 +50,28 @@ def black_hole() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
-async def test_a_start_never_answered_ends_a_grace_after_the_deadline(black_hole: str) -> None:
-    async with DataloreBackend("tok-bound", base_url=black_hole) as backend:
+async def test_a_sent_start_is_seen_through_to_its_own_timeout(black_hole: str) -> None:
+    async with DataloreBackend("tok-bound", base_url=black_hole, timeout=1.0) as backend:
         began = time.monotonic()
-        with pytest.raises(StartOutcomeUnknown) as caught:
+        with pytest.raises(StartOutcomeUnknown):
             await run_and_wait(backend, "owner/nb", timeout=0.2, poll=FAST)
         took = time.monotonic() - began
-    # The backend's own request timeout is 30 s: the deadline, not it, bounded the call.
-    assert SENT_WORK_GRACE <= took <= 0.2 + SENT_WORK_GRACE + SLACK
-    assert "may have reached the server" in str(caught.value.__cause__)
+    # Not cut at the 0.2 s deadline (the vendor may yet make the run), nor held longer than
+    # the request's own timeout.
+    assert 1.0 <= took <= 1.0 + SLACK
 
 
-async def test_a_deepnote_start_never_answered_looks_for_its_run_within_the_grace() -> None:
-    posts = 0
-
-    async def handler(request: Request) -> Response:
-        nonlocal posts
-        if request.method == "POST":
-            posts += 1
-            await anyio.sleep_forever()
-        # The runs list, read to settle the unanswered start: it never answers either.
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async with DeepnoteBackend("tok-bound", transport=MockTransport(handler)) as backend:
+async def test_deepnote_looks_for_the_run_of_an_unanswered_start_within_the_grace(
+    black_hole: str,
+) -> None:
+    # The start and every read of the runs list go into the black hole: after the start's own
+    # timeout, the search for its run is cut SENT_WORK_GRACE later.
+    async with DeepnoteBackend("tok-bound", base_url=black_hole, timeout=0.5) as backend:
         began = time.monotonic()
         with pytest.raises(StartOutcomeUnknown):
             await run_and_wait(backend, "nb", timeout=0.2, poll=FAST)
         took = time.monotonic() - began
-    assert took <= 0.2 + 2 * SENT_WORK_GRACE + SLACK
-    assert posts == 1
+    assert 0.5 + SENT_WORK_GRACE - 0.5 <= took <= 0.5 + SENT_WORK_GRACE + SLACK
 
 
 async def test_status_reads_that_never_answer_end_at_the_deadline() -> None:

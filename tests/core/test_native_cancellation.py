@@ -367,7 +367,7 @@ async def test_an_on_start_that_overruns_is_a_run_timeout_with_the_handle(
     slow: SlowStartBackend,
 ) -> None:
     save = _Saved(30)
-    with pytest.raises(RunTimeout, match="on_start did not return") as caught:
+    with pytest.raises(RunTimeout, match="on_start did not finish") as caught:
         await run_and_wait(slow, "nb", poll=FAST, on_start=save, cancel_timeout=0.1)
     assert caught.value.handle is not None
     assert caught.value.handle.run_id in slow.runs

@@ -253,8 +253,13 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
                     killed_at[key] = killed_pids[pid]
                     return
                 if pid is not None and any(process.pid == pid for process in fleet.alive):
+                    # A worker runs several jobs at once: the waits of earlier trials it holds
+                    # die with it, and are picked up a grace later too.
+                    victims = await _keys_held_by(pool, pid, waits)
                     fleet.kill(pid)
                     killed_pids[pid] = killed_at[key] = time.monotonic()
+                    for victim in victims:
+                        killed_at[victim] = killed_pids[pid]
                     fleet.spawn()
                     return
                 await anyio.sleep(0.05)
@@ -297,6 +302,17 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
         assert ended is not None
         # Picked up again within a slice plus arq's grace after the kill (or the run's end).
         assert recorded_at[key] <= max(ended, killed_at[key] + SLICE + GRACE) + 2.0, key
+
+
+async def _keys_held_by(pool: Any, pid: int, keys: list[str]) -> list[str]:
+    """The keys among ``keys`` whose current wait job the worker ``pid`` is running."""
+    held = []
+    for job_id, holder in (await pool.hgetall(PIDS_KEY)).items():
+        job = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+        key = job.split(":wait:")[0]
+        if key in keys and int(holder) == pid and await pool.exists(f"arq:in-progress:{job}"):
+            held.append(key)
+    return held
 
 
 async def _holder(pool: Any, key: str) -> int | None:

@@ -106,10 +106,11 @@ class Settings:
     @property
     def after_deadline(self) -> float:
         """What the library may spend past a deadline or a cancellation (run_and_wait's
-        documented bound): a start already sent gets its answer (or, on Deepnote, a look for
-        its run) within the grace or its request timeout, then on_start and the remote
-        cancel with its last read get cancel_timeout each."""
-        return 2 * min(self.request_timeout, SENT_WORK_GRACE) + 2 * self.cancel_timeout
+        documented bound): a start already sent gets its answer within its request timeout
+        (and, on Deepnote, a look for its run within the grace), then on_start and the
+        remote cancel with its last read get cancel_timeout each."""
+        search = min(self.request_timeout, SENT_WORK_GRACE)
+        return self.request_timeout + search + 2 * self.cancel_timeout
 
     @property
     def bound(self) -> float:
