@@ -149,7 +149,9 @@ def _totals(results: list[Figures]) -> str:
         f"injected, {sum(f.duplicates for f in results)} duplicate starts, "
         f"{sum(f.lost for f in results)} lost runs, {sum(f.escapes for f in results)} escaped "
         f"exceptions, {sum(f.leaks for f in results)} leaks, "
-        f"{sum(f.overruns for f in results)} deadline overruns."
+        f"{sum(f.overruns for f in results)} deadline overruns; "
+        f"{sum(f.past_cancel_budget for f in results)} calls returned later than their deadline "
+        "plus cancel_timeout and the slack (a start already sent, seen through to its answer)."
     )
 
 
@@ -173,8 +175,8 @@ def _report(
             f"{max(3, args.scale // 4)} per phase); fault rate {args.fault_rate:g}; call "
             f"timeout {settings.call_timeout:g}s, per-request timeout "
             f"{settings.request_timeout:g}s, slow faults {settings.slow:g}s; a call must return "
-            f"within {settings.bound:g}s (deadline + cancel and final read + "
-            f"{settings.slack:g}s scheduling slack).",
+            f"within {settings.bound:g}s (the deadline, what run_and_wait may spend after it, and "
+            f"{settings.slack:g}s of scheduling slack).",
             "",
             "Outcomes: `timeout (left running)` is a RunTimeout on a backend that cannot cancel "
             "(or whose cancel failed under faults: the error says so); `... at start` is a "

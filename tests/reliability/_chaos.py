@@ -471,6 +471,9 @@ class Figures:
     lost: int = 0
     escapes: int = 0
     overruns: int = 0
+    #: Calls that returned later than the deadline plus cancel_timeout (and the slack): a
+    #: start already sent, seen through to its answer.
+    past_cancel_budget: int = 0
     max_elapsed: float = 0.0
     bound: float = 0.0
     unclosed_sessions: int = 0
@@ -525,6 +528,8 @@ def _account(env: ChaosEnv, figures: Figures, settings: Settings) -> None:
         call.outcome = _classify(call)
         figures.outcomes[call.outcome] += 1
         figures.max_elapsed = max(figures.max_elapsed, call.elapsed)
+        if call.elapsed > settings.call_timeout + settings.cancel_timeout + settings.slack:
+            figures.past_cancel_budget += 1
         where = f"{env.vendor} call {call.index} ({call.kind}, {call.notebook})"
         if call.error is not None and not isinstance(call.error, NotebookOpsError):
             figures.escapes += 1
