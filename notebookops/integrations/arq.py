@@ -230,6 +230,10 @@ async def run_notebook(
     record = await fleet.store.get(key)
     if record is not None and record.state is RecordState.FINISHED and record.run is not None:
         return _outcome(key, "finished", record.run)
+    # Counted from the key's first reservation (an earlier try's, or the one made now), read
+    # here so that nothing stands between the start and the wait's first read: a Redis that
+    # stalls then must not stop the waits.
+    deadline = (record.reserved_at if record is not None else time.time()) + timeout
     began = time.monotonic()
     backend = fleet.backend(parsed.backend)
     handle: RunHandle | None = None
@@ -248,8 +252,6 @@ async def run_notebook(
     if handle is None:
         arq = _import_arq()
         raise arq.worker.Retry(defer=_RETRY_EVERY)
-    reserved = await fleet.store.get(key)
-    deadline = (reserved.reserved_at if reserved is not None else time.time()) + timeout
     spent = time.monotonic() - began
     return await _wait_slice(
         ctx, fleet, backend, key, handle, deadline, link=0, budget=fleet.wait_slice - spent

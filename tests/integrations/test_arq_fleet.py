@@ -415,6 +415,11 @@ async def test_redis_going_away_mid_wait_loses_nothing(
                 for key in keys:
                     while (record := await store.get(key)) is None or record.handle is None:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
+                    # Its wait has begun (a start still finishing its bookkeeping in Redis is
+                    # not a wait yet).
+                    status = rf"^/v2/runs/{record.handle.run_id}$"
+                    while not server.requests_to("GET", status):  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
                 reads = len(server.requests_to("GET", r"^/v2/runs/"))
                 if outage == "stalled":
                     redis.pause()
