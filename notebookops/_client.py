@@ -21,7 +21,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["ApiClient", "VendorClient", "retry_decision"]
+
+TransportErrorT = TypeVar("TransportErrorT", bound=TransportError)
 
 logger = logging.getLogger("notebookops.http")
 
@@ -358,12 +360,11 @@ class ApiClient:
                         functools.partial(self.transport.send, request), request.timeout * 2 + 60
                     )
                 except WorkTimedOut:
-                    raise RequestTimeout(
-                        f"no answer to {request.method} {redact_url(request.url)} within "
-                        f"{request.timeout * 2 + 60:g}s; it may have reached the server",
-                        vendor=self.profile.name,
-                        method=request.method,
-                        url=redact_url(request.url),
+                    raise self._failed(
+                        RequestTimeout,
+                        request,
+                        f"no answer within {request.timeout * 2 + 60:g}s; it may have reached "
+                        "the server",
                     ) from None
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
@@ -384,12 +385,15 @@ class ApiClient:
                 json=body,
                 headers=self._headers_for(url, _without_auth(request.headers)),
             )
-        raise ConnectionLost(
-            f"too many redirects for {self.profile.name} {request.method} "
-            f"{redact_url(request.url)}",
+        raise self._failed(ConnectionLost, request, "too many redirects")
+
+    def _failed(self, kind: type[TransportErrorT], request: Request, what: str) -> TransportErrorT:
+        url = redact_url(request.url)
+        return kind(
+            f"{self.profile.name} {request.method} {url}: {what}",
             vendor=self.profile.name,
             method=request.method,
-            url=redact_url(request.url),
+            url=url,
         )
 
     def _fits_deadline(self, delay: float) -> bool:

@@ -20,7 +20,9 @@ from notebookops._sse import SSEEvent
 from notebookops.backend import ApiClient, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
+from notebookops.testing import MockTransport
 from notebookops.testing._server import FakeServer, Fault
+from notebookops.transport import Request, Response
 
 TOKEN = "tok-SECRET-123"
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.002, max_retry_after=0.05)
@@ -669,3 +671,18 @@ def test_plain_http_is_refused_even_under_a_trusted_looking_prefix() -> None:
     t._check_target("https://api.example.com/v2/runs")
     with pytest.raises(errors.ConfigurationError, match="only https"):
         t._check_target("http://api.example.com.evil.net/v2/runs")
+
+
+async def test_a_redirect_loop_ends_as_connection_lost_naming_the_request() -> None:
+    def loop(request: Request) -> Response:
+        return Response(status=302, headers={"Location": request.url})
+
+    client = ApiClient(
+        VendorProfile("acme"),
+        base_url="https://api.example.com",
+        token="tok-redirects-1234",
+        transport=MockTransport(loop),
+    )
+    async with client:
+        with pytest.raises(errors.ConnectionLost, match=r"acme GET .*/runs: too many redirects"):
+            await client.request("GET", "/runs")
