@@ -274,13 +274,15 @@ async def _announce(
     """Record the new handle in the store (within STORE_BOUND), then hand it to ``on_start``
     (within ``bound``), each protected: a save to a database that awaits is not cut short by
     a cancellation, which would leave a run nobody knows of."""
+    step, limit = "recording it in the store", STORE_BOUND
     try:
         if record is not None:
-            await _protected_step(lambda: record(handle), STORE_BOUND, "recording it in the store")
+            await protected(lambda: record(handle), limit)
+        step, limit = "on_start", bound
         if on_start is not None:
-            await _protected_step(lambda: _invoke(on_start, handle), bound, "on_start")
-    except _StepTimedOut as late:
-        reason = f"{late.step} did not finish within {late.bound:g}s"
+            await protected(lambda: _invoke(on_start, handle), limit)
+    except WorkTimedOut:
+        reason = f"{step} did not finish within {limit:g}s"
         raise RunTimeout(
             f"{handle.backend} run {handle.run_id} was started, but {reason}; the run was left "
             "running: its handle is on this error",
@@ -294,19 +296,6 @@ async def _announce(
     except Exception as error:
         error.add_note(f"notebookops: the run is still known as {handle.to_json()}")
         raise
-
-
-class _StepTimedOut(Exception):
-    def __init__(self, step: str, bound: float) -> None:
-        super().__init__(step)
-        self.step, self.bound = step, bound
-
-
-async def _protected_step(work: Callable[[], Awaitable[None]], bound: float, step: str) -> None:
-    try:
-        await protected(work, bound)
-    except WorkTimedOut:
-        raise _StepTimedOut(step, bound) from None
 
 
 # --------------------------------------------------------------------------- following
