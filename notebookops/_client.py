@@ -355,16 +355,16 @@ class ApiClient:
                 # twice). The transport bounds it (request.timeout); the bound here is a
                 # backstop for a transport that does not (a custom one, or a caller's session
                 # whose pool is smaller than max_connections and so queues inside aiohttp).
+                backstop = request.timeout * 2 + 60
                 try:
                     response = await protected(
-                        functools.partial(self.transport.send, request), request.timeout * 2 + 60
+                        functools.partial(self.transport.send, request), backstop
                     )
                 except WorkTimedOut:
                     raise self._failed(
                         RequestTimeout,
                         request,
-                        f"no answer within {request.timeout * 2 + 60:g}s; it may have reached "
-                        "the server",
+                        f"no answer within {backstop:g}s; it may have reached the server",
                     ) from None
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
