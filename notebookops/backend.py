@@ -1,7 +1,8 @@
 """The NotebookBackend protocol, and what writing an adapter takes.
 
 ``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
-built on (``ApiClient``, ``VendorClient``, ``VendorProfile``, and ``protected`` with its
+built on (``ApiClient``, the ``SSEEvent`` its event streams yield, ``VendorClient``,
+``VendorProfile``, and ``protected`` with its
 ``SENT_WORK_GRACE`` for the part of a start that must survive a cancellation) is re-exported
 from here on first use, so that importing the protocol does not import aiohttp.
 """
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # imported on first use at run time, see __getattr__
     from ._api_errors import VendorProfile
     from ._client import ApiClient, VendorClient
     from ._protect import SENT_WORK_GRACE, protected
+    from ._sse import SSEEvent
 
 __all__ = [
     "SENT_WORK_GRACE",
@@ -29,6 +31,7 @@ __all__ = [
     "BaseBackend",
     "NotebookBackend",
     "RunFinder",
+    "SSEEvent",
     "StateTable",
     "StreamingBackend",
     "VendorClient",
@@ -44,6 +47,7 @@ _ON_FIRST_USE = {
     "VendorProfile": "._api_errors",
     "protected": "._protect",
     "SENT_WORK_GRACE": "._protect",
+    "SSEEvent": "._sse",
 }
 
 

@@ -3,7 +3,8 @@
 * :class:`FakeBackend` (in-memory, scripted, fault-injectable);
 * ``notebookops.testing.conformance``: the suite every backend passes (needs pytest);
 * :class:`MockTransport`: answer a backend's requests from a function, without a server;
-* vendor fake servers (``notebookops.testing.<vendor>``) over loopback HTTP.
+* vendor fake servers (``notebookops.testing.<vendor>``) over loopback HTTP, with faults
+  scripted through ``notebookops.testing.server.Fault``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ there):
 * ``POST /api/computation/v1/notebook`` takes only ``notebookId`` (no run id, empty answer);
 * 401 for a bad token, 403 when the token's account may only view the notebook, 404 when the
   notebook is not shared with it; error bodies use ``error`` or ``message`` (``error_key``);
-* every fault of :class:`~notebookops.testing._server.FaultPlan` through ``server.faults``.
+* every fault of :class:`~notebookops.testing.server.FaultPlan` through ``server.faults``.
 
 :func:`datalore_target` plugs it into the conformance suite (that function needs pytest, as
 :mod:`notebookops.testing.conformance` does; the fake server itself does not).
@@ -47,7 +47,7 @@ from aiohttp import web
 from ..backends.datalore import DataloreBackend
 from ..models import RunRequest
 from ..policies import RetryPolicy
-from ._server import FakeServer
+from .server import FakeServer
 
 if TYPE_CHECKING:
     from .conformance import ConformanceTarget, Outcome

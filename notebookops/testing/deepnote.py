@@ -15,7 +15,7 @@ It behaves like the real service where notebookops depends on it (see the contra
 * notebooks, blocks reordering, schedules (set and removed), projects, ``/me`` and v1 execute
   (202, starting a run that shows up in the runs list) work;
 * the bearer token is checked, every request is logged and faults can be injected
-  (``server.faults``, from :class:`~notebookops.testing._server.FakeServer`).
+  (``server.faults``, from :class:`~notebookops.testing.server.FakeServer`).
 
 Use :func:`fake_deepnote` as an async context manager, :meth:`FakeDeepnoteServer.backend` for
 a DeepnoteBackend pointed at it, and :func:`deepnote_target` for the conformance suite.
@@ -44,7 +44,7 @@ from .._validate import utc_now
 from ..backends.deepnote import DeepnoteBackend, DeepnoteOptions
 from ..models import RunRequest
 from ..policies import RetryPolicy
-from ._server import FakeServer
+from .server import FakeServer
 
 if TYPE_CHECKING:
     from .conformance import ConformanceTarget, Outcome

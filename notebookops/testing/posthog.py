@@ -68,7 +68,7 @@ from ..backends.posthog import (
 )
 from ..models import RunHandle, RunRequest
 from ..policies import PollPolicy, RetryPolicy
-from ._server import FakeServer, Handler
+from .server import FakeServer, Handler
 
 if TYPE_CHECKING:
     from .conformance import ConformanceTarget, Outcome

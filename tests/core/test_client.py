@@ -16,12 +16,11 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from notebookops import errors
-from notebookops._sse import SSEEvent
-from notebookops.backend import ApiClient, VendorProfile
+from notebookops.backend import ApiClient, SSEEvent, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
 from notebookops.testing import MockTransport
-from notebookops.testing._server import FakeServer, Fault
+from notebookops.testing.server import FakeServer, Fault
 from notebookops.transport import Request, Response
 
 TOKEN = "tok-SECRET-123"

@@ -32,8 +32,8 @@ from notebookops import (
 from notebookops.backend import ApiClient, VendorProfile, protected
 from notebookops.policies import RetryPolicy
 from notebookops.testing import FakeBackend, FakeScript
-from notebookops.testing._server import FakeServer, Fault
 from notebookops.testing.deepnote import RunScript, fake_deepnote
+from notebookops.testing.server import FakeServer, Fault
 
 TOKEN = "tok-unsent"
 FAST = PollPolicy(initial=0.001, multiplier=1.5, maximum=0.005, jitter=0)

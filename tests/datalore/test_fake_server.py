@@ -28,13 +28,13 @@ from notebookops import (
     wait_for_run,
 )
 from notebookops.backends.datalore import DataloreBackend, DataloreRunOptions
-from notebookops.testing._server import Fault
 from notebookops.testing.datalore import (
     DOCUMENTED_RUN_FIELDS,
     FAST_RETRY,
     FakeDataloreServer,
     fake_datalore_server,
 )
+from notebookops.testing.server import Fault
 
 POLL = PollPolicy(initial=0.01, maximum=0.05)
 

@@ -32,7 +32,6 @@ from notebookops import (
     wait_for_run,
 )
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend, DeepnoteRunOptions
-from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import (
     FakeBlock,
     FakeDeepnoteServer,
@@ -40,6 +39,7 @@ from notebookops.testing.deepnote import (
     RunScript,
     fake_deepnote,
 )
+from notebookops.testing.server import Fault
 
 FAST = PollPolicy(initial=0.01, multiplier=1.5, maximum=0.05)
 INPUTS = [

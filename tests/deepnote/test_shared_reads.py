@@ -21,8 +21,8 @@ from notebookops import (
     run_and_wait,
 )
 from notebookops.backends.deepnote import DeepnoteBackend
-from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import FakeDeepnoteServer, FakeInput, RunScript, fake_deepnote
+from notebookops.testing.server import Fault
 
 LIST = r"^/v2/notebooks/[^/]+/runs$"
 READ = r"^/v2/runs/"

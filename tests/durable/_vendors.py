@@ -13,10 +13,10 @@ from aiohttp import web
 
 from notebookops.backend import NotebookBackend
 from notebookops.models import RunRequest
-from notebookops.testing._server import FakeServer, Handler
 from notebookops.testing.datalore import FakeDataloreServer
 from notebookops.testing.deepnote import FakeDeepnoteServer, FakeInput, RunScript
 from notebookops.testing.posthog import PostHogFakeServer
+from notebookops.testing.server import FakeServer, Handler
 
 from ._driver import make_backend, make_request
 

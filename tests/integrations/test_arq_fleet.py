@@ -25,8 +25,8 @@ import pytest
 from notebookops.integrations.arq import redis_settings, result, run_notebook
 from notebookops.models import RunState
 from notebookops.store import RedisRunStore, StoreUnavailable
-from notebookops.testing._server import Fault
 from notebookops.testing.deepnote import FakeDeepnoteServer, RunScript, fake_deepnote
+from notebookops.testing.server import Fault
 from notebookops.testing.stores import redis_server, require_redis_server
 
 #: See tests/integrations/fleet_app.py (not imported: it reads the environment the workers get).

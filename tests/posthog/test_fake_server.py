@@ -33,7 +33,6 @@ from notebookops.errors import (
     ServerError,
     TransportError,
 )
-from notebookops.testing._server import Fault
 from notebookops.testing.posthog import (
     PostHogFakeServer,
     markdown_cells,
@@ -43,6 +42,7 @@ from notebookops.testing.posthog import (
     python_cell,
     recording_comment,
 )
+from notebookops.testing.server import Fault
 
 from .conftest import backend_for
 

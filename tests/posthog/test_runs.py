@@ -29,7 +29,6 @@ from notebookops.errors import (
 )
 from notebookops.models import Capability, Run, RunHandle, RunRequest, RunState
 from notebookops.policies import RetryPolicy
-from notebookops.testing._server import Fault
 from notebookops.testing.posthog import (
     LONG_CELL,
     PostHogFakeServer,
@@ -39,6 +38,7 @@ from notebookops.testing.posthog import (
     notebook_content,
     python_cell,
 )
+from notebookops.testing.server import Fault
 
 from .conftest import FAST_POLL, backend_for
 

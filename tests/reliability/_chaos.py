@@ -55,10 +55,10 @@ from notebookops.backend import SENT_WORK_GRACE
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.models import Capability
-from notebookops.testing._server import FakeServer, Fault, FaultPlan
 from notebookops.testing.datalore import fake_datalore_server
 from notebookops.testing.deepnote import TERMINAL, RunScript, fake_deepnote
 from notebookops.testing.posthog import posthog_server
+from notebookops.testing.server import FakeServer, Fault, FaultPlan
 
 __all__ = [
     "TOKEN",

@@ -24,10 +24,10 @@ from notebookops.backend import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.posthog import PostHogBackend
 from notebookops.policies import PollPolicy
-from notebookops.testing._server import SSE_CUT_PREFIX, UNKNOWN_STATUS, Fault
 from notebookops.testing.datalore import fake_datalore_server
 from notebookops.testing.deepnote import FakeInput, RunScript, fake_deepnote
 from notebookops.testing.posthog import posthog_server
+from notebookops.testing.server import SSE_CUT_PREFIX, UNKNOWN_STATUS, Fault
 
 from ._chaos import (
     TOKEN,

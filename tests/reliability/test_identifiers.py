@@ -26,7 +26,7 @@ from notebookops.backend import ApiClient, VendorProfile
 from notebookops.backends.datalore import DataloreBackend
 from notebookops.backends.deepnote import BlockPlacement, DeepnoteBackend, DeepnoteOptions
 from notebookops.backends.posthog import PostHogBackend
-from notebookops.testing._server import FakeServer
+from notebookops.testing.server import FakeServer
 
 from ._stub import StubTransport, install
 

@@ -1,4 +1,9 @@
-"""Shared machinery for the loopback fake vendor servers: lifecycle, auth, request log, faults.
+"""What every loopback fake vendor server shares: lifecycle, auth, request log, faults.
+
+Import :class:`Fault` (and :class:`FaultPlan`) from here to script failures into any vendor
+fake through its ``faults`` attribute::
+
+    server.faults.add(Fault("reset_after", method="POST", path=r"/v2/runs$"))
 
 Each vendor fake (``notebookops.testing.deepnote`` ...) subclasses :class:`FakeServer`, adds its
 routes in :meth:`FakeServer.setup_routes`, and gets for free:
