@@ -7,7 +7,7 @@ import json as jsonlib
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -23,7 +23,15 @@ from .errors import (
     ServerError,
 )
 
-__all__ = ["VendorProfile", "build_api_error", "default_error_message", "parse_retry_after"]
+__all__ = [
+    "VendorProfile",
+    "build_api_error",
+    "default_error_message",
+    "parse_retry_after",
+    "rebuild_error",
+]
+
+E = TypeVar("E", bound=APIError)
 
 _REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
 
@@ -93,6 +101,24 @@ _STATUS_HINTS: Final[dict[int, str]] = {
     404: "check the identifier, and that the token's workspace can see it",
     429: "rate limited by the vendor",
 }
+
+
+def rebuild_error(cls: type[E], error: APIError, message: str | None = None) -> E:
+    """A ``cls`` (a subclass of ``error``'s class, or the same class) carrying everything
+    ``error`` knew: status, URL, body, request id, run handle; with ``message`` in place of its
+    own when given. What a ``VendorProfile.refine_error`` hook returns to say more."""
+    rebuilt = cls(
+        message if message is not None else error.message,
+        status=error.status,
+        vendor=error.vendor,
+        method=error.method,
+        url=error.url,
+        request_id=error.request_id,
+        body=error.body,
+        data=error.data,
+    )
+    rebuilt.handle = error.handle
+    return rebuilt
 
 
 @attrs.frozen

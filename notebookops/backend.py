@@ -2,7 +2,7 @@
 
 ``BaseBackend`` and ``StateTable`` are defined here; the client layer an HTTP adapter is
 built on (``ApiClient``, the ``SSEEvent`` its event streams yield, ``VendorClient``,
-``VendorProfile``, and ``protected`` with its
+``VendorProfile`` with ``rebuild_error`` for its ``refine_error`` hook, and ``protected`` with its
 ``SENT_WORK_GRACE`` for the part of a start that must survive a cancellation) is re-exported
 from here on first use, so that importing the protocol does not import aiohttp.
 """
@@ -20,7 +20,7 @@ from .errors import BackendClosed, ConfigurationError, UnsupportedOperation
 from .models import Capability, Run, RunHandle, RunRequest, RunState
 
 if TYPE_CHECKING:  # imported on first use at run time, see __getattr__
-    from ._api_errors import VendorProfile
+    from ._api_errors import VendorProfile, rebuild_error
     from ._client import ApiClient, VendorClient
     from ._protect import SENT_WORK_GRACE, protected
     from ._sse import SSEEvent
@@ -37,6 +37,7 @@ __all__ = [
     "VendorClient",
     "VendorProfile",
     "protected",
+    "rebuild_error",
 ]
 
 logger = logging.getLogger("notebookops.backend")
@@ -45,6 +46,7 @@ _ON_FIRST_USE = {
     "ApiClient": "._client",
     "VendorClient": "._client",
     "VendorProfile": "._api_errors",
+    "rebuild_error": "._api_errors",
     "protected": "._protect",
     "SENT_WORK_GRACE": "._protect",
     "SSEEvent": "._sse",

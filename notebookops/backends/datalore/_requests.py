@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
+from ..._api_errors import rebuild_error
 from ..._redact import redact_url, trim
 from ...backend import StateTable
 from ...errors import APIError, ConfigurationError
@@ -430,13 +431,4 @@ def refine_error(error: APIError) -> APIError:
     hint = _HINTS.get((error.status, error.method.upper()))
     if hint is None:
         return error
-    return type(error)(
-        f"{error.message}. {hint}",
-        status=error.status,
-        vendor=error.vendor,
-        method=error.method,
-        url=error.url,
-        request_id=error.request_id,
-        body=error.body,
-        data=error.data,
-    )
+    return rebuild_error(type(error), error, f"{error.message}. {hint}")

@@ -18,6 +18,7 @@ import attrs
 import cattrs
 from cattrs.v import format_exception
 
+from ..._api_errors import rebuild_error
 from ..._redact import redact_url, trim
 from ..._validate import count
 from ...errors import APIError, ConfigurationError, PermissionDenied, ResponseDecodeError
@@ -105,11 +106,12 @@ def refine_error(error: APIError) -> APIError:
         and error.method == "POST"
         and error.url.endswith("/schedule")
     ):
-        error.message = (
+        return rebuild_error(
+            type(error),
+            error,
             f"{error.message} (a bare 403 here usually means scheduling is not enabled for "
-            "this workspace or plan)"
+            "this workspace or plan)",
         )
-        error.args = (error.message,)
     return error
 
 

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from ...errors import (
     APIError,
@@ -44,26 +44,7 @@ __all__ = [
     "ScopedKeyNotAllowed",
     "VersionConflict",
     "answer_of",
-    "rebuild_error",
 ]
-
-E = TypeVar("E", bound=APIError)
-
-
-def rebuild_error(cls: type[E], error: APIError, message: str | None = None) -> E:
-    """A ``cls`` carrying everything ``error`` knew (status, URL, body, request id...)."""
-    rebuilt = cls(
-        message if message is not None else error.message,
-        status=error.status,
-        vendor=error.vendor,
-        method=error.method,
-        url=error.url,
-        request_id=error.request_id,
-        body=error.body,
-        data=error.data,
-    )
-    rebuilt.handle = error.handle
-    return rebuilt
 
 
 def _dict(data: object) -> dict[str, Any]:

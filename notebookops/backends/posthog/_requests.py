@@ -16,7 +16,7 @@ from datetime import date, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from ..._api_errors import VendorProfile, default_error_message
+from ..._api_errors import VendorProfile, default_error_message, rebuild_error
 from ..._convert import format_datetime
 from ..._redact import trim
 from ..._sse import SSEEvent
@@ -30,7 +30,6 @@ from ._errors import (
     MissingScope,
     ScopedKeyNotAllowed,
     VersionConflict,
-    rebuild_error,
 )
 from ._wire import (
     CollabEvent,
