@@ -353,9 +353,9 @@ class ApiClient:
                 # whatever the caller's deadline: given up early, it could still make a run
                 # after a keyed retry had looked for one and found none (a run started
                 # twice). The transport bounds it (request.timeout); the bound here is a
-                # backstop for a transport that does not (a custom one, or a caller's session
-                # whose pool is smaller than max_connections and so queues inside aiohttp).
-                backstop = request.timeout * 2 + 60
+                # backstop for a custom transport that does not, late enough that a transport
+                # which does always tells its own, more precise, error first.
+                backstop = request.timeout * 2 + 1
                 try:
                     response = await protected(
                         functools.partial(self.transport.send, request), backstop

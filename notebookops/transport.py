@@ -133,7 +133,9 @@ class Response:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Sends one HTTP request. Implementations raise only TransportError/ResponseDecodeError."""
+    """Sends one HTTP request. Implementations raise only TransportError/ResponseDecodeError,
+    and bound each send by ``request.timeout`` (a request that may start a run and gets no
+    answer is otherwise given up at twice that and a second, as a RequestTimeout)."""
 
     async def send(self, request: Request) -> Response: ...
 

@@ -685,3 +685,34 @@ async def test_a_redirect_loop_ends_as_connection_lost_naming_the_request() -> N
     async with client:
         with pytest.raises(errors.ConnectionLost, match=r"acme GET .*/runs: too many redirects"):
             await client.request("GET", "/runs")
+
+
+async def test_a_sent_start_that_a_transport_never_answers_ends_at_the_backstop() -> None:
+    """A transport of one's own may ignore ``request.timeout``: a request that may start a run
+    is still given up, at twice its timeout and a second, and said to have maybe arrived."""
+    gave_up = anyio.Event()
+
+    async def never_answers(request: Request) -> Response:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            gave_up.set()
+        raise AssertionError("unreachable")
+
+    client = ApiClient(
+        VendorProfile("acme"),
+        base_url="https://api.example.com",
+        token="tok-backstop-1234",
+        timeout=0.05,
+        transport=MockTransport(never_answers),
+    )
+    async with client:
+        began = anyio.current_time()
+        with pytest.raises(
+            errors.RequestTimeout,
+            match=r"acme POST .*/runs: no answer within 1.1s; it may have reached the server",
+        ) as caught:
+            await client.request("POST", "/runs", json={"notebook": "n"})
+    assert caught.value.request_sent
+    assert gave_up.is_set()
+    assert anyio.current_time() - began < 5
