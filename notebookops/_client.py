@@ -569,28 +569,30 @@ class ApiClient:
 
 class VendorClient:
     """What every vendor client (``DeepnoteClient``, ``PostHogClient``, ...) shares: the
-    :class:`ApiClient` it sends through (``self._transport``, set by the subclass), closing it,
-    and ``async with``."""
+    :class:`ApiClient` it sends through, closing it, and ``async with``."""
 
-    _transport: ApiClient
+    #: The client every typed method sends through (set by the subclass). For an endpoint the
+    #: typed methods do not cover: ``await client.api.request_json("GET", "/path")``, with the
+    #: same credentials, retries and rate limiter.
+    api: ApiClient
 
     @property
     def base_url(self) -> str:
         """The API origin requests go to."""
-        return self._transport.base_url
+        return self.api.base_url
 
     @property
     def rate_limiter(self) -> RateLimiter:
         """The limiter every request of this client goes through."""
-        return self._transport.rate_limiter
+        return self.api.rate_limiter
 
     @property
     def closed(self) -> bool:
-        return self._transport.closed
+        return self.api.closed
 
     async def aclose(self) -> None:
         """Close the connections. Idempotent; any later request raises BackendClosed."""
-        await self._transport.aclose()
+        await self.api.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -773,7 +773,7 @@ async def test_a_client_passed_in_is_used_and_left_open() -> None:
     client = make()
     async with DeepnoteBackend(client=client) as backend:
         assert backend.client is client
-    assert not client._transport.closed
+    assert not client.api.closed
     await client.aclose()
 
 

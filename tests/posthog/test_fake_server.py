@@ -77,9 +77,7 @@ async def test_crud_versions_and_soft_delete(
     assert (await backend.client.get_notebook("sales1")).title == "Sales v2"
 
     with pytest.raises(APIError) as refused:
-        await backend.client._transport.request(
-            "DELETE", notebook_path(server.project_id, "sales1")
-        )
+        await backend.client.api.request("DELETE", notebook_path(server.project_id, "sales1"))
     assert refused.value.status == 405
     with pytest.raises(BadRequest, match="field: short_id"):
         await backend.client.create_notebook(short_id="sales1")
@@ -133,7 +131,7 @@ async def test_activity_and_recording_comments(
         ("spike here", 12500.0, "rec1")
     ]
     with pytest.raises(BadRequest, match="recording_id is required"):
-        await backend.client._transport.request(
+        await backend.client.api.request(
             "GET", f"/api/projects/{server.project_id}/notebooks/recording_comments/"
         )
 
@@ -187,7 +185,7 @@ async def test_collab_save_conflict_and_stale(
     assert "save_rejected_conflict" in activities
     assert "save_rejected_stale" in activities
     with pytest.raises(BadRequest):
-        await backend.client._transport.request(
+        await backend.client.api.request(
             "POST",
             notebook_path(server.project_id, "col", "collab", "save"),
             json={"client_id": "x"},
@@ -414,7 +412,7 @@ async def test_kernel_stream_error_frame_and_accept_header(
         async for _ in backend.client.kernel_execute_stream("e", "1"):
             pass
     with pytest.raises(APIError) as refused:
-        await backend.client._transport.request(
+        await backend.client.api.request(
             "POST",
             notebook_path(server.project_id, "e", "kernel", "execute", "stream"),
             json={"code": "1"},
@@ -477,7 +475,7 @@ async def test_throttle_delay_from_the_body_is_honoured(
     assert notebook.short_id == "rl"
     assert anyio.current_time() - started >= 0.04
     assert len(server.requests_to("GET", r"/notebooks/rl/$")) == 2
-    assert backend.client._transport.rate_limiter.rate_limited_count == 1
+    assert backend.client.api.rate_limiter.rate_limited_count == 1
 
 
 async def test_server_runs_api() -> None:

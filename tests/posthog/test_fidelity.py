@@ -169,7 +169,7 @@ async def test_the_fake_refuses_object_shaped_variables(new_server: PostHogFakeS
     new_server.add_notebook("v", cells=["1"], markdown=True)
     async with backend_for(new_server) as backend:
         with pytest.raises(BadRequest, match="Expected a list of items"):
-            await backend.client._transport.request(
+            await backend.client.api.request(
                 "POST", "/api/projects/1/notebooks/v/runs/", json={"variables": {"x": 1}}
             )
 
@@ -335,7 +335,7 @@ async def test_the_fake_refuses_presence_without_cursor(server: PostHogFakeServe
     server.add_notebook("p", cells=["1"])
     async with backend_for(server) as backend:
         with pytest.raises(BadRequest, match="field: cursor"):
-            await backend.client._transport.request(
+            await backend.client.api.request(
                 "POST",
                 "/api/projects/1/notebooks/p/collab/presence/",
                 json={"client_id": "c", "version": 0},
@@ -356,7 +356,7 @@ async def test_version_is_sent_only_with_content() -> None:
 async def test_the_fake_writes_a_version_sent_without_content(server: PostHogFakeServer) -> None:
     server.add_notebook("v", cells=["1"])
     async with backend_for(server) as backend:
-        await backend.client._transport.request(
+        await backend.client.api.request(
             "PATCH", "/api/projects/1/notebooks/v/", json={"version": 9}
         )
         assert (await backend.client.get_notebook("v")).version == 9

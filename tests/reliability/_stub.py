@@ -109,7 +109,7 @@ class StubTransport:
 def transport_of(backend: object) -> ApiClient:
     """The transport under ``backend``: its own, or its client's (the client/backend shape)."""
     owner = getattr(backend, "client", backend)
-    transport = owner._transport  # type: ignore[attr-defined]
+    transport = owner.api  # type: ignore[attr-defined]
     assert isinstance(transport, ApiClient)
     return transport
 

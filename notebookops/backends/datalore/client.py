@@ -112,7 +112,7 @@ class DataloreClient(VendorClient):
     ) -> None:
         if base_url is None:
             base_url = os.environ.get(URL_ENV) or DEFAULT_BASE_URL
-        self._transport = ApiClient(
+        self.api = ApiClient(
             PROFILE,
             base_url=base_url,
             token=Secret(_token(token)),
@@ -173,7 +173,7 @@ class DataloreClient(VendorClient):
     async def run_status(self, run_id: str) -> RunStatus:
         """``GET /api/run/v1/{runId}``: the run's status document (``raw`` holds the JSON)."""
         path = f"/api/run/v1/{path_segment(run_id, what='Datalore run id')}"
-        response = await self._transport.request("GET", path)
+        response = await self.api.request("GET", path)
         data = response.json()
         status = self._decode(response, data, RunStatus, "a run status")
         return attrs.evolve(status, raw=data)
@@ -189,7 +189,7 @@ class DataloreClient(VendorClient):
 
     async def _start(self, path: str, body: dict[str, Any], notebook_id: str) -> Response:
         try:
-            return await self._transport.request("POST", path, json=body)
+            return await self.api.request("POST", path, json=body)
         except TransportError as error:
             if not error.request_sent:
                 raise

@@ -163,7 +163,7 @@ class DeepnoteClient(VendorClient):
         allow_http: bool = False,
         transport: Transport | None = None,
     ) -> None:
-        self._transport = ApiClient(
+        self.api = ApiClient(
             PROFILE,
             base_url=_origin(base_url, allow_http),
             token=_token(token),
@@ -191,7 +191,7 @@ class DeepnoteClient(VendorClient):
         connection, an unreadable answer) is raised as it is, since the run may exist
         (``DeepnoteBackend.start_run`` settles that through the notebook's runs list)."""
         body = build_run_body(notebook_id, inputs=inputs, blocks=blocks, options=options)
-        response = await self._transport.request("POST", "/v2/runs", json=body)
+        response = await self.api.request("POST", "/v2/runs", json=body)
         return decode(response, RunStarted, envelope="run")
 
     async def get_run(
@@ -205,7 +205,7 @@ class DeepnoteClient(VendorClient):
                 f"snapshot_delivery must be one of {SNAPSHOT_DELIVERIES}, got {snapshot_delivery!r}"
             )
         path = f"/v2/runs/{path_segment(run_id, what='run id')}"
-        response = await self._transport.request(
+        response = await self.api.request(
             "GET", path, params={"snapshotDelivery": snapshot_delivery}
         )
         return decode(response, RunDetails, envelope="run")
@@ -215,7 +215,7 @@ class DeepnoteClient(VendorClient):
         the API's own origin: a presigned link elsewhere (S3) is fetched without it."""
         if not isinstance(url, str) or not url:
             raise ConfigurationError(f"snapshot URL must be a non-empty string, got {url!r}")
-        response = await self._transport.request(
+        response = await self.api.request(
             "GET", url, headers={"Accept": "application/x-yaml, text/yaml, text/plain, */*"}
         )
         try:
@@ -256,7 +256,7 @@ class DeepnoteClient(VendorClient):
         params: dict[str, str | int] = {"pageSize": check_page_size(page_size)}
         if page_token is not None:
             params["pageToken"] = page_token
-        response = await self._transport.request(
+        response = await self.api.request(
             "GET", _notebook_path(notebook_id, "/runs"), params=params
         )
         return decode(response, RunPage), response
@@ -267,17 +267,17 @@ class DeepnoteClient(VendorClient):
         """``POST /v2/notebooks``: an empty notebook in a project (names are unique per
         project; a duplicate is a Conflict)."""
         body = build_notebook_body(project_id, name)
-        response = await self._transport.request("POST", "/v2/notebooks", json=body)
+        response = await self.api.request("POST", "/v2/notebooks", json=body)
         return decode(response, Notebook, envelope="notebook")
 
     async def get_notebook(self, notebook_id: str) -> Notebook:
         """``GET /v2/notebooks/{id}``: blocks and input variables (names to use in inputs)."""
-        response = await self._transport.request("GET", _notebook_path(notebook_id))
+        response = await self.api.request("GET", _notebook_path(notebook_id))
         return decode(response, Notebook, envelope="notebook")
 
     async def delete_notebook(self, notebook_id: str) -> None:
         """``DELETE /v2/notebooks/{id}`` (204)."""
-        await self._transport.request("DELETE", _notebook_path(notebook_id))
+        await self.api.request("DELETE", _notebook_path(notebook_id))
 
     async def reorder_blocks(
         self, notebook_id: str, block_ids: Sequence[str], placement: BlockPlacement
@@ -285,7 +285,7 @@ class DeepnoteClient(VendorClient):
         """``POST /v2/notebooks/{id}/reorder-blocks``: move ``block_ids`` (in that order) to
         ``placement``; returns the notebook's full resulting block order. Safe to repeat."""
         body = build_reorder_body(block_ids, placement)
-        response = await self._transport.request(
+        response = await self.api.request(
             "POST",
             _notebook_path(notebook_id, "/reorder-blocks"),
             json=body,
@@ -303,7 +303,7 @@ class DeepnoteClient(VendorClient):
         checked locally; None means UTC. A bare 403 usually means scheduling is not enabled
         for the workspace or plan (the error says so)."""
         body = build_schedule_body(cron, timezone)
-        response = await self._transport.request(
+        response = await self.api.request(
             "POST",
             _notebook_path(notebook_id, "/schedule"),
             json=body,
@@ -326,7 +326,7 @@ class DeepnoteClient(VendorClient):
         repeat.
         """
         try:
-            await self._transport.request(
+            await self.api.request(
                 "DELETE", _notebook_path(notebook_id, "/schedule"), idempotent=True
             )
         except NotFound:
@@ -367,7 +367,7 @@ class DeepnoteClient(VendorClient):
             params["pageToken"] = page_token
         if _check_name_filter(name_contains):
             params["nameContains"] = name_contains  # type: ignore[assignment]
-        response = await self._transport.request("GET", "/v2/projects", params=params)
+        response = await self.api.request("GET", "/v2/projects", params=params)
         return decode(response, ProjectPage), response
 
     async def create_project(
@@ -375,21 +375,21 @@ class DeepnoteClient(VendorClient):
     ) -> Project:
         """``POST /v2/projects``: a new project (seeded by Deepnote with one empty notebook)."""
         body = build_project_body(name, folder_id=folder_id, project_type=project_type)
-        response = await self._transport.request("POST", "/v2/projects", json=body)
+        response = await self.api.request("POST", "/v2/projects", json=body)
         return decode(response, Project, envelope="project")
 
     async def get_project(self, project_id: str) -> Project:
         """``GET /v2/projects/{id}``: the project with its notebooks and files."""
-        response = await self._transport.request("GET", _project_path(project_id))
+        response = await self.api.request("GET", _project_path(project_id))
         return decode(response, Project, envelope="project")
 
     async def delete_project(self, project_id: str) -> None:
         """``DELETE /v2/projects/{id}`` (204)."""
-        await self._transport.request("DELETE", _project_path(project_id))
+        await self.api.request("DELETE", _project_path(project_id))
 
     async def me(self) -> Me:
         """``GET /v2/me``: the API key, its creator, its workspace and the access level."""
-        response = await self._transport.request("GET", "/v2/me")
+        response = await self.api.request("GET", "/v2/me")
         return decode(response, Me)
 
     # ------------------------------------------------------------------ v1
@@ -400,9 +400,7 @@ class DeepnoteClient(VendorClient):
         it. Sent once, like ``create_run``."""
         project = path_segment(project_id, what="project id")
         notebook = path_segment(notebook_id, what="notebook id")
-        await self._transport.request(
-            "POST", f"/v1/projects/{project}/notebooks/{notebook}/execute"
-        )
+        await self.api.request("POST", f"/v1/projects/{project}/notebooks/{notebook}/execute")
 
     # ------------------------------------------------------------------ pagination
 

@@ -165,7 +165,7 @@ class PostHogClient(VendorClient):
         seconds("stream_idle_timeout", stream_idle_timeout)
         seconds("collab_reconnect_delay", collab_reconnect_delay)
         base = base_url if base_url is not None else (os.environ.get(URL_ENV) or DEFAULT_BASE_URL)
-        self._transport = ApiClient(
+        self.api = ApiClient(
             PROFILE,
             base_url=base,
             token=key,
@@ -207,7 +207,7 @@ class PostHogClient(VendorClient):
             return
         self._closed = True
         if self._owns_transport:
-            await self._transport.aclose()
+            await self.api.aclose()
 
     @property
     def closed(self) -> bool:
@@ -240,7 +240,7 @@ class PostHogClient(VendorClient):
         protect: bool | None = None,
         timeout: float | None = None,
     ) -> T:
-        response = await self._transport.request(
+        response = await self.api.request(
             method,
             path,
             params=params,
@@ -392,7 +392,7 @@ class PostHogClient(VendorClient):
         self._check_open()
         if isinstance(version, bool) or not isinstance(version, int):
             raise ConfigurationError(f"version must be an int, got {version!r}")
-        response = await self._transport.request(
+        response = await self.api.request(
             "GET",
             notebook_path(self.project_id, short_id),
             headers={"If-None-Match": str(version)},
@@ -490,7 +490,7 @@ class PostHogClient(VendorClient):
         """``markdown/``: a markdown notebook's text. Newer servers answer ``null`` for a
         rich-text notebook: that is None here."""
         self._check_open()
-        data = await self._transport.request_json(
+        data = await self.api.request_json(
             "GET", notebook_path(self.project_id, short_id, "markdown")
         )
         markdown = data.get("markdown", "") if isinstance(data, dict) else ""
@@ -549,7 +549,7 @@ class PostHogClient(VendorClient):
         self._check_open()
         if not isinstance(recording_id, str) or not recording_id:
             raise ConfigurationError("recording_id must be a non-empty string")
-        data = await self._transport.request_json(
+        data = await self.api.request_json(
             "GET",
             notebooks_path(self.project_id, "recording_comments"),
             params={"recording_id": recording_id},
@@ -625,7 +625,7 @@ class PostHogClient(VendorClient):
     async def delete_sharing_password(self, notebook_id: str, password_id: str) -> None:
         """Deactivate a share password (204)."""
         self._check_open()
-        await self._transport.request(
+        await self.api.request(
             "DELETE",
             sharing_path(
                 self.project_id,
@@ -729,7 +729,7 @@ class PostHogClient(VendorClient):
         (``head``, ``node_index``, ``offset``, ``list_item_index``: ints >= 0; ``{}`` is
         allowed)."""
         self._check_open()
-        await self._transport.request(
+        await self.api.request(
             "POST",
             notebook_path(self.project_id, short_id, "collab", "presence"),
             json=presence_body(client_id=client_id, version=version, cursor=cursor),
@@ -760,7 +760,7 @@ class PostHogClient(VendorClient):
         while True:
             delay = self._collab_reconnect_delay
             try:
-                async with self._transport.sse(
+                async with self.api.sse(
                     "GET", path, last_event_id=resume, idle_timeout=self._stream_idle_timeout
                 ) as events:
                     async for event in events:
@@ -823,7 +823,7 @@ class PostHogClient(VendorClient):
     async def kernel_stop(self, short_id: str) -> bool:
         """Stop the kernel. False when no kernel was running."""
         self._check_open()
-        data = await self._transport.request_json(
+        data = await self.api.request_json(
             "POST", notebook_path(self.project_id, short_id, "kernel", "stop"), idempotent=True
         )
         stopped = data.get("stopped") if isinstance(data, dict) else None
@@ -911,10 +911,10 @@ class PostHogClient(VendorClient):
         self._check_open()
         body = execute_body(code, return_variables=return_variables, timeout=timeout)
         path = notebook_path(self.project_id, short_id, "kernel", "execute", "stream")
-        url = redact_url(self._transport.url_for(path))
+        url = redact_url(self.api.url_for(path))
         # The stream has no keepalives: a quiet cell is silent for up to its timeout.
         idle = max(self._stream_idle_timeout, float(body.get("timeout") or 30.0) + EXECUTE_MARGIN)
-        async with self._transport.sse("POST", path, json=body, idle_timeout=idle) as events:
+        async with self.api.sse("POST", path, json=body, idle_timeout=idle) as events:
             async for event in events:
                 # Frames that are already buffered arrive without a suspension point: yield
                 # to the loop (and to cancellation) once per frame.
