@@ -19,7 +19,7 @@ from notebookops import errors
 from notebookops.backend import ApiClient, SSEEvent, VendorProfile
 from notebookops.policies import RetryPolicy
 from notebookops.ratelimit import RateLimiter
-from notebookops.testing import MockTransport
+from notebookops.testing import MockTransport, json_response
 from notebookops.testing.server import FakeServer, Fault
 from notebookops.transport import Request, Response
 
@@ -650,26 +650,46 @@ def test_max_rate_limit_wait_is_validated() -> None:
         RetryPolicy(max_rate_limit_wait=-1)
 
 
-# --------------------------------------------------------------------------- hot-path shortcuts
+# --------------------------------------------------------------------------- where the token goes
 
 
-def test_token_never_goes_to_a_host_that_merely_starts_like_the_base_url() -> None:
-    t = ApiClient(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
-    assert "Authorization" in t._headers_for("https://api.example.com/v2/runs", None)
-    for lookalike in (
+def _recording_client(**kwargs: Any) -> tuple[ApiClient, MockTransport]:
+    mock = MockTransport(lambda request: json_response({}))
+    client = ApiClient(
+        VendorProfile("acme"),
+        base_url="https://api.example.com",
+        token=TOKEN,
+        transport=mock,
+        **kwargs,
+    )
+    return client, mock
+
+
+async def test_token_never_goes_to_a_host_that_merely_starts_like_the_base_url() -> None:
+    client, mock = _recording_client(allow_http=True)
+    lookalikes = (
         "https://api.example.com.evil.net/v2/runs",
         "https://api.example.com:8443/v2/runs",
         "https://api.example.comx/v2",
         "http://api.example.com/v2/runs",
-    ):
-        assert "Authorization" not in t._headers_for(lookalike, None), lookalike
+    )
+    async with client:
+        await client.request("GET", "https://api.example.com/v2/runs")
+        for url in lookalikes:
+            await client.request("GET", url)
+    authorized = {request.url: "Authorization" in request.headers for request in mock.requests}
+    assert authorized == {"https://api.example.com/v2/runs": True} | dict.fromkeys(
+        lookalikes, False
+    )
 
 
-def test_plain_http_is_refused_even_under_a_trusted_looking_prefix() -> None:
-    t = ApiClient(VendorProfile("acme"), base_url="https://api.example.com", token=TOKEN)
-    t._check_target("https://api.example.com/v2/runs")
-    with pytest.raises(errors.ConfigurationError, match="only https"):
-        t._check_target("http://api.example.com.evil.net/v2/runs")
+async def test_plain_http_is_refused_even_under_a_trusted_looking_prefix() -> None:
+    client, mock = _recording_client()
+    async with client:
+        await client.request("GET", "https://api.example.com/v2/runs")
+        with pytest.raises(errors.ConfigurationError, match="only https"):
+            await client.request("GET", "http://api.example.com.evil.net/v2/runs")
+    assert [request.url for request in mock.requests] == ["https://api.example.com/v2/runs"]
 
 
 async def test_a_redirect_loop_ends_as_connection_lost_naming_the_request() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 import pytest
 import yarl
 from hypothesis import given
@@ -23,6 +25,7 @@ from notebookops._api_errors import (
 from notebookops._client import ApiClient, retry_decision
 from notebookops._redact import Secret, redact_url, trim
 from notebookops._urls import check_base_url, path_segment
+from notebookops.testing import MockTransport, json_response
 from notebookops.transport import map_client_exception
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -365,13 +368,27 @@ def test_trim() -> None:
     assert trim("abcdefgh", 3) == "abc... [5 more characters]"
 
 
-# ------------------------------------------------------------------ query building shortcut
+# ------------------------------------------------------------------ query strings
 
 _PLAIN = st.text(alphabet="abcXYZ019._~-", max_size=8)
 
 
+def _url_sent(url: str, params: Mapping[str, str | int | bool]) -> str:
+    """The URL a request with ``params`` reaches the transport with."""
+    mock = MockTransport(lambda request: json_response({}))
+
+    async def send() -> None:
+        async with ApiClient(
+            VendorProfile("acme"), base_url="https://api.example.com", token=None, transport=mock
+        ) as client:
+            await client.request("GET", url, params=params)
+
+    anyio.run(send)
+    return mock.requests[0].url
+
+
 @given(params=st.dictionaries(_PLAIN, _PLAIN | st.integers() | st.booleans(), max_size=4))
-def test_plain_queries_are_built_exactly_as_yarl_builds_them(
+def test_plain_queries_are_built_as_yarl_builds_them(
     params: dict[str, str | int | bool],
 ) -> None:
     url = "https://api.example.com/v2/runs/x"
@@ -380,7 +397,7 @@ def test_plain_queries_are_built_exactly_as_yarl_builds_them(
         for key, value in params.items()
     }
     expected = str(yarl.URL(url, encoded=True).update_query(clean)) if clean else url
-    assert ApiClient._with_params(url, params) == expected
+    assert _url_sent(url, params) == expected
 
 
 @given(
@@ -396,5 +413,7 @@ def test_other_queries_go_through_yarl(params: dict[str, str]) -> None:
     try:
         expected = str(yarl.URL(url, encoded=True).update_query(params))
     except UnicodeEncodeError:
+        with pytest.raises(errors.ConfigurationError, match="not valid text"):
+            _url_sent(url, params)
         return
-    assert ApiClient._with_params(url, params) == expected
+    assert _url_sent(url, params) == expected
