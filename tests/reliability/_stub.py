@@ -1,22 +1,22 @@
-"""A stand-in for a backend's ApiClient: it records every request URL and answers each
-with one canned body. Fuzz and identifier tests use it to drive whole adapter methods (request
-building, decoding, mapping to models) without a socket, thousands of times per second.
+"""Canned answers for whole adapter methods: every request a backend sends is recorded and
+answered with one body. Fuzz and identifier tests use it to drive request building, decoding
+and mapping to models without a socket, thousands of times per second.
+
+The answers come from a :class:`~notebookops.testing.MockTransport` put under the backend's
+own client, so URL building, headers and event-stream parsing are the real ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 
-from notebookops._sse import SSEEvent, SSEParser
 from notebookops.backend import ApiClient
-from notebookops.errors import ConnectionLost
-from notebookops.transport import Response
+from notebookops.testing import MockTransport
+from notebookops.transport import Request, Response
 
-__all__ = ["Recorded", "StubTransport", "install"]
+__all__ = ["CannedAnswers", "Recorded", "install"]
 
 
 @attrs.frozen
@@ -26,94 +26,47 @@ class Recorded:
     json: Any = None
 
 
-class StubTransport:
-    """Replaces ``request`` and ``sse`` of one ApiClient (instance attributes, so the
-    transport's own ``request_json`` goes through the stub too)."""
+class CannedAnswers:
+    """Answers every request with ``body`` (``status``, ``content_type``) and every event
+    stream with the bytes of ``stream``."""
 
     def __init__(
         self,
-        transport: ApiClient,
         body: bytes = b"{}",
         *,
         status: int = 200,
         content_type: str = "application/json",
         stream: bytes = b"",
     ) -> None:
-        self.transport = transport
         self.body = body
         self.status = status
         self.content_type = content_type
         self.stream = stream
-        self.requests: list[Recorded] = []
-        transport.request = self.request  # type: ignore[method-assign]
-        transport.sse = self.sse  # type: ignore[method-assign]
+        self.transport = MockTransport(self._answer)
 
-    def _url(
-        self, path_or_url: str, params: Mapping[str, str | int | float | bool | None] | None
-    ) -> str:
-        # The real transport's own URL building: the exact string that would be sent.
-        return self.transport._with_params(self.transport.url_for(path_or_url), params)
+    @property
+    def requests(self) -> list[Recorded]:
+        return [Recorded(r.method, r.url, r.json) for r in self.transport.requests]
 
-    async def request(
-        self,
-        method: str,
-        path_or_url: str,
-        *,
-        params: Mapping[str, str | int | float | bool | None] | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotent: bool | None = None,
-        protect: bool | None = None,
-        timeout: float | None = None,
-    ) -> Response:
-        url = self._url(path_or_url, params)
-        self.requests.append(Recorded(method.upper(), url, json))
+    def _answer(self, request: Request) -> Response:
+        if request.stream:
+            return Response(
+                status=200, headers={"content-type": "text/event-stream"}, body=self.stream
+            )
         return Response(
-            status=self.status,
-            headers={"content-type": self.content_type},
-            body=self.body,
-            method=method.upper(),
-            url=url,
-            vendor=self.transport.profile.name,
+            status=self.status, headers={"content-type": self.content_type}, body=self.body
         )
-
-    @asynccontextmanager
-    async def sse(
-        self,
-        method: str,
-        path_or_url: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str | int | float | bool | None] | None = None,
-        headers: Mapping[str, str] | None = None,
-        last_event_id: str | None = None,
-        idle_timeout: float = 60.0,
-    ) -> AsyncIterator[AsyncIterator[SSEEvent]]:
-        url = self._url(path_or_url, params)
-        self.requests.append(Recorded(method.upper(), url, json))
-        parser = SSEParser()
-        events = parser.feed(self.stream)
-        cut = parser.close()
-
-        async def iterate() -> AsyncIterator[SSEEvent]:
-            for event in events:
-                yield event
-            if cut:
-                error = ConnectionLost("stream cut mid-frame", method=method, url=url)
-                error.partial_event = True
-                raise error
-
-        yield iterate()
 
 
 def transport_of(backend: object) -> ApiClient:
-    """The transport under ``backend``: its own, or its client's (the client/backend shape)."""
-    owner = getattr(backend, "client", backend)
-    transport = owner.api  # type: ignore[attr-defined]
-    assert isinstance(transport, ApiClient)
-    return transport
+    """The client layer under ``backend``: its vendor client's ``api``."""
+    api = backend.client.api  # type: ignore[attr-defined]
+    assert isinstance(api, ApiClient)
+    return api
 
 
-def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> StubTransport:
-    """Put a StubTransport in place of the network methods of ``backend``'s transport."""
-    return StubTransport(transport_of(backend), body, **kwargs)
+def install(backend: object, body: bytes = b"{}", **kwargs: Any) -> CannedAnswers:
+    """Answer ``backend``'s requests from now on with canned ``body`` (see CannedAnswers)."""
+    answers = CannedAnswers(body, **kwargs)
+    transport_of(backend).transport = answers.transport
+    return answers
