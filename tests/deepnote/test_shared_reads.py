@@ -269,9 +269,26 @@ async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
     server.hold_runs_list.set()
     with pytest.raises(BackendClosed):
         await backend.get_run(handles[0])
-    assert backend._reads is not None
-    assert not backend._reads._open  # no request left open for later reads to join
     assert count(server, LIST) == 1
+
+
+async def test_a_read_after_cancelled_shared_reads_is_still_answered(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(script=RunScript.long())
+    async with server.backend() as backend:
+        handles = await start(backend, notebook.id, 3)
+        server.hold_runs_list = anyio.Event()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                for handle in handles:
+                    group.start_soon(backend.get_run, handle)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        server.hold_runs_list.set()
+        with anyio.fail_after(5):  # never left waiting on the abandoned request
+            run = await backend.get_run(handles[0])
+    assert run.run_id == handles[0].run_id
 
 
 async def test_concurrent_waits_ride_out_a_failing_list_and_get_their_own_outputs(
