@@ -252,12 +252,11 @@ async def test_a_malformed_list_is_a_decode_error_for_every_read(
     assert count(server, LIST) == 1
 
 
-async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
-    server: FakeDeepnoteServer,
+async def cancel_shared_reads(
+    server: FakeDeepnoteServer, backend: DeepnoteBackend, handles: list[RunHandle]
 ) -> None:
-    notebook = server.add_notebook(script=RunScript.long())
-    backend = server.backend()
-    handles = await start(backend, notebook.id, 3)
+    """Cancel concurrent reads of ``handles`` while their shared runs list is in flight (the
+    server holds it until ``server.hold_runs_list`` is set)."""
     server.hold_runs_list = anyio.Event()
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:
@@ -265,6 +264,15 @@ async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
                 group.start_soon(backend.get_run, handle)
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
+
+
+async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
+    server: FakeDeepnoteServer,
+) -> None:
+    notebook = server.add_notebook(script=RunScript.long())
+    backend = server.backend()
+    handles = await start(backend, notebook.id, 3)
+    await cancel_shared_reads(server, backend, handles)
     await backend.aclose()
     server.hold_runs_list.set()
     with pytest.raises(BackendClosed):
@@ -278,13 +286,7 @@ async def test_a_read_after_cancelled_shared_reads_is_still_answered(
     notebook = server.add_notebook(script=RunScript.long())
     async with server.backend() as backend:
         handles = await start(backend, notebook.id, 3)
-        server.hold_runs_list = anyio.Event()
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                for handle in handles:
-                    group.start_soon(backend.get_run, handle)
-                await anyio.wait_all_tasks_blocked()
-                scope.cancel()
+        await cancel_shared_reads(server, backend, handles)
         server.hold_runs_list.set()
         with anyio.fail_after(5):  # never left waiting on the abandoned request
             run = await backend.get_run(handles[0])
