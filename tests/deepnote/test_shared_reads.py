@@ -254,16 +254,17 @@ async def test_a_malformed_list_is_a_decode_error_for_every_read(
 
 async def cancel_shared_reads(
     server: FakeDeepnoteServer, backend: DeepnoteBackend, handles: list[RunHandle]
-) -> None:
-    """Cancel concurrent reads of ``handles`` while their shared runs list is in flight (the
-    server holds it until ``server.hold_runs_list`` is set)."""
-    server.hold_runs_list = anyio.Event()
+) -> anyio.Event:
+    """Cancel concurrent reads of ``handles`` while their shared runs list is in flight; the
+    server holds the list's answer until the returned event is set."""
+    server.hold_runs_list = release = anyio.Event()
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:
             for handle in handles:
                 group.start_soon(backend.get_run, handle)
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
+    return release
 
 
 async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
@@ -272,9 +273,9 @@ async def test_closing_the_backend_during_a_shared_read_leaves_nothing_behind(
     notebook = server.add_notebook(script=RunScript.long())
     backend = server.backend()
     handles = await start(backend, notebook.id, 3)
-    await cancel_shared_reads(server, backend, handles)
+    release = await cancel_shared_reads(server, backend, handles)
     await backend.aclose()
-    server.hold_runs_list.set()
+    release.set()
     with pytest.raises(BackendClosed):
         await backend.get_run(handles[0])
     assert count(server, LIST) == 1
@@ -286,8 +287,8 @@ async def test_a_read_after_cancelled_shared_reads_is_still_answered(
     notebook = server.add_notebook(script=RunScript.long())
     async with server.backend() as backend:
         handles = await start(backend, notebook.id, 3)
-        await cancel_shared_reads(server, backend, handles)
-        server.hold_runs_list.set()
+        release = await cancel_shared_reads(server, backend, handles)
+        release.set()
         with anyio.fail_after(5):  # never left waiting on the abandoned request
             run = await backend.get_run(handles[0])
     assert run.run_id == handles[0].run_id
