@@ -87,9 +87,10 @@ class RateLimiter:
     * with ``adaptive=True`` (the default), a learnt pace, from sustained 429s only: at least
       8 within a quarter second, and at least 5% of the answers then (a vendor's limit
       refuses in bursts). At each such 429 the limiter estimates the rate the vendor lets
-      through and spaces requests at 90% of it. Sporadic 429s (a vendor's background noise,
-      1% of requests say) set no pace. Once paced, each second without a 429 raises the pace
-      by 0.5%, and a lone 429 sets it back to what was learnt;
+      through and spaces requests at 90% of it; with fewer than 10 answers in the last second
+      to go on (an outage, a concurrency cap) it only cools down. Sporadic 429s (a vendor's
+      background noise, 1% of requests say) set no pace. Once paced, each second without a
+      429 raises the pace by 0.5%, and a lone 429 sets it back to what was learnt;
     * recovery: when, in a spell of sustained 429s, the vendor let through less than half of
       the pace that had held for 10 s before it (an outage, another client on the same key),
       the pace doubles each second without sustained 429s until it is back there. If the
