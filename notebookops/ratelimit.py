@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 
 import anyio
 
@@ -168,9 +167,6 @@ class RateLimiter:
         self._reads: deque[_Waiter] = deque()
         self._others: deque[_Waiter] = deque()
         self._dispatching = False
-        #: Seconds; the event loop's clock, which the sleeps use too (so a test's virtual
-        #: clock drives both). Replaceable so tests can drive time by hand.
-        self._clock: Callable[[], float] = anyio.current_time
 
     def __repr__(self) -> str:
         return (
@@ -203,7 +199,7 @@ class RateLimiter:
         await self._take_turn(self._reads)
 
     async def _take_turn(self, queue: deque[_Waiter]) -> None:
-        now = self._clock()
+        now = anyio.current_time()
         if not (self._reads or self._others) and self._free_at() <= now:
             self._take_slot(now)
             return
@@ -232,7 +228,7 @@ class RateLimiter:
         self._dispatching = True
         try:
             while not me.released:
-                now = self._clock()
+                now = anyio.current_time()
                 due = self._free_at()
                 if due > now:
                     await anyio.sleep(due - now)
@@ -295,7 +291,7 @@ class RateLimiter:
         """Note an answer other than 429 coming back now (only counted while adaptive)."""
         if not self.adaptive:
             return
-        now = self._clock()
+        now = anyio.current_time()
         self._answered_total += 1
         self._answered.append(now)
         _forget_before(self._answered, now - _WINDOW)
@@ -306,7 +302,7 @@ class RateLimiter:
         """Record a 429: pause every caller for ``retry_after`` seconds (for ``fallback`` when
         the vendor gave none, if the 429s are sustained) and, when adaptive, learn from it."""
         self.rate_limited_count += 1
-        now = self._clock()
+        now = anyio.current_time()
         sustained = True
         if self.adaptive:
             self._refused.append(now)

@@ -536,8 +536,23 @@ async def test_429s_do_not_use_up_max_attempts(server: EchoServer) -> None:
 async def test_the_limiter_hears_every_answer_but_429s(server: EchoServer) -> None:
     """What the adaptive limiter learns from: answers that got through (errors included: the
     vendor counted them), and 429s on their own, for requests and event streams alike."""
+
+    class CountingLimiter(RateLimiter):
+        answers = 0
+
+        def record_answer(self) -> None:
+            self.answers += 1
+            super().record_answer()
+
+    limiter = CountingLimiter()
     policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_retry_after=0.01)
-    t = ApiClient(VendorProfile("acme"), base_url=server.url, token=TOKEN, retry=policy)
+    t = ApiClient(
+        VendorProfile("acme"),
+        base_url=server.url,
+        token=TOKEN,
+        retry=policy,
+        rate_limiter=limiter,
+    )
     try:
         server.faults.status(429, None, headers={"Retry-After": "0.001"}, times=2)
         await t.request("POST", "/echo", json={})
@@ -548,7 +563,7 @@ async def test_the_limiter_hears_every_answer_but_429s(server: EchoServer) -> No
         async with t.sse("GET", "/events") as events:
             assert len([event async for event in events]) == 2
         assert t.rate_limiter.rate_limited_count == 3
-        assert len(t.rate_limiter._answered) == 3  # the POST, the 404, the stream
+        assert limiter.answers == 3  # the POST, the 404, the stream
     finally:
         await t.aclose()
 
