@@ -40,6 +40,10 @@ MARGIN = 3.0
 #: arq starts a killed job again once its in-progress mark expires: the job timeout
 #: (slice + margin) plus arq's fixed 10 s.
 GRACE = MARGIN + 10.0
+#: How late past that bound a killed wait's result may still be recorded: on a quiet machine
+#: it comes within 0.1 s; a loaded CI machine can stall the workers for seconds. A pickup
+#: that waited for anything longer (a job timeout, a lease) would be tens of seconds late.
+PICKUP_SLACK = 5.0
 #: A keyed start holds its notebook's start lease for notebookops._durable.START_LEASE (600 s):
 #: a worker killed with its start in flight blocks that notebook's keyed starts until it
 #: expires. The workers here shorten it so that the killed starts are settled within the test.
@@ -284,15 +288,20 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
             while len(recorded_at) < len(keys):  # noqa: ASYNC110 (other processes record)
                 await anyio.sleep(0.1)
         group.cancel_scope.cancel()
-    assert sorted(recorded_at) == sorted(keys), "lost results"
-    assert server.runs_started == len(keys), "duplicate runs"
-    assert sum(key in killed_at for key in starts) >= trials // 2, "few kills mid-start"
-    assert sum(key in killed_at for key in waits) >= trials // 2, "few kills mid-wait"
+    assert sorted(recorded_at) == sorted(keys), f"lost results: {set(keys) - set(recorded_at)}"
+    assert server.runs_started == len(keys), (
+        f"duplicate runs: {server.runs_started} started for {len(keys)} keys"
+    )
+    kills = f"killed: {sorted(killed_at)}"
+    assert sum(key in killed_at for key in starts) >= trials // 2, f"few kills mid-start; {kills}"
+    assert sum(key in killed_at for key in waits) >= trials // 2, f"few kills mid-wait; {kills}"
     for key in keys:
         record = await store.get(key)
         assert record is not None
         assert record.run is not None
         assert record.run.state is RunState.SUCCEEDED
+    # Picked up again within a slice plus arq's grace after the kill (or the run's end).
+    late: dict[str, float] = {}
     for key in waits:
         if key not in killed_at:
             continue
@@ -300,8 +309,10 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
         assert handle is not None
         ended = server.runs[handle.run_id].ended_at()
         assert ended is not None
-        # Picked up again within a slice plus arq's grace after the kill (or the run's end).
-        assert recorded_at[key] <= max(ended, killed_at[key] + SLICE + GRACE) + 2.0, key
+        past = recorded_at[key] - max(ended, killed_at[key] + SLICE + GRACE)
+        if past > PICKUP_SLACK:
+            late[key] = round(past, 2)
+    assert not late, f"recorded this many seconds past the bound: {late}"
 
 
 async def _keys_held_by(pool: Any, pid: int, keys: list[str]) -> list[str]:
