@@ -98,6 +98,22 @@ async def waited_for_a_turn(limiter: RateLimiter) -> float:
     return now() - began
 
 
+async def waits_of_callers_together(limiter: RateLimiter, callers: int) -> list[float]:
+    """How long each of ``callers`` concurrent ``acquire`` calls waits, in the order they
+    went."""
+    began = now()
+    went: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        went.append(now() - began)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(callers):
+            group.start_soon(one)
+    return went
+
+
 # --------------------------------------------------------------------------- learning rules
 
 
@@ -180,17 +196,7 @@ def test_sustained_429s_without_retry_after_pause_everyone_for_the_fallback() ->
         await answers(limiter, 200, over=0.99)
         for _ in range(20):
             limiter.on_rate_limited(None, fallback=0.5)
-        paused_at = now()
-        went: list[float] = []
-
-        async def one() -> None:
-            await limiter.acquire()
-            went.append(now() - paused_at)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(3):
-                group.start_soon(one)
-        return went
+        return await waits_of_callers_together(limiter, 3)
 
     went = virtual(main)
     assert went[0] == pytest.approx(0.5)
@@ -201,17 +207,7 @@ def test_a_429_with_retry_after_pauses_everyone_for_it() -> None:
     async def main() -> list[float]:
         limiter = RateLimiter()
         limiter.on_rate_limited(2.0)
-        paused_at = now()
-        went: list[float] = []
-
-        async def one() -> None:
-            await limiter.acquire()
-            went.append(now() - paused_at)
-
-        async with anyio.create_task_group() as group:
-            for _ in range(3):
-                group.start_soon(one)
-        return went
+        return await waits_of_callers_together(limiter, 3)
 
     assert virtual(main) == pytest.approx([2.0] * 3)  # together, and unpaced afterwards
 
