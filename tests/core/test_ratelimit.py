@@ -98,6 +98,15 @@ async def waited_for_a_turn(limiter: RateLimiter) -> float:
     return now() - began
 
 
+async def turns(limiter: RateLimiter, count: int) -> list[float]:
+    """When each of ``count`` successive ``acquire`` calls got its turn."""
+    went = []
+    for _ in range(count):
+        await limiter.acquire()
+        went.append(now())
+    return went
+
+
 async def waits_of_callers_together(limiter: RateLimiter, callers: int) -> list[float]:
     """How long each of ``callers`` concurrent ``acquire`` calls waits, in the order they
     went."""
@@ -144,11 +153,7 @@ def test_the_learnt_pace_spaces_the_turns() -> None:
     async def main() -> list[float]:
         limiter = await learnt_at_180()
         await anyio.sleep(0.5)  # under a quiet second: the pace has not probed upwards yet
-        went = []
-        for _ in range(5):
-            await limiter.acquire()
-            went.append(now())
-        return went
+        return await turns(limiter, 5)
 
     went = virtual(main)
     assert [b - a for a, b in itertools.pairwise(went)] == pytest.approx([1 / 180] * 4)
@@ -421,12 +426,7 @@ def test_repr_and_re_export() -> None:
 
 def test_acquire_spaces_requests_at_the_pace() -> None:
     async def main() -> list[float]:
-        limiter = RateLimiter(max_rate=200)
-        went = []
-        for _ in range(5):
-            await limiter.acquire()
-            went.append(now())
-        return went
+        return await turns(RateLimiter(max_rate=200), 5)
 
     went = virtual(main)
     assert went[0] == 0.0
