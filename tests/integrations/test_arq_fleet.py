@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +257,12 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
                     killed_at[key] = killed_pids[pid]
                     return
                 if pid is not None and any(process.pid == pid for process in fleet.alive):
-                    # A worker runs several jobs at once: the waits of earlier trials it holds
-                    # die with it, and are picked up a grace later too.
-                    victims = await _keys_held_by(pool, pid, waits)
                     fleet.kill(pid)
                     killed_pids[pid] = killed_at[key] = time.monotonic()
+                    # A worker runs several jobs at once: the waits of earlier trials it held
+                    # died with it, and are picked up a grace later too. (Read after the kill:
+                    # the dead worker takes no more links.)
+                    victims = await _keys_held_by(pool, pid, waits, killed_pids)
                     for victim in victims:
                         killed_at[victim] = killed_pids[pid]
                     fleet.spawn()
@@ -315,15 +316,25 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
     assert not late, f"recorded this many seconds past the bound: {late}"
 
 
-async def _keys_held_by(pool: Any, pid: int, keys: list[str]) -> list[str]:
-    """The keys among ``keys`` whose current wait job the worker ``pid`` is running."""
+async def _keys_held_by(pool: Any, pid: int, keys: list[str], dead: Container[int]) -> list[str]:
+    """The keys among ``keys`` whose current wait link the worker ``pid`` may be running: the
+    links in progress it noted as its own, and those no live worker has noted. arq marks a
+    job in progress a moment before the worker's ``on_job_start`` notes its PID, and a killed
+    job's mark stays until it expires; counting such a link as held by ``pid`` too only moves
+    that key's bound later by the time between two kills."""
+    holders = {_text(job): int(holder) for job, holder in (await pool.hgetall(PIDS_KEY)).items()}
     held = []
-    for job_id, holder in (await pool.hgetall(PIDS_KEY)).items():
-        job = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+    for mark in await pool.keys("arq:in-progress:*"):
+        job = _text(mark).removeprefix("arq:in-progress:")
         key = job.split(":wait:")[0]
-        if key in keys and int(holder) == pid and await pool.exists(f"arq:in-progress:{job}"):
+        holder = holders.get(job)
+        if key in keys and (holder is None or holder == pid or holder in dead):
             held.append(key)
     return held
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _holder(pool: Any, key: str) -> int | None:
