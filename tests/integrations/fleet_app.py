@@ -4,6 +4,7 @@ sets: its Redis, the fake Deepnote's URL and token, the wait slice."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -29,6 +30,13 @@ def _backend(name: str) -> NotebookBackend:
         retry=RetryPolicy(max_attempts=4, initial_backoff=0.05, max_backoff=0.5),
     )
 
+
+# The library's own account of each keyed start (adopted, started anew, resumed) goes to the
+# worker's log, which the test keeps: what a failed kill trial is read from.
+_log = logging.StreamHandler()
+_log.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+logging.getLogger("notebookops").addHandler(_log)
+logging.getLogger("notebookops").setLevel(logging.INFO)
 
 if "FLEET_START_LEASE" in os.environ:
     # See START_LEASE in test_arq_fleet.py: a start killed in flight holds its notebook's

@@ -290,9 +290,7 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
                 await anyio.sleep(0.1)
         group.cancel_scope.cancel()
     assert sorted(recorded_at) == sorted(keys), f"lost results: {set(keys) - set(recorded_at)}"
-    assert server.runs_started == len(keys), (
-        f"duplicate runs: {server.runs_started} started for {len(keys)} keys"
-    )
+    assert server.runs_started == len(keys), await _duplicates(server, store, notebooks, killed_at)
     kills = f"killed: {sorted(killed_at)}"
     assert sum(key in killed_at for key in starts) >= trials // 2, f"few kills mid-start; {kills}"
     assert sum(key in killed_at for key in waits) >= trials // 2, f"few kills mid-wait; {kills}"
@@ -314,6 +312,25 @@ async def test_kill_9_mid_wait_and_mid_start_loses_and_duplicates_nothing(
         if past > PICKUP_SLACK:
             late[key] = round(past, 2)
     assert not late, f"recorded this many seconds past the bound: {late}"
+
+
+async def _duplicates(
+    server: FakeDeepnoteServer,
+    store: RedisRunStore,
+    notebooks: dict[str, Any],
+    killed_at: dict[str, float],
+) -> str:
+    """What a failed "one run per key" check saw: each key with more than one run."""
+    lines = [f"duplicate runs: {server.runs_started} started for {len(notebooks)} keys"]
+    for key, notebook in notebooks.items():
+        runs = server.runs_of(notebook.id)
+        if len(runs) > 1:
+            record = await store.get(key)
+            lines.append(
+                f"{key}: runs {[(run.id, run.created_at.isoformat()) for run in runs]}; "
+                f"killed at {killed_at.get(key)} (monotonic); record {record!r}"
+            )
+    return "\n".join(lines)
 
 
 async def _keys_held_by(pool: Any, pid: int, keys: list[str], dead: Container[int]) -> list[str]:
