@@ -319,21 +319,25 @@ class _KeyedStart:
                 # that loses it goes on (a settle then sees two runs and says so).
                 logger.warning("could not renew the start lease %r: %s", name, error)
 
-    async def _start(self, start: Start) -> RunHandle:
-        """Start the run this call reserved; a start that made no run gives the key back."""
+    async def _start(self, start: Start, *, marked: bool = False) -> RunHandle:
+        """Start the run this call reserved (``marked``: and already holds as "sending"); a
+        start that made no run gives the key back."""
         holder = _sending(self.owner)
         # Durably marked before the request goes out: a reservation without the mark
         # provably sent nothing, whatever happened to its process.
         try:
-            marked = await self.store.take_over(
-                self.key, expected_owner=self.owner, owner=holder, lease=START_LEASE
+            marked_record = await self.store.take_over(
+                self.key,
+                expected_owner=holder if marked else self.owner,
+                owner=holder,
+                lease=START_LEASE,
             )
         except BaseException:
             # Nothing was sent (the mark may or may not have been written): give the key back.
             for owner in (self.owner, holder):
                 await self._release(owner)
             raise
-        if marked is None:
+        if marked_record is None:
             raise RecordConflict(
                 f"the reservation of idempotency key {self.key!r} was taken over by another "
                 "call before this one sent its start (nothing was sent); call again"
@@ -379,7 +383,7 @@ class _KeyedStart:
         none was made, or raise StartOutcomeUnknown. None: the record changed meanwhile."""
         if not _may_have_sent(record.owner):
             # Its owner stopped before marking the start "sending": nothing was sent.
-            if await self._take_over(record) is None:
+            if await self._take_over(record, self.owner) is None:
                 return None
             logger.info("key %r: its earlier call sent no start; starting it now", self.key)
             return await self._start(start)
@@ -403,19 +407,23 @@ class _KeyedStart:
                 f"the {self.backend.name} backend offers no way to look for the run it may "
                 "have started",
             )
-        if await self._take_over(record) is None:
+        # Taken over still marked "sending": a run may exist (the one found, or one a start
+        # sent meanwhile), so a call that finds this settle dead must look for it in turn,
+        # never conclude that nothing was sent.
+        holder = _sending(self.owner)
+        if await self._take_over(record, holder) is None:
             return None
         if found:
             (handle,) = found
             logger.info("key %r: adopting %s run %s", self.key, *_ids(handle))
-            await self.store.record_start(self.key, owner=self.owner, handle=handle)
+            await self.store.record_start(self.key, owner=holder, handle=handle)
             return handle
         logger.info("key %r: its earlier start made no run; starting it now", self.key)
-        return await self._start(start)
+        return await self._start(start, marked=True)
 
-    async def _take_over(self, record: RunRecord) -> RunRecord | None:
+    async def _take_over(self, record: RunRecord, owner: str) -> RunRecord | None:
         return await self.store.take_over(
-            self.key, expected_owner=record.owner, owner=self.owner, lease=START_LEASE
+            self.key, expected_owner=record.owner, owner=owner, lease=START_LEASE
         )
 
     def _unknown(

@@ -201,3 +201,26 @@ async def test_eight_processes_one_key_one_run(vendor: Vendor, store: str, tmp_p
                 outcomes = [await each.until("result", "error", bound=2 * STEP) for each in drivers]
             (run_id,) = fake.runs()
             assert outcomes == [{"event": "result", "run_id": run_id, "state": "succeeded"}] * 8
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_a_settler_killed_before_recording_the_run_it_adopted(
+    store: str, tmp_path: Path
+) -> None:
+    """Regression (seen in the arq fleet's kill trials): a process killed with its start in
+    flight; a second one settles the key, finds the run and takes the reservation over, and is
+    killed before recording it; the third must adopt that run too, not start another."""
+    with store_url(store, tmp_path) as url:
+        async with vendor_fake("deepnote", duration=0.1) as fake:
+            config = {**fake.config, "store": url, "key": "settled-twice"}
+            await kill_at(fake, config, "in_flight")
+            assert len(fake.runs()) == 1
+            await kill_at(fake, config, "before_record_start")  # the settler, adopting it
+            async with open_store(url) as opened:
+                record = await opened.get("settled-twice")
+            assert record is not None
+            assert record.owner.startswith(SENDING)
+            async with driver(config) as third:
+                outcome = await third.until("result", "error")
+            (run_id,) = fake.runs()
+            assert outcome == {"event": "result", "run_id": run_id, "state": "succeeded"}
