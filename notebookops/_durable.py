@@ -319,25 +319,21 @@ class _KeyedStart:
                 # that loses it goes on (a settle then sees two runs and says so).
                 logger.warning("could not renew the start lease %r: %s", name, error)
 
-    async def _start(self, start: Start, *, marked: bool = False) -> RunHandle:
-        """Start the run this call reserved (``marked``: and already holds as "sending"); a
-        start that made no run gives the key back."""
+    async def _start(self, start: Start) -> RunHandle:
+        """Start the run this call reserved; a start that made no run gives the key back."""
         holder = _sending(self.owner)
         # Durably marked before the request goes out: a reservation without the mark
         # provably sent nothing, whatever happened to its process.
         try:
-            marked_record = await self.store.take_over(
-                self.key,
-                expected_owner=holder if marked else self.owner,
-                owner=holder,
-                lease=START_LEASE,
+            marked = await self.store.take_over(
+                self.key, expected_owner=self.owner, owner=holder, lease=START_LEASE
             )
         except BaseException:
             # Nothing was sent (the mark may or may not have been written): give the key back.
             for owner in (self.owner, holder):
                 await self._release(owner)
             raise
-        if marked_record is None:
+        if marked is None:
             raise RecordConflict(
                 f"the reservation of idempotency key {self.key!r} was taken over by another "
                 "call before this one sent its start (nothing was sent); call again"
@@ -407,19 +403,21 @@ class _KeyedStart:
                 f"the {self.backend.name} backend offers no way to look for the run it may "
                 "have started",
             )
-        # Taken over still marked "sending": a run may exist (the one found, or one a start
-        # sent meanwhile), so a call that finds this settle dead must look for it in turn,
-        # never conclude that nothing was sent.
-        holder = _sending(self.owner)
-        if await self._take_over(record, holder) is None:
-            return None
         if found:
+            # Taken over still marked "sending": the run exists, so a call that finds this
+            # settle dead before it recorded the run must look for it in turn, never
+            # conclude that nothing was sent.
+            holder = _sending(self.owner)
+            if await self._take_over(record, holder) is None:
+                return None
             (handle,) = found
             logger.info("key %r: adopting %s run %s", self.key, *_ids(handle))
             await self.store.record_start(self.key, owner=holder, handle=handle)
             return handle
+        if await self._take_over(record, self.owner) is None:
+            return None
         logger.info("key %r: its earlier start made no run; starting it now", self.key)
-        return await self._start(start, marked=True)
+        return await self._start(start)
 
     async def _take_over(self, record: RunRecord, owner: str) -> RunRecord | None:
         return await self.store.take_over(
